@@ -1,0 +1,1 @@
+//! Kubernetes sidecar injection (mutating admission webhook); built in a later slice.
