@@ -1,0 +1,641 @@
+//! The mesh CA: creates or loads a root and an issuing (intermediate) CA, and signs workload
+//! CSRs into X.509-SVID leaves that chain to the trust bundle.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use ring::rand::SecureRandom;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::bundle::{BundleError, TrustBundle};
+use crate::pem::{PemError, decode_certs, encode, encode_cert};
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::svid::{SvidError, inspect};
+use crate::workload::WorkloadKey;
+
+/// Backdating of issued certificates, to tolerate small clock differences between hosts.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Errors of CA creation, loading and signing. Variants about files name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A CA file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A CA file could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file's PEM is unreadable.
+    #[error("{path}: {source}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: PemError,
+    },
+    /// A certificate in a file is not usable.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// The root file does not form a trust bundle.
+    #[error("{path}: {source}")]
+    Bundle {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: BundleError,
+    },
+    /// The CSR is not a well-formed, self-signed PKCS#10 request.
+    #[error("certificate request is invalid: {0}")]
+    BadCsr(String),
+    /// The CSR names an identity other than the one the caller proved.
+    #[error("certificate request asks for {requested}, but the caller may only obtain {allowed}")]
+    IdentityMismatch {
+        /// What the CSR asked for.
+        requested: String,
+        /// What the credential proved.
+        allowed: SpiffeId,
+    },
+    /// The identity belongs to another trust domain.
+    #[error("identity {id} is not in trust domain {trust_domain}")]
+    ForeignTrustDomain {
+        /// The identity.
+        id: SpiffeId,
+        /// This CA's trust domain.
+        trust_domain: TrustDomain,
+    },
+    /// rcgen or ring failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+    /// The CA expired, or will before any useful leaf could be issued.
+    #[error("issuing CA has expired (not after {not_after})")]
+    Expired {
+        /// Unix seconds.
+        not_after: i64,
+    },
+}
+
+/// Paths of a CA on disk, with the file names Istio's plug-in CA uses so that existing
+/// material (openssl, cert-manager) can be dropped in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFiles {
+    /// The issuing CA certificate (`ca-cert.pem`).
+    pub ca_cert: PathBuf,
+    /// Its private key (`ca-key.pem`).
+    pub ca_key: PathBuf,
+    /// Intermediates from the issuing CA up to the root, excluding the root (`cert-chain.pem`);
+    /// optional, and may hold the issuing CA itself first.
+    pub cert_chain: Option<PathBuf>,
+    /// The trusted roots (`root-cert.pem`), one or several.
+    pub root_cert: PathBuf,
+}
+
+impl CaFiles {
+    /// The conventional file names inside `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        let chain = dir.join("cert-chain.pem");
+        Self {
+            ca_cert: dir.join("ca-cert.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            cert_chain: chain.exists().then_some(chain),
+            root_cert: dir.join("root-cert.pem"),
+        }
+    }
+}
+
+/// Lifetimes and names for a newly created CA.
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    /// Root validity.
+    pub root_lifetime: Duration,
+    /// Intermediate validity.
+    pub intermediate_lifetime: Duration,
+    /// Organization written in subjects.
+    pub organization: String,
+}
+
+impl Default for CaOptions {
+    fn default() -> Self {
+        Self {
+            root_lifetime: Duration::from_secs(10 * 365 * 24 * 3600),
+            intermediate_lifetime: Duration::from_secs(5 * 365 * 24 * 3600),
+            organization: "Palisade".into(),
+        }
+    }
+}
+
+/// PEM files of a newly created CA, ready to write.
+#[derive(Debug, Clone)]
+pub struct CaMaterial {
+    /// `root-cert.pem`.
+    pub root_cert_pem: String,
+    /// `root-key.pem`: kept by the operator offline; not needed to issue.
+    pub root_key_pem: String,
+    /// `ca-cert.pem`.
+    pub ca_cert_pem: String,
+    /// `ca-key.pem`.
+    pub ca_key_pem: String,
+    /// `cert-chain.pem`.
+    pub cert_chain_pem: String,
+}
+
+impl CaMaterial {
+    /// Writes the files into `dir` (created if needed); keys are written with mode 0600.
+    pub fn write_to(&self, dir: &Path) -> Result<CaFiles, CaError> {
+        std::fs::create_dir_all(dir).map_err(|source| CaError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let files = [
+            ("root-cert.pem", &self.root_cert_pem, false),
+            ("root-key.pem", &self.root_key_pem, true),
+            ("ca-cert.pem", &self.ca_cert_pem, false),
+            ("ca-key.pem", &self.ca_key_pem, true),
+            ("cert-chain.pem", &self.cert_chain_pem, false),
+        ];
+        for (name, contents, secret) in files {
+            let path = dir.join(name);
+            write_file(&path, contents, secret).map_err(|source| CaError::Write { path, source })?;
+        }
+        Ok(CaFiles::in_dir(dir))
+    }
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+/// A signed workload certificate and what goes with it.
+#[derive(Debug, Clone)]
+pub struct IssuedLeaf {
+    /// The leaf.
+    pub leaf: CertificateDer<'static>,
+    /// Intermediates from the leaf's issuer upwards, excluding the root.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The identity written into the leaf.
+    pub spiffe_id: SpiffeId,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds (never after the issuer's).
+    pub not_after: i64,
+}
+
+impl IssuedLeaf {
+    /// The leaf as PEM.
+    pub fn leaf_pem(&self) -> String {
+        encode_cert(&self.leaf)
+    }
+
+    /// The chain as one PEM string per certificate.
+    pub fn chain_pem(&self) -> Vec<String> {
+        self.chain.iter().map(encode_cert).collect()
+    }
+}
+
+/// An issuing CA with its trust bundle.
+pub struct CertificateAuthority {
+    trust_domain: TrustDomain,
+    issuer: Issuer<'static, KeyPair>,
+    /// Issuing cert first, then intermediates up to (excluding) the root; empty when the
+    /// issuing cert is itself a root.
+    chain: Vec<CertificateDer<'static>>,
+    bundle: TrustBundle,
+    issuer_not_after: i64,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("chain_len", &self.chain.len())
+            .field("roots", &self.bundle.roots().len())
+            .field("issuer_not_after", &self.issuer_not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn gen_err(e: impl std::fmt::Display) -> CaError {
+    CaError::Generate(e.to_string())
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// A random positive 128-bit serial number, as RFC 5280 and CA practice expect.
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Generate("system random number generator failed".into()))?;
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01; // keep the full length so every serial has 16 bytes
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn ca_params(
+    organization: &str,
+    common_name: &str,
+    lifetime: Duration,
+    path_len: Option<u8>,
+) -> Result<CertificateParams, CaError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, organization);
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now() - CLOCK_SKEW;
+    params.not_after = now() + lifetime;
+    params.serial_number = Some(random_serial()?);
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+impl CertificateAuthority {
+    /// Creates a new root and an intermediate that issues leaves (ECDSA P-256 throughout).
+    pub fn generate(
+        trust_domain: TrustDomain,
+        options: &CaOptions,
+    ) -> Result<(Self, CaMaterial), CaError> {
+        let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let root_key = KeyPair::generate_for(alg).map_err(gen_err)?;
+        let root_params = ca_params(
+            &options.organization,
+            &format!("Palisade root CA {trust_domain}"),
+            options.root_lifetime,
+            Some(1),
+        )?;
+        let root_cert = root_params.self_signed(&root_key).map_err(gen_err)?;
+        let root_issuer = Issuer::new(root_params, &root_key);
+
+        let ca_key = KeyPair::generate_for(alg).map_err(gen_err)?;
+        let lifetime = options.intermediate_lifetime.min(options.root_lifetime);
+        let ca_params = ca_params(
+            &options.organization,
+            &format!("Palisade intermediate CA {trust_domain}"),
+            lifetime,
+            Some(0),
+        )?;
+        let ca_cert = ca_params
+            .signed_by(&ca_key, &root_issuer)
+            .map_err(gen_err)?;
+        let material = CaMaterial {
+            root_cert_pem: root_cert.pem(),
+            root_key_pem: root_key.serialize_pem(),
+            ca_cert_pem: ca_cert.pem(),
+            ca_key_pem: ca_key.serialize_pem(),
+            cert_chain_pem: ca_cert.pem(),
+        };
+        let ca = Self::from_pem(
+            trust_domain,
+            &material.ca_cert_pem,
+            &material.ca_key_pem,
+            Some(&material.cert_chain_pem),
+            &material.root_cert_pem,
+        )?;
+        Ok((ca, material))
+    }
+
+    /// Loads a CA from files, checking that the issuing certificate is a valid, unexpired CA,
+    /// that the key belongs to it, and that it chains to one of the roots.
+    pub fn load(trust_domain: TrustDomain, files: &CaFiles) -> Result<Self, CaError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| CaError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let ca_cert = read(&files.ca_cert)?;
+        let ca_key = read(&files.ca_key)?;
+        let root = read(&files.root_cert)?;
+        let chain = match &files.cert_chain {
+            Some(p) => Some(read(p)?),
+            None => None,
+        };
+        Self::build(
+            trust_domain,
+            (&files.ca_cert, &ca_cert),
+            (&files.ca_key, &ca_key),
+            files.cert_chain.as_deref().zip(chain.as_deref()),
+            (&files.root_cert, &root),
+        )
+    }
+
+    /// Like [`CertificateAuthority::load`], from PEM strings (errors name the conventional file names).
+    pub fn from_pem(
+        trust_domain: TrustDomain,
+        ca_cert_pem: &str,
+        ca_key_pem: &str,
+        cert_chain_pem: Option<&str>,
+        root_cert_pem: &str,
+    ) -> Result<Self, CaError> {
+        Self::build(
+            trust_domain,
+            (Path::new("ca-cert.pem"), ca_cert_pem),
+            (Path::new("ca-key.pem"), ca_key_pem),
+            cert_chain_pem.map(|c| (Path::new("cert-chain.pem"), c)),
+            (Path::new("root-cert.pem"), root_cert_pem),
+        )
+    }
+
+    fn build(
+        trust_domain: TrustDomain,
+        (ca_path, ca_pem): (&Path, &str),
+        (key_path, key_pem): (&Path, &str),
+        chain_source: Option<(&Path, &str)>,
+        (root_path, root_pem): (&Path, &str),
+    ) -> Result<Self, CaError> {
+        let invalid = |path: &Path, reason: String| CaError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        let bundle = TrustBundle::from_pem(trust_domain.clone(), root_pem).map_err(|source| {
+            CaError::Bundle {
+                path: root_path.to_owned(),
+                source,
+            }
+        })?;
+        let ca_certs = decode_certs(ca_pem).map_err(|source| CaError::Pem {
+            path: ca_path.to_owned(),
+            source,
+        })?;
+        let issuing = ca_certs[0].clone();
+        let info = inspect(issuing.as_ref()).map_err(|e| invalid(ca_path, e.to_string()))?;
+        if !info.is_ca {
+            return Err(invalid(
+                ca_path,
+                format!("{} is not a CA certificate (basicConstraints cA=false)", info.subject),
+            ));
+        }
+        let unix_now = now().unix_timestamp();
+        if info.not_after <= unix_now {
+            return Err(invalid(
+                ca_path,
+                format!("{} expired at {}", info.subject, fmt_unix(info.not_after)),
+            ));
+        }
+        if info.not_before > unix_now + CLOCK_SKEW.as_secs() as i64 {
+            return Err(invalid(
+                ca_path,
+                format!("{} is not valid before {}", info.subject, fmt_unix(info.not_before)),
+            ));
+        }
+        check_can_sign(issuing.as_ref()).map_err(|reason| invalid(ca_path, reason))?;
+
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Invalid {
+            path: key_path.to_owned(),
+            reason: format!("not a usable private key: {e}"),
+        })?;
+        if spki_key_bytes(issuing.as_ref()).as_deref() != Some(key.public_key_raw()) {
+            return Err(invalid(
+                key_path,
+                format!(
+                    "private key does not match the certificate in {}",
+                    ca_path.display()
+                ),
+            ));
+        }
+
+        // The chain to send with leaves: the issuing cert, then intermediates up to the root.
+        let mut chain: Vec<CertificateDer<'static>> = vec![issuing.clone()];
+        if let Some((chain_path, chain_pem)) = chain_source {
+            let extra = decode_certs(chain_pem).map_err(|source| CaError::Pem {
+                path: chain_path.to_owned(),
+                source,
+            })?;
+            chain.extend(extra.into_iter().filter(|c| *c != issuing));
+        }
+        chain.extend(ca_certs.into_iter().skip(1));
+        // A root in the chain is redundant: receivers already hold it in the bundle.
+        chain.retain(|c| !bundle.roots().contains(c));
+
+        let issuer = Issuer::from_ca_cert_der(&issuing, key)
+            .map_err(|e| invalid(ca_path, format!("cannot issue with this certificate: {e}")))?;
+        let ca = Self {
+            trust_domain,
+            issuer,
+            chain,
+            bundle,
+            issuer_not_after: info.not_after,
+        };
+        // Prove the whole path works before anyone relies on it: issue a throwaway leaf
+        // and verify it against the roots exactly as a peer would.
+        let probe_id = SpiffeId::for_service_account(&ca.trust_domain, "palisade-system", "ca-self-test")
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        let (probe, _) = ca.issue(&probe_id, Duration::from_secs(300))?;
+        crate::tls::verify_chain(&probe.leaf, &probe.chain, &ca.bundle, crate::tls::Usage::Server)
+            .map_err(|e| {
+                invalid(
+                    ca_path,
+                    format!(
+                        "does not chain to any root in {}: {e}",
+                        root_path.display()
+                    ),
+                )
+            })?;
+        Ok(ca)
+    }
+
+    /// The trust domain this CA issues for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The roots leaves chain to.
+    pub fn bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
+    /// Certificates sent with each leaf: the issuing CA and intermediates, excluding roots.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// When the issuing CA expires, Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.issuer_not_after
+    }
+
+    /// Signs a PEM CSR for `identity`. The CSR's signature must verify, its key must be
+    /// ECDSA P-256, and its only URI SAN must equal `identity`; every other requested field
+    /// is ignored and the leaf gets exactly the X.509-SVID profile. Expiry is clamped to
+    /// the issuer's.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<IssuedLeaf, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(CaError::BadCsr("key must be ECDSA P-256".into()));
+        }
+        let uris: Vec<&str> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| match san {
+                SanType::URI(uri) => Some(uri.as_str()),
+                _ => None,
+            })
+            .collect();
+        match uris.as_slice() {
+            [one] if *one == identity.as_str() => {}
+            [one] => {
+                return Err(CaError::IdentityMismatch {
+                    requested: (*one).to_owned(),
+                    allowed: identity.clone(),
+                });
+            }
+            [] => return Err(CaError::BadCsr("request has no URI SAN".into())),
+            _ => return Err(CaError::BadCsr("request has more than one URI SAN".into())),
+        }
+        if csr.params.subject_alt_names.len() != 1 {
+            return Err(CaError::BadCsr(
+                "request may only carry its SPIFFE ID as SAN".into(),
+            ));
+        }
+        self.sign(&csr.public_key, identity, lifetime)
+    }
+
+    /// Issues a leaf and a fresh key for `identity`: for the control plane's own serving
+    /// certificate and for tests.
+    pub fn issue(
+        &self,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<(IssuedLeaf, WorkloadKey), CaError> {
+        let key = WorkloadKey::generate().map_err(gen_err)?;
+        let leaf = self.sign(key.key_pair(), identity, lifetime)?;
+        Ok((leaf, key))
+    }
+
+    fn sign(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<IssuedLeaf, CaError> {
+        if identity.trust_domain() != self.trust_domain.as_str() {
+            return Err(CaError::ForeignTrustDomain {
+                id: identity.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let start = now();
+        if self.issuer_not_after <= start.unix_timestamp() {
+            return Err(CaError::Expired {
+                not_after: self.issuer_not_after,
+            });
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Palisade");
+        params.distinguished_name = dn;
+        let uri = identity
+            .as_str()
+            .try_into()
+            .map_err(|e: rcgen::Error| CaError::Generate(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        params.not_before = start - CLOCK_SKEW;
+        let issuer_end = OffsetDateTime::from_unix_timestamp(self.issuer_not_after)
+            .map_err(gen_err)?;
+        params.not_after = (start + lifetime).min(issuer_end);
+        let cert = params.signed_by(public_key, &self.issuer).map_err(gen_err)?;
+        Ok(IssuedLeaf {
+            leaf: cert.der().clone(),
+            chain: self.chain.clone(),
+            spiffe_id: identity.clone(),
+            not_before: params.not_before.unix_timestamp(),
+            not_after: params.not_after.unix_timestamp(),
+        })
+    }
+}
+
+/// Formats Unix seconds as RFC 3339 for messages.
+pub fn fmt_unix(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+fn spki_key_bytes(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
+}
+
+fn check_can_sign(der: &[u8]) -> Result<(), String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            Err("key usage does not include keyCertSign".into())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Encodes a leaf and chain into one PEM (leaf first), as files and `/certs` show them.
+pub fn chain_to_pem(leaf: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> String {
+    std::iter::once(leaf)
+        .chain(chain.iter())
+        .map(|c| encode("CERTIFICATE", c.as_ref()))
+        .collect()
+}
+
+impl From<SvidError> for CaError {
+    fn from(e: SvidError) -> Self {
+        CaError::Generate(e.to_string())
+    }
+}
