@@ -15,7 +15,7 @@ fn generated_code_is_up_to_date() {
         .build_client(true)
         .build_server(true)
         // Ordered maps encode deterministically, so equal snapshots get equal versions.
-        .btree_map(["."])
+        .btree_map(".")
         .out_dir(&out)
         .compile_fds(fds)
         .expect("code generation succeeds");

@@ -422,8 +422,8 @@ pub struct WorkloadSnapshot {
     pub namespace: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub spiffe_id: ::prost::alloc::string::String,
-    #[prost(map = "string, string", tag = "4")]
-    pub labels: ::std::collections::HashMap<
+    #[prost(btree_map = "string, string", tag = "4")]
+    pub labels: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
