@@ -104,8 +104,7 @@ impl FrontendApp {
     /// sidecar need not be up yet. Must be called inside a Tokio runtime.
     pub fn new(config: FrontendConfig) -> Result<Self, ShopError> {
         let search_authority = parse_authority("search_authority", &config.search_authority)?;
-        let payments_authority =
-            parse_authority("payments_authority", &config.payments_authority)?;
+        let payments_authority = parse_authority("payments_authority", &config.payments_authority)?;
 
         let search = Client::builder(TokioExecutor::new()).build(OutboundConnector {
             proxy: config.outbound_proxy,
@@ -186,24 +185,22 @@ impl FrontendApp {
         .header(header::ACCEPT, "application/json")
         .body(Empty::new())?;
 
-        let call = async {
-            let response =
-                self.inner
-                    .search
-                    .request(request)
-                    .await
-                    .map_err(|cause| SearchError::Send {
+        let call =
+            async {
+                let response = self.inner.search.request(request).await.map_err(|cause| {
+                    SearchError::Send {
                         proxy: self.inner.config.outbound_proxy,
                         cause,
-                    })?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, SEARCH_BODY_LIMIT)
-                .collect()
-                .await
-                .map_err(SearchError::Body)?
-                .to_bytes();
-            Ok::<_, SearchError>((parts, body))
-        };
+                    }
+                })?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, SEARCH_BODY_LIMIT)
+                    .collect()
+                    .await
+                    .map_err(SearchError::Body)?
+                    .to_bytes();
+                Ok::<_, SearchError>((parts, body))
+            };
         let (parts, body) = tokio::time::timeout(UPSTREAM_TIMEOUT, call)
             .await
             .map_err(|_| SearchError::Timeout)??;
@@ -453,12 +450,18 @@ fn denied_suffix(denied_by: Option<&str>) -> String {
 }
 
 /// The error and its sources joined by `: `; hyper's top-level messages alone
-/// ("client error (Connect)") do not say what went wrong.
+/// ("client error (Connect)") do not say what went wrong. Some layers repeat their
+/// inner error's text, so a cause equal to the previous one is skipped.
 fn chain(error: &dyn StdError) -> String {
     let mut out = error.to_string();
+    let mut last = out.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        let _ = write!(out, ": {cause}");
+        let text = cause.to_string();
+        if text != last {
+            let _ = write!(out, ": {text}");
+            last = text;
+        }
         source = cause.source();
     }
     out

@@ -83,7 +83,11 @@ pub(crate) async fn serve<H, F>(
     }
 
     drop(listener);
-    tracing::info!(app, open = graceful.count(), "shutting down; draining connections");
+    tracing::info!(
+        app,
+        open = graceful.count(),
+        "shutting down; draining connections"
+    );
     if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
         .await
         .is_err()

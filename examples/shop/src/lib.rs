@@ -43,7 +43,7 @@ pub const APP_HEADER: &str = "x-shop-app";
 #[derive(Debug, thiserror::Error)]
 pub enum ShopError {
     /// `serve_app` was asked for an app that does not exist.
-    #[error("unknown shop app `{0}` (expected one of: frontend, search, payments)")]
+    #[error("unknown shop app `{0}` (expected one of: {expected})", expected = APP_NAMES.join(", "))]
     UnknownApp(String),
     /// A frontend upstream authority cannot be used as a URI authority.
     #[error("invalid {field} `{value}` in the frontend configuration")]

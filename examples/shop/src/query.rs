@@ -57,7 +57,10 @@ mod tests {
 
     #[test]
     fn finds_and_decodes_the_parameter() {
-        assert_eq!(param(Some("a=1&q=desk+lamp"), "q").as_deref(), Some("desk lamp"));
+        assert_eq!(
+            param(Some("a=1&q=desk+lamp"), "q").as_deref(),
+            Some("desk lamp")
+        );
         assert_eq!(param(Some("q=%C3%A9t%C3%A9"), "q").as_deref(), Some("été"));
         assert_eq!(param(Some("q"), "q").as_deref(), Some(""));
         assert_eq!(param(Some("x=1"), "q"), None);

@@ -172,10 +172,18 @@ mod tests {
 
     #[test]
     fn search_matches_substrings_ignoring_case() {
-        let names: Vec<String> = SearchApp.search("LAMP").into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = SearchApp
+            .search("LAMP")
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         assert_eq!(
             names,
-            ["Brass desk lamp", "Paper floor lamp", "Clip-on reading lamp"]
+            [
+                "Brass desk lamp",
+                "Paper floor lamp",
+                "Clip-on reading lamp"
+            ]
         );
         assert!(SearchApp.search("no such thing").is_empty());
     }

@@ -2,8 +2,8 @@
 //! Every server is bound before it is spawned, so no test waits on time for readiness.
 
 mod apps {
-    pub mod frontend;
-    pub mod payments;
-    pub mod search;
-    pub mod support;
+    mod frontend;
+    mod payments;
+    mod search;
+    mod support;
 }
