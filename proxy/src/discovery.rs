@@ -1,0 +1,253 @@
+//! The discovery client: subscribes to every resource type, validates each snapshot, ACKs or
+//! NACKs it by version and nonce, and publishes a complete [`MeshView`]. A rejected snapshot
+//! changes nothing; losing the control plane changes nothing either (the last view stays in
+//! force) while the client reconnects with jittered backoff.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_certs::TrustBundle;
+use palisade_certs::tls::Credentials;
+use palisade_proto::v1::discovery_client::DiscoveryClient;
+use palisade_proto::v1::{self, DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{Backoff, ControlPlaneTarget};
+use crate::metrics::Metrics;
+use crate::model::{
+    LocalWorkload, MeshSettings, MeshView, ServiceTable, SnapshotError, trust_bundle,
+};
+
+/// Snapshots received so far, by type; a view is published once all are present.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshots {
+    workload: Option<Arc<LocalWorkload>>,
+    services: Option<Arc<ServiceTable>>,
+    bundle: Option<TrustBundle>,
+    settings: Option<Arc<MeshSettings>>,
+    /// Applied version per type URL.
+    pub versions: BTreeMap<String, String>,
+    /// Last rejection per type URL (cleared by the next accepted snapshot).
+    pub rejections: BTreeMap<String, String>,
+}
+
+impl Snapshots {
+    /// Validates and applies one response; on error nothing changes.
+    pub fn apply(&mut self, response: &DiscoveryResponse) -> Result<(), SnapshotError> {
+        use v1::discovery_response::Resources;
+        let mismatch = |expected: &str| SnapshotError {
+            resource: "DiscoveryResponse".into(),
+            field: "resources".into(),
+            message: format!(
+                "type_url {} does not match payload {expected}",
+                response.type_url
+            ),
+        };
+        match &response.resources {
+            Some(Resources::Workload(w)) if response.type_url == v1::WORKLOAD_TYPE_URL => {
+                self.workload = Some(Arc::new(LocalWorkload::try_from(w)?));
+            }
+            Some(Resources::Services(s)) if response.type_url == v1::SERVICES_TYPE_URL => {
+                self.services = Some(Arc::new(ServiceTable::try_from(s)?));
+            }
+            Some(Resources::TrustBundle(b)) if response.type_url == v1::TRUST_BUNDLE_TYPE_URL => {
+                let bundle = trust_bundle(b)?;
+                if let Some(settings) = &self.settings
+                    && bundle.trust_domain() != &settings.trust_domain
+                {
+                    return Err(SnapshotError {
+                        resource: "TrustBundle".into(),
+                        field: "trust_domain".into(),
+                        message: format!(
+                            "{} differs from the mesh trust domain {}",
+                            bundle.trust_domain(),
+                            settings.trust_domain
+                        ),
+                    });
+                }
+                self.bundle = Some(bundle);
+            }
+            Some(Resources::Mesh(m)) if response.type_url == v1::MESH_TYPE_URL => {
+                self.settings = Some(Arc::new(MeshSettings::try_from(m)?));
+            }
+            Some(Resources::Workload(_)) => return Err(mismatch("WorkloadSnapshot")),
+            Some(Resources::Services(_)) => return Err(mismatch("ServiceSnapshot")),
+            Some(Resources::TrustBundle(_)) => return Err(mismatch("TrustBundle")),
+            Some(Resources::Mesh(_)) => return Err(mismatch("MeshSettings")),
+            None => {
+                return Err(SnapshotError {
+                    resource: "DiscoveryResponse".into(),
+                    field: "resources".into(),
+                    message: format!("no payload for {}", response.type_url),
+                });
+            }
+        }
+        self.versions
+            .insert(response.type_url.clone(), response.version_info.clone());
+        self.rejections.remove(&response.type_url);
+        Ok(())
+    }
+
+    /// The complete view, once every type has arrived.
+    pub fn view(&self) -> Option<MeshView> {
+        Some(MeshView {
+            workload: self.workload.clone()?,
+            services: self.services.clone()?,
+            bundle: self.bundle.clone()?,
+            settings: self.settings.clone()?,
+        })
+    }
+}
+
+/// Where discovery results go.
+#[derive(Debug, Clone)]
+pub struct DiscoveryOutputs {
+    /// The complete, validated view.
+    pub view: watch::Sender<Option<Arc<MeshView>>>,
+    /// Versions and rejections, for `/config`.
+    pub status: watch::Sender<Snapshots>,
+}
+
+/// Runs the discovery stream until `shutdown`, reconnecting with backoff.
+pub async fn run(
+    target: ControlPlaneTarget,
+    node: Node,
+    creds: watch::Receiver<Option<Arc<Credentials>>>,
+    verify_bundle: watch::Receiver<TrustBundle>,
+    outputs: DiscoveryOutputs,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    let mut snapshots = Snapshots::default();
+    let mut creds = creds;
+    loop {
+        // The stream is authenticated by the workload certificate: wait for one.
+        let current = loop {
+            if let Some(c) = creds.borrow_and_update().clone() {
+                break c;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = creds.changed() => if changed.is_err() { return },
+            }
+        };
+        let bundle = verify_bundle.borrow().clone();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = stream_once(&target, &node, &current, &bundle, &mut snapshots, &outputs, &metrics, &mut backoff) => r,
+        };
+        metrics.discovery_connected(false);
+        let wait = backoff.next_delay();
+        match result {
+            Ok(()) => tracing::warn!(
+                retry_in_ms = wait.as_millis() as u64,
+                "discovery stream ended; reconnecting"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "discovery stream failed; keeping the last configuration and reconnecting")
+            }
+        }
+        metrics.discovery_reconnect();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Failure of one stream attempt.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Connect(#[from] crate::control::ControlPlaneError),
+    #[error("control plane: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("request channel closed")]
+    Closed,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_once(
+    target: &ControlPlaneTarget,
+    node: &Node,
+    creds: &Credentials,
+    bundle: &TrustBundle,
+    snapshots: &mut Snapshots,
+    outputs: &DiscoveryOutputs,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+) -> Result<(), StreamError> {
+    let channel = target.connect(bundle, Some(creds)).await?;
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    for (i, type_url) in v1::ALL_TYPE_URLS.iter().enumerate() {
+        let request = DiscoveryRequest {
+            node: (i == 0).then(|| node.clone()),
+            type_url: (*type_url).to_owned(),
+            version_info: snapshots
+                .versions
+                .get(*type_url)
+                .cloned()
+                .unwrap_or_default(),
+            response_nonce: String::new(),
+            error_detail: None,
+        };
+        tx.send(request).await.map_err(|_| StreamError::Closed)?;
+    }
+    let mut responses = DiscoveryClient::new(channel)
+        .stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(control_plane = %target.addr, "discovery stream open");
+    metrics.discovery_connected(true);
+    while let Some(response) = responses.message().await? {
+        backoff.reset();
+        let ack = match snapshots.apply(&response) {
+            Ok(()) => {
+                metrics.discovery_update(&response.type_url, true);
+                tracing::debug!(type_url = %response.type_url, version = %response.version_info, "applied");
+                DiscoveryRequest {
+                    node: None,
+                    type_url: response.type_url.clone(),
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    error_detail: None,
+                }
+            }
+            Err(e) => {
+                metrics.discovery_update(&response.type_url, false);
+                tracing::warn!(type_url = %response.type_url, version = %response.version_info, error = %e, "rejected configuration; keeping the last good one");
+                snapshots
+                    .rejections
+                    .insert(response.type_url.clone(), e.to_string());
+                DiscoveryRequest {
+                    node: None,
+                    type_url: response.type_url.clone(),
+                    version_info: snapshots
+                        .versions
+                        .get(&response.type_url)
+                        .cloned()
+                        .unwrap_or_default(),
+                    response_nonce: response.nonce.clone(),
+                    error_detail: Some(ErrorDetail {
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        };
+        publish(snapshots, outputs);
+        tx.send(ack).await.map_err(|_| StreamError::Closed)?;
+    }
+    Ok(())
+}
+
+/// Publishes the view if it is complete and changed, and the status always.
+pub fn publish(snapshots: &Snapshots, outputs: &DiscoveryOutputs) {
+    if let Some(view) = snapshots.view() {
+        outputs.view.send_replace(Some(Arc::new(view)));
+    }
+    outputs.status.send_replace(snapshots.clone());
+}

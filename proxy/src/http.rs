@@ -1,0 +1,246 @@
+//! HTTP plumbing shared by both directions: the body type, header hygiene, and the one place
+//! where a typed failure becomes an HTTP or gRPC response.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// Body of every request and response the proxy handles: streamed through, or generated here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Error type of [`ProxyBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Header naming the policy that denied a request (CONTRACT: behaviour users rely on).
+pub const DENIED_BY: HeaderName = HeaderName::from_static("x-palisade-denied-by");
+/// Envoy-style header telling the app who called it.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// A body the proxy generated.
+pub fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Either::Right(Full::new(body.into()))
+}
+
+/// A streamed body.
+pub fn streamed(body: Incoming) -> ProxyBody {
+    Either::Left(body)
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1), including any named in `Connection`.
+/// `te: trailers` survives because gRPC over HTTP/2 requires it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a request is gRPC (by content type), so failures are answered in gRPC terms.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Every way the proxy itself can fail a request. Mapped to a response in exactly one place
+/// ([`Failure::into_response`]) with an exhaustive match, so no new kind can fall through
+/// to a generic 500.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Authorization said no. `by` is the deciding policy (`namespace/name`) or `default-deny`.
+    #[error("denied by {by}")]
+    Denied {
+        /// The deciding policy; left out of the response when the mesh hides reasons.
+        by: String,
+        /// Whether to leave the policy name out of the response.
+        hide: bool,
+    },
+    /// The destination is not a mesh Service and the outbound policy refuses it.
+    #[error("{authority} is not a mesh service, and the outbound policy is REGISTRY_ONLY")]
+    UnknownDestination {
+        /// What the app asked for.
+        authority: String,
+    },
+    /// The request names no destination at all.
+    #[error("request names no destination (no absolute URI, Host or :authority)")]
+    NoDestination,
+    /// The authority is malformed.
+    #[error("invalid authority {0:?}")]
+    BadAuthority(String),
+    /// The peer sidecar could not be reached or refused us (TLS, identity, connect).
+    #[error("upstream sidecar {peer} unavailable: {reason}")]
+    PeerUnavailable {
+        /// Where we tried to connect.
+        peer: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The local app could not be reached.
+    #[error("app on port {port} unavailable: {reason}")]
+    AppUnavailable {
+        /// The app port.
+        port: u16,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The request arrived for a port the workload does not expose.
+    #[error("port {0} is not a port of this workload")]
+    UnknownPort(u16),
+    /// The proxy is not ready (no certificate or configuration yet).
+    #[error("proxy is not ready: {0}")]
+    NotReady(&'static str),
+}
+
+impl Failure {
+    /// HTTP status, gRPC status code and the short reason of each failure.
+    fn parts(&self) -> (StatusCode, u8) {
+        match self {
+            Failure::Denied { .. } => (StatusCode::FORBIDDEN, 7),
+            Failure::UnknownDestination { .. } => (StatusCode::FORBIDDEN, 7),
+            Failure::NoDestination | Failure::BadAuthority(_) => (StatusCode::BAD_REQUEST, 3),
+            Failure::PeerUnavailable { .. } | Failure::AppUnavailable { .. } => {
+                (StatusCode::BAD_GATEWAY, 14)
+            }
+            Failure::UnknownPort(_) => (StatusCode::NOT_FOUND, 12),
+            Failure::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        }
+    }
+
+    /// The value of `x-palisade-denied-by`, for failures that are policy decisions.
+    fn denied_by(&self) -> Option<&str> {
+        match self {
+            Failure::Denied { hide: true, .. } => Some("hidden"),
+            Failure::Denied { by, .. } => Some(by),
+            Failure::UnknownDestination { .. } => Some("outbound-registry-only"),
+            _ => None,
+        }
+    }
+
+    /// The response the caller sees: for gRPC, HTTP 200 with `grpc-status` (trailers-only);
+    /// otherwise the HTTP status with a one-line text body.
+    pub fn into_response(self, grpc: bool) -> Response<ProxyBody> {
+        let (status, grpc_code) = self.parts();
+        let message = match &self {
+            Failure::Denied { hide: true, .. } => "denied by policy".to_owned(),
+            other => other.to_string(),
+        };
+        let mut builder = Response::builder();
+        if let Some(by) = self.denied_by() {
+            builder = builder.header(DENIED_BY, by);
+        }
+        let response = if grpc {
+            builder
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", grpc_code.to_string())
+                .header("grpc-message", percent_encode_grpc(&message))
+                .body(full(Bytes::new()))
+        } else {
+            builder
+                .status(status)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(full(format!("{status}: {message}\n")))
+        };
+        response.unwrap_or_else(|_| {
+            let mut fallback = Response::new(full(Bytes::from_static(b"proxy error\n")));
+            *fallback.status_mut() = status;
+            fallback
+        })
+    }
+}
+
+/// Percent-encodes a grpc-message value as the gRPC HTTP/2 spec asks (outside 0x20..=0x7E, and `%`).
+fn percent_encode_grpc(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_headers_but_keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-private").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn denial_maps_to_403_and_grpc_7() {
+        let http = Failure::Denied {
+            by: "shop/allow-frontend".into(),
+            hide: false,
+        }
+        .into_response(false);
+        assert_eq!(http.status(), StatusCode::FORBIDDEN);
+        assert_eq!(http.headers()[DENIED_BY], "shop/allow-frontend");
+        let grpc = Failure::Denied {
+            by: "default-deny".into(),
+            hide: false,
+        }
+        .into_response(true);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "7");
+        assert_eq!(grpc.headers()[DENIED_BY], "default-deny");
+        let hidden = Failure::Denied {
+            by: "shop/x".into(),
+            hide: true,
+        }
+        .into_response(false);
+        assert_eq!(hidden.headers()[DENIED_BY], "hidden");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode_grpc("a b%c\n"), "a b%25c%0A");
+    }
+}

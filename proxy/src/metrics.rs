@@ -1,0 +1,225 @@
+//! Prometheus metrics of the proxy, served on the admin port's `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Traffic direction, as seen from the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Direction {
+    /// Requests the workload receives.
+    Inbound,
+    /// Requests the workload sends.
+    Outbound,
+}
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// HTTP status code returned.
+    pub status: u16,
+    /// The other side's SPIFFE ID (inbound: the caller; outbound: the server), or "none".
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpdateLabels {
+    type_url: String,
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~13 s, doubling.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 18,
+    ))
+}
+
+/// All metrics of one proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily<DirectionLabels>,
+    connections: Family<DirectionLabels, Counter>,
+    handshake_failures: Family<DirectionLabels, Counter>,
+    cert_expiry: Gauge,
+    cert_renewals: Counter,
+    cert_failures: Counter,
+    discovery_connected: Gauge,
+    discovery_updates: Family<UpdateLabels, Counter>,
+    discovery_reconnects: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("palisade_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests handled, by direction, response status and peer identity",
+            requests.clone(),
+        );
+        let latency: HistogramFamily<DirectionLabels> =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to response headers sent, by direction",
+            latency.clone(),
+        );
+        let connections = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Connections accepted, by direction",
+            connections.clone(),
+        );
+        let handshake_failures = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (bad or missing certificate, wrong identity), by direction",
+            handshake_failures.clone(),
+        );
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the current workload certificate expires (Unix time)",
+            cert_expiry.clone(),
+        );
+        let cert_renewals = Counter::default();
+        registry.register(
+            "certificate_renewals",
+            "Workload certificates obtained",
+            cert_renewals.clone(),
+        );
+        let cert_failures = Counter::default();
+        registry.register(
+            "certificate_failures",
+            "Failed attempts to obtain a workload certificate",
+            cert_failures.clone(),
+        );
+        let discovery_connected = Gauge::default();
+        registry.register(
+            "discovery_connected",
+            "1 while the discovery stream to the control plane is open",
+            discovery_connected.clone(),
+        );
+        let discovery_updates = Family::<UpdateLabels, Counter>::default();
+        registry.register(
+            "discovery_updates",
+            "Discovery snapshots received, by type and result (ack or nack)",
+            discovery_updates.clone(),
+        );
+        let discovery_reconnects = Counter::default();
+        registry.register(
+            "discovery_reconnects",
+            "Times the discovery stream was lost and retried",
+            discovery_reconnects.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            connections,
+            handshake_failures,
+            cert_expiry,
+            cert_renewals,
+            cert_failures,
+            discovery_connected,
+            discovery_updates,
+            discovery_reconnects,
+        }
+    }
+
+    /// Records one finished request.
+    pub fn request(&self, direction: Direction, status: u16, peer: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                status,
+                peer: peer.to_owned(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&DirectionLabels { direction })
+            .observe(seconds);
+    }
+
+    /// Records an accepted connection.
+    pub fn connection(&self, direction: Direction) {
+        self.connections
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Records a failed TLS handshake.
+    pub fn handshake_failure(&self, direction: Direction) {
+        self.handshake_failures
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Records a new workload certificate.
+    pub fn certificate_renewed(&self, not_after: i64) {
+        self.cert_renewals.inc();
+        self.cert_expiry.set(not_after);
+    }
+
+    /// Records a failed certificate request.
+    pub fn certificate_failure(&self) {
+        self.cert_failures.inc();
+    }
+
+    /// Records the discovery stream opening or closing.
+    pub fn discovery_connected(&self, connected: bool) {
+        self.discovery_connected.set(i64::from(connected));
+    }
+
+    /// Records a snapshot ACK (`accepted`) or NACK.
+    pub fn discovery_update(&self, type_url: &str, accepted: bool) {
+        let short = type_url.rsplit('.').next().unwrap_or(type_url).to_owned();
+        self.discovery_updates
+            .get_or_create(&UpdateLabels {
+                type_url: short,
+                result: if accepted { "ack" } else { "nack" },
+            })
+            .inc();
+    }
+
+    /// Records a reconnect of the discovery stream.
+    pub fn discovery_reconnect(&self) {
+        self.discovery_reconnects.inc();
+    }
+
+    /// The registry, for further metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,213 @@
+//! Connections to peer sidecars: one multiplexed HTTP/2 connection over mTLS per
+//! (sidecar address, expected identity, target port), opened on first use and reused.
+//!
+//! The target app port travels in the TLS SNI (`port-<n>.palisade.mesh`), so the peer's
+//! inbound knows where to deliver before reading any request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_certs::{ALPN_H2, SpiffeId};
+use rustls_pki_types::{DnsName, ServerName};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use crate::http::ProxyBody;
+use crate::tls::TlsState;
+
+/// How long to wait for TCP connect plus TLS handshake to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Identifies one pooled connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// The peer sidecar's mTLS address.
+    pub addr: SocketAddr,
+    /// The SPIFFE ID it must present.
+    pub identity: SpiffeId,
+    /// The app port on the peer's workload.
+    pub target_port: u16,
+}
+
+/// Why a request could not be delivered to a peer sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No certificate yet.
+    #[error("no workload certificate yet")]
+    NoCredentials,
+    /// TCP connect failed or timed out.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// The TLS handshake failed (this includes a server presenting the wrong identity).
+    #[error("mTLS handshake: {0}")]
+    Handshake(std::io::Error),
+    /// The peer did not agree on HTTP/2.
+    #[error("peer did not negotiate h2")]
+    NoH2,
+    /// TLS configuration error.
+    #[error("TLS: {0}")]
+    Tls(#[from] palisade_certs::TlsError),
+    /// HTTP/2 failure.
+    #[error("http/2: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Parses the target port a client put in the SNI.
+pub fn port_from_sni(sni: &str) -> Option<u16> {
+    sni.strip_prefix("port-")?
+        .strip_suffix(".palisade.mesh")?
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+}
+
+fn sni_for(port: u16) -> ServerName<'static> {
+    match DnsName::try_from(format!("port-{port}.palisade.mesh")) {
+        Ok(name) => ServerName::DnsName(name),
+        Err(_) => palisade_certs::tls::placeholder_server_name(),
+    }
+}
+
+/// Pooled HTTP/2 connections to peer sidecars.
+#[derive(Debug)]
+pub struct PeerPool {
+    tls: watch::Receiver<Option<Arc<TlsState>>>,
+    ready: Mutex<HashMap<PeerKey, SendRequest<ProxyBody>>>,
+    /// Serialises connection setup per key, so a burst opens one connection, not many.
+    connecting: Mutex<HashMap<PeerKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl PeerPool {
+    /// A pool that uses the current TLS state for every new connection.
+    pub fn new(tls: watch::Receiver<Option<Arc<TlsState>>>) -> Self {
+        Self {
+            tls,
+            ready: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, key: &PeerKey) -> Option<SendRequest<ProxyBody>> {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        match ready.get(key) {
+            Some(conn) if !conn.is_closed() => Some(conn.clone()),
+            Some(_) => {
+                ready.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn connection(&self, key: &PeerKey) -> Result<SendRequest<ProxyBody>, PeerError> {
+        if let Some(conn) = self.cached(key) {
+            return Ok(conn);
+        }
+        let gate = self
+            .connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _guard = gate.lock().await;
+        if let Some(conn) = self.cached(key) {
+            return Ok(conn);
+        }
+        let conn = self.connect(key).await?;
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    async fn connect(&self, key: &PeerKey) -> Result<SendRequest<ProxyBody>, PeerError> {
+        let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
+        let config = tls.client_for(&key.identity)?;
+        let handshake = async {
+            let tcp = TcpStream::connect(key.addr)
+                .await
+                .map_err(PeerError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            TlsConnector::from(config)
+                .connect(sni_for(key.target_port), tcp)
+                .await
+                .map_err(PeerError::Handshake)
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| PeerError::Connect(std::io::ErrorKind::TimedOut.into()))??;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(PeerError::NoH2);
+        }
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_frame_size(1 << 16)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let addr = key.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %addr, error = %e, "peer connection closed");
+            }
+        });
+        Ok(send)
+    }
+
+    /// Sends `request` to the peer; if a pooled connection turns out to be dead before the
+    /// request left, retries once on a new connection.
+    pub async fn send(
+        &self,
+        key: &PeerKey,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let mut conn = self.connection(key).await?;
+        match conn.try_send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(mut e) => match e.take_message() {
+                Some(request) => {
+                    self.forget(key);
+                    let mut fresh = self.connection(key).await?;
+                    Ok(fresh.send_request(request).await?)
+                }
+                None => Err(PeerError::Http(e.into_error())),
+            },
+        }
+    }
+
+    fn forget(&self, key: &PeerKey) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_round_trip() {
+        let name = sni_for(8080);
+        let ServerName::DnsName(dns) = &name else {
+            panic!("dns name expected")
+        };
+        assert_eq!(port_from_sni(dns.as_ref()), Some(8080));
+        assert_eq!(port_from_sni("port-0.palisade.mesh"), None);
+        assert_eq!(port_from_sni("port-70000.palisade.mesh"), None);
+        assert_eq!(port_from_sni("example.com"), None);
+    }
+}
