@@ -75,8 +75,8 @@ impl TrustBundle {
             if unique.contains(&root) {
                 continue;
             }
-            let info =
-                inspect(root.as_ref()).map_err(|source| BundleError::Certificate { index, source })?;
+            let info = inspect(root.as_ref())
+                .map_err(|source| BundleError::Certificate { index, source })?;
             if !info.is_ca {
                 return Err(BundleError::NotCa {
                     index,

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber,
 };
 use ring::rand::SecureRandom;
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
 use crate::bundle::{BundleError, TrustBundle};
@@ -177,7 +178,8 @@ impl CaMaterial {
         ];
         for (name, contents, secret) in files {
             let path = dir.join(name);
-            write_file(&path, contents, secret).map_err(|source| CaError::Write { path, source })?;
+            write_file(&path, contents, secret)
+                .map_err(|source| CaError::Write { path, source })?;
         }
         Ok(CaFiles::in_dir(dir))
     }
@@ -192,9 +194,16 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> 
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
+    let mut file = options.open(path)?;
+    // `mode` applies only when the file is created: tighten a key file that already existed.
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     #[cfg(not(unix))]
     let _ = secret;
-    options.open(path)?.write_all(contents.as_bytes())
+    file.write_all(contents.as_bytes())
 }
 
 /// A signed workload certificate and what goes with it.
@@ -285,8 +294,12 @@ fn ca_params(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params.not_before = now() - CLOCK_SKEW;
-    params.not_after = now() + lifetime;
+    let start = now();
+    params.not_before = start - CLOCK_SKEW;
+    params.not_after = time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|d| start.checked_add(d))
+        .ok_or_else(|| CaError::Generate(format!("CA lifetime {lifetime:?} is too long")))?;
     params.serial_number = Some(random_serial()?);
     params.use_authority_key_identifier_extension = true;
     Ok(params)
@@ -307,16 +320,19 @@ impl CertificateAuthority {
             Some(1),
         )?;
         let root_cert = root_params.self_signed(&root_key).map_err(gen_err)?;
+        let root_not_after = root_params.not_after;
         let root_issuer = Issuer::new(root_params, &root_key);
 
         let ca_key = KeyPair::generate_for(alg).map_err(gen_err)?;
         let lifetime = options.intermediate_lifetime.min(options.root_lifetime);
-        let ca_params = ca_params(
+        let mut ca_params = ca_params(
             &options.organization,
             &format!("Palisade intermediate CA {trust_domain}"),
             lifetime,
             Some(0),
         )?;
+        // Computed a moment after the root's: never let the intermediate outlive the root.
+        ca_params.not_after = ca_params.not_after.min(root_not_after);
         let ca_cert = ca_params
             .signed_by(&ca_key, &root_issuer)
             .map_err(gen_err)?;
@@ -405,7 +421,10 @@ impl CertificateAuthority {
         if !info.is_ca {
             return Err(invalid(
                 ca_path,
-                format!("{} is not a CA certificate (basicConstraints cA=false)", info.subject),
+                format!(
+                    "{} is not a CA certificate (basicConstraints cA=false)",
+                    info.subject
+                ),
             ));
         }
         let unix_now = now().unix_timestamp();
@@ -418,12 +437,16 @@ impl CertificateAuthority {
         if info.not_before > unix_now + CLOCK_SKEW.as_secs() as i64 {
             return Err(invalid(
                 ca_path,
-                format!("{} is not valid before {}", info.subject, fmt_unix(info.not_before)),
+                format!(
+                    "{} is not valid before {}",
+                    info.subject,
+                    fmt_unix(info.not_before)
+                ),
             ));
         }
         check_can_sign(issuing.as_ref()).map_err(|reason| invalid(ca_path, reason))?;
 
-        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Invalid {
+        let key = crate::workload::key_pair_from_pem(key_pem).map_err(|e| CaError::Invalid {
             path: key_path.to_owned(),
             reason: format!("not a usable private key: {e}"),
         })?;
@@ -461,19 +484,22 @@ impl CertificateAuthority {
         };
         // Prove the whole path works before anyone relies on it: issue a throwaway leaf
         // and verify it against the roots exactly as a peer would.
-        let probe_id = SpiffeId::for_service_account(&ca.trust_domain, "palisade-system", "ca-self-test")
-            .map_err(|e| CaError::Generate(e.to_string()))?;
+        let probe_id =
+            SpiffeId::for_service_account(&ca.trust_domain, "palisade-system", "ca-self-test")
+                .map_err(|e| CaError::Generate(e.to_string()))?;
         let (probe, _) = ca.issue(&probe_id, Duration::from_secs(300))?;
-        crate::tls::verify_chain(&probe.leaf, &probe.chain, &ca.bundle, crate::tls::Usage::Server)
-            .map_err(|e| {
-                invalid(
-                    ca_path,
-                    format!(
-                        "does not chain to any root in {}: {e}",
-                        root_path.display()
-                    ),
-                )
-            })?;
+        crate::tls::verify_chain(
+            &probe.leaf,
+            &probe.chain,
+            &ca.bundle,
+            crate::tls::Usage::Server,
+        )
+        .map_err(|e| {
+            invalid(
+                ca_path,
+                format!("does not chain to any root in {}: {e}", root_path.display()),
+            )
+        })?;
         Ok(ca)
     }
 
@@ -509,7 +535,11 @@ impl CertificateAuthority {
     ) -> Result<IssuedLeaf, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        // rcgen derives `csr.public_key`'s algorithm from the CSR's *signature* algorithm, so a
+        // P-384 key signed with ecdsa-with-SHA256 would pass as P-256 and be written into the
+        // leaf under the wrong curve. Take the key type from the SubjectPublicKeyInfo instead.
+        let public_key = csr_public_key(csr_pem)?;
+        if public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
             return Err(CaError::BadCsr("key must be ECDSA P-256".into()));
         }
         let uris: Vec<&str> = csr
@@ -537,7 +567,7 @@ impl CertificateAuthority {
                 "request may only carry its SPIFFE ID as SAN".into(),
             ));
         }
-        self.sign(&csr.public_key, identity, lifetime)
+        self.sign(&public_key, identity, lifetime)
     }
 
     /// Issues a leaf and a fresh key for `identity`: for the control plane's own serving
@@ -588,10 +618,16 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
         params.not_before = start - CLOCK_SKEW;
-        let issuer_end = OffsetDateTime::from_unix_timestamp(self.issuer_not_after)
+        let issuer_end =
+            OffsetDateTime::from_unix_timestamp(self.issuer_not_after).map_err(gen_err)?;
+        // A lifetime past what a date can hold is "as long as the issuer allows".
+        params.not_after = time::Duration::try_from(lifetime)
+            .ok()
+            .and_then(|d| start.checked_add(d))
+            .map_or(issuer_end, |end| end.min(issuer_end));
+        let cert = params
+            .signed_by(public_key, &self.issuer)
             .map_err(gen_err)?;
-        params.not_after = (start + lifetime).min(issuer_end);
-        let cert = params.signed_by(public_key, &self.issuer).map_err(gen_err)?;
         Ok(IssuedLeaf {
             leaf: cert.der().clone(),
             chain: self.chain.clone(),
@@ -606,8 +642,20 @@ impl CertificateAuthority {
 pub fn fmt_unix(secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| secs.to_string())
+}
+
+/// The CSR's public key with its algorithm read from the SubjectPublicKeyInfo itself.
+fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo, CaError> {
+    let bad = |e: &dyn std::fmt::Display| CaError::BadCsr(e.to_string());
+    let block = ::pem::parse(csr_pem).map_err(|e| bad(&e))?;
+    let (_, csr) = X509CertificationRequest::from_der(block.contents()).map_err(|e| bad(&e))?;
+    rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
+        .map_err(|e| bad(&e))
 }
 
 fn spki_key_bytes(der: &[u8]) -> Option<Vec<u8>> {

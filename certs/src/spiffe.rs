@@ -26,7 +26,9 @@ pub enum SpiffeIdError {
     #[error("{0:?}: trust domain is missing")]
     MissingTrustDomain(String),
     /// The trust domain has a character outside `[a-z0-9._-]` (this includes ports and user info).
-    #[error("{id:?}: trust domain has a character that is not allowed: {ch:?} (allowed: a-z 0-9 . - _)")]
+    #[error(
+        "{id:?}: trust domain has a character that is not allowed: {ch:?} (allowed: a-z 0-9 . - _)"
+    )]
     BadTrustDomainChar {
         /// The whole input.
         id: String,
@@ -43,7 +45,9 @@ pub enum SpiffeIdError {
     #[error("{0:?}: path has a relative segment (\".\" or \"..\")")]
     DotSegment(String),
     /// A path character outside `[A-Za-z0-9._-]` (this includes `%`, `?`, `#`).
-    #[error("{id:?}: path has a character that is not allowed: {ch:?} (allowed: A-Z a-z 0-9 . - _)")]
+    #[error(
+        "{id:?}: path has a character that is not allowed: {ch:?} (allowed: A-Z a-z 0-9 . - _)"
+    )]
     BadPathChar {
         /// The whole input.
         id: String,
@@ -131,9 +135,12 @@ impl SpiffeId {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, SpiffeIdError> {
-        Self::parse(&format!(
-            "{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
-        ))
+        let id = format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}");
+        // A `/` inside a name would add path segments and yield an identity of another shape.
+        if namespace.contains('/') || service_account.contains('/') {
+            return Err(SpiffeIdError::BadPathChar { id, ch: '/' });
+        }
+        Self::parse(&id)
     }
 
     /// The trust domain part, e.g. `cluster.local`.
@@ -158,7 +165,13 @@ impl SpiffeId {
 
     fn ns_sa(&self) -> Option<(&str, &str)> {
         let mut parts = self.path().strip_prefix('/')?.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
             _ => None,
         }
@@ -242,7 +255,8 @@ mod tests {
     #[test]
     fn rejects_invalid_ids() {
         use SpiffeIdError::*;
-        let cases: &[(&str, fn(&SpiffeIdError) -> bool)] = &[
+        type Case = (&'static str, fn(&SpiffeIdError) -> bool);
+        let cases: &[Case] = &[
             ("", |e| matches!(e, Empty)),
             ("SPIFFE://cluster.local/a", |e| matches!(e, WrongScheme(_))),
             ("https://cluster.local/a", |e| matches!(e, WrongScheme(_))),
@@ -258,10 +272,18 @@ mod tests {
             }),
             ("spiffe://cluster.local", |e| matches!(e, MissingPath(_))),
             ("spiffe://cluster.local/", |e| matches!(e, EmptySegment(_))),
-            ("spiffe://cluster.local/ns//sa", |e| matches!(e, EmptySegment(_))),
-            ("spiffe://cluster.local/ns/a/", |e| matches!(e, EmptySegment(_))),
-            ("spiffe://cluster.local/ns/./a", |e| matches!(e, DotSegment(_))),
-            ("spiffe://cluster.local/ns/../a", |e| matches!(e, DotSegment(_))),
+            ("spiffe://cluster.local/ns//sa", |e| {
+                matches!(e, EmptySegment(_))
+            }),
+            ("spiffe://cluster.local/ns/a/", |e| {
+                matches!(e, EmptySegment(_))
+            }),
+            ("spiffe://cluster.local/ns/./a", |e| {
+                matches!(e, DotSegment(_))
+            }),
+            ("spiffe://cluster.local/ns/../a", |e| {
+                matches!(e, DotSegment(_))
+            }),
             ("spiffe://cluster.local/ns/a%20b", |e| {
                 matches!(e, BadPathChar { ch: '%', .. })
             }),

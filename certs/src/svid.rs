@@ -71,7 +71,9 @@ fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
     let (rest, cert) =
         X509Certificate::from_der(der).map_err(|e| SvidError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(SvidError::Malformed("trailing bytes after certificate".into()));
+        return Err(SvidError::Malformed(
+            "trailing bytes after certificate".into(),
+        ));
     }
     Ok(cert)
 }
@@ -129,7 +131,9 @@ pub fn validate_leaf(der: &[u8]) -> Result<SpiffeId, SvidError> {
         return Err(SvidError::KeyUsage("digitalSignature is not set"));
     }
     if ku.value.key_cert_sign() || ku.value.crl_sign() {
-        return Err(SvidError::KeyUsage("keyCertSign or cRLSign is set on a leaf"));
+        return Err(SvidError::KeyUsage(
+            "keyCertSign or cRLSign is set on a leaf",
+        ));
     }
     if let Some(eku) = cert
         .extended_key_usage()

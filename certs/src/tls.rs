@@ -122,9 +122,10 @@ fn verify_chain_at(
 }
 
 fn algorithms() -> &'static WebPkiSupportedAlgorithms {
-    static ALGORITHMS: std::sync::LazyLock<WebPkiSupportedAlgorithms> = std::sync::LazyLock::new(
-        || rustls::crypto::ring::default_provider().signature_verification_algorithms,
-    );
+    static ALGORITHMS: std::sync::LazyLock<WebPkiSupportedAlgorithms> =
+        std::sync::LazyLock::new(|| {
+            rustls::crypto::ring::default_provider().signature_verification_algorithms
+        });
     &ALGORITHMS
 }
 
@@ -133,7 +134,10 @@ fn to_rustls(e: TlsError) -> rustls::Error {
         TlsError::Chain(msg) if msg.contains("Expired") => CertificateError::Expired,
         TlsError::Chain(msg) if msg.contains("NotValidYet") => CertificateError::NotValidYet,
         TlsError::Chain(msg) if msg.contains("UnknownIssuer") => CertificateError::UnknownIssuer,
-        TlsError::Chain(msg) if msg.contains("BadSignature") => CertificateError::BadSignature,
+        // webpki's variant is `InvalidSignatureForPublicKey` (it has no `BadSignature`).
+        TlsError::Chain(msg) if msg.contains("InvalidSignatureForPublicKey") => {
+            CertificateError::BadSignature
+        }
         _ => CertificateError::Other(rustls::OtherError(Arc::new(e))),
     };
     rustls::Error::InvalidCertificate(cert_error)
