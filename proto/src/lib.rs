@@ -27,3 +27,52 @@ pub mod v1 {
         SERVICES_TYPE_URL,
     ];
 }
+
+/// Conventions of the admin endpoints every Palisade component serves.
+pub mod exposition {
+    /// Rewrites the OpenMetrics text that `prometheus-client` produces into the classic
+    /// Prometheus text format (what `promtool check metrics` and older scrapers expect):
+    /// counter HELP/TYPE lines take the `_total` sample name, and `# EOF` is dropped.
+    pub fn to_prometheus_text(openmetrics: &str) -> String {
+        let counters: std::collections::HashSet<&str> = openmetrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+        for line in openmetrics.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                counters
+                    .contains(name)
+                    .then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            match rewritten {
+                Some(l) => out.push_str(l.trim_end()),
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Content type of [`to_prometheus_text`] output.
+    pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn counter_metadata_takes_the_total_name() {
+            let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 3\n# HELP g Gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+            let text = super::to_prometheus_text(om);
+            assert_eq!(
+                text,
+                "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 3\n# HELP g Gauge.\n# TYPE g gauge\ng 1\n"
+            );
+        }
+    }
+}

@@ -69,7 +69,7 @@ impl Admin {
             },
             "/metrics" => respond(
                 StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                palisade_proto::exposition::PROMETHEUS_TEXT,
                 self.metrics.encode(),
             ),
             "/certs" => json(&self.certs()),

@@ -214,12 +214,11 @@ impl Metrics {
         &self.registry
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Prometheus text exposition (classic format) of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        palisade_proto::exposition::to_prometheus_text(&out)
     }
 }

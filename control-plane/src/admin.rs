@@ -1,0 +1,155 @@
+//! The admin HTTP endpoint (plaintext): `/live`, `/ready`, `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+
+/// How long open admin connections get to finish after shutdown is signalled.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Idle admin connections are closed after this; scrapers reconnect.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the admin endpoint reports on.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub(crate) fn route(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match path {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(palisade_proto::exposition::PROMETHEUS_TEXT),
+            );
+            resp
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found (try /live, /ready, /metrics)\n",
+        ),
+    }
+}
+
+/// Serves the admin endpoint until `shutdown`, then gives open connections a grace period.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let graceful = GracefulShutdown::new();
+    // Cancelled after the grace period: closes connections that did not finish in time.
+    let force = CancellationToken::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+        };
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let resp = route(&state, req.method(), req.uri().path());
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(tcp), service);
+        let conn = graceful.watch(conn);
+        let force = force.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                result = conn => if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "admin connection failed");
+                },
+                _ = force.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("admin connections still open after the grace period: closing them");
+    }
+    force.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(Metrics::new()),
+        };
+        assert_eq!(
+            route(&state, &Method::GET, "/live").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            route(&state, &Method::GET, "/ready").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state.ready.store(true, Ordering::Release);
+        assert_eq!(
+            route(&state, &Method::GET, "/ready").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            route(&state, &Method::GET, "/metrics").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            route(&state, &Method::GET, "/nope").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            route(&state, &Method::POST, "/live").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}

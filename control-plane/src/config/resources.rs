@@ -1,0 +1,171 @@
+//! The YAML resource formats, as serde types. Every struct denies unknown fields: a field
+//! the mesh silently ignores (a misspelt `selector`, say) is a security hole.
+//!
+//! Numbers and enumerations are read loosely here (`i64`, `String`) and checked in
+//! `validate`, so that errors say "port 70000 is out of range" rather than serde's
+//! "expected u16".
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The `apiVersion` of Palisade's own resources.
+pub const API_VERSION: &str = "palisade.dev/v1alpha1";
+/// Istio's AuthorizationPolicy API versions, accepted as they are.
+pub const ISTIO_SECURITY_API_VERSIONS: &[&str] =
+    &["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// A port number as written: any integer, so that range errors are ours ("port 70000 is out
+/// of range") and type errors say what was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PortValue(pub i64);
+
+impl<'de> Deserialize<'de> for PortValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port number (1 to 65535)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortValue, E> {
+                Ok(PortValue(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortValue, E> {
+                Ok(PortValue(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+        d.deserialize_i64(Visitor)
+    }
+}
+
+/// `metadata` of every resource.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct Metadata {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `kind: Workload`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct WorkloadDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: WorkloadSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct WorkloadSpec {
+    #[serde(default)]
+    pub service_account: Option<String>,
+    pub address: String,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+/// A port of a Workload or a Service (`targetPort` is only allowed on Services).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct PortSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: PortValue,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// `kind: Service`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ServiceDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ServiceSpec {
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub ports: Vec<ServicePortSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ServicePortSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: PortValue,
+    #[serde(default)]
+    pub target_port: Option<PortValue>,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// `kind: MeshConfig`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct MeshConfigDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: MeshConfigSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct MeshConfigSpec {
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    #[serde(default)]
+    pub root_namespace: Option<String>,
+    #[serde(default)]
+    pub default_authorization: Option<String>,
+    #[serde(default)]
+    pub mtls: Option<ModeSpec>,
+    #[serde(default)]
+    pub outbound_traffic_policy: Option<ModeSpec>,
+    #[serde(default)]
+    pub certificate_lifetime: Option<String>,
+    #[serde(default)]
+    pub hide_denial_reasons: Option<bool>,
+}
+
+/// `{mode: ...}` objects of MeshConfig.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ModeSpec {
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// The envelope of kinds kept opaque for now: only the metadata is checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PendingDoc {
+    pub metadata: Metadata,
+}

@@ -1,0 +1,837 @@
+//! Checks of single documents, then of resources against each other, producing the model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use palisade_certs::{SpiffeId, TrustDomain};
+use serde_yaml_ng::Value;
+
+use super::resources::{
+    MeshConfigDoc, Metadata, PortSpec, ServiceDoc, ServicePortSpec, WorkloadDoc,
+};
+use super::{ConfigError, DocCtx, typed};
+use crate::model::{
+    DefaultAuthorization, Endpoint, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
+    OutboundTrafficPolicy, PendingResource, Protocol, Service, ServicePort, Source, Workload,
+    WorkloadPort,
+};
+
+/// Shortest certificate lifetime accepted: below it, renewal traffic dominates.
+const MIN_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(5);
+/// Longest certificate lifetime accepted: short-lived certificates are the revocation story.
+const MAX_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Where a port's protocol came from: an explicit one must agree with the workload's, a
+/// default one is inherited from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProtocolFrom {
+    AppProtocol,
+    PortName,
+    Default,
+}
+
+#[derive(Debug, Clone)]
+struct WorkloadDraft {
+    ctx: DocCtx,
+    name: String,
+    namespace: String,
+    service_account: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    address: IpAddr,
+    ports: Vec<WorkloadPort>,
+}
+
+#[derive(Debug, Clone)]
+struct ServicePortDraft {
+    name: String,
+    port: u16,
+    target_port: Option<u16>,
+    protocol: Protocol,
+    protocol_from: ProtocolFrom,
+}
+
+#[derive(Debug, Clone)]
+struct ServiceDraft {
+    ctx: DocCtx,
+    name: String,
+    namespace: String,
+    selector: BTreeMap<String, String>,
+    ports: Vec<ServicePortDraft>,
+}
+
+/// Documents that passed their own checks, waiting for the cross-resource phase.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    seen: HashMap<(&'static str, NamespacedName), Source>,
+    mesh_config: Option<(DocCtx, MeshSettings)>,
+    workloads: Vec<WorkloadDraft>,
+    services: Vec<ServiceDraft>,
+    pending: Vec<PendingResource>,
+}
+
+impl Parsed {
+    /// Records a (kind, namespace, name); a second definition is an error naming both.
+    fn register(&mut self, ctx: &DocCtx, kind: &'static str, errors: &mut Vec<ConfigError>) {
+        let key = (kind, ctx.key());
+        if let Some(first) = self.seen.get(&key) {
+            errors.push(ctx.error(
+                Some("metadata.name"),
+                format!("{kind} {} is already defined in {first}", ctx.key()),
+            ));
+        } else {
+            self.seen.insert(key, ctx.source());
+        }
+    }
+
+    pub fn workload(&mut self, ctx: &DocCtx, value: Value, errors: &mut Vec<ConfigError>) {
+        let Some(doc) = typed::<WorkloadDoc>(ctx, value, errors) else {
+            return;
+        };
+        let before = errors.len();
+        let Some((namespace, name)) = check_metadata(ctx, &doc.metadata, errors) else {
+            return;
+        };
+        self.register(ctx, "Workload", errors);
+        let service_account = doc
+            .spec
+            .service_account
+            .unwrap_or_else(|| "default".to_owned());
+        if let Err(why) = dns1123_subdomain(&service_account) {
+            errors.push(ctx.error(
+                Some("spec.serviceAccount"),
+                format!("{service_account:?} {why}"),
+            ));
+        }
+        let address = match check_address(&doc.spec.address) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                errors.push(ctx.error(Some("spec.address"), why));
+                None
+            }
+        };
+        let ports = check_workload_ports(ctx, &doc.spec.ports, errors);
+        if let (Some(address), true) = (address, errors.len() == before) {
+            self.workloads.push(WorkloadDraft {
+                ctx: ctx.clone(),
+                name,
+                namespace,
+                service_account,
+                labels: doc.metadata.labels,
+                annotations: doc.metadata.annotations,
+                address,
+                ports,
+            });
+        }
+    }
+
+    pub fn service(&mut self, ctx: &DocCtx, value: Value, errors: &mut Vec<ConfigError>) {
+        let Some(doc) = typed::<ServiceDoc>(ctx, value, errors) else {
+            return;
+        };
+        let before = errors.len();
+        let Some((namespace, name)) = check_metadata(ctx, &doc.metadata, errors) else {
+            return;
+        };
+        self.register(ctx, "Service", errors);
+        let selector = doc.spec.selector.unwrap_or_default();
+        if selector.is_empty() {
+            errors.push(ctx.error(
+                Some("spec.selector"),
+                "is required and must not be empty (it chooses the Workloads behind the Service)",
+            ));
+        }
+        if doc.spec.ports.is_empty() {
+            errors.push(ctx.error(Some("spec.ports"), "a Service needs at least one port"));
+        }
+        let ports = check_service_ports(ctx, &doc.spec.ports, errors);
+        if errors.len() == before {
+            self.services.push(ServiceDraft {
+                ctx: ctx.clone(),
+                name,
+                namespace,
+                selector,
+                ports,
+            });
+        }
+    }
+
+    pub fn mesh_config(&mut self, ctx: &DocCtx, value: Value, errors: &mut Vec<ConfigError>) {
+        let Some(doc) = typed::<MeshConfigDoc>(ctx, value, errors) else {
+            return;
+        };
+        if let Some((first, _)) = &self.mesh_config {
+            errors.push(ctx.error(
+                None,
+                format!(
+                    "a mesh has one MeshConfig, and one is already defined in {}",
+                    first.source()
+                ),
+            ));
+            return;
+        }
+        let before = errors.len();
+        if check_metadata(ctx, &doc.metadata, errors).is_none() {
+            return;
+        }
+        let spec = doc.spec;
+        let mut settings = MeshSettings::default();
+        if let Some(td) = &spec.trust_domain {
+            match TrustDomain::new(td) {
+                Ok(td) => settings.trust_domain = td,
+                Err(e) => errors.push(ctx.error(Some("spec.trustDomain"), e.to_string())),
+            }
+        }
+        if let Some(ns) = spec.root_namespace {
+            match dns1123_label(&ns) {
+                Ok(()) => settings.root_namespace = ns,
+                Err(why) => {
+                    errors.push(ctx.error(Some("spec.rootNamespace"), format!("{ns:?} {why}")))
+                }
+            }
+        }
+        if let Some(v) = spec.default_authorization.as_deref() {
+            match v {
+                "deny" => settings.default_authorization = DefaultAuthorization::Deny,
+                "allow" => settings.default_authorization = DefaultAuthorization::Allow,
+                other => errors.push(ctx.error(
+                    Some("spec.defaultAuthorization"),
+                    format!("{other:?} is not valid (expected deny or allow)"),
+                )),
+            }
+        }
+        if let Some(mode) = spec.mtls.and_then(|m| m.mode) {
+            match mode.as_str() {
+                "STRICT" => settings.mtls_mode = MtlsMode::Strict,
+                "PERMISSIVE" => settings.mtls_mode = MtlsMode::Permissive,
+                other => errors.push(ctx.error(
+                    Some("spec.mtls.mode"),
+                    format!("{other:?} is not valid (expected STRICT or PERMISSIVE)"),
+                )),
+            }
+        }
+        if let Some(mode) = spec.outbound_traffic_policy.and_then(|m| m.mode) {
+            match mode.as_str() {
+                "REGISTRY_ONLY" => {
+                    settings.outbound_traffic_policy = OutboundTrafficPolicy::RegistryOnly
+                }
+                "ALLOW_ANY" => settings.outbound_traffic_policy = OutboundTrafficPolicy::AllowAny,
+                other => errors.push(ctx.error(
+                    Some("spec.outboundTrafficPolicy.mode"),
+                    format!("{other:?} is not valid (expected REGISTRY_ONLY or ALLOW_ANY)"),
+                )),
+            }
+        }
+        if let Some(lifetime) = &spec.certificate_lifetime {
+            match parse_duration(lifetime).and_then(check_lifetime) {
+                Ok(d) => settings.certificate_lifetime = d,
+                Err(why) => errors.push(ctx.error(Some("spec.certificateLifetime"), why)),
+            }
+        }
+        if let Some(hide) = spec.hide_denial_reasons {
+            settings.hide_denial_reasons = hide;
+        }
+        if errors.len() == before {
+            self.mesh_config = Some((ctx.clone(), settings));
+        } else {
+            // Keeps a second MeshConfig reported even when the first one is invalid.
+            self.mesh_config = Some((ctx.clone(), MeshSettings::default()));
+        }
+    }
+
+    pub fn pending(
+        &mut self,
+        ctx: &DocCtx,
+        resource: PendingResource,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        self.register(ctx, resource.kind.as_str(), errors);
+        self.pending.push(resource);
+    }
+
+    /// The cross-resource phase: identities, unique addresses, selectors, target ports and
+    /// protocols; returns the resolved snapshot or every error found.
+    pub fn build(self) -> Result<MeshSnapshot, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let (settings, settings_source) = match self.mesh_config {
+            Some((ctx, settings)) => (settings, Some(ctx.source())),
+            None => (MeshSettings::default(), None),
+        };
+        let td = &settings.trust_domain;
+
+        let mut workloads: BTreeMap<NamespacedName, Workload> = BTreeMap::new();
+        let mut addresses: HashMap<IpAddr, (NamespacedName, Source)> = HashMap::new();
+        for w in self.workloads {
+            let identity = match SpiffeId::for_service_account(td, &w.namespace, &w.service_account)
+            {
+                Ok(id) => id,
+                Err(e) => {
+                    errors.push(w.ctx.error(
+                        Some("spec.serviceAccount"),
+                        format!("does not form a valid SPIFFE ID: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let key = w.ctx.key();
+            if let Some((other, source)) = addresses.get(&w.address) {
+                errors.push(w.ctx.error(
+                    Some("spec.address"),
+                    format!(
+                        "address {} is already used by Workload {other} ({source})",
+                        w.address
+                    ),
+                ));
+                continue;
+            }
+            addresses.insert(w.address, (key.clone(), w.ctx.source()));
+            workloads.insert(
+                key,
+                Workload {
+                    source: w.ctx.source(),
+                    name: w.name,
+                    namespace: w.namespace,
+                    service_account: w.service_account,
+                    labels: w.labels,
+                    annotations: w.annotations,
+                    address: w.address,
+                    ports: w.ports,
+                    identity,
+                },
+            );
+        }
+
+        let mut services = BTreeMap::new();
+        for s in self.services {
+            if let Some(service) = resolve_service(&s, &workloads, td, &mut errors) {
+                services.insert(s.ctx.key(), service);
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(MeshSnapshot {
+            settings,
+            settings_source,
+            workloads,
+            services,
+            pending: self.pending,
+        })
+    }
+}
+
+fn selector_text(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn resolve_service(
+    s: &ServiceDraft,
+    workloads: &BTreeMap<NamespacedName, Workload>,
+    td: &TrustDomain,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Service> {
+    let selected: Vec<&Workload> = workloads
+        .values()
+        .filter(|w| w.namespace == s.namespace && w.matches(&s.selector))
+        .collect();
+    if selected.is_empty() {
+        errors.push(s.ctx.error(
+            Some("spec.selector"),
+            format!(
+                "selects no Workload in namespace {} (selector {})",
+                s.namespace,
+                selector_text(&s.selector)
+            ),
+        ));
+        return None;
+    }
+    let before = errors.len();
+    let mut ports = Vec::with_capacity(s.ports.len());
+    for (i, p) in s.ports.iter().enumerate() {
+        let target = p.target_port.unwrap_or(p.port);
+        let mut inherited: Option<(Protocol, &Workload)> = None;
+        for w in &selected {
+            let Some(wp) = w.port(target) else {
+                let exposes = if w.ports.is_empty() {
+                    "it exposes no ports".to_owned()
+                } else {
+                    let list: Vec<String> = w.ports.iter().map(|p| p.port.to_string()).collect();
+                    format!("it exposes {}", list.join(", "))
+                };
+                let defaulted = if p.target_port.is_none() {
+                    "; targetPort defaults to port"
+                } else {
+                    ""
+                };
+                errors.push(s.ctx.error(
+                    Some(&format!("spec.ports[{i}].targetPort")),
+                    format!(
+                        "port {target} is not exposed by Workload {} ({exposes}{defaulted})",
+                        w.key()
+                    ),
+                ));
+                continue;
+            };
+            match p.protocol_from {
+                ProtocolFrom::Default => match inherited {
+                    None => inherited = Some((wp.protocol, w)),
+                    Some((protocol, other)) if protocol != wp.protocol => {
+                        errors.push(s.ctx.error(
+                            Some(&format!("spec.ports[{i}]")),
+                            format!(
+                                "the selected Workloads disagree on port {target}: {} speaks \
+                                 {protocol}, {} speaks {}; set appProtocol",
+                                other.key(),
+                                w.key(),
+                                wp.protocol
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                },
+                from if wp.protocol != p.protocol => {
+                    let field = match from {
+                        ProtocolFrom::AppProtocol => format!("spec.ports[{i}].appProtocol"),
+                        _ => format!("spec.ports[{i}].name"),
+                    };
+                    errors.push(s.ctx.error(
+                        Some(&field),
+                        format!(
+                            "protocol {} conflicts with port {target} of Workload {}, which \
+                             speaks {}",
+                            p.protocol,
+                            w.key(),
+                            wp.protocol
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let protocol = match (p.protocol_from, inherited) {
+            (ProtocolFrom::Default, Some((protocol, _))) => protocol,
+            _ => p.protocol,
+        };
+        ports.push(ServicePort {
+            name: p.name.clone(),
+            port: p.port,
+            target_port: target,
+            protocol,
+        });
+    }
+    if errors.len() != before {
+        return None;
+    }
+    let endpoints = selected
+        .iter()
+        .map(|w| Endpoint {
+            workload: w.name.clone(),
+            namespace: w.namespace.clone(),
+            address: w.address,
+            identity: w.identity.clone(),
+        })
+        .collect();
+    let (name, ns) = (&s.name, &s.namespace);
+    Some(Service {
+        name: name.clone(),
+        namespace: ns.clone(),
+        selector: s.selector.clone(),
+        ports,
+        endpoints,
+        hostnames: vec![
+            name.clone(),
+            format!("{name}.{ns}"),
+            format!("{name}.{ns}.svc"),
+            format!("{name}.{ns}.svc.{td}"),
+        ],
+        source: s.ctx.source(),
+    })
+}
+
+/// Checks `metadata` and returns (namespace, name).
+pub(crate) fn check_metadata(
+    ctx: &DocCtx,
+    meta: &Metadata,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(String, String)> {
+    let before = errors.len();
+    let name = match meta.name.as_deref() {
+        None | Some("") => {
+            errors.push(ctx.error(Some("metadata.name"), "is required"));
+            String::new()
+        }
+        Some(name) => {
+            if let Err(why) = dns1123_label(name) {
+                errors.push(ctx.error(Some("metadata.name"), format!("{name:?} {why}")));
+            }
+            name.to_owned()
+        }
+    };
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    if let Err(why) = dns1123_label(&namespace) {
+        errors.push(ctx.error(Some("metadata.namespace"), format!("{namespace:?} {why}")));
+    }
+    for key in meta.labels.keys() {
+        if key.is_empty() {
+            errors.push(ctx.error(Some("metadata.labels"), "a label key is empty"));
+        }
+    }
+    (errors.len() == before).then_some((namespace, name))
+}
+
+fn dns1123_label(s: &str) -> Result<(), &'static str> {
+    const WHY: &str = "is not a DNS-1123 label (lower-case letters, digits and '-', starting \
+                       and ending with a letter or digit, at most 63 characters)";
+    let bytes = s.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if ok { Ok(()) } else { Err(WHY) }
+}
+
+fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
+    const WHY: &str = "is not a DNS-1123 subdomain (dot-separated lower-case labels, at most \
+                       253 characters)";
+    if s.is_empty() || s.len() > 253 || s.split('.').any(|l| dns1123_label(l).is_err()) {
+        Err(WHY)
+    } else {
+        Ok(())
+    }
+}
+
+fn check_address(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address (IPv4 or IPv6 literal)"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{ip} cannot be a workload address"));
+    }
+    Ok(ip)
+}
+
+fn check_port_number(
+    ctx: &DocCtx,
+    field: &str,
+    port: i64,
+    errors: &mut Vec<ConfigError>,
+) -> Option<u16> {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            errors.push(ctx.error(
+                Some(field),
+                format!("port {port} is out of range (1 to 65535)"),
+            ));
+            None
+        }
+    }
+}
+
+/// The protocol named by an `appProtocol` value (case-insensitive).
+fn parse_app_protocol(value: &str) -> Option<Protocol> {
+    match value.to_ascii_lowercase().as_str() {
+        "http" => Some(Protocol::Http),
+        "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+        "grpc" => Some(Protocol::Grpc),
+        "tcp" => Some(Protocol::Tcp),
+        _ => None,
+    }
+}
+
+/// The protocol a port name implies, Istio style: `<protocol>` or `<protocol>-<suffix>`.
+fn protocol_from_name(name: &str) -> Option<Protocol> {
+    let prefix = name.split('-').next().unwrap_or(name).to_ascii_lowercase();
+    match prefix.as_str() {
+        "http" => Some(Protocol::Http),
+        "http2" => Some(Protocol::Http2),
+        "grpc" => Some(Protocol::Grpc),
+        "tcp" => Some(Protocol::Tcp),
+        _ => None,
+    }
+}
+
+/// Checks the name, L4 protocol and appProtocol shared by Workload and Service ports.
+fn check_port_common(
+    ctx: &DocCtx,
+    i: usize,
+    name: Option<&str>,
+    app_protocol: Option<&str>,
+    l4: Option<&str>,
+    errors: &mut Vec<ConfigError>,
+) -> (String, Protocol, ProtocolFrom) {
+    let name = name.unwrap_or_default().to_owned();
+    if !name.is_empty()
+        && let Err(why) = dns1123_label(&name)
+    {
+        errors.push(ctx.error(
+            Some(&format!("spec.ports[{i}].name")),
+            format!("{name:?} {why}"),
+        ));
+    }
+    if let Some(l4) = l4
+        && l4 != "TCP"
+    {
+        errors.push(ctx.error(
+            Some(&format!("spec.ports[{i}].protocol")),
+            format!("{l4:?} is not supported (the mesh carries TCP only)"),
+        ));
+    }
+    let (protocol, from) = match app_protocol {
+        Some(value) => match parse_app_protocol(value) {
+            Some(p) => (p, ProtocolFrom::AppProtocol),
+            None => {
+                errors.push(ctx.error(
+                    Some(&format!("spec.ports[{i}].appProtocol")),
+                    format!(
+                        "unknown appProtocol {value:?} (expected http, http2, h2c, \
+                         kubernetes.io/h2c, grpc or tcp)"
+                    ),
+                ));
+                (Protocol::Http, ProtocolFrom::AppProtocol)
+            }
+        },
+        None => match protocol_from_name(&name) {
+            Some(p) => (p, ProtocolFrom::PortName),
+            None => (Protocol::Http, ProtocolFrom::Default),
+        },
+    };
+    (name, protocol, from)
+}
+
+/// Reports the second use of a port number or name within one resource.
+fn check_unique(
+    ctx: &DocCtx,
+    i: usize,
+    name: &str,
+    port: u16,
+    seen_ports: &mut HashMap<u16, usize>,
+    seen_names: &mut HashMap<String, usize>,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Some(first) = seen_ports.insert(port, i) {
+        errors.push(ctx.error(
+            Some(&format!("spec.ports[{i}].port")),
+            format!("port {port} is listed twice (also spec.ports[{first}])"),
+        ));
+    }
+    if !name.is_empty()
+        && let Some(first) = seen_names.insert(name.to_owned(), i)
+    {
+        errors.push(ctx.error(
+            Some(&format!("spec.ports[{i}].name")),
+            format!("port name {name:?} is used twice (also spec.ports[{first}])"),
+        ));
+    }
+}
+
+fn check_workload_ports(
+    ctx: &DocCtx,
+    ports: &[PortSpec],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<WorkloadPort> {
+    let mut out = Vec::with_capacity(ports.len());
+    let (mut seen_ports, mut seen_names) = (HashMap::new(), HashMap::new());
+    for (i, p) in ports.iter().enumerate() {
+        let number = check_port_number(ctx, &format!("spec.ports[{i}].port"), p.port.0, errors);
+        let (name, protocol, _) = check_port_common(
+            ctx,
+            i,
+            p.name.as_deref(),
+            p.app_protocol.as_deref(),
+            p.protocol.as_deref(),
+            errors,
+        );
+        if let Some(port) = number {
+            check_unique(
+                ctx,
+                i,
+                &name,
+                port,
+                &mut seen_ports,
+                &mut seen_names,
+                errors,
+            );
+            out.push(WorkloadPort {
+                name,
+                port,
+                protocol,
+            });
+        }
+    }
+    out
+}
+
+fn check_service_ports(
+    ctx: &DocCtx,
+    ports: &[ServicePortSpec],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<ServicePortDraft> {
+    let mut out = Vec::with_capacity(ports.len());
+    let (mut seen_ports, mut seen_names) = (HashMap::new(), HashMap::new());
+    for (i, p) in ports.iter().enumerate() {
+        let number = check_port_number(ctx, &format!("spec.ports[{i}].port"), p.port.0, errors);
+        let target = p
+            .target_port
+            .map(|t| check_port_number(ctx, &format!("spec.ports[{i}].targetPort"), t.0, errors));
+        let (name, protocol, protocol_from) = check_port_common(
+            ctx,
+            i,
+            p.name.as_deref(),
+            p.app_protocol.as_deref(),
+            p.protocol.as_deref(),
+            errors,
+        );
+        if let Some(port) = number {
+            check_unique(
+                ctx,
+                i,
+                &name,
+                port,
+                &mut seen_ports,
+                &mut seen_names,
+                errors,
+            );
+            out.push(ServicePortDraft {
+                name,
+                port,
+                target_port: target.flatten(),
+                protocol,
+                protocol_from,
+            });
+        }
+    }
+    out
+}
+
+/// Parses a duration such as `24h`, `90m`, `30s` or `1h30m` (Go style, units h, m, s).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "invalid duration {text:?}: expected numbers with units h, m or s, e.g. 24h, 90m, \
+             30s or 1h30m"
+        )
+    };
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "h" => 3600,
+            "m" => 60,
+            "s" => 1,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = value
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn check_lifetime(d: Duration) -> Result<Duration, String> {
+    if d < MIN_CERTIFICATE_LIFETIME {
+        Err(format!(
+            "{}s is shorter than the minimum of 5s",
+            d.as_secs()
+        ))
+    } else if d > MAX_CERTIFICATE_LIFETIME {
+        Err(format!(
+            "{}s is longer than the maximum of 90 days",
+            d.as_secs()
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m5s"), Ok(Duration::from_secs(5405)));
+        for bad in [
+            "",
+            "h",
+            "10",
+            "10d",
+            "1.5h",
+            "-1h",
+            "10 s",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(check_lifetime(Duration::from_secs(4)).is_err());
+        assert!(check_lifetime(Duration::from_secs(91 * 86400)).is_err());
+        assert!(check_lifetime(Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!(parse_app_protocol("HTTP"), Some(Protocol::Http));
+        assert_eq!(
+            parse_app_protocol("kubernetes.io/h2c"),
+            Some(Protocol::Http2)
+        );
+        assert_eq!(parse_app_protocol("h2c"), Some(Protocol::Http2));
+        assert_eq!(parse_app_protocol("gRPC"), Some(Protocol::Grpc));
+        assert_eq!(parse_app_protocol("udp"), None);
+        assert_eq!(protocol_from_name("http"), Some(Protocol::Http));
+        assert_eq!(protocol_from_name("http-web"), Some(Protocol::Http));
+        assert_eq!(protocol_from_name("http2-api"), Some(Protocol::Http2));
+        assert_eq!(protocol_from_name("grpc"), Some(Protocol::Grpc));
+        assert_eq!(protocol_from_name("tcp-db"), Some(Protocol::Tcp));
+        assert_eq!(protocol_from_name("httpx"), None);
+        assert_eq!(protocol_from_name("web"), None);
+    }
+
+    #[test]
+    fn names() {
+        assert!(dns1123_label("shop").is_ok());
+        assert!(dns1123_label("a-1").is_ok());
+        for bad in ["", "Shop", "-a", "a-", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(dns1123_label(bad).is_err(), "{bad:?}");
+        }
+        assert!(dns1123_subdomain("a.b-c").is_ok());
+        assert!(dns1123_subdomain("a..b").is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(check_address("127.0.1.2").is_ok());
+        assert!(check_address("fd00::2").is_ok());
+        assert!(check_address("0.0.0.0").is_err());
+        assert!(check_address("search").is_err());
+    }
+}

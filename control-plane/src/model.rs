@@ -1,0 +1,357 @@
+//! The validated mesh model: what the configuration describes, with every cross-reference
+//! resolved (identities derived, selectors turned into endpoints).
+//!
+//! Pure values: no I/O and no proto. A [`MeshSnapshot`] can only be obtained from the
+//! loader (or empty, with default settings), so everything in it has passed validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use palisade_certs::{SpiffeId, TrustDomain};
+
+/// The port where every sidecar accepts mTLS from its peers (CONTRACT: inbound capture).
+pub const PROXY_INBOUND_PORT: u16 = 15006;
+
+/// A namespaced resource name, displayed as `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamespacedName {
+    /// The namespace.
+    pub namespace: String,
+    /// The name within the namespace.
+    pub name: String,
+}
+
+impl NamespacedName {
+    /// Builds a key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where a resource was read from, so later errors (policy compilation, NACKs) can point at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The file.
+    pub file: PathBuf,
+    /// The YAML document within the file, from 1.
+    pub document: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} document {}", self.file.display(), self.document)
+    }
+}
+
+/// Application protocol spoken on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2 cleartext (h2c).
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl Protocol {
+    /// The lower-case name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether sidecars accept plaintext inbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MtlsMode {
+    /// mTLS only.
+    #[default]
+    Strict,
+    /// mTLS and plaintext.
+    Permissive,
+}
+
+/// What happens to outbound traffic for destinations outside the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutboundTrafficPolicy {
+    /// Only Services of the mesh (and what egress policies allow) are reachable.
+    #[default]
+    RegistryOnly,
+    /// Anything is reachable.
+    AllowAny,
+}
+
+/// What happens to a request no ALLOW policy covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultAuthorization {
+    /// Deny it.
+    #[default]
+    Deny,
+    /// Allow it.
+    Allow,
+}
+
+/// Mesh-wide settings from the `MeshConfig` resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// Trust domain of every workload identity.
+    pub trust_domain: TrustDomain,
+    /// Namespace whose policies apply to the whole mesh.
+    pub root_namespace: String,
+    /// Decision when no ALLOW policy selects a workload.
+    pub default_authorization: DefaultAuthorization,
+    /// Inbound mTLS mode.
+    pub mtls_mode: MtlsMode,
+    /// Outbound policy for destinations outside the registry.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Lifetime of issued leaf certificates.
+    pub certificate_lifetime: Duration,
+    /// Whether denials omit the deciding policy's name.
+    pub hide_denial_reasons: bool,
+}
+
+/// Default trust domain (CONTRACT: Identity).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Default root namespace.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "palisade-system";
+/// Default leaf lifetime.
+pub const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            trust_domain: default_trust_domain(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
+            default_authorization: DefaultAuthorization::default(),
+            mtls_mode: MtlsMode::default(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
+            hide_denial_reasons: false,
+        }
+    }
+}
+
+pub(crate) fn default_trust_domain() -> TrustDomain {
+    match TrustDomain::new(DEFAULT_TRUST_DOMAIN) {
+        Ok(td) => td,
+        // The constant is a valid trust domain; this arm only satisfies the type checker.
+        Err(_) => unreachable!("DEFAULT_TRUST_DOMAIN is valid"),
+    }
+}
+
+/// A port a workload's app listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadPort {
+    /// Port name ("" when not named).
+    pub name: String,
+    /// Port number.
+    pub port: u16,
+    /// What the app speaks there.
+    pub protocol: Protocol,
+}
+
+/// A workload (directory mode's stand-in for a Pod) with its derived identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account; the identity is derived from it.
+    pub service_account: String,
+    /// Labels, matched by Service selectors and policies.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The workload's IP address.
+    pub address: IpAddr,
+    /// App ports.
+    pub ports: Vec<WorkloadPort>,
+    /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
+    pub identity: SpiffeId,
+    /// Where it was defined.
+    pub source: Source,
+}
+
+impl Workload {
+    /// The `namespace/name` key.
+    pub fn key(&self) -> NamespacedName {
+        NamespacedName::new(&self.namespace, &self.name)
+    }
+
+    /// The port with this number, if the workload exposes it.
+    pub fn port(&self, port: u16) -> Option<&WorkloadPort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// Whether every label of `selector` is set to the same value on this workload.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(k, v)| self.labels.get(k).is_some_and(|have| have == v))
+    }
+}
+
+/// A port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name ("" when not named).
+    pub name: String,
+    /// The port clients address.
+    pub port: u16,
+    /// The port of the selected workloads that receives the traffic.
+    pub target_port: u16,
+    /// Protocol spoken.
+    pub protocol: Protocol,
+}
+
+/// One workload behind a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Workload name.
+    pub workload: String,
+    /// Workload namespace (the Service's).
+    pub namespace: String,
+    /// Workload address.
+    pub address: IpAddr,
+    /// The identity the workload's sidecar must present.
+    pub identity: SpiffeId,
+}
+
+/// A Service with its resolved endpoints and hostnames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Label selector (never empty).
+    pub selector: BTreeMap<String, String>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Selected workloads, ordered by name.
+    pub endpoints: Vec<Endpoint>,
+    /// `name`, `name.ns`, `name.ns.svc`, `name.ns.svc.<trustDomain>`.
+    pub hostnames: Vec<String>,
+    /// Where it was defined.
+    pub source: Source,
+}
+
+impl Service {
+    /// The `namespace/name` key.
+    pub fn key(&self) -> NamespacedName {
+        NamespacedName::new(&self.namespace, &self.name)
+    }
+}
+
+/// Kinds that are parsed but not yet compiled (see [`PendingResource`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PendingKind {
+    /// `AuthorizationPolicy` (Palisade's or Istio's `security.istio.io/v1`, `v1beta1`).
+    AuthorizationPolicy,
+    /// `EgressPolicy`.
+    EgressPolicy,
+}
+
+impl PendingKind {
+    /// The `kind` as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PendingKind::AuthorizationPolicy => "AuthorizationPolicy",
+            PendingKind::EgressPolicy => "EgressPolicy",
+        }
+    }
+}
+
+/// A resource of a kind this version accepts but does not interpret yet.
+///
+/// Extension point: the authorization issue compiles these (`AuthorizationPolicy`,
+/// `EgressPolicy`) into typed policies. Until then they are kept verbatim, with validated
+/// metadata, so a directory that already holds policies loads and duplicate names are caught.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingResource {
+    /// The kind.
+    pub kind: PendingKind,
+    /// The `apiVersion` it was written with.
+    pub api_version: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The whole document, as JSON.
+    pub document: serde_json::Value,
+    /// Where it was defined.
+    pub source: Source,
+}
+
+/// The validated mesh: settings, workloads, services and not-yet-compiled resources.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MeshSnapshot {
+    pub(crate) settings: MeshSettings,
+    pub(crate) settings_source: Option<Source>,
+    pub(crate) workloads: BTreeMap<NamespacedName, Workload>,
+    pub(crate) services: BTreeMap<NamespacedName, Service>,
+    pub(crate) pending: Vec<PendingResource>,
+}
+
+impl MeshSnapshot {
+    /// Mesh-wide settings (defaults when there is no `MeshConfig`).
+    pub fn settings(&self) -> &MeshSettings {
+        &self.settings
+    }
+
+    /// Where the `MeshConfig` came from, if there was one.
+    pub fn settings_source(&self) -> Option<&Source> {
+        self.settings_source.as_ref()
+    }
+
+    /// Every workload, ordered by namespace and name.
+    pub fn workloads(&self) -> impl ExactSizeIterator<Item = &Workload> + '_ {
+        self.workloads.values()
+    }
+
+    /// One workload.
+    pub fn workload(&self, namespace: &str, name: &str) -> Option<&Workload> {
+        self.workloads.get(&NamespacedName::new(namespace, name))
+    }
+
+    /// Every Service, ordered by namespace and name.
+    pub fn services(&self) -> impl ExactSizeIterator<Item = &Service> + '_ {
+        self.services.values()
+    }
+
+    /// One Service.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services.get(&NamespacedName::new(namespace, name))
+    }
+
+    /// Resources kept for the next stage (authorization and egress policies).
+    pub fn pending(&self) -> &[PendingResource] {
+        &self.pending
+    }
+}

@@ -1,0 +1,474 @@
+//! Wiring: bind the listeners, start the servers and background tasks, and hand back a
+//! handle with the real addresses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use palisade_certs::{CaError, CertificateAuthority, SpiffeId, TlsError, TrustBundle, TrustDomain};
+use palisade_proto::v1::discovery_server::DiscoveryServer;
+use palisade_proto::v1::identity_server::IdentityServer;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::{self, ConfigError, ConfigErrors, DocumentRef};
+use crate::discovery::{DiscoveryService, ProxyRegistry, ProxyStatus};
+use crate::identity::IdentityService;
+use crate::index::Published;
+use crate::metrics::Metrics;
+use crate::model::MeshSnapshot;
+use crate::tokens::TokenStore;
+use crate::transport::{self, ServingCertError};
+use crate::{control_plane_identity, watcher};
+
+/// Default gRPC (identity + discovery) address (CONTRACT: port 15012).
+pub const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 15012);
+/// Default admin address (CONTRACT: port 15014).
+pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 15014);
+
+/// How long open gRPC connections get to finish after shutdown is signalled.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Finished TLS handshakes waiting for tonic to take them.
+const INCOMING_BUFFER: usize = 64;
+/// HTTP/2 pings on idle connections, so dead proxies are noticed and their streams closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the control plane needs to start.
+#[derive(Debug)]
+pub struct ControlPlaneConfig {
+    /// Directory of YAML resources.
+    pub config_dir: PathBuf,
+    /// The mesh CA (loaded by the caller); its trust domain must be MeshConfig's.
+    pub ca: Arc<CertificateAuthority>,
+    /// Bootstrap tokens of the workloads.
+    pub tokens: TokenStore,
+    /// gRPC listener (identity and discovery over TLS); port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listener; `None` disables it.
+    pub admin_addr: Option<SocketAddr>,
+    /// Reload the directory when its files change.
+    pub watch: bool,
+}
+
+/// Why the control plane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration directory is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The CA and the mesh disagree on the trust domain.
+    #[error(
+        "the CA issues for trust domain {ca}, but the mesh's trust domain is {mesh} \
+         ({where_}); use a CA of trust domain {mesh} or set MeshConfig spec.trustDomain to {ca}"
+    )]
+    TrustDomainMismatch {
+        /// The CA's trust domain.
+        ca: TrustDomain,
+        /// MeshConfig's `spec.trustDomain` (or the default).
+        mesh: TrustDomain,
+        /// Where the mesh's value comes from, in words.
+        where_: String,
+    },
+    /// The serving certificate could not be issued.
+    #[error("cannot issue the control plane's serving certificate: {0}")]
+    Certificate(#[source] CaError),
+    /// The TLS configuration could not be built.
+    #[error("cannot build the gRPC TLS configuration: {0}")]
+    Tls(#[source] TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration directory cannot be watched.
+    #[error("cannot watch {dir} for changes: {source}")]
+    Watch {
+        /// The directory.
+        dir: PathBuf,
+        /// notify's error.
+        source: notify::Error,
+    },
+}
+
+impl From<ServingCertError> for StartError {
+    fn from(e: ServingCertError) -> Self {
+        match e {
+            ServingCertError::Issue(e) => StartError::Certificate(e),
+            ServingCertError::Tls(e) => StartError::Tls(e),
+        }
+    }
+}
+
+/// State shared by the handle, the servers and the background tasks.
+pub(crate) struct Shared {
+    config_dir: PathBuf,
+    ca: Arc<CertificateAuthority>,
+    state: watch::Sender<Arc<Published>>,
+    /// Serialises load-and-publish, so a slow reload cannot publish over a newer one.
+    reload_lock: Mutex<()>,
+    tokens: Arc<RwLock<Arc<TokenStore>>>,
+    metrics: Arc<Metrics>,
+    proxies: ProxyRegistry,
+}
+
+/// Where the mesh's trust domain comes from, in words.
+fn trust_domain_origin(snapshot: &MeshSnapshot) -> String {
+    match snapshot.settings_source() {
+        Some(src) => format!("MeshConfig in {src}"),
+        None => "the default, as there is no MeshConfig".to_owned(),
+    }
+}
+
+impl Shared {
+    /// The trust domain of a new snapshot must be the CA's: certificates cannot change
+    /// trust domain at runtime.
+    fn check_trust_domain(&self, snapshot: &MeshSnapshot) -> Result<(), ConfigErrors> {
+        let mesh = &snapshot.settings().trust_domain;
+        if mesh == self.ca.trust_domain() {
+            return Ok(());
+        }
+        let message = format!(
+            "trust domain {mesh} differs from the CA's ({}); it cannot change while running",
+            self.ca.trust_domain()
+        );
+        let error = match snapshot.settings_source() {
+            Some(src) => ConfigError {
+                file: src.file.clone(),
+                location: None,
+                document: Some(DocumentRef {
+                    index: src.document,
+                    kind: "MeshConfig".to_owned(),
+                    namespace: String::new(),
+                    name: String::new(),
+                }),
+                field: Some("spec.trustDomain".to_owned()),
+                message,
+            },
+            None => ConfigError::file(&self.config_dir, message),
+        };
+        Err(error.into())
+    }
+
+    fn publish(&self, snapshot: MeshSnapshot) -> Result<(), ConfigErrors> {
+        self.check_trust_domain(&snapshot)?;
+        let published = Published::new(Arc::new(snapshot), self.ca.bundle().clone());
+        self.state.send_replace(Arc::new(published));
+        Ok(())
+    }
+
+    pub(crate) fn reload(&self) -> Result<(), ConfigErrors> {
+        let _guard = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let result = config::load_dir(&self.config_dir).and_then(|s| self.publish(s));
+        self.metrics.reloaded(result.is_ok());
+        result
+    }
+
+    pub(crate) fn config_dir(&self) -> &std::path::Path {
+        &self.config_dir
+    }
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    shared: Arc<Shared>,
+    grpc_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    identity: SpiffeId,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("identity", &self.identity)
+            .field("config_dir", &self.shared.config_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the configuration, binds the listeners and starts serving; returns once both
+/// listeners are bound, so clients can connect at once. Everything stops when `shutdown`
+/// is cancelled; [`ControlPlane::wait`] resolves when it has.
+pub async fn start(
+    config: ControlPlaneConfig,
+    shutdown: CancellationToken,
+) -> Result<ControlPlane, StartError> {
+    let snapshot = config::load_dir(&config.config_dir)?;
+    let settings = snapshot.settings().clone();
+    if &settings.trust_domain != config.ca.trust_domain() {
+        return Err(StartError::TrustDomainMismatch {
+            ca: config.ca.trust_domain().clone(),
+            mesh: settings.trust_domain.clone(),
+            where_: trust_domain_origin(&snapshot),
+        });
+    }
+    let identity = control_plane_identity(&settings.trust_domain);
+    let cert = transport::issue_serving_cert(&config.ca, &identity, settings.certificate_lifetime)?;
+
+    let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+    let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc_addr)?;
+    let admin = match config.admin_addr {
+        Some(addr) => {
+            let listener = bind("admin HTTP", addr).await?;
+            let bound = local_addr("admin HTTP", &listener, addr)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let published = Published::new(Arc::new(snapshot), config.ca.bundle().clone());
+    let (state_tx, state_rx) = watch::channel(Arc::new(published));
+    let shared = Arc::new(Shared {
+        config_dir: config.config_dir.clone(),
+        ca: Arc::clone(&config.ca),
+        state: state_tx,
+        reload_lock: Mutex::new(()),
+        tokens: Arc::new(RwLock::new(Arc::new(config.tokens))),
+        metrics: Arc::clone(&metrics),
+        proxies: ProxyRegistry::new(),
+    });
+    let tracker = TaskTracker::new();
+    // Created before any task starts, so a failure leaves nothing running.
+    let watcher = if config.watch {
+        Some(
+            watcher::DirWatcher::new(&config.config_dir).map_err(|source| StartError::Watch {
+                dir: config.config_dir.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+
+    let (tls_tx, tls_rx) = watch::channel(cert.config);
+    let (conn_tx, conn_rx) = mpsc::channel(INCOMING_BUFFER);
+    tracker.spawn(transport::accept_loop(
+        grpc_listener,
+        tls_rx,
+        conn_tx,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(transport::renew_serving_cert(
+        Arc::clone(&config.ca),
+        identity.clone(),
+        (cert.issued_at, cert.not_after),
+        state_rx.clone(),
+        tls_tx,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+
+    let identity_service = IdentityService {
+        ca: Arc::clone(&config.ca),
+        state: state_rx.clone(),
+        tokens: Arc::clone(&shared.tokens),
+        metrics: Arc::clone(&metrics),
+    };
+    let discovery_service = DiscoveryService {
+        state: state_rx,
+        metrics: Arc::clone(&metrics),
+        registry: shared.proxies.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    };
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(IdentityServer::new(identity_service))
+        .add_service(DiscoveryServer::new(discovery_service));
+    let ready = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = shutdown.clone();
+        let ready = Arc::clone(&ready);
+        tracker.spawn(async move {
+            let serve = router.serve_with_incoming_shutdown(
+                ReceiverStream::new(conn_rx),
+                shutdown.clone().cancelled_owned(),
+            );
+            let deadline = async {
+                shutdown.cancelled().await;
+                ready.store(false, Ordering::Release);
+                tokio::time::sleep(DRAIN_GRACE).await;
+            };
+            tokio::select! {
+                result = serve => if let Err(e) = result {
+                    tracing::error!(error = %e, "the gRPC server failed");
+                },
+                _ = deadline => {
+                    tracing::warn!("gRPC connections still open after the grace period: closing them");
+                }
+            }
+            ready.store(false, Ordering::Release);
+        });
+    }
+    let admin_addr = admin.map(|(listener, bound)| {
+        let state = AdminState {
+            ready: Arc::clone(&ready),
+            metrics: Arc::clone(&metrics),
+        };
+        tracker.spawn(admin::serve(
+            listener,
+            state,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        bound
+    });
+    if let Some(watcher) = watcher {
+        tracker.spawn(watcher.run(Arc::clone(&shared), shutdown.clone()));
+    }
+    tracker.close();
+    ready.store(true, Ordering::Release);
+
+    let snapshot = shared.state.borrow().snapshot.clone();
+    let s = snapshot.settings();
+    tracing::info!(
+        config_dir = %config.config_dir.display(),
+        grpc = %grpc_addr,
+        admin = ?admin_addr,
+        identity = %identity,
+        trust_domain = %s.trust_domain,
+        workloads = snapshot.workloads().len(),
+        services = snapshot.services().len(),
+        pending_policies = snapshot.pending().len(),
+        mtls = ?s.mtls_mode,
+        default_authorization = ?s.default_authorization,
+        certificate_lifetime_secs = s.certificate_lifetime.as_secs(),
+        watch = config.watch,
+        "control plane serving"
+    );
+    Ok(ControlPlane {
+        shared,
+        grpc_addr,
+        admin_addr,
+        identity,
+        tracker,
+        shutdown,
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+impl ControlPlane {
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound admin address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The identity the gRPC server presents (see [`control_plane_identity`]).
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
+    }
+
+    /// The roots the mesh trusts.
+    pub fn trust_bundle(&self) -> TrustBundle {
+        self.shared.ca.bundle().clone()
+    }
+
+    /// The configuration in force.
+    pub fn snapshot(&self) -> Arc<MeshSnapshot> {
+        Arc::clone(&self.shared.state.borrow().snapshot)
+    }
+
+    /// Replaces the configuration and pushes what changed to every proxy. Refused (and the
+    /// current one kept) if its trust domain differs from the CA's.
+    pub fn update(&self, snapshot: MeshSnapshot) -> Result<(), ConfigErrors> {
+        let _guard = self
+            .shared
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.shared.publish(snapshot)
+    }
+
+    /// Re-reads the configuration directory; on error the last good configuration stays in
+    /// force and the errors are returned.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        self.shared.reload()
+    }
+
+    /// Replaces the bootstrap tokens (e.g. after adding workloads).
+    pub fn set_tokens(&self, tokens: TokenStore) {
+        let mut guard = self
+            .shared
+            .tokens
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *guard = Arc::new(tokens);
+    }
+
+    /// Every connected proxy, with what it was sent and acknowledged.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        self.shared.proxies.list()
+    }
+
+    /// Waits until `done` holds for the connected proxies (checked now and after every
+    /// change) and returns them. Bound it with a timeout.
+    pub async fn wait_for_proxies(
+        &self,
+        mut done: impl FnMut(&[ProxyStatus]) -> bool,
+    ) -> Vec<ProxyStatus> {
+        let mut rx = self.shared.proxies.subscribe();
+        loop {
+            let list: Vec<ProxyStatus> = rx.borrow_and_update().values().cloned().collect();
+            if done(&list) {
+                return list;
+            }
+            if rx.changed().await.is_err() {
+                return list;
+            }
+        }
+    }
+
+    /// The metrics exposition, as `/metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode()
+    }
+
+    /// Resolves once `shutdown` was cancelled and every task and connection has finished.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tracker.wait().await;
+    }
+}

@@ -1,0 +1,400 @@
+//! The directory loader: one table of invalid configurations, each error checked for its
+//! file, document and field in the one-line message; and a valid multi-file mesh.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use palisade_control_plane::load_dir;
+use palisade_control_plane::model::{PendingKind, Protocol};
+use palisade_control_plane::test_util::write_config_dir;
+
+use super::support::{MESH, POLICIES, SERVICES, WORKLOADS, shop};
+
+const HEAD: &str = "apiVersion: palisade.dev/v1alpha1\n";
+
+fn workload(name: &str, address: &str, ports: &str) -> String {
+    format!(
+        "{HEAD}kind: Workload\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\n\
+         spec:\n  address: {address}\n  ports: {ports}\n"
+    )
+}
+
+fn service(name: &str, ports: &str) -> String {
+    format!(
+        "{HEAD}kind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  selector: {{app: {name}}}\n  ports: {ports}\n"
+    )
+}
+
+struct Case {
+    name: &'static str,
+    files: Vec<(&'static str, String)>,
+    /// Substrings the first error's one-line message must contain.
+    expect: Vec<&'static str>,
+}
+
+fn case(name: &'static str, files: Vec<(&'static str, String)>, expect: Vec<&'static str>) -> Case {
+    Case {
+        name,
+        files,
+        expect,
+    }
+}
+
+fn search_workload() -> (&'static str, String) {
+    (
+        "w.yaml",
+        workload("search", "127.0.1.2", "[{name: http, port: 8080}]"),
+    )
+}
+
+#[test]
+fn invalid_configurations_are_reported_with_file_document_and_field() {
+    let cases = vec![
+        case(
+            "malformed YAML",
+            vec![("bad.yaml", format!("{HEAD}kind: Workload\nmetadata: {{name: a\nspec: {{}}\n"))],
+            vec!["bad.yaml:", "document 1", "invalid YAML"],
+        ),
+        case(
+            "unknown field",
+            vec![("w.yaml", workload("search", "127.0.1.2", "[{name: http, port: 8080, targetPort: 80}]"))],
+            vec!["w.yaml: document 1 (Workload shop/search): spec.ports[0]", "targetPort"],
+        ),
+        case(
+            "unknown field in spec",
+            vec![(
+                "w.yaml",
+                format!("{HEAD}kind: Workload\nmetadata: {{name: a}}\nspec: {{address: 127.0.0.2, adress: x}}\n"),
+            )],
+            vec!["w.yaml: document 1 (Workload default/a): spec", "unknown field `adress`"],
+        ),
+        case(
+            "unknown kind",
+            vec![("k.yaml", format!("{HEAD}kind: Pod\nmetadata: {{name: a}}\n"))],
+            vec!["k.yaml: document 1 (Pod default/a): kind: unknown kind \"Pod\""],
+        ),
+        case(
+            "missing kind",
+            vec![("k.yaml", format!("{HEAD}metadata: {{name: a}}\n"))],
+            vec!["k.yaml: document 1", ": kind: is required"],
+        ),
+        case(
+            "bad apiVersion",
+            vec![("s.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {}\n".to_owned())],
+            vec!["s.yaml: document 1 (Service default/a): apiVersion: unsupported apiVersion \"v1\""],
+        ),
+        case(
+            "Service selecting nothing",
+            vec![search_workload(), ("s.yaml", service("payments", "[{port: 9090}]"))],
+            vec!["s.yaml: document 1 (Service shop/payments): spec.selector: selects no Workload"],
+        ),
+        case(
+            "Service without selector",
+            vec![(
+                "s.yaml",
+                format!("{HEAD}kind: Service\nmetadata: {{name: a}}\nspec: {{ports: [{{port: 80}}]}}\n"),
+            )],
+            vec!["s.yaml: document 1 (Service default/a): spec.selector: is required"],
+        ),
+        case(
+            "wrong targetPort",
+            vec![search_workload(), (
+                "svc.yaml",
+                format!("---\n{}---\n{}", service("search", "[{port: 80, targetPort: 8080}]"),
+                    service("search2", "[{port: 80, targetPort: 9999}]").replace("app: search2", "app: search")),
+            )],
+            vec!["svc.yaml: document 2 (Service shop/search2): spec.ports[0].targetPort: port 9999 is not exposed by Workload shop/search (it exposes 8080)"],
+        ),
+        case(
+            "port 0",
+            vec![("w.yaml", workload("search", "127.0.1.2", "[{port: 0}]"))],
+            vec!["w.yaml: document 1 (Workload shop/search): spec.ports[0].port: port 0 is out of range"],
+        ),
+        case(
+            "port 70000",
+            vec![search_workload(), ("s.yaml", service("search", "[{port: 80}, {port: 70000}]"))],
+            vec!["s.yaml: document 1 (Service shop/search): spec.ports[1].port: port 70000 is out of range"],
+        ),
+        case(
+            "duplicate port",
+            vec![("w.yaml", workload("search", "127.0.1.2", "[{port: 80}, {port: 80}]"))],
+            vec!["spec.ports[1].port: port 80 is listed twice"],
+        ),
+        case(
+            "duplicate names across files",
+            vec![search_workload(), ("x.yaml", workload("search", "127.0.1.9", "[]"))],
+            vec!["x.yaml: document 1 (Workload shop/search): metadata.name: Workload shop/search is already defined in ", "w.yaml document 1"],
+        ),
+        case(
+            "duplicate address",
+            vec![search_workload(), ("x.yaml", workload("payments", "127.0.1.2", "[]"))],
+            vec!["x.yaml: document 1 (Workload shop/payments): spec.address: address 127.0.1.2 is already used by Workload shop/search", "w.yaml document 1"],
+        ),
+        case(
+            "bad address",
+            vec![("w.yaml", workload("search", "search.local", "[]"))],
+            vec!["spec.address: \"search.local\" is not an IP address"],
+        ),
+        case(
+            "bad appProtocol",
+            vec![("w.yaml", workload("search", "127.0.1.2", "[{port: 80, appProtocol: quic}]"))],
+            vec!["w.yaml: document 1 (Workload shop/search): spec.ports[0].appProtocol: unknown appProtocol \"quic\""],
+        ),
+        case(
+            "UDP protocol",
+            vec![search_workload(), ("s.yaml", service("search", "[{port: 8080, protocol: UDP}]"))],
+            vec!["s.yaml: document 1 (Service shop/search): spec.ports[0].protocol: \"UDP\" is not supported"],
+        ),
+        case(
+            "protocol conflict",
+            vec![search_workload(), ("s.yaml", service("search", "[{port: 8080, appProtocol: grpc}]"))],
+            vec!["s.yaml: document 1 (Service shop/search): spec.ports[0].appProtocol: protocol grpc conflicts with port 8080 of Workload shop/search, which speaks http"],
+        ),
+        case(
+            "bad certificateLifetime",
+            vec![("m.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{certificateLifetime: 1y}}\n"))],
+            vec!["m.yaml: document 1 (MeshConfig default/mesh): spec.certificateLifetime: invalid duration \"1y\""],
+        ),
+        case(
+            "certificateLifetime below minimum",
+            vec![("m.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{certificateLifetime: 2s}}\n"))],
+            vec!["spec.certificateLifetime: 2s is shorter than the minimum of 5s"],
+        ),
+        case(
+            "bad mTLS mode",
+            vec![("m.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{mtls: {{mode: strict}}}}\n"))],
+            vec!["spec.mtls.mode: \"strict\" is not valid (expected STRICT or PERMISSIVE)"],
+        ),
+        case(
+            "two MeshConfigs",
+            vec![
+                ("a.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: one}}\n")),
+                ("b.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: two}}\n")),
+            ],
+            vec!["b.yaml: document 1 (MeshConfig default/two): a mesh has one MeshConfig", "a.yaml document 1"],
+        ),
+        case(
+            "name not a DNS label",
+            vec![("w.yaml", workload("Search", "127.0.1.2", "[]"))],
+            vec!["w.yaml: document 1 (Workload shop/Search): metadata.name: \"Search\" is not a DNS-1123 label"],
+        ),
+        case(
+            "wrong type",
+            vec![("w.yaml", workload("search", "127.0.1.2", "[{port: http}]"))],
+            vec!["w.yaml: document 1 (Workload shop/search): spec.ports[0].port: invalid type: string \"http\", expected a port number"],
+        ),
+        case(
+            "policy with bad metadata still checked",
+            vec![("p.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, uid: x}\nspec: {}\n".to_owned())],
+            vec!["p.yaml: document 1 (AuthorizationPolicy default/a): metadata", "unknown field `uid`"],
+        ),
+        case(
+            "Istio kind other than AuthorizationPolicy",
+            vec![("p.yaml", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n".to_owned())],
+            vec!["p.yaml: document 1 (PeerAuthentication default/a): kind: kind \"PeerAuthentication\""],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for c in cases {
+        let files: Vec<(&str, &str)> = c.files.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        let dir = write_config_dir(&files).unwrap();
+        let err = match load_dir(dir.path()) {
+            Ok(_) => {
+                failures.push(format!("{}: loaded, expected an error", c.name));
+                continue;
+            }
+            Err(e) => e,
+        };
+        let line = err.to_string();
+        if std::env::var_os("PRINT_ERRORS").is_some() {
+            println!("{}: {line}", c.name);
+        }
+        assert!(
+            !line.contains('\n'),
+            "{}: message is not one line: {line}",
+            c.name
+        );
+        for want in &c.expect {
+            if !line.contains(want) {
+                failures.push(format!("{}: {line:?} lacks {want:?}", c.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn syntax_errors_name_line_and_column() {
+    let dir = write_config_dir(&[(
+        "bad.yaml",
+        "apiVersion: palisade.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: [a\n",
+    )])
+    .unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    let first = err.first();
+    assert!(first.file.ends_with("bad.yaml"));
+    let loc = first.location.expect("a syntax error has a location");
+    assert!(loc.line >= 4, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("bad.yaml:{}:{}: ", loc.line, loc.column)),
+        "{err}"
+    );
+}
+
+#[test]
+fn all_errors_are_collected() {
+    let dir = write_config_dir(
+        &[
+            ("a.yaml", workload("a", "127.0.1.2", "[{port: 0}]")),
+            ("b.yaml", workload("b", "nope", "[]")),
+        ]
+        .iter()
+        .map(|(n, s)| (*n, s.as_str()))
+        .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    assert_eq!(err.len(), 2, "{err:?}");
+    assert!(err.to_string().ends_with(" (and 1 more)"), "{err}");
+    assert!(err.iter().nth(1).unwrap().to_string().contains("b.yaml"));
+}
+
+#[test]
+fn empty_or_missing_directory_is_an_error() {
+    let dir = write_config_dir(&[("README.md", "not yaml"), (".hidden.yaml", "x: [")]).unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("no *.yaml or *.yml file"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&dir.path().display().to_string()),
+        "{err}"
+    );
+    let missing = dir.path().join("missing");
+    let err = load_dir(&missing).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&missing.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn valid_directory_loads_with_endpoints_and_hostnames() {
+    let mut files = shop();
+    files.push(("notes.txt", "ignored"));
+    files.push((".editor.yaml", "ignored: ["));
+    let dir = write_config_dir(&files).unwrap();
+    let snapshot = load_dir(dir.path()).unwrap();
+
+    let settings = snapshot.settings();
+    assert_eq!(settings.trust_domain.as_str(), "cluster.local");
+    assert_eq!(settings.root_namespace, "palisade-system");
+    assert_eq!(settings.certificate_lifetime, Duration::from_secs(3600));
+
+    assert_eq!(snapshot.workloads().len(), 3);
+    let search = snapshot.workload("shop", "search").unwrap();
+    assert_eq!(
+        search.identity.as_str(),
+        "spiffe://cluster.local/ns/shop/sa/search"
+    );
+    assert_eq!(search.address, "127.0.1.2".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        search
+            .annotations
+            .get("palisade.dev/app")
+            .map(String::as_str),
+        Some("search")
+    );
+    let payments = snapshot.workload("shop", "payments").unwrap();
+    assert_eq!(
+        payments.ports[0].protocol,
+        Protocol::Grpc,
+        "from the port name"
+    );
+
+    let svc = snapshot.service("shop", "search").unwrap();
+    assert_eq!(
+        svc.hostnames,
+        [
+            "search",
+            "search.shop",
+            "search.shop.svc",
+            "search.shop.svc.cluster.local"
+        ]
+    );
+    assert_eq!(svc.ports[0].target_port, 8080, "defaults to port");
+    assert_eq!(svc.endpoints.len(), 1);
+    assert_eq!(svc.endpoints[0].workload, "search");
+    assert_eq!(svc.endpoints[0].identity, search.identity);
+    let frontend = snapshot.service("shop", "frontend").unwrap();
+    assert_eq!(
+        (frontend.ports[0].port, frontend.ports[0].target_port),
+        (80, 8080)
+    );
+    assert_eq!(
+        snapshot.service("shop", "payments").unwrap().ports[0].protocol,
+        Protocol::Grpc
+    );
+
+    assert_eq!(snapshot.pending().len(), 1);
+    let policy = &snapshot.pending()[0];
+    assert_eq!(policy.kind, PendingKind::AuthorizationPolicy);
+    assert_eq!(
+        (policy.namespace.as_str(), policy.name.as_str()),
+        ("shop", "search-from-frontend")
+    );
+    assert_eq!(policy.document["spec"]["action"], "ALLOW");
+    assert!(policy.source.file.ends_with("policies.yaml"));
+}
+
+#[test]
+fn defaults_apply_without_mesh_config() {
+    let dir = write_config_dir(&[("w.yaml", WORKLOADS), ("s.yaml", SERVICES)]).unwrap();
+    let snapshot = load_dir(dir.path()).unwrap();
+    assert_eq!(snapshot.settings(), &Default::default());
+    assert!(snapshot.settings_source().is_none());
+    let _ = (MESH, POLICIES);
+}
+
+#[test]
+fn service_protocol_is_inherited_from_workloads_when_unspecified() {
+    let files = [
+        (
+            "w.yaml",
+            workload("db", "127.0.1.9", "[{name: tcp-pg, port: 5432}]"),
+        ),
+        ("s.yaml", service("db", "[{name: pg, port: 5432}]")),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    let dir = write_config_dir(&files).unwrap();
+    let snapshot = load_dir(dir.path()).unwrap();
+    assert_eq!(
+        snapshot.service("shop", "db").unwrap().ports[0].protocol,
+        Protocol::Tcp
+    );
+}
+
+#[test]
+fn syntax_error_in_a_later_document_names_it() {
+    let text = format!(
+        "{}---\n{HEAD}kind: Workload\nmetadata: {{name: b\n",
+        workload("a", "127.0.1.2", "[]")
+    );
+    let dir = write_config_dir(&[("multi.yaml", text.as_str())]).unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    let first = err.first();
+    assert_eq!(first.document.as_ref().map(|d| d.index), Some(2), "{err}");
+    assert!(first.location.unwrap().line >= 9, "{err}");
+}
+
+#[test]
+fn duplicate_keys_are_rejected() {
+    let text = format!(
+        "{HEAD}kind: Workload\nmetadata: {{name: a}}\nspec: {{address: 127.0.1.2, address: 127.0.1.3}}\n"
+    );
+    let dir = write_config_dir(&[("dup.yaml", text.as_str())]).unwrap();
+    let err = load_dir(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("dup.yaml"), "{err}");
+    assert!(err.to_string().contains("duplicate"), "{err}");
+}
