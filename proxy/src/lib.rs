@@ -37,6 +37,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use control::ControlPlaneTarget;
 pub use identity::IdentityRequest;
@@ -212,6 +213,8 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         .clone()
         .unwrap_or_else(Handle::current);
     let tasks = TaskTracker::new();
+    // Every log line of this proxy names its workload (several may share a process).
+    let span = tracing::info_span!("proxy", workload = %format!("{}/{}", config.namespace, config.workload));
 
     let anchors = match &config.source {
         ConfigSource::ControlPlane { trust_anchors, .. } => trust_anchors.clone(),
@@ -254,7 +257,8 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
                 issued_bundle_tx.clone(),
                 metrics.clone(),
                 shutdown.clone(),
-            ),
+            )
+            .instrument(span.clone()),
             &control,
         );
         let node = Node {
@@ -271,7 +275,8 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
                 outputs.clone(),
                 metrics.clone(),
                 shutdown.clone(),
-            ),
+            )
+            .instrument(span.clone()),
             &control,
         );
     }
@@ -285,7 +290,8 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
             bundle_tx,
             tls_tx,
             shutdown.clone(),
-        ),
+        )
+        .instrument(span.clone()),
         &control,
     );
 
@@ -304,7 +310,8 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
                 shutdown.clone(),
                 Duration::from_secs(1),
                 move |s, _, w| admin.clone().serve_connection(s, w),
-            ),
+            )
+            .instrument(span.clone()),
             &control,
         );
     }
@@ -315,13 +322,16 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         apps: app::AppClients::new(config.app_host),
         metrics: metrics.clone(),
     });
-    tasks.spawn(serve::accept_loop(
-        "inbound",
-        inbound_listener,
-        shutdown.clone(),
-        config.drain_timeout,
-        move |s, peer, w| inbound.clone().serve_connection(s, peer, w),
-    ));
+    tasks.spawn(
+        serve::accept_loop(
+            "inbound",
+            inbound_listener,
+            shutdown.clone(),
+            config.drain_timeout,
+            move |s, peer, w| inbound.clone().serve_connection(s, peer, w),
+        )
+        .instrument(span.clone()),
+    );
 
     let outbound = Arc::new(outbound::Outbound {
         view: view_rx.clone(),
@@ -332,15 +342,19 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         )
         .build_http(),
     });
-    tasks.spawn(serve::accept_loop(
-        "outbound",
-        outbound_listener,
-        shutdown.clone(),
-        config.drain_timeout,
-        move |s, peer, w| outbound.clone().serve_connection(s, peer, w),
-    ));
+    tasks.spawn(
+        serve::accept_loop(
+            "outbound",
+            outbound_listener,
+            shutdown.clone(),
+            config.drain_timeout,
+            move |s, peer, w| outbound.clone().serve_connection(s, peer, w),
+        )
+        .instrument(span.clone()),
+    );
     tasks.close();
 
+    let _entered = span.enter();
     tracing::info!(
         identity = %config.identity,
         inbound = %inbound_addr,

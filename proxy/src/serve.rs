@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Accepts connections until `shutdown`, handing each to `handle` with a drain watcher, then
 /// drains for at most `drain_timeout`.
@@ -29,7 +30,7 @@ pub async fn accept_loop<H, F>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle(stream, peer, graceful.watcher()));
+                    tokio::spawn(handle(stream, peer, graceful.watcher()).in_current_span());
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.

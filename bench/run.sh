@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Palisade data-plane benchmark, one command: `bash bench/run.sh`.
+#
+# Measures, in one run on this machine:
+#   direct : client -> app
+#   mesh   : client -> sidecar (outbound) -> mTLS HTTP/2 -> sidecar (inbound, L7 authz) -> app
+# for HTTP/1.1 keep-alive (wrk) and HTTP/2 (h2load), printing requests/s, latency p50/p99 and
+# each sidecar's peak RSS. Sidecars run in standalone mode (static config, certificates from a
+# throwaway CA made by `palisade ca`), one worker thread each, all on loopback addresses
+# 127.0.2.x. Installs wrk and h2load from Debian if they are missing (needs root for that).
+#
+# Env: BENCH_DURATION=8 (s per run)  BENCH_CONNECTIONS=16  BENCH_STREAMS=10 (h2 streams per conn)
+#      BENCH_ROUNDS=1  BENCH_WORKERS=1 (sidecar worker threads)  BENCH_KEEP=1 (keep work dir)
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DUR=${BENCH_DURATION:-8}
+CONNS=${BENCH_CONNECTIONS:-16}
+STREAMS=${BENCH_STREAMS:-10}
+ROUNDS=${BENCH_ROUNDS:-1}
+WORKERS=${BENCH_WORKERS:-1}
+CLIENT_IP=127.0.2.1
+SERVER_IP=127.0.2.2
+H1_PORT=18080
+H2_PORT=18081
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+install_tools() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
+  log "installing ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+PIDS=()
+WORK=$(mktemp -d /tmp/palisade-bench.XXXXXX)
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  if [ -n "${BENCH_KEEP:-}" ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+start_bg() { # name cmd... ; sets LAST_PID
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+wait_http() { # url pid name
+  for _ in $(seq 300); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { cat "$WORK/$3.log" >&2; die "$3 exited"; }
+    sleep 0.1
+  done
+  cat "$WORK/$3.log" >&2; die "$3 not ready at $1"
+}
+
+install_tools
+log "building release binaries"
+(cd "$ROOT" && cargo build --release -q --bin palisade --example shop_app)
+TARGET=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+PALISADE=$TARGET/release/palisade
+SHOP=$TARGET/release/examples/shop_app
+
+# --- PKI and mesh config --------------------------------------------------------------------
+"$PALISADE" ca init --out "$WORK/ca" >/dev/null
+"$PALISADE" ca issue --dir "$WORK/ca" --spiffe-id spiffe://cluster.local/ns/bench/sa/client --cert "$WORK/client.crt" --key "$WORK/client.key" >/dev/null
+"$PALISADE" ca issue --dir "$WORK/ca" --spiffe-id spiffe://cluster.local/ns/bench/sa/server --cert "$WORK/server.crt" --key "$WORK/server.key" >/dev/null
+mkdir -p "$WORK/mesh"
+cp "$ROOT/bench/mesh.yaml" "$WORK/mesh/mesh.yaml"
+
+# --- processes ------------------------------------------------------------------------------
+start_bg app-h1 "$SHOP" search --listen "$SERVER_IP:$H1_PORT"; APP1=$LAST_PID
+start_bg app-h2 "$SHOP" search --listen "$SERVER_IP:$H2_PORT"; APP2=$LAST_PID
+proxy() { # name ip cert key
+  start_bg "$1" "$PALISADE" proxy --workload "$1" --namespace bench --service-account "$1" \
+    --static-config "$WORK/mesh" --trust-anchors "$WORK/ca/root-cert.pem" --cert "$3" --key "$4" \
+    --inbound "$2:15006" --outbound "$2:15001" --admin "$2:15000" --app-host "$2" \
+    --worker-threads "$WORKERS"
+}
+proxy server "$SERVER_IP" "$WORK/server.crt" "$WORK/server.key"; SERVER_PROXY=$LAST_PID
+proxy client "$CLIENT_IP" "$WORK/client.crt" "$WORK/client.key"; CLIENT_PROXY=$LAST_PID
+wait_http "http://$SERVER_IP:$H1_PORT/healthz" "$APP1" app-h1
+wait_http "http://$SERVER_IP:$H2_PORT/healthz" "$APP2" app-h2
+wait_http "http://$SERVER_IP:15000/ready" "$SERVER_PROXY" server
+wait_http "http://$CLIENT_IP:15000/ready" "$CLIENT_PROXY" client
+curl -fsS -o /dev/null -H "Host: server.bench:$H1_PORT" "http://$CLIENT_IP:15001/healthz" \
+  || die "a request through the mesh failed: $(curl -sS -H "Host: server.bench:$H1_PORT" "http://$CLIENT_IP:15001/healthz")"
+
+# --- load -----------------------------------------------------------------------------------
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+run_wrk() { # label url [host]
+  local out="$WORK/wrk-$1.txt" hdr=()
+  [ -n "${3:-}" ] && hdr=(-H "Host: $3")
+  timeout -k 5 $((DUR + 30)) wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "${hdr[@]}" "$2" >"$out"
+  local rps p50 p99 errors
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  p50=$(awk '$1=="50%" {print $2}' "$out")
+  p99=$(awk '$1=="99%" {print $2}' "$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' "$out" | tr '\n' ' ')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$rps" "$p50" "$p99" "${errors:-none}" >>"$RESULTS"
+}
+to_ms() { awk -v us="$1" 'BEGIN { printf "%.3fms", us / 1000 }'; }
+run_h2load() { # label url [authority]
+  local out="$WORK/h2load-$1.txt" logf="$WORK/h2load-$1.log" hdr=()
+  [ -n "${3:-}" ] && hdr=(-H ":authority: $3")
+  timeout -k 5 $((DUR + 30)) h2load -c"$CONNS" -m"$STREAMS" -D "$DUR" --log-file="$logf" "${hdr[@]}" "$2" >"$out"
+  local rps p50 p99 failed
+  rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$out")
+  failed=$(awk '/^requests:/ {print $8" failed, "$10" errored"}' "$out")
+  p50=$(awk '{print $3}' "$logf" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.50)+1]}')
+  p99=$(awk '{print $3}' "$logf" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)+1]}')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$failed" >>"$RESULTS"
+}
+
+for round in $(seq "$ROUNDS"); do
+  log "round $round/$ROUNDS: ${DUR}s per run, $CONNS connections"
+  run_wrk   "direct-http1" "http://$SERVER_IP:$H1_PORT/healthz"
+  run_wrk   "mesh-http1"   "http://$CLIENT_IP:15001/healthz" "server.bench:$H1_PORT"
+  run_h2load "direct-http2" "http://$SERVER_IP:$H2_PORT/healthz"
+  run_h2load "mesh-http2"   "http://$CLIENT_IP:15001/healthz" "server-h2.bench:$H2_PORT"
+done
+
+rss() { awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
+
+# --- report ---------------------------------------------------------------------------------
+echo
+echo "Palisade benchmark ($(date -u +%FT%TZ), $(nproc) cores, sidecars: $WORKERS worker thread(s) each)"
+echo "wrk: HTTP/1.1 keep-alive, $CONNS connections; h2load: HTTP/2 (h2c from the client), $CONNS connections x $STREAMS streams; ${DUR}s each"
+echo
+printf '%-14s %12s %10s %10s  %s\n' "path" "req/s" "p50" "p99" "errors"
+while IFS=$'\t' read -r label rps p50 p99 errors; do
+  printf '%-14s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
+done <"$RESULTS"
+echo
+echo "peak RSS: client sidecar $(rss "$CLIENT_PROXY"), server sidecar $(rss "$SERVER_PROXY")"

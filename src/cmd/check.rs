@@ -1,0 +1,37 @@
+//! `palisade check`: validates a configuration directory and explains each problem.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+/// Flags of `palisade check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Directory of mesh YAML to validate.
+    #[arg(long, default_value = "examples/ecommerce")]
+    pub config: PathBuf,
+}
+
+/// Prints every problem, one per line; exit 1 if there is any.
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    match palisade_control_plane::load_dir(&args.config) {
+        Ok(snapshot) => {
+            println!(
+                "{}: valid ({} workloads, {} services, trust domain {})",
+                args.config.display(),
+                snapshot.workloads().len(),
+                snapshot.services().len(),
+                snapshot.settings().trust_domain
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{}: {} problem(s)", args.config.display(), errors.len());
+            Ok(ExitCode::from(1))
+        }
+    }
+}

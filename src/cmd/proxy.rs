@@ -1,0 +1,187 @@
+//! `palisade proxy`: the sidecar. Settings come from flags or `PALISADE_*` variables.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use palisade_certs::{SpiffeId, TrustBundle, TrustDomain};
+use palisade_proxy::{ConfigSource, ControlPlaneTarget, ProxyConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `palisade proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Workload name (directory mode: the Workload resource; in a pod: the pod name).
+    #[arg(long, env = "PALISADE_WORKLOAD")]
+    pub workload: String,
+    /// Workload namespace.
+    #[arg(long, env = "PALISADE_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Service account: with the trust domain and namespace it makes the SPIFFE ID.
+    #[arg(long, env = "PALISADE_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Trust domain.
+    #[arg(long, env = "PALISADE_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Control plane gRPC address (host:port).
+    #[arg(
+        long,
+        env = "PALISADE_CONTROL_PLANE",
+        default_value = "127.0.0.1:15012"
+    )]
+    pub control_plane: String,
+    /// SPIFFE ID the control plane must present (default: spiffe://<trust domain>/ns/palisade-system/sa/palisade-control-plane).
+    #[arg(long, env = "PALISADE_CONTROL_PLANE_IDENTITY")]
+    pub control_plane_identity: Option<String>,
+    /// PEM file with the root(s) that the control plane's certificate chains to.
+    #[arg(long, env = "PALISADE_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+    /// File holding the bootstrap token.
+    #[arg(long, env = "PALISADE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Inbound mTLS listener.
+    #[arg(long, env = "PALISADE_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+    /// Outbound listener for the app.
+    #[arg(
+        long,
+        env = "PALISADE_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:15001"
+    )]
+    pub outbound: SocketAddr,
+    /// Admin listener.
+    #[arg(long, env = "PALISADE_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Address the app listens on.
+    #[arg(long, env = "PALISADE_APP_HOST", default_value = "127.0.0.1")]
+    pub app_host: IpAddr,
+    /// Data-plane worker threads.
+    #[arg(long, env = "PALISADE_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+    /// Seconds in-flight requests get to finish on SIGTERM.
+    #[arg(long, env = "PALISADE_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+    /// Standalone mode, no control plane: a directory of mesh YAML to configure from.
+    #[arg(long, env = "PALISADE_STATIC_CONFIG", requires_all = ["cert", "key"])]
+    pub static_config: Option<PathBuf>,
+    /// Standalone mode: certificate chain (leaf first), PEM.
+    #[arg(long, env = "PALISADE_CERT", requires = "static_config")]
+    pub cert: Option<PathBuf>,
+    /// Standalone mode: private key, PEM.
+    #[arg(long, env = "PALISADE_KEY", requires = "static_config")]
+    pub key: Option<PathBuf>,
+}
+
+fn read(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{what} {}", path.display()))
+}
+
+/// Turns flags into a proxy configuration (no I/O beyond reading the named files).
+pub fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
+    let td = TrustDomain::new(&args.trust_domain)
+        .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
+    let identity = SpiffeId::for_service_account(&td, &args.namespace, &args.service_account)
+        .with_context(|| "--namespace/--service-account do not form a valid SPIFFE ID")?;
+    let anchors_path = args
+        .trust_anchors
+        .as_ref()
+        .context("--trust-anchors (PALISADE_TRUST_ANCHORS) is required: the roots peers and the control plane chain to")?;
+    let anchors = TrustBundle::from_pem(td.clone(), &read(anchors_path, "--trust-anchors")?)
+        .with_context(|| format!("--trust-anchors {}", anchors_path.display()))?;
+    let source = if let Some(dir) = &args.static_config {
+        let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
+            anyhow::bail!("--static-config needs --cert and --key");
+        };
+        let credentials =
+            palisade_certs::Credentials::from_pem(&read(cert, "--cert")?, &read(key, "--key")?)
+                .with_context(|| format!("--cert {} / --key {}", cert.display(), key.display()))?;
+        let snapshots =
+            crate::cmd::static_snapshots(dir, anchors, &args.namespace, &args.workload)?;
+        ConfigSource::Static {
+            credentials,
+            snapshots,
+        }
+    } else {
+        let token_path = args
+            .token_file
+            .as_ref()
+            .context("--token-file (PALISADE_TOKEN_FILE) is required to obtain a certificate")?;
+        let token = read(token_path, "--token-file")?.trim().to_owned();
+        if token.is_empty() {
+            anyhow::bail!("--token-file {} is empty", token_path.display());
+        }
+        let cp_identity = match &args.control_plane_identity {
+            Some(id) => {
+                SpiffeId::parse(id).with_context(|| format!("--control-plane-identity {id:?}"))?
+            }
+            None => palisade_control_plane::control_plane_identity(&td),
+        };
+        ConfigSource::ControlPlane {
+            target: ControlPlaneTarget {
+                addr: args.control_plane.clone(),
+                identity: cp_identity,
+            },
+            trust_anchors: anchors,
+            token,
+        }
+    };
+    Ok(ProxyConfig {
+        identity,
+        workload: args.workload.clone(),
+        namespace: args.namespace.clone(),
+        source,
+        inbound_addr: args.inbound,
+        outbound_addr: args.outbound,
+        admin_addr: args.admin,
+        app_host: args.app_host,
+        drain_timeout: Duration::from_secs(args.drain_seconds),
+        control_runtime: None,
+    })
+}
+
+/// Runs the proxy until SIGINT/SIGTERM, then drains.
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let mut config = config(&args)?;
+    if args.worker_threads == 0 {
+        anyhow::bail!("--worker-threads must be at least 1");
+    }
+    let data = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads)
+        .thread_name("palisade-data")
+        .enable_all()
+        .build()
+        .context("cannot start the data-plane runtime")?;
+    // Control work (discovery, certificates, admin) runs on its own thread so that metrics
+    // scrapes and config bursts do not show up in request latency.
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    config.control_runtime = Some(control.handle().clone());
+    let shutdown = CancellationToken::new();
+    // The control runtime must keep running until the proxy's tasks on it have finished
+    // draining, so it stops on its own token, after `proxy.wait()`.
+    let stop_control = CancellationToken::new();
+    let control_thread = {
+        let stop = stop_control.clone();
+        std::thread::Builder::new()
+            .name("palisade-control".into())
+            .spawn(move || control.block_on(stop.cancelled()))
+            .context("cannot start the control thread")?
+    };
+    let result = data.block_on(async {
+        let proxy = palisade_proxy::start(config, shutdown.clone()).await?;
+        crate::cmd::shutdown_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        shutdown.cancel();
+        proxy.wait().await;
+        anyhow::Ok(())
+    });
+    shutdown.cancel();
+    stop_control.cancel();
+    let _ = control_thread.join();
+    result.map(|()| ExitCode::SUCCESS)
+}
