@@ -119,7 +119,7 @@ run_h2load() { # label url [authority]
   timeout -k 5 $((DUR + 30)) h2load -c"$CONNS" -m"$STREAMS" -D "$DUR" --log-file="$logf" "${hdr[@]}" "$2" >"$out"
   local rps p50 p99 failed
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$out")
-  failed=$(awk '/^requests:/ {print $8" failed, "$10" errored"}' "$out")
+  failed=$(awk '/^requests:/ {print $10" failed, "$12" errored"}' "$out")
   p50=$(awk '{print $3}' "$logf" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.50)+1]}')
   p99=$(awk '{print $3}' "$logf" | sort -n | awk '{a[NR]=$1} END {print a[int(NR*0.99)+1]}')
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$failed" >>"$RESULTS"

@@ -17,8 +17,8 @@ use pb::discovery_response::Resources;
 use prost::Message;
 
 use crate::model::{
-    DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, OutboundTrafficPolicy,
-    PROXY_INBOUND_PORT, Protocol, Service, Workload,
+    DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, OutboundTrafficPolicy, Protocol,
+    Service, Workload,
 };
 
 /// A resource type of the discovery stream.
@@ -260,7 +260,7 @@ fn service_proto(s: &Service) -> pb::Service {
             .iter()
             .map(|e| pb::Endpoint {
                 address: e.address.to_string(),
-                proxy_port: u32::from(PROXY_INBOUND_PORT),
+                proxy_port: u32::from(e.proxy_port),
                 spiffe_id: e.identity.to_string(),
                 workload: e.workload.clone(),
             })

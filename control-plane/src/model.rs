@@ -15,6 +15,10 @@ use palisade_certs::{SpiffeId, TrustDomain};
 /// The port where every sidecar accepts mTLS from its peers (CONTRACT: inbound capture).
 pub const PROXY_INBOUND_PORT: u16 = 15006;
 
+/// Workload annotation moving its sidecar's inbound listener off 15006 (several sidecars
+/// sharing one address, e.g. benchmarks on 127.0.0.1).
+pub const INBOUND_PORT_ANNOTATION: &str = "palisade.dev/inbound-port";
+
 /// A namespaced resource name, displayed as `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamespacedName {
@@ -190,6 +194,8 @@ pub struct Workload {
     pub annotations: BTreeMap<String, String>,
     /// The workload's IP address.
     pub address: IpAddr,
+    /// Where its sidecar accepts mTLS (15006 unless annotated).
+    pub proxy_port: u16,
     /// App ports.
     pub ports: Vec<WorkloadPort>,
     /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
@@ -239,6 +245,8 @@ pub struct Endpoint {
     pub namespace: String,
     /// Workload address.
     pub address: IpAddr,
+    /// Where the workload's sidecar accepts mTLS.
+    pub proxy_port: u16,
     /// The identity the workload's sidecar must present.
     pub identity: SpiffeId,
 }
@@ -258,6 +266,8 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// `name`, `name.ns`, `name.ns.svc`, `name.ns.svc.<trustDomain>`.
     pub hostnames: Vec<String>,
+    /// Virtual IP clients may use instead of a name (Kubernetes `spec.clusterIP`).
+    pub cluster_ip: Option<IpAddr>,
     /// Where it was defined.
     pub source: Source,
 }

@@ -105,6 +105,8 @@ pub(crate) struct ServiceDoc {
 pub(crate) struct ServiceSpec {
     #[serde(default)]
     pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
     #[serde(default)]
     pub ports: Vec<ServicePortSpec>,
 }

@@ -12,9 +12,9 @@ use super::resources::{
 };
 use super::{ConfigError, DocCtx, typed};
 use crate::model::{
-    DefaultAuthorization, Endpoint, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
-    OutboundTrafficPolicy, PendingResource, Protocol, Service, ServicePort, Source, Workload,
-    WorkloadPort,
+    DefaultAuthorization, Endpoint, INBOUND_PORT_ANNOTATION, MeshSettings, MeshSnapshot, MtlsMode,
+    NamespacedName, OutboundTrafficPolicy, PROXY_INBOUND_PORT, PendingResource, Protocol, Service,
+    ServicePort, Source, Workload, WorkloadPort,
 };
 
 /// Shortest certificate lifetime accepted: below it, renewal traffic dominates.
@@ -40,6 +40,7 @@ struct WorkloadDraft {
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     address: IpAddr,
+    proxy_port: u16,
     ports: Vec<WorkloadPort>,
 }
 
@@ -58,6 +59,7 @@ struct ServiceDraft {
     name: String,
     namespace: String,
     selector: BTreeMap<String, String>,
+    cluster_ip: Option<IpAddr>,
     ports: Vec<ServicePortDraft>,
 }
 
@@ -112,6 +114,19 @@ impl Parsed {
             }
         };
         let ports = check_workload_ports(ctx, &doc.spec.ports, errors);
+        let proxy_port = match doc.metadata.annotations.get(INBOUND_PORT_ANNOTATION) {
+            None => PROXY_INBOUND_PORT,
+            Some(text) => match text.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    errors.push(ctx.error(
+                        Some(&format!("metadata.annotations[{INBOUND_PORT_ANNOTATION}]")),
+                        format!("{text:?} is not a port (1-65535)"),
+                    ));
+                    PROXY_INBOUND_PORT
+                }
+            },
+        };
         if let (Some(address), true) = (address, errors.len() == before) {
             self.workloads.push(WorkloadDraft {
                 ctx: ctx.clone(),
@@ -121,6 +136,7 @@ impl Parsed {
                 labels: doc.metadata.labels,
                 annotations: doc.metadata.annotations,
                 address,
+                proxy_port,
                 ports,
             });
         }
@@ -146,12 +162,23 @@ impl Parsed {
             errors.push(ctx.error(Some("spec.ports"), "a Service needs at least one port"));
         }
         let ports = check_service_ports(ctx, &doc.spec.ports, errors);
+        let cluster_ip = match doc.spec.cluster_ip.as_deref() {
+            None | Some("None") => None,
+            Some(text) => match check_address(text) {
+                Ok(ip) => Some(ip),
+                Err(why) => {
+                    errors.push(ctx.error(Some("spec.clusterIP"), why));
+                    None
+                }
+            },
+        };
         if errors.len() == before {
             self.services.push(ServiceDraft {
                 ctx: ctx.clone(),
                 name,
                 namespace,
                 selector,
+                cluster_ip,
                 ports,
             });
         }
@@ -296,6 +323,7 @@ impl Parsed {
                     labels: w.labels,
                     annotations: w.annotations,
                     address: w.address,
+                    proxy_port: w.proxy_port,
                     ports: w.ports,
                     identity,
                 },
@@ -434,6 +462,7 @@ fn resolve_service(
             workload: w.name.clone(),
             namespace: w.namespace.clone(),
             address: w.address,
+            proxy_port: w.proxy_port,
             identity: w.identity.clone(),
         })
         .collect();
@@ -444,12 +473,17 @@ fn resolve_service(
         selector: s.selector.clone(),
         ports,
         endpoints,
-        hostnames: vec![
+        hostnames: [
             name.clone(),
             format!("{name}.{ns}"),
             format!("{name}.{ns}.svc"),
             format!("{name}.{ns}.svc.{td}"),
-        ],
+        ]
+        .into_iter()
+        // A cluster IP routes like a name: clients may address the Service by it.
+        .chain(s.cluster_ip.map(|ip| ip.to_string()))
+        .collect(),
+        cluster_ip: s.cluster_ip,
         source: s.ctx.source(),
     })
 }

