@@ -39,7 +39,12 @@ pub struct Inbound {
     pub apps: Arc<AppClients>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether responses carry `x-palisade-mtls`.
+    pub debug_headers: bool,
 }
+
+/// Response header describing the mTLS hop, when debug headers are on.
+const MTLS_DEBUG: http::HeaderName = http::HeaderName::from_static("x-palisade-mtls");
 
 /// What is known about one accepted connection.
 #[derive(Debug)]
@@ -49,6 +54,8 @@ struct ConnContext {
     /// Target app port from SNI; `None` means "the workload's only port".
     target_port: Option<u16>,
     own_identity: SpiffeId,
+    /// `x-palisade-mtls` value, when debug headers are on.
+    debug: Option<HeaderValue>,
 }
 
 impl Inbound {
@@ -82,7 +89,22 @@ impl Inbound {
         let peer_identity = palisade_certs::tls::peer_identity(session.peer_certificates());
         let target_port = session.server_name().and_then(port_from_sni);
         let h2 = session.alpn_protocol() == Some(ALPN_H2);
+        let debug = self.debug_headers.then(|| {
+            let version = session
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .replace("TLSv1_3", "TLSv1.3")
+                .replace("TLSv1_2", "TLSv1.2");
+            let cipher = session
+                .negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .unwrap_or("unknown");
+            let peer = peer_identity.as_ref().map_or("none".to_owned(), |p| p.to_string());
+            HeaderValue::try_from(format!("{version} {cipher} peer={peer}")).ok()
+        });
         let ctx = Arc::new(ConnContext {
+            debug: debug.flatten(),
             peer_label: peer_identity
                 .as_ref()
                 .map_or_else(|| "none".to_owned(), |id| id.to_string()),
@@ -171,6 +193,9 @@ impl Inbound {
             })?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(debug) = &conn.debug {
+            parts.headers.insert(MTLS_DEBUG, debug.clone());
+        }
         Ok(Response::from_parts(parts, streamed(body)))
     }
 }

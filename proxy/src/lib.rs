@@ -92,6 +92,9 @@ pub struct ProxyConfig {
     /// Runtime for control work (discovery, certificates, admin), kept off the data path;
     /// `None` uses the current runtime.
     pub control_runtime: Option<Handle>,
+    /// Add `x-palisade-mtls` (protocol, cipher, peer identity of the mTLS hop) to inbound
+    /// responses, for debugging a hop from the caller's side.
+    pub debug_headers: bool,
 }
 
 /// Failure to start.
@@ -321,6 +324,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         tls: tls_rx.clone(),
         apps: app::AppClients::new(config.app_host),
         metrics: metrics.clone(),
+        debug_headers: config.debug_headers,
     });
     tasks.spawn(
         serve::accept_loop(

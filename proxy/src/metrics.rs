@@ -7,13 +7,28 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Traffic direction, as seen from the workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+/// Traffic direction, as seen from the workload; the label value is `inbound` or `outbound`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Requests the workload receives.
     Inbound,
     /// Requests the workload sends.
     Outbound,
+}
+
+// The derive would write the variant names (`Inbound`); label values are lower case, like
+// every other label value of the mesh (`ack`, `permission_denied`).
+impl EncodeLabelValue for Direction {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
 }
 
 /// Labels of the request counter.

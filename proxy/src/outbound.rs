@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::http::{Failure, ProxyBody, is_grpc, streamed, strip_hop_by_hop};
 use crate::metrics::{Direction, Metrics};
 use crate::model::{MeshView, OutboundPolicy};
-use crate::pool::{PeerKey, PeerPool};
+use crate::pool::{PeerError, PeerKey, PeerPool};
 
 /// Shared state of the outbound listener.
 #[derive(Debug)]
@@ -105,14 +105,16 @@ impl Outbound {
             target_port: route.target_port,
         };
         let request = to_mesh_request(req, &authority);
-        let response =
-            self.pool
-                .send(&key, request)
-                .await
-                .map_err(|e| Failure::PeerUnavailable {
-                    peer: format!("{} ({})", endpoint.proxy_addr, endpoint.identity),
-                    reason: e.to_string(),
-                })?;
+        let response = self.pool.send(&key, request).await.map_err(|e| {
+            if matches!(e, PeerError::Handshake(_)) {
+                // A peer with a bad or wrong certificate: counted like inbound refusals.
+                self.metrics.handshake_failure(Direction::Outbound);
+            }
+            Failure::PeerUnavailable {
+                peer: format!("{} ({})", endpoint.proxy_addr, endpoint.identity),
+                reason: e.to_string(),
+            }
+        })?;
         Ok((from_upstream(response), Some(endpoint.identity.to_string())))
     }
 

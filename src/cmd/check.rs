@@ -13,7 +13,7 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
-/// Prints every problem, one per line; exit 1 if there is any.
+/// Prints every problem, one per line on stderr; exit 1 if there is any.
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     match palisade_control_plane::load_dir(&args.config) {
         Ok(snapshot) => {
@@ -30,7 +30,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             for e in errors.iter() {
                 eprintln!("error: {e}");
             }
-            eprintln!("{}: {} problem(s)", args.config.display(), errors.len());
+            // The count goes to stdout: stderr holds exactly one line per problem (CONTRACT:
+            // a user error is a one-line cause on stderr).
+            println!("{}: {} problem(s)", args.config.display(), errors.len());
             Ok(ExitCode::from(1))
         }
     }

@@ -64,6 +64,9 @@ pub struct ProxyArgs {
     /// Seconds in-flight requests get to finish on SIGTERM.
     #[arg(long, env = "PALISADE_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// Add `x-palisade-mtls: <protocol> <cipher> peer=<SPIFFE ID>` to inbound responses.
+    #[arg(long, env = "PALISADE_DEBUG_HEADERS")]
+    pub debug_headers: bool,
     /// Standalone mode, no control plane: a directory of mesh YAML to configure from.
     #[arg(long, env = "PALISADE_STATIC_CONFIG", requires_all = ["cert", "key"])]
     pub static_config: Option<PathBuf>,
@@ -139,6 +142,7 @@ pub fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         app_host: args.app_host,
         drain_timeout: Duration::from_secs(args.drain_seconds),
         control_runtime: None,
+        debug_headers: args.debug_headers,
     })
 }
 
@@ -148,12 +152,20 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     if args.worker_threads == 0 {
         anyhow::bail!("--worker-threads must be at least 1");
     }
-    let data = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.worker_threads)
-        .thread_name("palisade-data")
-        .enable_all()
-        .build()
-        .context("cannot start the data-plane runtime")?;
+    // One worker: a current-thread runtime, which has none of the work-stealing and
+    // cross-thread wake-up costs of the multi-thread scheduler.
+    let data = if args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.worker_threads)
+            .thread_name("palisade-data")
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the data-plane runtime")?;
     // Control work (discovery, certificates, admin) runs on its own thread so that metrics
     // scrapes and config bursts do not show up in request latency.
     let control = tokio::runtime::Builder::new_current_thread()

@@ -118,6 +118,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             app_host: w.address,
             drain_timeout: Duration::from_secs(5),
             control_runtime: None,
+            debug_headers: false,
         };
         let proxy = palisade_proxy::start(config, shutdown.clone())
             .await

@@ -1,0 +1,81 @@
+# Palisade as one more row of ../shared/bench/peers.sh (sourced through PEERS_EXTRA).
+#
+#   PEERS_EXTRA=bench/peers-palisade.sh \
+#   PEERS_CONFIGS="direct nginx_pair haproxy_pair envoy_pair palisade_pair" \
+#   bash ../shared/bench/peers.sh
+#
+# Two `palisade proxy` processes in standalone mode (--static-config), one worker thread
+# each, using peers.sh's own throwaway PKI (its SPIFFE client/server leaves). Both listen on
+# 127.0.0.1, so the server workload moves its inbound with `palisade.dev/inbound-port`, and
+# the Service carries `clusterIP: 127.0.0.1` so that a client addressing the outbound
+# listener by IP (`Host: 127.0.0.1:<port>`, as wrk/h2load do) is routed to it. The inbound
+# sidecar enforces an AuthorizationPolicy-free default of the mesh config below.
+
+PALISADE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log "building palisade (release) in $PALISADE_ROOT"
+(cd "$PALISADE_ROOT" && cargo build --release -q --bin palisade) || die "cargo build failed"
+PALISADE_BIN=$(cd "$PALISADE_ROOT" && cargo metadata --no-deps --format-version 1 |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/palisade
+
+palisade_accepts() { # connections accepted by the inbound sidecar's mTLS listener
+  curl -s --max-time 5 "http://127.0.0.1:$((PORT_BASE + 45))/metrics" |
+    awk '/^palisade_proxy_connections_total\{direction="inbound"\}/ {print $2}'
+}
+
+cfg_palisade_pair() {
+  local out=$((PORT_BASE + 40)) out_in=$((PORT_BASE + 41)) inb=$((PORT_BASE + 42))
+  local out_admin=$((PORT_BASE + 43)) in_out=$((PORT_BASE + 44)) in_admin=$((PORT_BASE + 45))
+  ensure_free "$out" "$out_in" "$inb" "$out_admin" "$in_out" "$in_admin"
+  local mesh=$WORK/palisade-mesh
+  mkdir -p "$mesh"
+  cat >"$mesh/mesh.yaml" <<YAML
+apiVersion: palisade.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec: {trustDomain: cluster.local}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {serviceAccount: client, address: 127.0.0.3}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata:
+  name: server
+  namespace: shop
+  labels: {app: server}
+  annotations: {palisade.dev/inbound-port: "$inb"}
+spec:
+  serviceAccount: server
+  address: 127.0.0.1
+  ports: [{name: http, port: $UP_H1, appProtocol: http}]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Service
+metadata: {name: server, namespace: shop}
+spec:
+  selector: {app: server}
+  clusterIP: 127.0.0.1
+  ports: [{name: http, port: $out, targetPort: $UP_H1, appProtocol: http}]
+YAML
+  start_bg palisade-in "$PALISADE_BIN" proxy --workload server --namespace shop --service-account server \
+    --static-config "$mesh" --trust-anchors "$PKI/ca.crt" --cert "$PKI/server.crt" --key "$PKI/server.key" \
+    --inbound "127.0.0.1:$inb" --outbound "127.0.0.1:$in_out" --admin "127.0.0.1:$in_admin" \
+    --app-host 127.0.0.1 --worker-threads 1 --debug-headers
+  local pin=$LAST_PID
+  start_bg palisade-out "$PALISADE_BIN" proxy --workload client --namespace shop --service-account client \
+    --static-config "$mesh" --trust-anchors "$PKI/ca.crt" --cert "$PKI/client.crt" --key "$PKI/client.key" \
+    --inbound "127.0.0.1:$out_in" --outbound "127.0.0.1:$out" --admin "127.0.0.1:$out_admin" \
+    --app-host 127.0.0.3 --worker-threads 1
+  local pout=$LAST_PID
+  wait_port "$inb" "$pin" palisade-in
+  wait_port "$out" "$pout" palisade-out
+  CFG_H1=$out
+  CFG_H2=$out
+  CFG_PROCS="out=$pout in=$pin"
+  CFG_INBOUND=$inb
+  CFG_REJECT=tls
+  CFG_HOPCTR=palisade_accepts
+  CFG_DESC="palisade proxy x2 (standalone config), 1 data-plane worker thread each (+1 control thread), HTTP/2 mTLS between sidecars"
+}
