@@ -38,7 +38,7 @@ pub enum Command {
     /// Run the control plane: CA, identity service and discovery.
     ControlPlane(control_plane::ControlPlaneArgs),
     /// Run the sidecar proxy (configured by PALISADE_* variables or flags).
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Validate a configuration directory and explain each problem.
     Check(check::CheckArgs),
     /// CA operations.
@@ -62,7 +62,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(args),
         Command::ControlPlane(args) => control_plane::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(*args),
         Command::Check(args) => check::run(args),
         Command::Ca(command) => ca::run(command),
     }
