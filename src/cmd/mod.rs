@@ -77,13 +77,13 @@ pub fn static_snapshots(
     workload: &str,
 ) -> anyhow::Result<Vec<palisade_proto::v1::DiscoveryResponse>> {
     let snapshot = palisade_control_plane::load_dir(dir)?;
-    Ok(palisade_control_plane::snapshots_for(
+    palisade_control_plane::snapshots_for(
         std::sync::Arc::new(snapshot),
         trust_anchors,
         namespace,
         workload,
     )
-    .map_err(|e| anyhow::anyhow!("--static-config {}: {e}", dir.display()))?)
+    .map_err(|e| anyhow::anyhow!("--static-config {}: {e}", dir.display()))
 }
 
 /// Sets up `tracing` on stderr; `RUST_LOG` overrides the default filter.
