@@ -100,7 +100,9 @@ impl Inbound {
                 .negotiated_cipher_suite()
                 .and_then(|c| c.suite().as_str())
                 .unwrap_or("unknown");
-            let peer = peer_identity.as_ref().map_or("none".to_owned(), |p| p.to_string());
+            let peer = peer_identity
+                .as_ref()
+                .map_or("none".to_owned(), |p| p.to_string());
             HeaderValue::try_from(format!("{version} {cipher} peer={peer}")).ok()
         });
         let ctx = Arc::new(ConnContext {

@@ -433,8 +433,18 @@ fn cluster_ip_routes_like_a_name_and_inbound_port_moves_endpoints() {
     .unwrap();
     let snapshot = load_dir(dir.path()).unwrap();
     let svc = snapshot.service("shop", "search").unwrap();
-    assert_eq!(svc.cluster_ip, Some("10.96.0.10".parse::<IpAddr>().unwrap()));
-    assert!(svc.hostnames.iter().any(|h| h == "10.96.0.10"), "{:?}", svc.hostnames);
+    assert_eq!(
+        svc.cluster_ip,
+        Some("10.96.0.10".parse::<IpAddr>().unwrap())
+    );
+    assert!(
+        svc.hostnames.iter().any(|h| h == "10.96.0.10"),
+        "{:?}",
+        svc.hostnames
+    );
     assert_eq!(svc.endpoints[0].proxy_port, 19042);
-    assert_eq!(snapshot.workload("shop", "search").unwrap().proxy_port, 19042);
+    assert_eq!(
+        snapshot.workload("shop", "search").unwrap().proxy_port,
+        19042
+    );
 }

@@ -1,0 +1,367 @@
+//! Real processes: `palisade control-plane` and `palisade proxy` as separate processes
+//! (apps in this process). Killing the control plane with SIGKILL must not disturb traffic
+//! or readiness; a restarted control plane (same address, same CA) serves a new proxy, and
+//! the old proxies reconnect to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use palisade_control_plane::TokenStore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::clients::{H1Client, try_admin_get};
+use crate::support::mesh::{MESH_CONFIG, shop_id};
+use crate::support::procs::{ChildGuard, run_palisade};
+use crate::support::tools::output_text;
+use crate::support::{App, Block, apps, metric, poll};
+
+const WORKLOADS: &str = "\
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  serviceAccount: client
+  address: {block}.1
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: search, namespace: shop, labels: {app: search}}
+spec:
+  serviceAccount: search
+  address: {block}.2
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Service
+metadata: {name: search, namespace: shop}
+spec:
+  selector: {app: search}
+  ports:
+  - {name: http, port: 8080}
+";
+
+/// Added while the control plane is down.
+const ORDERS: &str = "\
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: orders, namespace: shop, labels: {app: orders}}
+spec:
+  serviceAccount: orders
+  address: {block}.3
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  selector: {app: orders}
+  ports:
+  - {name: http, port: 8080}
+";
+
+/// How long a process may take to become ready, or a proxy to reconnect (its discovery
+/// backoff is capped at 15 s).
+const PROCESS_READY: Duration = Duration::from_secs(40);
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+struct Layout {
+    block: Block,
+    dir: tempfile::TempDir,
+}
+
+impl Layout {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    fn write(&self, name: &str, contents: &str) {
+        std::fs::write(
+            self.path(name),
+            contents.replace("{block}", &self.block.prefix()),
+        )
+        .unwrap();
+    }
+
+    fn cp_grpc(&self) -> SocketAddr {
+        self.block.addr(250, 15012)
+    }
+
+    fn cp_admin(&self) -> SocketAddr {
+        self.block.addr(250, 15014)
+    }
+
+    fn control_plane(&self, name: &str) -> ChildGuard {
+        ChildGuard::palisade(
+            name,
+            &[
+                "control-plane".into(),
+                "--config".into(),
+                self.arg("config"),
+                "--ca-dir".into(),
+                self.arg("ca"),
+                "--tokens".into(),
+                self.arg("tokens"),
+                "--grpc-addr".into(),
+                self.cp_grpc().to_string(),
+                "--admin-addr".into(),
+                self.cp_admin().to_string(),
+            ],
+            self.dir.path(),
+        )
+    }
+
+    fn proxy(&self, workload: &str, host: u8, token: &str) -> ChildGuard {
+        let token_file = format!("{workload}.token");
+        std::fs::write(self.path(&token_file), format!("{token}\n")).unwrap();
+        let ip = self.block.ip(host);
+        ChildGuard::palisade(
+            &format!("proxy-{workload}"),
+            &[
+                "proxy".into(),
+                "--workload".into(),
+                workload.into(),
+                "--namespace".into(),
+                "shop".into(),
+                "--service-account".into(),
+                workload.into(),
+                "--control-plane".into(),
+                self.cp_grpc().to_string(),
+                "--trust-anchors".into(),
+                self.arg("ca/root-cert.pem"),
+                "--token-file".into(),
+                self.arg(&token_file),
+                "--inbound".into(),
+                SocketAddr::new(ip, 15006).to_string(),
+                "--outbound".into(),
+                SocketAddr::new(ip, 15001).to_string(),
+                "--admin".into(),
+                SocketAddr::new(ip, 15000).to_string(),
+                "--app-host".into(),
+                ip.to_string(),
+                "--drain-seconds".into(),
+                "1".into(),
+            ],
+            self.dir.path(),
+        )
+    }
+}
+
+/// Waits until `GET http://<admin>/ready` answers 200 (another process: polled, bounded),
+/// failing early with the process's log if it exits.
+async fn await_ready(admin: SocketAddr, process: &mut ChildGuard) {
+    let deadline = Instant::now() + PROCESS_READY;
+    loop {
+        if let Some(status) = process.exited() {
+            panic!(
+                "{} exited ({status}) before it was ready:\n{}",
+                process.name,
+                process.log_text()
+            );
+        }
+        if try_admin_get(admin, "/ready")
+            .await
+            .is_some_and(|r| r.status == 200)
+        {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{} not ready at http://{admin}/ready within {PROCESS_READY:?}:\n{}",
+                process.name,
+                process.log_text()
+            );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// The value of a proxy's `palisade_proxy_discovery_connected`.
+async fn discovery_connected(admin: SocketAddr) -> Option<f64> {
+    let reply = try_admin_get(admin, "/metrics").await?;
+    Some(metric(
+        &reply.text(),
+        "palisade_proxy_discovery_connected",
+        &[],
+    ))
+}
+
+async fn await_discovery(admin: SocketAddr, connected: f64, who: &str) {
+    poll(
+        PROCESS_READY,
+        POLL_EVERY,
+        &format!("{who}: discovery_connected == {connected}"),
+        || async { (discovery_connected(admin).await == Some(connected)).then_some(()) },
+    )
+    .await;
+}
+
+async fn get_ok(client: &mut H1Client, url: &str) -> serde_json::Value {
+    let reply = client.get(url, &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "GET {url}: {}", reply.text());
+    reply.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_while_the_control_plane_is_down() {
+    crate::support::init_logging();
+    let layout = Layout {
+        block: Block::next(),
+        dir: tempfile::Builder::new()
+            .prefix("palisade-e2e-procs-")
+            .tempdir()
+            .unwrap(),
+    };
+    let block = layout.block;
+
+    // A CA made by the binary, the mesh, and a tokens file in the documented format.
+    let out = run_palisade(&["ca", "init", "--out", &layout.arg("ca")]).await;
+    assert!(out.status.success(), "ca init: {}", output_text(&out));
+    std::fs::create_dir(layout.path("config")).unwrap();
+    layout.write("config/mesh.yaml", MESH_CONFIG);
+    layout.write("config/workloads.yaml", WORKLOADS);
+    let snapshot = palisade_control_plane::load_dir(&layout.path("config")).unwrap();
+    let generated = TokenStore::generate(snapshot.workloads()).unwrap();
+    let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
+    layout.write(
+        "tokens",
+        &format!(
+            "shop/client {}\nshop/search {}\n",
+            token("client"),
+            token("search")
+        ),
+    );
+
+    let mut cp = layout.control_plane("control-plane-1");
+    await_ready(layout.cp_admin(), &mut cp).await;
+
+    // Apps in this process; sidecars as processes.
+    let stop_apps = CancellationToken::new();
+    let _stop_apps = stop_apps.clone().drop_guard();
+    let outbound = |host| block.addr(host, 15001);
+    apps::start(
+        block.addr(2, 8080),
+        App::shop("search", outbound(2)),
+        stop_apps.clone(),
+    )
+    .await;
+    let mut client_proxy = layout.proxy("client", 1, &token("client"));
+    let mut search_proxy = layout.proxy("search", 2, &token("search"));
+    await_ready(block.addr(1, 15000), &mut client_proxy).await;
+    await_ready(block.addr(2, 15000), &mut search_proxy).await;
+    await_discovery(block.addr(1, 15000), 1.0, "client").await;
+
+    let mut client = H1Client::new(outbound(1));
+    let echo = get_ok(&mut client, "http://search.shop:8080/echo").await;
+    assert_eq!(
+        echo["headers"]["x-forwarded-client-cert"][0],
+        format!("By={};URI={}", shop_id("search"), shop_id("client"))
+    );
+
+    // SIGKILL: no goodbye to the proxies.
+    cp.kill9().await;
+    assert!(try_admin_get(layout.cp_admin(), "/ready").await.is_none());
+    await_discovery(block.addr(1, 15000), 0.0, "client notices the loss").await;
+
+    // Traffic and readiness are unaffected: 50 requests, on kept-alive and new connections.
+    for i in 0..50 {
+        if i % 10 == 0 {
+            client = H1Client::new(outbound(1));
+        }
+        let body = get_ok(
+            &mut client,
+            &format!("http://search.shop:8080/search?q=lamp&i={i}"),
+        )
+        .await;
+        assert_eq!(body["results"].as_array().unwrap().len(), 3);
+    }
+    for (who, host) in [("client", 1), ("search", 2)] {
+        let ready = try_admin_get(block.addr(host, 15000), "/ready").await;
+        assert_eq!(
+            ready.as_ref().map(|r| r.status.as_u16()),
+            Some(200),
+            "{who} not ready without the control plane: {:?}",
+            ready.map(|r| r.text())
+        );
+    }
+
+    // A new workload appears while the control plane is down; it restarts on the same
+    // address with the same CA and the updated tokens.
+    layout.write("config/orders.yaml", ORDERS);
+    let snapshot = palisade_control_plane::load_dir(&layout.path("config")).unwrap();
+    let orders_token = TokenStore::generate(snapshot.workloads())
+        .unwrap()
+        .get("shop", "orders")
+        .unwrap()
+        .to_owned();
+    layout.write(
+        "tokens",
+        &format!(
+            "shop/client {}\nshop/search {}\nshop/orders {orders_token}\n",
+            token("client"),
+            token("search")
+        ),
+    );
+    let mut cp = layout.control_plane("control-plane-2");
+    await_ready(layout.cp_admin(), &mut cp).await;
+
+    // The third proxy bootstraps from the new control plane.
+    apps::start(
+        block.addr(3, 8080),
+        App::shop("search", outbound(3)),
+        stop_apps.clone(),
+    )
+    .await;
+    let mut orders_proxy = layout.proxy("orders", 3, &orders_token);
+    await_ready(block.addr(3, 15000), &mut orders_proxy).await;
+
+    // The old proxies reconnect (jittered backoff) and learn about orders.
+    await_discovery(block.addr(1, 15000), 1.0, "client reconnects").await;
+    await_discovery(block.addr(2, 15000), 1.0, "search reconnects").await;
+
+    // Traffic to and from the new workload.
+    let mut client = H1Client::new(outbound(1));
+    let echo = poll(
+        PROCESS_READY,
+        POLL_EVERY,
+        "client routes to orders.shop",
+        || {
+            let addr = outbound(1);
+            async move {
+                let reply = H1Client::new(addr)
+                    .get("http://orders.shop:8080/echo", &[])
+                    .await
+                    .ok()?;
+                (reply.status == 200).then(|| reply.json())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        echo["headers"]["x-forwarded-client-cert"][0],
+        format!("By={};URI={}", shop_id("orders"), shop_id("client"))
+    );
+    let mut from_orders = H1Client::new(outbound(3));
+    let echo = get_ok(&mut from_orders, "http://search.shop:8080/echo").await;
+    assert_eq!(
+        echo["headers"]["x-forwarded-client-cert"][0],
+        format!("By={};URI={}", shop_id("search"), shop_id("orders"))
+    );
+    get_ok(&mut client, "http://search.shop:8080/search?q=kettle").await;
+
+    for p in [
+        &mut client_proxy,
+        &mut search_proxy,
+        &mut orders_proxy,
+        &mut cp,
+    ] {
+        assert!(p.exited().is_none(), "{} exited:\n{}", p.name, p.log_text());
+        p.kill9().await;
+    }
+}
