@@ -32,15 +32,21 @@ pub enum ResourceType {
     TrustBundle,
     /// Mesh-wide settings (`MeshSettings`).
     Mesh,
+    /// The authorization policies selecting the proxy's workload (`AuthorizationSnapshot`).
+    Authorization,
+    /// The egress allowances of the proxy's workload (`EgressSnapshot`).
+    Egress,
 }
 
 impl ResourceType {
     /// Every type, in the order proxies subscribe.
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Workload,
         ResourceType::Mesh,
         ResourceType::TrustBundle,
         ResourceType::Services,
+        ResourceType::Authorization,
+        ResourceType::Egress,
     ];
 
     /// The type URL on the wire.
@@ -50,6 +56,8 @@ impl ResourceType {
             ResourceType::Services => pb::SERVICES_TYPE_URL,
             ResourceType::TrustBundle => pb::TRUST_BUNDLE_TYPE_URL,
             ResourceType::Mesh => pb::MESH_TYPE_URL,
+            ResourceType::Authorization => pb::AUTHORIZATION_TYPE_URL,
+            ResourceType::Egress => pb::EGRESS_TYPE_URL,
         }
     }
 
@@ -65,6 +73,8 @@ impl ResourceType {
             ResourceType::Services => "services",
             ResourceType::TrustBundle => "trust_bundle",
             ResourceType::Mesh => "mesh",
+            ResourceType::Authorization => "authorization",
+            ResourceType::Egress => "egress",
         }
     }
 }
@@ -89,6 +99,8 @@ impl Versioned {
             Resources::Services(m) => m.encode_to_vec(),
             Resources::TrustBundle(m) => m.encode_to_vec(),
             Resources::Mesh(m) => m.encode_to_vec(),
+            Resources::Authorization(m) => m.encode_to_vec(),
+            Resources::Egress(m) => m.encode_to_vec(),
         };
         Self {
             version: version_of(&bytes),
@@ -150,6 +162,13 @@ impl Published {
         match ty {
             ResourceType::Workload => Arc::new(Versioned::new(Resources::Workload(
                 workload_proto(workload),
+            ))),
+            // Policies are compiled per workload in the next slice; until then none select it.
+            ResourceType::Authorization => Arc::new(Versioned::new(Resources::Authorization(
+                pb::AuthorizationSnapshot::default(),
+            ))),
+            ResourceType::Egress => Arc::new(Versioned::new(Resources::Egress(
+                pb::EgressSnapshot::default(),
             ))),
             ResourceType::Services | ResourceType::TrustBundle | ResourceType::Mesh => {
                 match self.shared.get(&ty) {

@@ -19,12 +19,19 @@ pub mod v1 {
     /// Type URL of [`MeshSettings`] on the discovery stream.
     pub const MESH_TYPE_URL: &str = "type.palisade.dev/palisade.v1.MeshSettings";
 
+    /// Type URL of [`AuthorizationSnapshot`] on the discovery stream.
+    pub const AUTHORIZATION_TYPE_URL: &str = "type.palisade.dev/palisade.v1.AuthorizationSnapshot";
+    /// Type URL of [`EgressSnapshot`] on the discovery stream.
+    pub const EGRESS_TYPE_URL: &str = "type.palisade.dev/palisade.v1.EgressSnapshot";
+
     /// Every type a proxy subscribes to, in the order it subscribes.
     pub const ALL_TYPE_URLS: &[&str] = &[
         WORKLOAD_TYPE_URL,
         MESH_TYPE_URL,
         TRUST_BUNDLE_TYPE_URL,
         SERVICES_TYPE_URL,
+        AUTHORIZATION_TYPE_URL,
+        EGRESS_TYPE_URL,
     ];
 }
 

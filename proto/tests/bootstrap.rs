@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 #[test]
 fn generated_code_is_up_to_date() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let protos = ["palisade/v1/identity.proto", "palisade/v1/discovery.proto"];
+    let protos = [
+        "palisade/v1/identity.proto",
+        "palisade/v1/authorization.proto",
+        "palisade/v1/discovery.proto",
+    ];
     let fds = protox::compile(protos, [root]).expect("the .proto files compile");
 
     let out = tempdir(root);

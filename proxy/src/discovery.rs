@@ -28,6 +28,8 @@ pub struct Snapshots {
     services: Option<Arc<ServiceTable>>,
     bundle: Option<TrustBundle>,
     settings: Option<Arc<MeshSettings>>,
+    authorization: Option<Arc<v1::AuthorizationSnapshot>>,
+    egress: Option<Arc<v1::EgressSnapshot>>,
     /// Applied version per type URL.
     pub versions: BTreeMap<String, String>,
     /// Last rejection per type URL (cleared by the next accepted snapshot).
@@ -73,7 +75,17 @@ impl Snapshots {
             Some(Resources::Mesh(m)) if response.type_url == v1::MESH_TYPE_URL => {
                 self.settings = Some(Arc::new(MeshSettings::try_from(m)?));
             }
+            Some(Resources::Authorization(a))
+                if response.type_url == v1::AUTHORIZATION_TYPE_URL =>
+            {
+                self.authorization = Some(Arc::new(a.clone()));
+            }
+            Some(Resources::Egress(e)) if response.type_url == v1::EGRESS_TYPE_URL => {
+                self.egress = Some(Arc::new(e.clone()));
+            }
             Some(Resources::Workload(_)) => return Err(mismatch("WorkloadSnapshot")),
+            Some(Resources::Authorization(_)) => return Err(mismatch("AuthorizationSnapshot")),
+            Some(Resources::Egress(_)) => return Err(mismatch("EgressSnapshot")),
             Some(Resources::Services(_)) => return Err(mismatch("ServiceSnapshot")),
             Some(Resources::TrustBundle(_)) => return Err(mismatch("TrustBundle")),
             Some(Resources::Mesh(_)) => return Err(mismatch("MeshSettings")),
@@ -93,6 +105,10 @@ impl Snapshots {
 
     /// The complete view, once every type has arrived.
     pub fn view(&self) -> Option<MeshView> {
+        // Enforcement of these arrives with the authorization slice; a view is only complete
+        // once they are known, so a proxy never serves before its policies have arrived.
+        self.authorization.as_ref()?;
+        self.egress.as_ref()?;
         Some(MeshView {
             workload: self.workload.clone()?,
             services: self.services.clone()?,

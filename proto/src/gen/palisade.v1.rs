@@ -337,6 +337,170 @@ pub mod identity_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// Every AuthorizationPolicy that selects one workload.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AuthorizationSnapshot {
+    /// Ordered by (namespace, name); order does not change decisions.
+    #[prost(message, repeated, tag = "1")]
+    pub policies: ::prost::alloc::vec::Vec<AuthorizationPolicy>,
+}
+/// One policy.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AuthorizationPolicy {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(enumeration = "Action", tag = "3")]
+    pub action: i32,
+    /// A request matches the policy if it matches any rule. No rules: matches nothing.
+    #[prost(message, repeated, tag = "4")]
+    pub rules: ::prost::alloc::vec::Vec<Rule>,
+}
+/// All present parts must match (from AND to AND when); an absent part matches anything.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Rule {
+    /// Any one source matches.
+    #[prost(message, repeated, tag = "1")]
+    pub from: ::prost::alloc::vec::Vec<Source>,
+    /// Any one operation matches.
+    #[prost(message, repeated, tag = "2")]
+    pub to: ::prost::alloc::vec::Vec<Operation>,
+    /// Every condition matches.
+    #[prost(message, repeated, tag = "3")]
+    pub when: ::prost::alloc::vec::Vec<Condition>,
+}
+/// Within a source every present field must match; a positive list matches if any entry
+/// matches, a negative list if none does. Empty lists are absent.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Source {
+    /// SPIFFE IDs without the "spiffe://" scheme, Istio style ("cluster.local/ns/a/sa/b").
+    #[prost(message, repeated, tag = "1")]
+    pub principals: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(message, repeated, tag = "2")]
+    pub not_principals: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(message, repeated, tag = "3")]
+    pub namespaces: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(message, repeated, tag = "4")]
+    pub not_namespaces: ::prost::alloc::vec::Vec<StringMatch>,
+    /// CIDRs ("10.0.0.0/8") or single addresses, of the connection's peer.
+    #[prost(string, repeated, tag = "5")]
+    pub ip_blocks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "6")]
+    pub not_ip_blocks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Within an operation every present field must match.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Operation {
+    /// Host (authority), case-insensitive; a value without a port also matches host:port.
+    #[prost(message, repeated, tag = "1")]
+    pub hosts: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(message, repeated, tag = "2")]
+    pub not_hosts: ::prost::alloc::vec::Vec<StringMatch>,
+    /// Destination (app) ports.
+    #[prost(uint32, repeated, tag = "3")]
+    pub ports: ::prost::alloc::vec::Vec<u32>,
+    #[prost(uint32, repeated, tag = "4")]
+    pub not_ports: ::prost::alloc::vec::Vec<u32>,
+    /// Methods, exact, case-sensitive (gRPC is always POST).
+    #[prost(message, repeated, tag = "5")]
+    pub methods: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(message, repeated, tag = "6")]
+    pub not_methods: ::prost::alloc::vec::Vec<StringMatch>,
+    /// Normalised paths without the query string.
+    #[prost(message, repeated, tag = "7")]
+    pub paths: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(message, repeated, tag = "8")]
+    pub not_paths: ::prost::alloc::vec::Vec<StringMatch>,
+}
+/// A condition on an attribute of the request or connection.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Condition {
+    /// One of: "request.headers\[<lower-case name>\]", "source.ip", "source.namespace",
+    /// "source.principal", "destination.ip", "destination.port", "connection.sni".
+    #[prost(string, tag = "1")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub values: ::prost::alloc::vec::Vec<StringMatch>,
+    #[prost(message, repeated, tag = "3")]
+    pub not_values: ::prost::alloc::vec::Vec<StringMatch>,
+}
+/// Istio's string match forms: "exact", "prefix\*", "*suffix", "*" (any, presence).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StringMatch {
+    #[prost(oneof = "string_match::Kind", tags = "1, 2, 3, 4")]
+    pub kind: ::core::option::Option<string_match::Kind>,
+}
+/// Nested message and enum types in `StringMatch`.
+pub mod string_match {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(string, tag = "1")]
+        Exact(::prost::alloc::string::String),
+        #[prost(string, tag = "2")]
+        Prefix(::prost::alloc::string::String),
+        #[prost(string, tag = "3")]
+        Suffix(::prost::alloc::string::String),
+        /// Matches any value, including the empty string, when the attribute is present.
+        #[prost(bool, tag = "4")]
+        Presence(bool),
+    }
+}
+/// Which destinations outside the mesh a workload may reach (with REGISTRY_ONLY).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EgressSnapshot {
+    #[prost(message, repeated, tag = "1")]
+    pub rules: ::prost::alloc::vec::Vec<EgressRule>,
+}
+/// One EgressPolicy's allowance.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EgressRule {
+    /// `namespace/name` of the EgressPolicy, for logs and denial reasons.
+    #[prost(string, tag = "1")]
+    pub policy: ::prost::alloc::string::String,
+    /// Host names, exact or "\*.suffix" (lower case); an IP literal is matched as written.
+    #[prost(message, repeated, tag = "2")]
+    pub hosts: ::prost::alloc::vec::Vec<StringMatch>,
+    /// Ports; empty means any port.
+    #[prost(uint32, repeated, tag = "3")]
+    pub ports: ::prost::alloc::vec::Vec<u32>,
+}
+/// What a matching policy does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Action {
+    Unspecified = 0,
+    /// The request must match some ALLOW policy (when any ALLOW policy selects the workload).
+    Allow = 1,
+    /// A matching DENY policy denies, whatever else matches.
+    Deny = 2,
+    /// A match is recorded (metrics, log) and does not change the decision.
+    Audit = 3,
+}
+impl Action {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ACTION_UNSPECIFIED",
+            Self::Allow => "ACTION_ALLOW",
+            Self::Deny => "ACTION_DENY",
+            Self::Audit => "ACTION_AUDIT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ACTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "ACTION_ALLOW" => Some(Self::Allow),
+            "ACTION_DENY" => Some(Self::Deny),
+            "ACTION_AUDIT" => Some(Self::Audit),
+            _ => None,
+        }
+    }
+}
 /// Who is asking: the workload a proxy runs beside.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Node {
@@ -382,7 +546,7 @@ pub struct DiscoveryResponse {
     pub version_info: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub nonce: ::prost::alloc::string::String,
-    #[prost(oneof = "discovery_response::Resources", tags = "10, 11, 12, 13")]
+    #[prost(oneof = "discovery_response::Resources", tags = "10, 11, 12, 13, 14, 15")]
     pub resources: ::core::option::Option<discovery_response::Resources>,
 }
 /// Nested message and enum types in `DiscoveryResponse`.
@@ -401,6 +565,13 @@ pub mod discovery_response {
         /// type.palisade.dev/palisade.v1.MeshSettings
         #[prost(message, tag = "13")]
         Mesh(super::MeshSettings),
+        /// type.palisade.dev/palisade.v1.AuthorizationSnapshot (only the policies selecting
+        /// the proxy's workload)
+        #[prost(message, tag = "14")]
+        Authorization(super::AuthorizationSnapshot),
+        /// type.palisade.dev/palisade.v1.EgressSnapshot (only the rules selecting it)
+        #[prost(message, tag = "15")]
+        Egress(super::EgressSnapshot),
     }
 }
 /// A port of a workload.
