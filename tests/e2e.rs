@@ -37,3 +37,11 @@ mod processes;
 /// The command line: bad input, and `palisade up` end to end.
 #[path = "e2e/cli.rs"]
 mod cli;
+
+/// Authorization on real traffic: enforcement, denial answers, counting, live policy edits.
+#[path = "e2e/authz.rs"]
+mod authz;
+
+/// Authorization conformance: a table of requests decided by `palisade authz check`.
+#[path = "e2e/authz_conformance.rs"]
+mod authz_conformance;

@@ -3,13 +3,17 @@
 //!
 //! A `Published` value is built once per configuration change and shared by every stream
 //! through a `watch` channel. Types that are the same for every proxy (services, trust
-//! bundle, mesh settings) are encoded and versioned here, once; types that depend on the
-//! proxy's workload are built by each stream from the snapshot. The authorization issue
-//! adds a per-workload `Authorization` type the same way as [`ResourceType::Workload`].
+//! bundle, mesh settings) are encoded and versioned here, once. Types that depend on the
+//! proxy's workload (the workload itself, the authorization policies and egress rules
+//! selecting it) are built at most once per workload per change, by the first stream that
+//! asks, and shared by every other stream of that workload.
+//!
+//! Versions are FNV-1a hashes of the encoding, so a change to one policy changes the
+//! version (and causes a push) only for the workloads whose selected policies changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use palisade_certs::TrustBundle;
 use palisade_proto::v1 as pb;
@@ -17,8 +21,12 @@ use pb::discovery_response::Resources;
 use prost::Message;
 
 use crate::model::{
-    DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, OutboundTrafficPolicy, Protocol,
-    Service, Workload,
+    DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
+    OutboundTrafficPolicy, Protocol, Service, Workload,
+};
+use crate::policy::{
+    Action, AuthorizationPolicy, Condition, EgressHost, EgressPolicy, OperationMatch, Rule,
+    SourceMatch, StringMatch,
 };
 
 /// A resource type of the discovery stream.
@@ -120,6 +128,39 @@ pub(crate) fn version_of(bytes: &[u8]) -> String {
     format!("{hash:016x}")
 }
 
+/// The snapshots that depend on the proxy's workload, built together.
+#[derive(Debug)]
+struct PerWorkload {
+    workload: Arc<Versioned>,
+    authorization: Arc<Versioned>,
+    egress: Arc<Versioned>,
+}
+
+impl PerWorkload {
+    fn build(snapshot: &MeshSnapshot, workload: &Workload) -> Self {
+        Self {
+            workload: Arc::new(Versioned::new(Resources::Workload(workload_proto(
+                workload,
+            )))),
+            authorization: Arc::new(Versioned::new(Resources::Authorization(
+                authorization_snapshot(snapshot, workload),
+            ))),
+            egress: Arc::new(Versioned::new(Resources::Egress(egress_snapshot(
+                snapshot, workload,
+            )))),
+        }
+    }
+
+    fn get(&self, ty: ResourceType) -> Option<&Arc<Versioned>> {
+        match ty {
+            ResourceType::Workload => Some(&self.workload),
+            ResourceType::Authorization => Some(&self.authorization),
+            ResourceType::Egress => Some(&self.egress),
+            ResourceType::Services | ResourceType::TrustBundle | ResourceType::Mesh => None,
+        }
+    }
+}
+
 /// The configuration every stream serves from, replaced as a whole on each change.
 #[derive(Debug)]
 pub(crate) struct Published {
@@ -127,6 +168,10 @@ pub(crate) struct Published {
     pub bundle: TrustBundle,
     /// Encoded once per change, identical for every proxy.
     shared: BTreeMap<ResourceType, Arc<Versioned>>,
+    /// Filled lazily, one cell per workload: a change costs one build per workload that has
+    /// a proxy connected (not one per stream, nor any for workloads without a proxy), and
+    /// streams waking together on multi-threaded runtimes wait for that one build.
+    per_workload: HashMap<NamespacedName, OnceLock<PerWorkload>>,
 }
 
 impl Published {
@@ -150,46 +195,55 @@ impl Published {
                 snapshot.settings(),
             )))),
         );
+        let per_workload = snapshot
+            .workloads()
+            .map(|w| (w.key(), OnceLock::new()))
+            .collect();
         Self {
             snapshot,
             bundle,
             shared,
+            per_workload,
         }
     }
 
-    /// The snapshot of `ty` for the proxy of `workload`.
+    /// The snapshot of `ty` for the proxy of `workload` (a workload of `self.snapshot`).
     pub fn resource(&self, ty: ResourceType, workload: &Workload) -> Arc<Versioned> {
-        match ty {
-            ResourceType::Workload => Arc::new(Versioned::new(Resources::Workload(
-                workload_proto(workload),
-            ))),
-            // Policies are compiled per workload in the next slice; until then none select it.
-            ResourceType::Authorization => Arc::new(Versioned::new(Resources::Authorization(
-                pb::AuthorizationSnapshot::default(),
-            ))),
-            ResourceType::Egress => Arc::new(Versioned::new(Resources::Egress(
-                pb::EgressSnapshot::default(),
-            ))),
-            ResourceType::Services | ResourceType::TrustBundle | ResourceType::Mesh => {
-                match self.shared.get(&ty) {
-                    Some(v) => Arc::clone(v),
-                    // `new` fills every shared type; rebuilding keeps this total anyway.
-                    None => Arc::new(self.build_shared(ty)),
-                }
-            }
+        if let Some(v) = self.shared.get(&ty) {
+            return Arc::clone(v);
+        }
+        let key = workload.key();
+        let cached = self.per_workload.get(&key).and_then(|cell| {
+            // Built from this snapshot's own copy of the workload, so the cached value is
+            // the same whichever stream fills it.
+            let own = self.snapshot.workload(&key.namespace, &key.name)?;
+            cell.get_or_init(|| PerWorkload::build(&self.snapshot, own))
+                .get(ty)
+                .cloned()
+        });
+        match cached {
+            Some(v) => v,
+            // Not a workload of this snapshot (or a shared type missing from `shared`, which
+            // `new` rules out): build it uncached rather than fail.
+            None => Arc::new(self.build_uncached(ty, workload)),
         }
     }
 
-    fn build_shared(&self, ty: ResourceType) -> Versioned {
+    fn build_uncached(&self, ty: ResourceType, workload: &Workload) -> Versioned {
         Versioned::new(match ty {
+            ResourceType::Workload => Resources::Workload(workload_proto(workload)),
+            ResourceType::Authorization => {
+                Resources::Authorization(authorization_snapshot(&self.snapshot, workload))
+            }
+            ResourceType::Egress => Resources::Egress(egress_snapshot(&self.snapshot, workload)),
             ResourceType::Services => Resources::Services(services_proto(&self.snapshot)),
             ResourceType::TrustBundle => Resources::TrustBundle(bundle_proto(&self.bundle)),
-            _ => Resources::Mesh(mesh_proto(self.snapshot.settings())),
+            ResourceType::Mesh => Resources::Mesh(mesh_proto(self.snapshot.settings())),
         })
     }
 }
 
-/// Why [`snapshots_for`] could not build snapshots.
+/// Why [`snapshots_for`], [`authorization_for`] or [`egress_for`] could not build snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("workload {namespace}/{name} is not in the configuration")]
 pub struct UnknownWorkload {
@@ -211,10 +265,7 @@ pub fn snapshots_for(
     let workload = snapshot
         .workload(namespace, name)
         .cloned()
-        .ok_or_else(|| UnknownWorkload {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })?;
+        .ok_or_else(|| unknown(namespace, name))?;
     let published = Published::new(snapshot, bundle);
     Ok(ResourceType::ALL
         .iter()
@@ -229,6 +280,153 @@ pub fn snapshots_for(
             }
         })
         .collect())
+}
+
+fn unknown(namespace: &str, name: &str) -> UnknownWorkload {
+    UnknownWorkload {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// The AuthorizationSnapshot the proxy of `namespace/workload` receives: every policy
+/// selecting it, ordered by namespace and name.
+pub fn authorization_for(
+    snapshot: &MeshSnapshot,
+    namespace: &str,
+    workload: &str,
+) -> Result<pb::AuthorizationSnapshot, UnknownWorkload> {
+    let w = snapshot
+        .workload(namespace, workload)
+        .ok_or_else(|| unknown(namespace, workload))?;
+    Ok(authorization_snapshot(snapshot, w))
+}
+
+/// The EgressSnapshot the proxy of `namespace/workload` receives: one rule per
+/// EgressPolicy selecting it, ordered by namespace and name.
+pub fn egress_for(
+    snapshot: &MeshSnapshot,
+    namespace: &str,
+    workload: &str,
+) -> Result<pb::EgressSnapshot, UnknownWorkload> {
+    let w = snapshot
+        .workload(namespace, workload)
+        .ok_or_else(|| unknown(namespace, workload))?;
+    Ok(egress_snapshot(snapshot, w))
+}
+
+pub(crate) fn authorization_snapshot(
+    snapshot: &MeshSnapshot,
+    workload: &Workload,
+) -> pb::AuthorizationSnapshot {
+    pb::AuthorizationSnapshot {
+        policies: snapshot
+            .authorization_policies_for(workload)
+            .map(authorization_policy_proto)
+            .collect(),
+    }
+}
+
+pub(crate) fn egress_snapshot(snapshot: &MeshSnapshot, workload: &Workload) -> pb::EgressSnapshot {
+    pb::EgressSnapshot {
+        rules: snapshot
+            .egress_policies_for(workload)
+            .map(egress_rule_proto)
+            .collect(),
+    }
+}
+
+fn string_match_proto(m: &StringMatch) -> pb::StringMatch {
+    use pb::string_match::Kind;
+    pb::StringMatch {
+        kind: Some(match m {
+            StringMatch::Exact(v) => Kind::Exact(v.clone()),
+            StringMatch::Prefix(v) => Kind::Prefix(v.clone()),
+            StringMatch::Suffix(v) => Kind::Suffix(v.clone()),
+            StringMatch::Presence => Kind::Presence(true),
+        }),
+    }
+}
+
+fn matches_proto(ms: &[StringMatch]) -> Vec<pb::StringMatch> {
+    ms.iter().map(string_match_proto).collect()
+}
+
+fn ports_proto(ports: &[u16]) -> Vec<u32> {
+    ports.iter().map(|p| u32::from(*p)).collect()
+}
+
+fn source_proto(s: &SourceMatch) -> pb::Source {
+    let blocks = |b: &[crate::policy::IpBlock]| b.iter().map(ToString::to_string).collect();
+    pb::Source {
+        principals: matches_proto(&s.principals),
+        not_principals: matches_proto(&s.not_principals),
+        namespaces: matches_proto(&s.namespaces),
+        not_namespaces: matches_proto(&s.not_namespaces),
+        ip_blocks: blocks(&s.ip_blocks),
+        not_ip_blocks: blocks(&s.not_ip_blocks),
+    }
+}
+
+fn operation_proto(o: &OperationMatch) -> pb::Operation {
+    pb::Operation {
+        hosts: matches_proto(&o.hosts),
+        not_hosts: matches_proto(&o.not_hosts),
+        ports: ports_proto(&o.ports),
+        not_ports: ports_proto(&o.not_ports),
+        methods: matches_proto(&o.methods),
+        not_methods: matches_proto(&o.not_methods),
+        paths: matches_proto(&o.paths),
+        not_paths: matches_proto(&o.not_paths),
+    }
+}
+
+fn condition_proto(c: &Condition) -> pb::Condition {
+    pb::Condition {
+        key: c.key.to_string(),
+        values: matches_proto(&c.values),
+        not_values: matches_proto(&c.not_values),
+    }
+}
+
+fn rule_proto(r: &Rule) -> pb::Rule {
+    pb::Rule {
+        from: r.from.iter().map(source_proto).collect(),
+        to: r.to.iter().map(operation_proto).collect(),
+        when: r.when.iter().map(condition_proto).collect(),
+    }
+}
+
+/// One policy on the wire.
+pub(crate) fn authorization_policy_proto(p: &AuthorizationPolicy) -> pb::AuthorizationPolicy {
+    pb::AuthorizationPolicy {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        action: match p.action {
+            Action::Allow => pb::Action::Allow,
+            Action::Deny => pb::Action::Deny,
+            Action::Audit => pb::Action::Audit,
+        } as i32,
+        rules: p.rules.iter().map(rule_proto).collect(),
+    }
+}
+
+fn egress_rule_proto(p: &EgressPolicy) -> pb::EgressRule {
+    pb::EgressRule {
+        policy: p.key().to_string(),
+        hosts: p
+            .hosts
+            .iter()
+            .map(|h| {
+                string_match_proto(&match h {
+                    EgressHost::Name(n) => StringMatch::Exact(n.clone()),
+                    EgressHost::Wildcard(suffix) => StringMatch::Suffix(suffix.clone()),
+                    EgressHost::Ip(ip) => StringMatch::Exact(ip.to_string()),
+                })
+            })
+            .collect(),
+        ports: ports_proto(&p.ports),
+    }
 }
 
 fn protocol_proto(p: Protocol) -> pb::Protocol {
@@ -332,6 +530,77 @@ mod tests {
         // Reference vectors of FNV-1a 64.
         assert_eq!(version_of(b""), "cbf29ce484222325");
         assert_eq!(version_of(b"a"), "af63dc4c8601ec8c");
+    }
+
+    const WORKLOADS: &str = "\
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: a, namespace: shop, labels: {app: a}}
+spec: {address: 127.0.1.1}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: b, namespace: shop, labels: {app: b}}
+spec: {address: 127.0.1.2}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: c, namespace: other, labels: {app: a}}
+spec: {address: 127.0.1.3}
+";
+
+    fn published(policies: &str) -> Published {
+        let snapshot =
+            crate::config::load_files(&[("w.yaml", WORKLOADS), ("p.yaml", policies)]).unwrap();
+        let td = palisade_certs::TrustDomain::new("cluster.local").unwrap();
+        let (ca, _) =
+            palisade_certs::CertificateAuthority::generate(td, &Default::default()).unwrap();
+        Published::new(Arc::new(snapshot), ca.bundle().clone())
+    }
+
+    fn version(p: &Published, ns: &str, name: &str, ty: ResourceType) -> String {
+        let w = p.snapshot.workload(ns, name).unwrap();
+        p.resource(ty, w).version.clone()
+    }
+
+    #[test]
+    fn a_policy_change_changes_versions_only_where_it_selects() {
+        let policy = |principal: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                 metadata: {{name: p, namespace: shop}}\n\
+                 spec: {{selector: {{matchLabels: {{app: a}}}}, rules: [{{from: [{{source: \
+                 {{principals: [{principal}]}}}}]}}]}}\n"
+            )
+        };
+        let before = published(&policy("cluster.local/ns/shop/sa/x"));
+        let after = published(&policy("cluster.local/ns/shop/sa/y"));
+        let authz = ResourceType::Authorization;
+        assert_ne!(
+            version(&before, "shop", "a", authz),
+            version(&after, "shop", "a", authz),
+            "shop/a is selected"
+        );
+        // Not selected: b by its labels, c (same labels) by its namespace.
+        for (ns, name) in [("shop", "b"), ("other", "c")] {
+            assert_eq!(
+                version(&before, ns, name, authz),
+                version(&after, ns, name, authz),
+                "{ns}/{name}"
+            );
+        }
+        for ty in [ResourceType::Workload, ResourceType::Egress] {
+            assert_eq!(
+                version(&before, "shop", "a", ty),
+                version(&after, "shop", "a", ty)
+            );
+        }
+        // Built once per workload and change: every stream shares the same value.
+        let w = after.snapshot.workload("shop", "a").unwrap();
+        assert!(Arc::ptr_eq(
+            &after.resource(authz, w),
+            &after.resource(authz, w)
+        ));
     }
 
     #[test]

@@ -2,19 +2,20 @@
 //! certificates, and pushes configuration to every proxy over a discovery stream.
 //!
 //! Layering, from pure to wired (each layer only uses those above it):
-//! - **model** ([`model`], [`config`], [`tokens`]): plain values. The loader turns YAML into a
-//!   validated [`MeshSnapshot`] with named errors; no I/O beyond reading the files, no proto.
+//! - **model** ([`model`], [`policy`], [`config`], [`tokens`]): plain values. The loader turns
+//!   YAML into a validated [`MeshSnapshot`] with named errors, compiling AuthorizationPolicy
+//!   (Istio's model) and EgressPolicy documents; no I/O beyond reading the files, no proto.
 //! - **index** ([`index`]): model → per-type proto snapshots with stable versions, built once
-//!   per change and shared through a `watch` channel.
+//!   per change and shared through a `watch` channel; per-workload types (the workload,
+//!   the policies selecting it) are built at most once per change, by the first stream
+//!   that needs them.
 //! - **API** (`identity`, `discovery`): the gRPC services; handlers read the caller's verified
 //!   identity from [`PeerInfo`] and the current snapshot from the channel.
 //! - **runtime** ([`start`], [`ControlPlane`]): TLS listener, admin HTTP, serving-certificate
 //!   renewal, directory watching, shutdown.
 //!
-//! The next stage (authorization) plugs in at two places: the loader already keeps
-//! `AuthorizationPolicy`/`EgressPolicy` documents as
-//! [`PendingResource`](model::PendingResource)s, and [`ResourceType`] is where a
-//! per-workload `Authorization` type joins the stream.
+//! [`authorization_for`] and [`egress_for`] give the exact snapshots a workload's proxy
+//! receives, for tools that decide offline as a sidecar would (`palisade authz check`).
 
 mod admin;
 pub mod config;
@@ -23,6 +24,7 @@ mod identity;
 pub mod index;
 mod metrics;
 pub mod model;
+pub mod policy;
 mod runtime;
 pub mod tokens;
 mod transport;
@@ -35,7 +37,7 @@ use palisade_certs::{SpiffeId, TrustDomain};
 
 pub use config::{ConfigError, ConfigErrors, DocumentRef, load_dir};
 pub use discovery::{Nack, ProxyStatus, TypeStatus};
-pub use index::{ResourceType, UnknownWorkload, snapshots_for};
+pub use index::{ResourceType, UnknownWorkload, authorization_for, egress_for, snapshots_for};
 pub use model::MeshSnapshot;
 pub use runtime::{
     ControlPlane, ControlPlaneConfig, DEFAULT_ADMIN_ADDR, DEFAULT_GRPC_ADDR, StartError, start,

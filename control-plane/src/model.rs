@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use palisade_certs::{SpiffeId, TrustDomain};
 
+use crate::policy::{AuthorizationPolicy, EgressPolicy};
+
 /// The port where every sidecar accepts mTLS from its peers (CONTRACT: inbound capture).
 pub const PROXY_INBOUND_PORT: u16 = 15006;
 
@@ -279,54 +281,15 @@ impl Service {
     }
 }
 
-/// Kinds that are parsed but not yet compiled (see [`PendingResource`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PendingKind {
-    /// `AuthorizationPolicy` (Palisade's or Istio's `security.istio.io/v1`, `v1beta1`).
-    AuthorizationPolicy,
-    /// `EgressPolicy`.
-    EgressPolicy,
-}
-
-impl PendingKind {
-    /// The `kind` as written in YAML.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PendingKind::AuthorizationPolicy => "AuthorizationPolicy",
-            PendingKind::EgressPolicy => "EgressPolicy",
-        }
-    }
-}
-
-/// A resource of a kind this version accepts but does not interpret yet.
-///
-/// Extension point: the authorization issue compiles these (`AuthorizationPolicy`,
-/// `EgressPolicy`) into typed policies. Until then they are kept verbatim, with validated
-/// metadata, so a directory that already holds policies loads and duplicate names are caught.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingResource {
-    /// The kind.
-    pub kind: PendingKind,
-    /// The `apiVersion` it was written with.
-    pub api_version: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// The whole document, as JSON.
-    pub document: serde_json::Value,
-    /// Where it was defined.
-    pub source: Source,
-}
-
-/// The validated mesh: settings, workloads, services and not-yet-compiled resources.
+/// The validated mesh: settings, workloads, services and policies.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MeshSnapshot {
     pub(crate) settings: MeshSettings,
     pub(crate) settings_source: Option<Source>,
     pub(crate) workloads: BTreeMap<NamespacedName, Workload>,
     pub(crate) services: BTreeMap<NamespacedName, Service>,
-    pub(crate) pending: Vec<PendingResource>,
+    pub(crate) authorization_policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
+    pub(crate) egress_policies: BTreeMap<NamespacedName, EgressPolicy>,
 }
 
 impl MeshSnapshot {
@@ -360,8 +323,68 @@ impl MeshSnapshot {
         self.services.get(&NamespacedName::new(namespace, name))
     }
 
-    /// Resources kept for the next stage (authorization and egress policies).
-    pub fn pending(&self) -> &[PendingResource] {
-        &self.pending
+    /// Every AuthorizationPolicy, ordered by namespace and name.
+    pub fn authorization_policies(
+        &self,
+    ) -> impl ExactSizeIterator<Item = &AuthorizationPolicy> + '_ {
+        self.authorization_policies.values()
     }
+
+    /// One AuthorizationPolicy.
+    pub fn authorization_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&AuthorizationPolicy> {
+        self.authorization_policies
+            .get(&NamespacedName::new(namespace, name))
+    }
+
+    /// Every EgressPolicy, ordered by namespace and name.
+    pub fn egress_policies(&self) -> impl ExactSizeIterator<Item = &EgressPolicy> + '_ {
+        self.egress_policies.values()
+    }
+
+    /// The AuthorizationPolicies that apply to `workload`, ordered by namespace and name:
+    /// those of its namespace and of the root namespace whose selector matches it.
+    pub fn authorization_policies_for<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<Item = &'a AuthorizationPolicy> + 'a {
+        let root = self.settings.root_namespace.as_str();
+        in_scope(&self.authorization_policies, root, &workload.namespace)
+            .filter(move |p| p.selector.selects(&p.namespace, root, workload))
+    }
+
+    /// The EgressPolicies that apply to `workload`, ordered by namespace and name.
+    pub fn egress_policies_for<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<Item = &'a EgressPolicy> + 'a {
+        let root = self.settings.root_namespace.as_str();
+        in_scope(&self.egress_policies, root, &workload.namespace)
+            .filter(move |p| p.selector.selects(&p.namespace, root, workload))
+    }
+}
+
+/// The values of `map` in namespaces `a` and `b` (once if equal), ordered by key: only
+/// those two ranges are visited, so selection stays cheap with many namespaces.
+fn in_scope<'a, T>(
+    map: &'a BTreeMap<NamespacedName, T>,
+    a: &'a str,
+    b: &'a str,
+) -> impl Iterator<Item = &'a T> + 'a {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    let range = move |ns: &'a str| {
+        map.range(NamespacedName::new(ns, "")..)
+            .take_while(move |(k, _)| k.namespace == ns)
+            .map(|(_, v)| v)
+    };
+    // Keys sort by namespace first, so the first range's entries all precede the second's.
+    range(first).chain(
+        (first != second)
+            .then(|| range(second))
+            .into_iter()
+            .flatten(),
+    )
 }

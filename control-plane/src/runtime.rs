@@ -352,7 +352,8 @@ pub async fn start(
         trust_domain = %s.trust_domain,
         workloads = snapshot.workloads().len(),
         services = snapshot.services().len(),
-        pending_policies = snapshot.pending().len(),
+        authorization_policies = snapshot.authorization_policies().len(),
+        egress_policies = snapshot.egress_policies().len(),
         mtls = ?s.mtls_mode,
         default_authorization = ?s.default_authorization,
         certificate_lifetime_secs = s.certificate_lifetime.as_secs(),
@@ -459,6 +460,17 @@ impl ControlPlane {
                 return list;
             }
         }
+    }
+
+    /// Like [`wait_for_proxies`](Self::wait_for_proxies) without copying the table on every
+    /// change: `done` sees the connected proxies by reference, so waiting on thousands of
+    /// proxies (benchmarks) costs little next to what it measures. Bound it with a timeout.
+    pub async fn wait_until_proxies(&self, mut done: impl FnMut(&[&ProxyStatus]) -> bool) {
+        let mut rx = self.shared.proxies.subscribe();
+        // Fails only if the registry is gone, i.e. the control plane was dropped.
+        let _ = rx
+            .wait_for(|table| done(&table.values().collect::<Vec<_>>()))
+            .await;
     }
 
     /// The metrics exposition, as `/metrics` serves it.

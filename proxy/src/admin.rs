@@ -121,6 +121,13 @@ impl Admin {
             "workload": view.as_ref().map(|v| serde_json::to_value(&*v.workload).unwrap_or_default()),
             "settings": view.as_ref().map(|v| serde_json::to_value(&*v.settings).unwrap_or_default()),
             "services": view.as_ref().map(|v| serde_json::to_value(&*v.services).unwrap_or_default()),
+            "authorization": view.as_ref().map(|v| {
+                v.authz
+                    .policies()
+                    .map(|(policy, action, rules)| serde_json::json!({"policy": policy, "action": action, "rules": rules}))
+                    .collect::<Vec<_>>()
+            }),
+            "egress": view.as_ref().map(|v| serde_json::to_value(&*v.egress).unwrap_or_default()),
         })
     }
 }

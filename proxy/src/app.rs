@@ -63,6 +63,11 @@ impl AppClients {
         })
     }
 
+    /// The app's address (opaque TCP connects there directly).
+    pub fn host(&self) -> IpAddr {
+        self.host
+    }
+
     /// The client for `port`, speaking what `protocol` says.
     pub fn get(&self, port: u16, protocol: Protocol) -> AppClient {
         let http2 = protocol.is_http2();

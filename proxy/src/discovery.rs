@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::Authorizer;
 use crate::control::{Backoff, ControlPlaneTarget};
+use crate::egress::EgressRules;
 use crate::metrics::Metrics;
 use crate::model::{
     LocalWorkload, MeshSettings, MeshView, ServiceTable, SnapshotError, trust_bundle,
@@ -28,8 +30,8 @@ pub struct Snapshots {
     services: Option<Arc<ServiceTable>>,
     bundle: Option<TrustBundle>,
     settings: Option<Arc<MeshSettings>>,
-    authorization: Option<Arc<v1::AuthorizationSnapshot>>,
-    egress: Option<Arc<v1::EgressSnapshot>>,
+    authorization: Option<Arc<Authorizer>>,
+    egress: Option<Arc<EgressRules>>,
     /// Applied version per type URL.
     pub versions: BTreeMap<String, String>,
     /// Last rejection per type URL (cleared by the next accepted snapshot).
@@ -78,10 +80,10 @@ impl Snapshots {
             Some(Resources::Authorization(a))
                 if response.type_url == v1::AUTHORIZATION_TYPE_URL =>
             {
-                self.authorization = Some(Arc::new(a.clone()));
+                self.authorization = Some(Arc::new(Authorizer::try_from(a)?));
             }
             Some(Resources::Egress(e)) if response.type_url == v1::EGRESS_TYPE_URL => {
-                self.egress = Some(Arc::new(e.clone()));
+                self.egress = Some(Arc::new(EgressRules::try_from(e)?));
             }
             Some(Resources::Workload(_)) => return Err(mismatch("WorkloadSnapshot")),
             Some(Resources::Authorization(_)) => return Err(mismatch("AuthorizationSnapshot")),
@@ -105,15 +107,15 @@ impl Snapshots {
 
     /// The complete view, once every type has arrived.
     pub fn view(&self) -> Option<MeshView> {
-        // Enforcement of these arrives with the authorization slice; a view is only complete
-        // once they are known, so a proxy never serves before its policies have arrived.
-        self.authorization.as_ref()?;
-        self.egress.as_ref()?;
+        // A view is only complete once the policies are known too, so a proxy never serves
+        // before its authorization has arrived (and, with none, serves nothing).
         Some(MeshView {
             workload: self.workload.clone()?,
             services: self.services.clone()?,
             bundle: self.bundle.clone()?,
             settings: self.settings.clone()?,
+            authz: self.authorization.clone()?,
+            egress: self.egress.clone()?,
         })
     }
 }
@@ -266,4 +268,64 @@ pub fn publish(snapshots: &Snapshots, outputs: &DiscoveryOutputs) {
         outputs.view.send_replace(Some(Arc::new(view)));
     }
     outputs.status.send_replace(snapshots.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v1::discovery_response::Resources;
+
+    fn response(resources: Resources, type_url: &str) -> DiscoveryResponse {
+        DiscoveryResponse {
+            type_url: type_url.into(),
+            version_info: "v".into(),
+            nonce: "n".into(),
+            resources: Some(resources),
+        }
+    }
+
+    fn authz(action: v1::Action) -> DiscoveryResponse {
+        response(
+            Resources::Authorization(v1::AuthorizationSnapshot {
+                policies: vec![v1::AuthorizationPolicy {
+                    namespace: "shop".into(),
+                    name: "p".into(),
+                    action: action as i32,
+                    rules: vec![],
+                }],
+            }),
+            v1::AUTHORIZATION_TYPE_URL,
+        )
+    }
+
+    #[test]
+    fn an_invalid_authorization_snapshot_is_rejected_and_the_last_good_one_kept() {
+        let mut snapshots = Snapshots::default();
+        snapshots.apply(&authz(v1::Action::Deny)).unwrap();
+        let good = snapshots.authorization.clone().unwrap();
+        assert_eq!(good.len(), 1);
+        let e = snapshots
+            .apply(&authz(v1::Action::Unspecified))
+            .unwrap_err();
+        assert_eq!(e.resource, "AuthorizationPolicy shop/p (policies[0])");
+        assert_eq!(e.field, "action");
+        assert!(Arc::ptr_eq(
+            snapshots.authorization.as_ref().unwrap(),
+            &good
+        ));
+        let bad_egress = response(
+            Resources::Egress(v1::EgressSnapshot {
+                rules: vec![v1::EgressRule {
+                    policy: "shop/e".into(),
+                    hosts: vec![],
+                    ports: vec![0],
+                }],
+            }),
+            v1::EGRESS_TYPE_URL,
+        );
+        assert_eq!(snapshots.apply(&bad_egress).unwrap_err().field, "ports[0]");
+        assert!(snapshots.egress.is_none());
+        // Without every type, and so without policies, there is no view to serve with.
+        assert!(snapshots.view().is_none());
+    }
 }

@@ -15,6 +15,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Header naming the policy that denied a request (CONTRACT: behaviour users rely on).
 pub const DENIED_BY: HeaderName = HeaderName::from_static("x-palisade-denied-by");
+/// The `x-palisade-denied-by` value (and metric `policy` label) of an egress refusal.
+pub const OUTBOUND_REGISTRY_ONLY: &str = "outbound-registry-only";
 /// Envoy-style header telling the app who called it.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -141,8 +143,15 @@ impl Failure {
         match self {
             Failure::Denied { hide: true, .. } => Some("hidden"),
             Failure::Denied { by, .. } => Some(by),
-            Failure::UnknownDestination { .. } => Some("outbound-registry-only"),
-            _ => None,
+            Failure::UnknownDestination { .. } => Some(OUTBOUND_REGISTRY_ONLY),
+            // Listed, not `_`: a new policy-like failure must decide here whether it names
+            // what denied it.
+            Failure::NoDestination
+            | Failure::BadAuthority(_)
+            | Failure::PeerUnavailable { .. }
+            | Failure::AppUnavailable { .. }
+            | Failure::UnknownPort(_)
+            | Failure::NotReady(_) => None,
         }
     }
 
@@ -237,6 +246,38 @@ mod tests {
         }
         .into_response(false);
         assert_eq!(hidden.headers()[DENIED_BY], "hidden");
+        assert_eq!(hidden.status(), StatusCode::FORBIDDEN);
+        let hidden_grpc = Failure::Denied {
+            by: "shop/x".into(),
+            hide: true,
+        }
+        .into_response(true);
+        assert_eq!(hidden_grpc.headers()["grpc-message"], "denied by policy");
+        let named_grpc = Failure::Denied {
+            by: "shop/payments-deny-search".into(),
+            hide: false,
+        }
+        .into_response(true);
+        assert_eq!(
+            named_grpc.headers()["grpc-message"],
+            "denied by shop/payments-deny-search"
+        );
+    }
+
+    #[test]
+    fn egress_refusal_maps_to_403_naming_the_outbound_policy() {
+        let r = Failure::UnknownDestination {
+            authority: "example.com:443".into(),
+        }
+        .into_response(false);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()[DENIED_BY], "outbound-registry-only");
+        let g = Failure::UnknownDestination {
+            authority: "example.com:443".into(),
+        }
+        .into_response(true);
+        assert_eq!(g.status(), StatusCode::OK);
+        assert_eq!(g.headers()["grpc-status"], "7");
     }
 
     #[test]

@@ -7,14 +7,23 @@
 //! sidecar that serves the destination, verifying its SPIFFE ID. Admin (15000) reports
 //! liveness, readiness, metrics, certificates and configuration.
 //!
-//! Layout: `model` (validated view from proto) · `discovery` and `identity` (control-plane
-//! clients) · `tls` (swappable rustls state) · `outbound`, `pool`, `inbound`, `app` (data
-//! path) · `admin`, `metrics` · `serve` (accept loop and drain).
+//! Every inbound request (or opaque TCP connection) is authorized against the workload's
+//! AuthorizationPolicies before it reaches the app; outbound traffic to destinations outside
+//! the mesh passes only as the outbound policy and EgressPolicies allow.
+//!
+//! Layout: `model` (validated view from proto) · `authz` (compiled policies, per-request
+//! decision; pure) · `egress` (egress allowances; pure) · `discovery` and `identity`
+//! (control-plane clients) · `tls` (swappable rustls state) · `outbound`, `pool`, `inbound`,
+//! `app` (data path) · `enforce` (decision metrics and logs) · `admin`, `metrics` · `serve`
+//! (accept loop and drain).
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod control;
 pub mod discovery;
+pub mod egress;
+pub mod enforce;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -95,6 +104,9 @@ pub struct ProxyConfig {
     /// Add `x-palisade-mtls` (protocol, cipher, peer identity of the mTLS hop) to inbound
     /// responses, for debugging a hop from the caller's side.
     pub debug_headers: bool,
+    /// Log every ALLOW decision too (target `palisade::authz`, INFO), naming the policy that
+    /// decided; denials and AUDIT matches are always logged.
+    pub log_decisions: bool,
 }
 
 /// Failure to start.
@@ -115,6 +127,17 @@ pub enum StartError {
     Static(String),
 }
 
+/// Why [`Proxy::apply_static`] refused a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticUpdateError {
+    /// The proxy is configured by the control plane; only discovery changes its view.
+    #[error("the proxy is configured by the control plane, not statically")]
+    NotStatic,
+    /// The snapshot is invalid; the previous configuration stays in force.
+    #[error(transparent)]
+    Rejected(#[from] model::SnapshotError),
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -126,9 +149,29 @@ pub struct Proxy {
     tls: watch::Receiver<Option<Arc<TlsState>>>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
+    /// Standalone mode only: the applied snapshots and where a new view is published.
+    statics: Option<std::sync::Mutex<(Snapshots, DiscoveryOutputs)>>,
 }
 
 impl Proxy {
+    /// Standalone mode: validates and applies one more snapshot exactly as discovery would
+    /// (an invalid one changes nothing) and publishes the new view, which open connections
+    /// use from their next request on.
+    pub fn apply_static(&self, response: &DiscoveryResponse) -> Result<(), StaticUpdateError> {
+        let statics = self.statics.as_ref().ok_or(StaticUpdateError::NotStatic)?;
+        let mut guard = statics.lock().unwrap_or_else(|p| p.into_inner());
+        let (snapshots, outputs) = &mut *guard;
+        if let Err(e) = snapshots.apply(response) {
+            snapshots
+                .rejections
+                .insert(response.type_url.clone(), e.to_string());
+            outputs.status.send_replace(snapshots.clone());
+            return Err(e.into());
+        }
+        discovery::publish(snapshots, outputs);
+        Ok(())
+    }
+
     /// Address of the inbound mTLS listener.
     pub fn inbound_addr(&self) -> SocketAddr {
         self.inbound_addr
@@ -219,6 +262,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
     // Every log line of this proxy names its workload (several may share a process).
     let span = tracing::info_span!("proxy", workload = %format!("{}/{}", config.namespace, config.workload));
 
+    let mut statics = None;
     let anchors = match &config.source {
         ConfigSource::ControlPlane { trust_anchors, .. } => trust_anchors.clone(),
         ConfigSource::Static {
@@ -237,6 +281,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
             let bundle = view.bundle.clone();
             discovery::publish(&snaps, &outputs);
             creds_tx.send_replace(Some(Arc::new(credentials.clone())));
+            statics = Some(std::sync::Mutex::new((snaps, outputs.clone())));
             bundle
         }
     };
@@ -325,6 +370,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         apps: app::AppClients::new(config.app_host),
         metrics: metrics.clone(),
         debug_headers: config.debug_headers,
+        log_decisions: config.log_decisions,
     });
     tasks.spawn(
         serve::accept_loop(
@@ -345,6 +391,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
             hyper_util::rt::TokioExecutor::new(),
         )
         .build_http(),
+        log_decisions: config.log_decisions,
     });
     tasks.spawn(
         serve::accept_loop(
@@ -375,6 +422,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         tls: tls_rx,
         metrics,
         tasks,
+        statics,
     })
 }
 

@@ -42,6 +42,19 @@ pub struct RequestLabels {
     pub peer: String,
 }
 
+/// Labels of the authorization counters (denials, audits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// The deciding policy (`namespace/name`), `default-deny`, or `outbound-registry-only`.
+    pub policy: String,
+    /// The caller's SPIFFE ID, or `unauthenticated`.
+    pub source: String,
+    /// Inbound: `<workload namespace>/<workload name>:<port>`; outbound: `host:port`.
+    pub destination: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirectionLabels {
     direction: Direction,
@@ -76,6 +89,8 @@ pub struct Metrics {
     discovery_connected: Gauge,
     discovery_updates: Family<UpdateLabels, Counter>,
     discovery_reconnects: Counter,
+    authz_denials: Family<AuthzLabels, Counter>,
+    authz_audits: Family<AuthzLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,6 +164,19 @@ impl Metrics {
             "Times the discovery stream was lost and retried",
             discovery_reconnects.clone(),
         );
+        let authz_denials = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "authz_denials",
+            "Requests and connections denied by authorization or the outbound policy, by \
+             direction, deciding policy, source identity and destination",
+            authz_denials.clone(),
+        );
+        let authz_audits = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "authz_audits",
+            "AUDIT policy matches, by direction, policy, source identity and destination",
+            authz_audits.clone(),
+        );
         Self {
             registry,
             requests,
@@ -161,6 +189,8 @@ impl Metrics {
             discovery_connected,
             discovery_updates,
             discovery_reconnects,
+            authz_denials,
+            authz_audits,
         }
     }
 
@@ -217,6 +247,16 @@ impl Metrics {
                 result: if accepted { "ack" } else { "nack" },
             })
             .inc();
+    }
+
+    /// Records a denial.
+    pub fn authz_denial(&self, labels: &AuthzLabels) {
+        self.authz_denials.get_or_create(labels).inc();
+    }
+
+    /// Records an AUDIT policy match.
+    pub fn authz_audit(&self, labels: &AuthzLabels) {
+        self.authz_audits.get_or_create(labels).inc();
     }
 
     /// Records a reconnect of the discovery stream.

@@ -376,4 +376,8 @@ pub struct MeshView {
     pub bundle: TrustBundle,
     /// Mesh settings.
     pub settings: Arc<MeshSettings>,
+    /// The compiled AuthorizationPolicies selecting this workload.
+    pub authz: Arc<crate::authz::Authorizer>,
+    /// Destinations outside the mesh this workload may reach (REGISTRY_ONLY).
+    pub egress: Arc<crate::egress::EgressRules>,
 }

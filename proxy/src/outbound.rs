@@ -2,24 +2,42 @@
 //! (absolute-form URI) or naming a mesh Service in Host / :authority. Each request is routed
 //! to an endpoint of that Service and sent over mTLS to its sidecar, which must present the
 //! endpoint's SPIFFE ID.
+//!
+//! `CONNECT host:port` opens an opaque TCP tunnel: to a mesh Service port over a new mTLS
+//! connection with ALPN `palisade-tcp` (the peer authorizes it at connection level), or
+//! directly to a destination outside the mesh. Destinations outside the mesh, tunnelled or
+//! plain HTTP, pass only with the outbound policy ALLOW_ANY or an EgressPolicy allowing
+//! their host and port; otherwise they are refused (403, `outbound-registry-only`), counted
+//! and logged like an inbound denial.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri, Version, header};
+use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
-use crate::http::{Failure, ProxyBody, is_grpc, streamed, strip_hop_by_hop};
+use crate::enforce::{self, Subject};
+use crate::http::{
+    Failure, OUTBOUND_REGISTRY_ONLY, ProxyBody, full, is_grpc, streamed, strip_hop_by_hop,
+};
 use crate::metrics::{Direction, Metrics};
 use crate::model::{MeshView, OutboundPolicy};
 use crate::pool::{PeerError, PeerKey, PeerPool};
+
+/// How long connecting to a destination outside the mesh may take.
+const EXTERNAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared state of the outbound listener.
 #[derive(Debug)]
@@ -30,11 +48,13 @@ pub struct Outbound {
     pub pool: PeerPool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Client for destinations outside the mesh when the outbound policy is ALLOW_ANY.
+    /// Client for destinations outside the mesh (ALLOW_ANY, or allowed by an EgressPolicy).
     pub passthrough: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         ProxyBody,
     >,
+    /// Whether every ALLOW decision (egress allowances) is logged too.
+    pub log_decisions: bool,
 }
 
 impl Outbound {
@@ -56,7 +76,8 @@ impl Outbound {
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_concurrent_streams(1024);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        // With upgrades: CONNECT hands the connection over to a tunnel.
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             tracing::debug!(error = %e, "outbound connection ended with an error");
         }
@@ -65,10 +86,18 @@ impl Outbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = is_grpc(req.headers());
-        let (response, peer) = match self.forward(req).await {
+        let result = if req.method() == Method::CONNECT {
+            self.tunnel(req).await
+        } else {
+            self.forward(req).await
+        };
+        let (response, peer) = match result {
             Ok(ok) => ok,
             Err(failure) => {
-                tracing::info!(direction = "outbound", error = %failure, "request failed");
+                // Egress refusals were logged with their policy where they were decided.
+                if !matches!(failure, Failure::UnknownDestination { .. }) {
+                    tracing::info!(direction = "outbound", error = %failure, "request failed");
+                }
                 (failure.into_response(grpc), None)
             }
         };
@@ -91,12 +120,9 @@ impl Outbound {
         let authority = destination(&req)?;
         let port = authority.port_u16().unwrap_or(80);
         let Some(route) = view.services.resolve(authority.host(), port) else {
-            return match view.settings.outbound_policy {
-                OutboundPolicy::RegistryOnly => Err(Failure::UnknownDestination {
-                    authority: authority.to_string(),
-                }),
-                OutboundPolicy::AllowAny => self.passthrough(req, authority).await,
-            };
+            let path = req.uri().path_and_query().map(|pq| pq.as_str());
+            self.egress(&view, &authority, port, req.method().as_str(), path)?;
+            return self.passthrough(req, authority).await;
         };
         let endpoint = route.pick();
         let key = PeerKey {
@@ -118,6 +144,112 @@ impl Outbound {
         Ok((from_upstream(response), Some(endpoint.identity.to_string())))
     }
 
+    /// `CONNECT host:port`: answers 200 once the upstream connection is up (a mesh peer's
+    /// mTLS, or the external host's TCP), then copies bytes both ways.
+    async fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
+        let view = self.view.borrow().clone().ok_or(Failure::NotReady(
+            "no configuration from the control plane yet",
+        ))?;
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .ok_or(Failure::NoDestination)?;
+        // CONNECT names host and port (RFC 9110 section 9.3.6); there is no default.
+        let port = authority
+            .port_u16()
+            .ok_or_else(|| Failure::BadAuthority(authority.to_string()))?;
+        let upgrade = hyper::upgrade::on(&mut req);
+        if let Some(route) = view.services.resolve(authority.host(), port) {
+            let endpoint = route.pick();
+            let key = PeerKey {
+                addr: endpoint.proxy_addr,
+                identity: endpoint.identity.clone(),
+                target_port: route.target_port,
+            };
+            let upstream = self.pool.connect_tcp(&key).await.map_err(|e| {
+                if matches!(e, PeerError::Handshake(_)) {
+                    self.metrics.handshake_failure(Direction::Outbound);
+                }
+                Failure::PeerUnavailable {
+                    peer: format!("{} ({})", endpoint.proxy_addr, endpoint.identity),
+                    reason: e.to_string(),
+                }
+            })?;
+            splice(upgrade, upstream, authority.to_string());
+            return Ok((tunnel_established(), Some(endpoint.identity.to_string())));
+        }
+        self.egress(&view, &authority, port, Method::CONNECT.as_str(), None)?;
+        let host = bare_host(authority.host());
+        let upstream =
+            tokio::time::timeout(EXTERNAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
+                .and_then(|r| r)
+                .map_err(|e| Failure::PeerUnavailable {
+                    peer: authority.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let _ = upstream.set_nodelay(true);
+        splice(upgrade, upstream, authority.to_string());
+        Ok((tunnel_established(), None))
+    }
+
+    /// Whether a destination outside the mesh may be reached: ALLOW_ANY, or an EgressPolicy
+    /// of this workload allowing `host:port`. A refusal is counted and logged.
+    fn egress(
+        &self,
+        view: &MeshView,
+        authority: &Authority,
+        port: u16,
+        method: &str,
+        path: Option<&str>,
+    ) -> Result<(), Failure> {
+        let allowed_by = match view.settings.outbound_policy {
+            OutboundPolicy::AllowAny => Some("outbound-allow-any"),
+            OutboundPolicy::RegistryOnly => view.egress.allows(authority.host(), port),
+        };
+        if allowed_by.is_some() && !self.log_decisions {
+            return Ok(());
+        }
+        let destination = format!("{}:{port}", authority.host());
+        let subject = Subject {
+            direction: Direction::Outbound,
+            source: Some(&view.workload.identity),
+            destination: &destination,
+            method: Some(method),
+            path,
+        };
+        match allowed_by {
+            Some(policy) => {
+                let explain = match view.settings.outbound_policy {
+                    OutboundPolicy::AllowAny => {
+                        "ALLOW: not a mesh service, outbound policy ALLOW_ANY".to_owned()
+                    }
+                    OutboundPolicy::RegistryOnly => format!("ALLOW by EgressPolicy {policy}"),
+                };
+                enforce::allowed(self.log_decisions, &subject, policy, &explain);
+                Ok(())
+            }
+            None => {
+                enforce::denial(
+                    &self.metrics,
+                    &subject,
+                    OUTBOUND_REGISTRY_ONLY,
+                    None,
+                    "DENY: not a mesh service and no EgressPolicy allows it \
+                     (outbound policy REGISTRY_ONLY)",
+                );
+                Err(Failure::UnknownDestination {
+                    authority: destination,
+                })
+            }
+        }
+    }
+
     async fn passthrough(
         &self,
         req: Request<Incoming>,
@@ -137,6 +269,46 @@ impl Outbound {
             })?;
         Ok((from_upstream(response), None))
     }
+}
+
+/// The 200 that tells the app its tunnel is up.
+fn tunnel_established() -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// Copies bytes between the app's upgraded connection and `upstream` until either closes.
+fn splice<S>(upgrade: OnUpgrade, mut upstream: S, target: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(
+        async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    let mut app = TokioIo::new(upgraded);
+                    match tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
+                        Ok((sent, received)) => {
+                            tracing::debug!(%target, sent, received, "tunnel closed")
+                        }
+                        Err(e) => {
+                            tracing::debug!(%target, error = %e, "tunnel ended with an error")
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(%target, error = %e, "CONNECT was not upgraded"),
+            }
+        }
+        .in_current_span(),
+    );
+}
+
+/// A host as sockets take it: without IPv6 brackets.
+fn bare_host(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// Where the app wants to go: the absolute URI's authority, else `:authority`/`Host`.

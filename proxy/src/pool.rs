@@ -2,7 +2,8 @@
 //! (sidecar address, expected identity, target port), opened on first use and reused.
 //!
 //! The target app port travels in the TLS SNI (`port-<n>.palisade.mesh`), so the peer's
-//! inbound knows where to deliver before reading any request.
+//! inbound knows where to deliver before reading any request. Opaque TCP streams get a
+//! connection each, with ALPN `palisade-tcp` ([`PeerPool::connect_tcp`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,9 +19,10 @@ use rustls_pki_types::{DnsName, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::http::ProxyBody;
-use crate::tls::TlsState;
+use crate::tls::{ALPN_TCP, TlsState};
 
 /// How long to wait for TCP connect plus TLS handshake to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,6 +53,9 @@ pub enum PeerError {
     /// The peer did not agree on HTTP/2.
     #[error("peer did not negotiate h2")]
     NoH2,
+    /// The peer did not agree to carry opaque TCP.
+    #[error("peer did not negotiate palisade-tcp")]
+    NoTcp,
     /// TLS configuration error.
     #[error("TLS: {0}")]
     Tls(#[from] palisade_certs::TlsError),
@@ -129,9 +134,12 @@ impl PeerPool {
         Ok(conn)
     }
 
-    async fn connect(&self, key: &PeerKey) -> Result<SendRequest<ProxyBody>, PeerError> {
-        let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
-        let config = tls.client_for(&key.identity)?;
+    /// TCP connect plus mTLS handshake with `config`, which verifies the peer's identity;
+    /// the target port travels in the SNI.
+    async fn handshake(
+        key: &PeerKey,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<TlsStream<TcpStream>, PeerError> {
         let handshake = async {
             let tcp = TcpStream::connect(key.addr)
                 .await
@@ -142,9 +150,26 @@ impl PeerPool {
                 .await
                 .map_err(PeerError::Handshake)
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
-            .map_err(|_| PeerError::Connect(std::io::ErrorKind::TimedOut.into()))??;
+            .map_err(|_| PeerError::Connect(std::io::ErrorKind::TimedOut.into()))?
+    }
+
+    /// Opens a new mTLS connection to the peer for one opaque TCP stream (ALPN
+    /// `palisade-tcp`), verifying its identity exactly as for HTTP. Never pooled: a TCP
+    /// stream owns its connection.
+    pub async fn connect_tcp(&self, key: &PeerKey) -> Result<TlsStream<TcpStream>, PeerError> {
+        let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
+        let stream = Self::handshake(key, tls.tcp_client_for(&key.identity)?).await?;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_TCP) {
+            return Err(PeerError::NoTcp);
+        }
+        Ok(stream)
+    }
+
+    async fn connect(&self, key: &PeerKey) -> Result<SendRequest<ProxyBody>, PeerError> {
+        let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
+        let stream = Self::handshake(key, tls.client_for(&key.identity)?).await?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(PeerError::NoH2);
         }

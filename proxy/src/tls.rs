@@ -18,8 +18,17 @@ pub struct TlsState {
     creds: Arc<Credentials>,
     bundle: TrustBundle,
     inbound: Arc<ServerConfig>,
-    /// One client config per identity a server must present, built on first use.
-    clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    /// One client config per (identity a server must present, ALPN), built on first use.
+    clients: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
+}
+
+/// What a client connection to a peer sidecar carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Alpn {
+    /// Pooled HTTP/2.
+    H2,
+    /// One opaque TCP stream.
+    Tcp,
 }
 
 impl TlsState {
@@ -44,19 +53,34 @@ impl TlsState {
         self.inbound.clone()
     }
 
-    /// The client configuration that accepts only a server presenting `peer`.
+    /// The client configuration (ALPN `h2`) that accepts only a server presenting `peer`.
     pub fn client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client(peer, Alpn::H2)
+    }
+
+    /// The client configuration for an opaque TCP tunnel (ALPN `palisade-tcp`) that accepts
+    /// only a server presenting `peer`.
+    pub fn tcp_client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client(peer, Alpn::Tcp)
+    }
+
+    fn client(&self, peer: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(config) = clients.get(peer) {
+        let key = (peer.clone(), alpn);
+        if let Some(config) = clients.get(&key) {
             return Ok(config.clone());
         }
+        let protocols: &[&[u8]] = match alpn {
+            Alpn::H2 => &[ALPN_H2],
+            Alpn::Tcp => &[ALPN_TCP],
+        };
         let config = Arc::new(tls::client_config(
             Some(&self.creds),
             &self.bundle,
             peer.clone(),
-            &[ALPN_H2],
+            protocols,
         )?);
-        clients.insert(peer.clone(), config.clone());
+        clients.insert(key, config.clone());
         Ok(config)
     }
 

@@ -1,5 +1,6 @@
 //! Subcommands. Each module parses its flags and calls into the crates.
 
+mod authz;
 mod ca;
 mod check;
 mod control_plane;
@@ -44,6 +45,9 @@ pub enum Command {
     /// CA operations.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Authorization tools: `authz check` decides a request as the destination's sidecar would.
+    #[command(subcommand)]
+    Authz(authz::AuthzCommand),
 }
 
 impl Command {
@@ -52,7 +56,7 @@ impl Command {
         match self {
             Command::Up(_) => "info,h2=warn,hyper=warn,tonic=warn",
             Command::ControlPlane(_) | Command::Proxy(_) => "info",
-            Command::Ca(_) | Command::Check(_) => "warn",
+            Command::Ca(_) | Command::Check(_) | Command::Authz(_) => "warn",
         }
     }
 }
@@ -65,6 +69,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy::run(*args),
         Command::Check(args) => check::run(args),
         Command::Ca(command) => ca::run(command),
+        Command::Authz(command) => authz::run(command),
     }
 }
 

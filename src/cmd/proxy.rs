@@ -67,6 +67,10 @@ pub struct ProxyArgs {
     /// Add `x-palisade-mtls: <protocol> <cipher> peer=<SPIFFE ID>` to inbound responses.
     #[arg(long, env = "PALISADE_DEBUG_HEADERS")]
     pub debug_headers: bool,
+    /// Log every authorization decision, ALLOW included, with the policy and rule that
+    /// decided (denials and AUDIT matches are always logged).
+    #[arg(long, env = "PALISADE_LOG_DECISIONS")]
+    pub log_decisions: bool,
     /// Standalone mode, no control plane: a directory of mesh YAML to configure from.
     #[arg(long, env = "PALISADE_STATIC_CONFIG", requires_all = ["cert", "key"])]
     pub static_config: Option<PathBuf>,
@@ -143,6 +147,7 @@ pub fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         drain_timeout: Duration::from_secs(args.drain_seconds),
         control_runtime: None,
         debug_headers: args.debug_headers,
+        log_decisions: args.log_decisions,
     })
 }
 

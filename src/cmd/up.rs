@@ -119,6 +119,8 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             drain_timeout: Duration::from_secs(5),
             control_runtime: None,
             debug_headers: false,
+            // `palisade up` logs what policy decided for each request (CONTRACT).
+            log_decisions: true,
         };
         let proxy = palisade_proxy::start(config, shutdown.clone())
             .await

@@ -42,6 +42,18 @@ spec:
   - {name: http, port: 8080}
 ";
 
+/// A DENY the sidecars must keep enforcing while the control plane is gone.
+const DENY_ADMIN: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: search-no-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: search}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [\"/admin*\"]}}]
+";
+
 /// Added while the control plane is down.
 const ORDERS: &str = "\
 apiVersion: palisade.dev/v1alpha1
@@ -226,6 +238,7 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
     std::fs::create_dir(layout.path("config")).unwrap();
     layout.write("config/mesh.yaml", MESH_CONFIG);
     layout.write("config/workloads.yaml", WORKLOADS);
+    layout.write("config/policies.yaml", DENY_ADMIN);
     let snapshot = palisade_control_plane::load_dir(&layout.path("config")).unwrap();
     let generated = TokenStore::generate(snapshot.workloads()).unwrap();
     let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
@@ -281,6 +294,30 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
         .await;
         assert_eq!(body["results"].as_array().unwrap().len(), 3);
     }
+    // The last configuration stays in force: denials are still enforced (never fail open).
+    for i in 0..10 {
+        let reply = client
+            .get(&format!("http://search.shop:8080/admin/users?i={i}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 403, "denial while the control plane is down");
+        assert_eq!(
+            reply.header("x-palisade-denied-by"),
+            Some("shop/search-no-admin")
+        );
+    }
+    let denied = metric(
+        &try_admin_get(block.addr(2, 15000), "/metrics")
+            .await
+            .unwrap()
+            .text(),
+        "palisade_proxy_authz_denials_total",
+        &["policy=\"shop/search-no-admin\""],
+    );
+    assert!(
+        denied >= 10.0,
+        "denials counted while the control plane is down: {denied}"
+    );
     for (who, host) in [("client", 1), ("search", 2)] {
         let ready = try_admin_get(block.addr(host, 15000), "/ready").await;
         assert_eq!(
@@ -324,6 +361,24 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
     // The old proxies reconnect (jittered backoff) and learn about orders.
     await_discovery(block.addr(1, 15000), 1.0, "client reconnects").await;
     await_discovery(block.addr(2, 15000), 1.0, "search reconnects").await;
+    let search_metrics = try_admin_get(block.addr(2, 15000), "/metrics")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metric(
+            &search_metrics,
+            "palisade_proxy_discovery_reconnects_total",
+            &[]
+        ) >= 1.0,
+        "the reconnection is visible in metrics:\n{search_metrics}"
+    );
+    // ...and the denial is still in force with the new control plane's configuration.
+    let reply = H1Client::new(outbound(1))
+        .get("http://search.shop:8080/admin", &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 403);
 
     // Traffic to and from the new workload.
     let mut client = H1Client::new(outbound(1));

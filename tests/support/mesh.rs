@@ -49,6 +49,7 @@ pub struct MeshBuilder {
     sidecar_hosts: HashMap<String, u8>,
     without_sidecar: HashSet<String>,
     apps: Vec<(u8, u16, App)>,
+    watch: bool,
 }
 
 /// One running sidecar.
@@ -122,6 +123,7 @@ impl TestMesh {
             sidecar_hosts: HashMap::new(),
             without_sidecar: HashSet::new(),
             apps: Vec::new(),
+            watch: false,
         }
     }
 
@@ -225,6 +227,12 @@ impl MeshBuilder {
         self
     }
 
+    /// Has the control plane watch the configuration directory (edits are pushed).
+    pub fn watch(mut self) -> Self {
+        self.watch = true;
+        self
+    }
+
     /// Runs `app` on `<block>.host:port`.
     pub fn app(mut self, host: u8, port: u16, app: App) -> Self {
         self.apps.push((host, port, app));
@@ -259,7 +267,7 @@ impl MeshBuilder {
                 tokens: tokens.clone(),
                 grpc_addr: block.addr(CONTROL_PLANE_HOST, 15012),
                 admin_addr: Some(block.addr(CONTROL_PLANE_HOST, 15014)),
-                watch: false,
+                watch: self.watch,
             },
             shutdown.clone(),
         )
@@ -296,6 +304,7 @@ impl MeshBuilder {
                 drain_timeout: Duration::from_secs(2),
                 control_runtime: None,
                 debug_headers: false,
+                log_decisions: false,
             };
             let proxy = palisade_proxy::start(config, shutdown.clone())
                 .await

@@ -8,10 +8,11 @@
 //! [`MeshSnapshot`]. Every error names its file, document and field; all of them are
 //! returned, not only the first.
 //!
-//! `AuthorizationPolicy` and `EgressPolicy` documents are accepted and kept verbatim as
-//! [`PendingResource`]s: the extension point where the
-//! authorization work plugs in a compiler.
+//! `AuthorizationPolicy` (Palisade's, or Istio's `security.istio.io/v1`/`v1beta1` as they
+//! are) and `EgressPolicy` documents are compiled into [`crate::policy`] values here too: a
+//! policy with any field Palisade cannot enforce is rejected whole, with the field named.
 
+mod policy;
 mod resources;
 mod validate;
 
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::model::{MeshSnapshot, NamespacedName, PendingKind, PendingResource, Source};
+use crate::model::{MeshSnapshot, NamespacedName, Source};
 pub use resources::{API_VERSION, ISTIO_SECURITY_API_VERSIONS};
 pub use validate::parse_duration;
 
@@ -408,22 +409,10 @@ fn parse_document(
         (API_VERSION, "Workload") => parsed.workload(&ctx, value, errors),
         (API_VERSION, "Service") => parsed.service(&ctx, value, errors),
         (API_VERSION, "MeshConfig") => parsed.mesh_config(&ctx, value, errors),
-        (_, "AuthorizationPolicy") if istio || api_version == API_VERSION => pending(
-            &ctx,
-            PendingKind::AuthorizationPolicy,
-            &api_version,
-            value,
-            parsed,
-            errors,
-        ),
-        (API_VERSION, "EgressPolicy") => pending(
-            &ctx,
-            PendingKind::EgressPolicy,
-            &api_version,
-            value,
-            parsed,
-            errors,
-        ),
+        (_, "AuthorizationPolicy") if istio || api_version == API_VERSION => {
+            parsed.authorization_policy(&ctx, value, errors)
+        }
+        (API_VERSION, "EgressPolicy") => parsed.egress_policy(&ctx, value, errors),
         (API_VERSION, other) => errors.push(ctx.error(
             Some("kind"),
             format!(
@@ -449,41 +438,6 @@ fn parse_document(
             ),
         )),
     }
-}
-
-fn pending(
-    ctx: &DocCtx,
-    kind: PendingKind,
-    api_version: &str,
-    value: Value,
-    parsed: &mut validate::Parsed,
-    errors: &mut Vec<ConfigError>,
-) {
-    let document = match serde_json::to_value(&value) {
-        Ok(v) => v,
-        Err(e) => {
-            errors.push(ctx.error(None, format!("cannot be represented as JSON: {e}")));
-            return;
-        }
-    };
-    let Some(envelope) = typed::<resources::PendingDoc>(ctx, value, errors) else {
-        return;
-    };
-    let Some((namespace, name)) = validate::check_metadata(ctx, &envelope.metadata, errors) else {
-        return;
-    };
-    parsed.pending(
-        ctx,
-        PendingResource {
-            kind,
-            api_version: api_version.to_owned(),
-            namespace,
-            name,
-            document,
-            source: ctx.source(),
-        },
-        errors,
-    );
 }
 
 #[cfg(test)]

@@ -165,9 +165,186 @@ pub(crate) struct ModeSpec {
     pub mode: Option<String>,
 }
 
-/// The envelope of kinds kept opaque for now: only the metadata is checked.
+/// A port as Istio writes it in an AuthorizationPolicy (a string, `"8080"`), or as an
+/// integer; checked in `policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PortText {
+    /// Written as an integer.
+    Number(i64),
+    /// Written as a string.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for PortText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port number (1 to 65535), as an integer or a string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortText, E> {
+                Ok(PortText::Number(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortText, E> {
+                Ok(PortText::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortText, E> {
+                Ok(PortText::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A field Palisade recognises in order to reject it by name (see `policy`): its value is
+/// kept only to tell an empty list or null (absent, as in Istio) from a real use.
+pub(crate) type Unsupported = Option<serde_yaml_ng::Value>;
+
+/// `spec.selector` of AuthorizationPolicy and EgressPolicy (Istio's WorkloadSelector).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct SelectorSpec {
+    #[serde(default)]
+    pub match_labels: Option<BTreeMap<String, String>>,
+}
+
+/// `kind: AuthorizationPolicy` (Istio's `security.istio.io/v1` field for field).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct PendingDoc {
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct AuthorizationPolicyDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
     pub metadata: Metadata,
+    /// Absent or null is `{}`, as in Kubernetes.
+    #[serde(default)]
+    pub spec: Option<AuthorizationPolicySpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct AuthorizationPolicySpec {
+    #[serde(default)]
+    pub selector: Option<SelectorSpec>,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub rules: Option<Vec<RuleSpec>>,
+    #[serde(default)]
+    pub provider: Unsupported,
+    #[serde(default)]
+    pub target_ref: Unsupported,
+    #[serde(default)]
+    pub target_refs: Unsupported,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct RuleSpec {
+    #[serde(default)]
+    pub from: Option<Vec<FromSpec>>,
+    #[serde(default)]
+    pub to: Option<Vec<ToSpec>>,
+    #[serde(default)]
+    pub when: Option<Vec<ConditionSpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct FromSpec {
+    #[serde(default)]
+    pub source: Option<SourceSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct SourceSpec {
+    #[serde(default)]
+    pub principals: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_principals: Option<Vec<String>>,
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    pub ip_blocks: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_ip_blocks: Option<Vec<String>>,
+    #[serde(default)]
+    pub request_principals: Unsupported,
+    #[serde(default)]
+    pub not_request_principals: Unsupported,
+    #[serde(default)]
+    pub remote_ip_blocks: Unsupported,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Unsupported,
+    #[serde(default)]
+    pub service_accounts: Unsupported,
+    #[serde(default)]
+    pub not_service_accounts: Unsupported,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ToSpec {
+    #[serde(default)]
+    pub operation: Option<OperationSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct OperationSpec {
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub ports: Option<Vec<PortText>>,
+    #[serde(default)]
+    pub not_ports: Option<Vec<PortText>>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_paths: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ConditionSpec {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_values: Option<Vec<String>>,
+}
+
+/// `kind: EgressPolicy` (Palisade's own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct EgressPolicyDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: EgressPolicySpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct EgressPolicySpec {
+    #[serde(default)]
+    pub selector: Option<SelectorSpec>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub ports: Option<Vec<PortValue>>,
 }

@@ -8,14 +8,16 @@ use palisade_certs::{SpiffeId, TrustDomain};
 use serde_yaml_ng::Value;
 
 use super::resources::{
-    MeshConfigDoc, Metadata, PortSpec, ServiceDoc, ServicePortSpec, WorkloadDoc,
+    AuthorizationPolicyDoc, EgressPolicyDoc, MeshConfigDoc, Metadata, PortSpec, ServiceDoc,
+    ServicePortSpec, WorkloadDoc,
 };
-use super::{ConfigError, DocCtx, typed};
+use super::{ConfigError, DocCtx, policy, typed};
 use crate::model::{
     DefaultAuthorization, Endpoint, INBOUND_PORT_ANNOTATION, MeshSettings, MeshSnapshot, MtlsMode,
-    NamespacedName, OutboundTrafficPolicy, PROXY_INBOUND_PORT, PendingResource, Protocol, Service,
-    ServicePort, Source, Workload, WorkloadPort,
+    NamespacedName, OutboundTrafficPolicy, PROXY_INBOUND_PORT, Protocol, Service, ServicePort,
+    Source, Workload, WorkloadPort,
 };
+use crate::policy::{AuthorizationPolicy, EgressPolicy};
 
 /// Shortest certificate lifetime accepted: below it, renewal traffic dominates.
 const MIN_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(5);
@@ -70,7 +72,8 @@ pub(crate) struct Parsed {
     mesh_config: Option<(DocCtx, MeshSettings)>,
     workloads: Vec<WorkloadDraft>,
     services: Vec<ServiceDraft>,
-    pending: Vec<PendingResource>,
+    authorization_policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
+    egress_policies: BTreeMap<NamespacedName, EgressPolicy>,
 }
 
 impl Parsed {
@@ -267,14 +270,29 @@ impl Parsed {
         }
     }
 
-    pub fn pending(
+    pub fn authorization_policy(
         &mut self,
         ctx: &DocCtx,
-        resource: PendingResource,
+        value: Value,
         errors: &mut Vec<ConfigError>,
     ) {
-        self.register(ctx, resource.kind.as_str(), errors);
-        self.pending.push(resource);
+        let Some(doc) = typed::<AuthorizationPolicyDoc>(ctx, value, errors) else {
+            return;
+        };
+        if let Some(p) = policy::authorization_policy(ctx, doc, errors) {
+            self.register(ctx, "AuthorizationPolicy", errors);
+            self.authorization_policies.insert(p.key(), p);
+        }
+    }
+
+    pub fn egress_policy(&mut self, ctx: &DocCtx, value: Value, errors: &mut Vec<ConfigError>) {
+        let Some(doc) = typed::<EgressPolicyDoc>(ctx, value, errors) else {
+            return;
+        };
+        if let Some(p) = policy::egress_policy(ctx, doc, errors) {
+            self.register(ctx, "EgressPolicy", errors);
+            self.egress_policies.insert(p.key(), p);
+        }
     }
 
     /// The cross-resource phase: identities, unique addresses, selectors, target ports and
@@ -345,7 +363,8 @@ impl Parsed {
             settings_source,
             workloads,
             services,
-            pending: self.pending,
+            authorization_policies: self.authorization_policies,
+            egress_policies: self.egress_policies,
         })
     }
 }
@@ -522,7 +541,7 @@ pub(crate) fn check_metadata(
     (errors.len() == before).then_some((namespace, name))
 }
 
-fn dns1123_label(s: &str) -> Result<(), &'static str> {
+pub(crate) fn dns1123_label(s: &str) -> Result<(), &'static str> {
     const WHY: &str = "is not a DNS-1123 label (lower-case letters, digits and '-', starting \
                        and ending with a letter or digit, at most 63 characters)";
     let bytes = s.as_bytes();

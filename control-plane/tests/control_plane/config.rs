@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use palisade_control_plane::load_dir;
-use palisade_control_plane::model::{PendingKind, Protocol};
+use palisade_control_plane::model::Protocol;
+use palisade_control_plane::policy::{Action, StringMatch};
 use palisade_control_plane::test_util::write_config_dir;
 
 use super::support::{MESH, POLICIES, SERVICES, WORKLOADS, shop};
@@ -25,6 +26,44 @@ fn service(name: &str, ports: &str) -> String {
          spec:\n  selector: {{app: {name}}}\n  ports: {ports}\n"
     )
 }
+
+const ISTIO: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n";
+
+/// An Istio AuthorizationPolicy `shop/p` in p.yaml with `spec` written in flow style.
+fn authz(spec: &str) -> Vec<(&'static str, String)> {
+    vec![(
+        "p.yaml",
+        format!("{ISTIO}metadata: {{name: p, namespace: shop}}\nspec: {spec}\n"),
+    )]
+}
+
+/// An AuthorizationPolicy with one rule whose `from[0].source` is `source`.
+fn authz_source(source: &str) -> Vec<(&'static str, String)> {
+    authz(&format!("{{rules: [{{from: [{{source: {source}}}]}}]}}"))
+}
+
+/// An AuthorizationPolicy with one rule whose `to[0].operation` is `operation`.
+fn authz_operation(operation: &str) -> Vec<(&'static str, String)> {
+    authz(&format!(
+        "{{rules: [{{to: [{{operation: {operation}}}]}}]}}"
+    ))
+}
+
+/// An AuthorizationPolicy with one rule whose `when[0]` is `condition`.
+fn authz_when(condition: &str) -> Vec<(&'static str, String)> {
+    authz(&format!("{{rules: [{{when: [{condition}]}}]}}"))
+}
+
+/// An EgressPolicy `shop/e` in e.yaml.
+fn egress(spec: &str) -> Vec<(&'static str, String)> {
+    vec![(
+        "e.yaml",
+        format!("{HEAD}kind: EgressPolicy\nmetadata: {{name: e, namespace: shop}}\nspec: {spec}\n"),
+    )]
+}
+
+const AP: &str = "p.yaml: document 1 (AuthorizationPolicy shop/p): ";
+const REJECTED: &str = "a policy using it is rejected rather than enforced partially";
 
 struct Case {
     name: &'static str,
@@ -213,6 +252,246 @@ fn invalid_configurations_are_reported_with_file_document_and_field() {
             vec![("p.yaml", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n".to_owned())],
             vec!["p.yaml: document 1 (PeerAuthentication default/a): kind: kind \"PeerAuthentication\""],
         ),
+        // AuthorizationPolicy: every unsupported field is rejected by name, never ignored.
+        case(
+            "requestPrincipals",
+            authz_source("{principals: [cluster.local/ns/shop/sa/a], requestPrincipals: [\"*\"]}"),
+            vec![AP, "spec.rules[0].from[0].source.requestPrincipals: not supported by Palisade (JWT request authentication is not implemented); a policy using it is rejected rather than enforced partially"],
+        ),
+        case(
+            "notRequestPrincipals",
+            authz_source("{notRequestPrincipals: [\"*\"]}"),
+            vec![AP, "spec.rules[0].from[0].source.notRequestPrincipals: not supported", "JWT", REJECTED],
+        ),
+        case(
+            "remoteIpBlocks",
+            authz_source("{remoteIpBlocks: [10.0.0.0/8]}"),
+            vec![AP, "spec.rules[0].from[0].source.remoteIpBlocks: not supported", "X-Forwarded-For", REJECTED],
+        ),
+        case(
+            "notRemoteIpBlocks",
+            authz_source("{namespaces: [shop], notRemoteIpBlocks: [10.0.0.0/8]}"),
+            vec![AP, "spec.rules[0].from[0].source.notRemoteIpBlocks: not supported", "X-Forwarded-For"],
+        ),
+        case(
+            "serviceAccounts",
+            authz_source("{serviceAccounts: [shop/frontend]}"),
+            vec![AP, "spec.rules[0].from[0].source.serviceAccounts: not supported", "use principals"],
+        ),
+        case(
+            "provider",
+            authz("{provider: {name: opa}, rules: [{}]}"),
+            vec![AP, "spec.provider: not supported by Palisade (there is no external authorizer", REJECTED],
+        ),
+        case(
+            "CUSTOM action",
+            authz("{action: CUSTOM, rules: [{}]}"),
+            vec![AP, "spec.action: CUSTOM is not supported by Palisade (there is no external authorizer)", REJECTED],
+        ),
+        case(
+            "targetRef",
+            authz("{targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: gw}}"),
+            vec![AP, "spec.targetRef: not supported by Palisade", "spec.selector"],
+        ),
+        case(
+            "targetRefs",
+            authz("{targetRefs: [{kind: Service, group: \"\", name: search}]}"),
+            vec![AP, "spec.targetRefs: not supported by Palisade"],
+        ),
+        case(
+            "unknown action",
+            authz("{action: allow}"),
+            vec![AP, "spec.action: \"allow\" is not valid (expected ALLOW, DENY or AUDIT)"],
+        ),
+        case(
+            "unknown field in a source",
+            authz_source("{principal: [cluster.local/ns/shop/sa/a]}"),
+            vec![AP, "spec.rules[0].from[0].source.principal: unknown field `principal`"],
+        ),
+        case(
+            "unknown field in spec",
+            authz("{selectors: {matchLabels: {app: search}}}"),
+            vec![AP, "spec.selectors: unknown field `selectors`"],
+        ),
+        case(
+            "matchExpressions in the selector",
+            authz("{selector: {matchExpressions: []}}"),
+            vec![AP, "spec.selector.matchExpressions: unknown field `matchExpressions`"],
+        ),
+        case(
+            "when key request.auth.claims",
+            authz_when("{key: \"request.auth.claims[iss]\", values: [x]}"),
+            vec![AP, "spec.rules[0].when[0].key: \"request.auth.claims[iss]\" is not supported by Palisade (JWT", REJECTED],
+        ),
+        case(
+            "when key remote.ip",
+            authz_when("{key: remote.ip, values: [10.0.0.1]}"),
+            vec![AP, "spec.rules[0].when[0].key: \"remote.ip\" is not supported by Palisade (remote addresses from X-Forwarded-For"],
+        ),
+        case(
+            "when key experimental",
+            authz_when("{key: \"experimental.envoy.filters.network.mysql_proxy[db.table]\", values: [x]}"),
+            vec![AP, "spec.rules[0].when[0].key: \"experimental.envoy", "not supported"],
+        ),
+        case(
+            "unknown when key",
+            authz_when("{key: source.user, values: [x]}"),
+            vec![AP, "spec.rules[0].when[0].key: unknown key \"source.user\" (supported keys:"],
+        ),
+        case(
+            "bad header name in a when key",
+            authz_when("{key: \"request.headers[x tenant]\", values: [a]}"),
+            vec![AP, "spec.rules[0].when[0].key:", "is not a valid header name"],
+        ),
+        case(
+            "when without values",
+            authz_when("{key: source.namespace, values: [], notValues: []}"),
+            vec![AP, "spec.rules[0].when[0]: at least one of values or notValues must be set and non-empty"],
+        ),
+        case(
+            "when port value not a port",
+            authz_when("{key: destination.port, values: [\"8080\", http]}"),
+            vec![AP, "spec.rules[0].when[0].values[1]: \"http\" is not a port number"],
+        ),
+        case(
+            "when source.ip value not an address",
+            authz_when("{key: source.ip, notValues: [10.0.0.1/40]}"),
+            vec![AP, "spec.rules[0].when[0].notValues[0]: \"10.0.0.1/40\": prefix length must be a number from 0 to 32"],
+        ),
+        case(
+            "* inside a value",
+            authz_operation("{hosts: [\"a*b.example.com\"]}"),
+            vec![AP, "spec.rules[0].to[0].operation.hosts[0]: \"a*b.example.com\": '*' is only allowed alone, at the start or at the end"],
+        ),
+        case(
+            "** as a value",
+            authz_operation("{methods: [GET, \"**\"]}"),
+            vec![AP, "spec.rules[0].to[0].operation.methods[1]: \"**\": '*' is only allowed"],
+        ),
+        case(
+            "empty value",
+            authz_operation("{paths: [\"\"]}"),
+            vec![AP, "spec.rules[0].to[0].operation.paths[0]: an empty value is not allowed"],
+        ),
+        case(
+            "Istio path template",
+            authz_operation("{paths: [\"/api/{*}/items\"]}"),
+            vec![AP, "spec.rules[0].to[0].operation.paths[0]:", "Istio path templates", "not supported"],
+        ),
+        case(
+            "path without a leading slash",
+            authz_operation("{notPaths: [admin]}"),
+            vec![AP, "spec.rules[0].to[0].operation.notPaths[0]: \"admin\" can never match"],
+        ),
+        case(
+            "port that is not a number",
+            authz_operation("{ports: [\"8080\", \"http\"]}"),
+            vec![AP, "spec.rules[0].to[0].operation.ports[1]: \"http\" is not a port number (1 to 65535)"],
+        ),
+        case(
+            "port 0",
+            authz_operation("{notPorts: [\"0\"]}"),
+            vec![AP, "spec.rules[0].to[0].operation.notPorts[0]: port 0 is out of range (1 to 65535)"],
+        ),
+        case(
+            "port 70000 as an integer",
+            authz_operation("{ports: [70000]}"),
+            vec![AP, "spec.rules[0].to[0].operation.ports[0]: port 70000 is out of range"],
+        ),
+        case(
+            "bad CIDR",
+            authz_source("{ipBlocks: [10.0.0.0/8, 10.0.0.300/24]}"),
+            vec![AP, "spec.rules[0].from[0].source.ipBlocks[1]: \"10.0.0.300/24\" is not an IP address or CIDR"],
+        ),
+        case(
+            "bad principal",
+            authz_source("{principals: [cluster.local/ns/shop/sa/a, frontend]}"),
+            vec![AP, "spec.rules[0].from[0].source.principals[1]: \"frontend\" is not a valid SPIFFE ID"],
+        ),
+        case(
+            "bad notPrincipal with scheme",
+            authz_source("{notPrincipals: [\"spiffe://cluster.local/ns/shop/sa/\"]}"),
+            vec![AP, "spec.rules[0].from[0].source.notPrincipals[0]:", "is not a valid SPIFFE ID"],
+        ),
+        case(
+            "namespace that cannot exist",
+            authz_source("{namespaces: [Shop]}"),
+            vec![AP, "spec.rules[0].from[0].source.namespaces[0]: \"Shop\" is not a DNS-1123 label"],
+        ),
+        case(
+            "empty source",
+            authz_source("{}"),
+            vec![AP, "spec.rules[0].from[0].source: must set at least one field"],
+        ),
+        case(
+            "from without source",
+            authz("{rules: [{from: [{}]}]}"),
+            vec![AP, "spec.rules[0].from[0].source: is required"],
+        ),
+        case(
+            "empty from",
+            authz("{rules: [{}, {from: []}]}"),
+            vec![AP, "spec.rules[1].from: must not be empty"],
+        ),
+        case(
+            "empty operation",
+            authz_operation("{hosts: []}"),
+            vec![AP, "spec.rules[0].to[0].operation: must set at least one field"],
+        ),
+        case(
+            "DENY without rules",
+            authz("{action: DENY, selector: {matchLabels: {app: search}}}"),
+            vec![AP, "spec.rules: a DENY policy without rules never matches"],
+        ),
+        case(
+            "wildcard in a selector",
+            authz("{selector: {matchLabels: {app: \"*\"}}}"),
+            vec![AP, "spec.selector.matchLabels[app]: wildcards are not allowed"],
+        ),
+        case(
+            "duplicate AuthorizationPolicy",
+            vec![
+                ("a.yaml", format!("{ISTIO}metadata: {{name: p, namespace: shop}}\nspec: {{}}\n")),
+                ("b.yaml", format!("{HEAD}kind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec: {{}}\n")),
+            ],
+            vec!["b.yaml: document 1 (AuthorizationPolicy shop/p): metadata.name: AuthorizationPolicy shop/p is already defined in ", "a.yaml document 1"],
+        ),
+        // EgressPolicy.
+        case(
+            "EgressPolicy without hosts",
+            egress("{ports: [443]}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts: is required and must not be empty"],
+        ),
+        case(
+            "EgressPolicy with an empty host list",
+            egress("{hosts: []}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts: is required"],
+        ),
+        case(
+            "EgressPolicy with a wildcard in the middle",
+            egress("{hosts: [api.stripe.com, \"a.*.example.com\"]}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts[1]: \"a.*.example.com\" is not a host name"],
+        ),
+        case(
+            "EgressPolicy allowing every host",
+            egress("{hosts: [\"*\"]}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts[0]:", "ALLOW_ANY"],
+        ),
+        case(
+            "EgressPolicy port out of range",
+            egress("{hosts: [api.stripe.com], ports: [443, 0]}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.ports[1]: port 0 is out of range"],
+        ),
+        case(
+            "EgressPolicy unknown field",
+            egress("{hosts: [api.stripe.com], protocol: TLS}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.protocol: unknown field `protocol`"],
+        ),
+        case(
+            "EgressPolicy with Istio's apiVersion",
+            vec![("e.yaml", "apiVersion: security.istio.io/v1\nkind: EgressPolicy\nmetadata: {name: e}\nspec: {hosts: [a.com]}\n".to_owned())],
+            vec!["e.yaml: document 1 (EgressPolicy default/e): kind: kind \"EgressPolicy\" of security.istio.io/v1 is not supported"],
+        ),
     ];
     let mut failures = Vec::new();
     for c in cases {
@@ -356,14 +635,17 @@ fn valid_directory_loads_with_endpoints_and_hostnames() {
         Protocol::Grpc
     );
 
-    assert_eq!(snapshot.pending().len(), 1);
-    let policy = &snapshot.pending()[0];
-    assert_eq!(policy.kind, PendingKind::AuthorizationPolicy);
+    assert_eq!(snapshot.authorization_policies().len(), 1);
+    let policy = snapshot
+        .authorization_policy("shop", "search-from-frontend")
+        .unwrap();
+    assert_eq!(policy.action, Action::Allow);
     assert_eq!(
-        (policy.namespace.as_str(), policy.name.as_str()),
-        ("shop", "search-from-frontend")
+        policy.rules[0].from[0].principals,
+        [StringMatch::Exact(
+            "cluster.local/ns/shop/sa/frontend".into()
+        )]
     );
-    assert_eq!(policy.document["spec"]["action"], "ALLOW");
     assert!(policy.source.file.ends_with("policies.yaml"));
 }
 

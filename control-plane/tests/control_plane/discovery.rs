@@ -1,5 +1,5 @@
-//! The discovery stream over real mTLS: authentication, the four types, ACK/NACK tracking,
-//! and pushes of only what changed.
+//! The discovery stream over real mTLS: authentication, every type, ACK/NACK tracking,
+//! and pushes of only what changed (policies only to the proxies they select).
 
 use std::collections::BTreeMap;
 
@@ -68,10 +68,22 @@ async fn connect_search(
     ProxyStream,
     BTreeMap<String, pb::DiscoveryResponse>,
 ) {
-    let (creds, _) = cp.certify("shop", "search").await.unwrap();
+    connect_as(cp, "search").await
+}
+
+/// Subscribes to every type as the proxy of `shop/<workload>`.
+async fn connect_as(
+    cp: &palisade_control_plane::test_util::TestControlPlane,
+    workload: &str,
+) -> (
+    DiscoveryClient<tonic::transport::Channel>,
+    ProxyStream,
+    BTreeMap<String, pb::DiscoveryResponse>,
+) {
+    let (creds, _) = cp.certify("shop", workload).await.unwrap();
     let mut client = DiscoveryClient::new(cp.channel(Some(&creds)).await.unwrap());
     let mut urls = pb::ALL_TYPE_URLS.iter();
-    let first = subscribe(urls.next().unwrap(), Some(("shop", "search")));
+    let first = subscribe(urls.next().unwrap(), Some(("shop", workload)));
     let mut stream = ProxyStream::open(&mut client, first).await.unwrap();
     for url in urls {
         stream.send(subscribe(url, None)).await;
@@ -218,6 +230,7 @@ spec:
         ("w.yaml", WORKLOADS),
         ("s.yaml", SERVICES),
         ("x.yaml", extra),
+        ("p.yaml", POLICIES),
     ])
     .unwrap();
     cp.control_plane.update(snapshot).unwrap();
@@ -304,5 +317,119 @@ async fn removing_the_workload_ends_its_stream() {
     )
     .await;
     drop((client, stream));
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn policies_are_pushed_only_to_the_proxies_they_select() {
+    let cp = start_shop().await;
+    let (search_client, mut search, search_first) = connect_as(&cp, "search").await;
+    let (frontend_client, mut frontend, frontend_first) = connect_as(&cp, "frontend").await;
+
+    // Each proxy holds the policies selecting it: search-from-frontend selects search only.
+    let policies = |resp: &pb::DiscoveryResponse| match &resp.resources {
+        Some(Resources::Authorization(a)) => a
+            .policies
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect::<Vec<_>>(),
+        other => panic!("authorization snapshot expected, got {other:?}"),
+    };
+    let search_authz = &search_first[pb::AUTHORIZATION_TYPE_URL];
+    let frontend_authz = &frontend_first[pb::AUTHORIZATION_TYPE_URL];
+    assert_eq!(policies(search_authz), ["shop/search-from-frontend"]);
+    assert!(policies(frontend_authz).is_empty());
+    match &search_authz.resources {
+        Some(Resources::Authorization(a)) => {
+            let from = &a.policies[0].rules[0].from[0];
+            assert_eq!(
+                from.principals[0].kind,
+                Some(pb::string_match::Kind::Exact(
+                    "cluster.local/ns/shop/sa/frontend".into()
+                ))
+            );
+        }
+        other => panic!("authorization snapshot expected, got {other:?}"),
+    }
+    for resp in search_first.values() {
+        search.send(ack(resp)).await;
+    }
+    for resp in frontend_first.values() {
+        frontend.send(ack(resp)).await;
+    }
+    timed(
+        "both synced",
+        cp.control_plane
+            .wait_for_proxies(|p| p.len() == 2 && p.iter().all(|p| p.is_synced())),
+    )
+    .await;
+
+    // Change the policy: only search's proxy gets a new authorization snapshot.
+    let changed = POLICIES.replace("sa/frontend", "sa/payments");
+    let files = |policies: &str, egress: Option<&str>| {
+        let mut files = vec![
+            ("mesh.yaml", MESH.to_owned()),
+            ("w.yaml", WORKLOADS.to_owned()),
+            ("s.yaml", SERVICES.to_owned()),
+            ("p.yaml", policies.to_owned()),
+        ];
+        if let Some(e) = egress {
+            files.push(("e.yaml", e.to_owned()));
+        }
+        load_files(&files).unwrap()
+    };
+    cp.control_plane.update(files(&changed, None)).unwrap();
+    let pushed = search.recv().await;
+    assert_eq!(pushed.type_url, pb::AUTHORIZATION_TYPE_URL);
+    assert_ne!(pushed.version_info, search_authz.version_info);
+    match &pushed.resources {
+        Some(Resources::Authorization(a)) => assert_eq!(
+            a.policies[0].rules[0].from[0].principals[0].kind,
+            Some(pb::string_match::Kind::Exact(
+                "cluster.local/ns/shop/sa/payments".into()
+            ))
+        ),
+        other => panic!("authorization snapshot expected, got {other:?}"),
+    }
+    search.send(ack(&pushed)).await;
+
+    // Then a mesh-wide egress policy, pushed to both. A stream sends the types of one change
+    // in a fixed order (authorization before egress) and handles changes in order, so if
+    // frontend's next message is the egress snapshot, no authorization snapshot was pushed
+    // to it for the policy change.
+    let egress = "\
+apiVersion: palisade.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: telemetry, namespace: palisade-system}
+spec: {hosts: [collector.example.org], ports: [4317]}
+";
+    cp.control_plane
+        .update(files(&changed, Some(egress)))
+        .unwrap();
+    for stream in [&mut search, &mut frontend] {
+        let next = stream.recv().await;
+        assert_eq!(next.type_url, pb::EGRESS_TYPE_URL, "{next:?}");
+        match &next.resources {
+            Some(Resources::Egress(e)) => {
+                assert_eq!(e.rules.len(), 1);
+                assert_eq!(e.rules[0].policy, "palisade-system/telemetry");
+                assert_eq!(e.rules[0].ports, [4317]);
+            }
+            other => panic!("egress snapshot expected, got {other:?}"),
+        }
+    }
+    let proxies = cp.control_plane.proxies();
+    let frontend_status = proxies
+        .iter()
+        .find(|p| p.workload.name == "frontend")
+        .unwrap();
+    assert_eq!(
+        frontend_status.types[&ResourceType::Authorization]
+            .sent_version
+            .as_deref(),
+        Some(frontend_authz.version_info.as_str()),
+        "frontend's authorization snapshot was never re-sent"
+    );
+    drop((search_client, search, frontend_client, frontend));
     cp.stop().await.unwrap();
 }

@@ -10,7 +10,7 @@ use palisade_proto::v1::discovery_client::DiscoveryClient;
 use palisade_proto::v1::discovery_response::Resources;
 use tokio_util::sync::CancellationToken;
 
-use super::support::{ProxyStream, SERVICES, ack, shop, start_shop, subscribe, timed};
+use super::support::{POLICIES, ProxyStream, SERVICES, ack, shop, start_shop, subscribe, timed};
 
 #[tokio::test]
 async fn bad_file_keeps_the_last_good_snapshot() {
@@ -158,5 +158,56 @@ async fn update_and_snapshot_round_trip() {
     assert_eq!(before.services().len(), same.services().len());
     cp.control_plane.update(same).unwrap();
     assert_eq!(cp.control_plane.snapshot().workloads().len(), 3);
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_policy_keeps_the_last_good_configuration_everywhere() {
+    let cp = start_shop().await;
+    let good = cp.control_plane.snapshot();
+    let (creds, _) = cp.certify("shop", "search").await.unwrap();
+    let mut client = DiscoveryClient::new(cp.channel(Some(&creds)).await.unwrap());
+    let mut stream = ProxyStream::open(
+        &mut client,
+        subscribe(pb::AUTHORIZATION_TYPE_URL, Some(("shop", "search"))),
+    )
+    .await
+    .unwrap();
+    let first = stream.recv().await;
+    stream.send(ack(&first)).await;
+
+    // A policy using JWT principals would be enforced only partially: rejected whole, named.
+    let jwt = POLICIES.replace(
+        "principals: [cluster.local/ns/shop/sa/frontend]",
+        "principals: [cluster.local/ns/shop/sa/frontend], requestPrincipals: [\"*\"]",
+    );
+    assert_ne!(jwt, POLICIES);
+    cp.write_file("policies.yaml", &jwt).unwrap();
+    let err = cp.control_plane.reload().unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "policies.yaml: document 1 (AuthorizationPolicy shop/search-from-frontend): \
+             spec.rules[0].from[0].source.requestPrincipals: not supported by Palisade"
+        ),
+        "{err}"
+    );
+    assert_eq!(cp.control_plane.snapshot(), good);
+
+    // The next snapshot the proxy sees is the next valid configuration's.
+    let valid = POLICIES.replace("sa/frontend", "sa/payments");
+    cp.write_file("policies.yaml", &valid).unwrap();
+    cp.control_plane.reload().unwrap();
+    let pushed = stream.recv().await;
+    assert_eq!(pushed.type_url, pb::AUTHORIZATION_TYPE_URL);
+    match &pushed.resources {
+        Some(Resources::Authorization(a)) => assert_eq!(
+            a.policies[0].rules[0].from[0].principals[0].kind,
+            Some(pb::string_match::Kind::Exact(
+                "cluster.local/ns/shop/sa/payments".into()
+            ))
+        ),
+        other => panic!("authorization snapshot expected, got {other:?}"),
+    }
+    drop((client, stream));
     cp.stop().await.unwrap();
 }

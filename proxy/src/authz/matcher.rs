@@ -1,0 +1,280 @@
+//! Compiled matchers: string matches, hosts, IP blocks. Each is parsed once when a snapshot
+//! is converted, so matching a request compares bytes and never allocates.
+
+use std::net::IpAddr;
+
+use palisade_proto::v1::{self, string_match::Kind};
+
+/// Why a single match value is unusable; becomes the message of a NACK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidMatch {
+    /// The `StringMatch` has no kind set.
+    #[error("string match has no kind (exact, prefix, suffix or presence)")]
+    NoKind,
+    /// `presence: false` has no meaning in Istio's match forms.
+    #[error("presence: false is not a match (leave the field out instead)")]
+    PresenceFalse,
+    /// Not an IP address or CIDR.
+    #[error("{0:?} is not an IP address or CIDR")]
+    BadCidr(String),
+    /// Not a port number.
+    #[error("{0} is not a port (1-65535)")]
+    BadPort(String),
+    /// The attribute takes exact values (or presence) only.
+    #[error("{attribute} takes exact values (or \"*\") only, not a prefix or suffix match")]
+    ExactOnly {
+        /// The attribute, e.g. `source.ip`.
+        attribute: &'static str,
+    },
+}
+
+/// Istio's string match forms, on bytes (header values need not be UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StringMatcher {
+    /// The whole value.
+    Exact(Box<[u8]>),
+    /// Starts with.
+    Prefix(Box<[u8]>),
+    /// Ends with.
+    Suffix(Box<[u8]>),
+    /// Any value, when the attribute is present.
+    Presence,
+}
+
+impl StringMatcher {
+    /// Compiles a proto match; with `lowercase` the pattern is lower-cased for
+    /// case-insensitive use ([`StringMatcher::matches_ignore_case`]).
+    pub(crate) fn compile(m: &v1::StringMatch, lowercase: bool) -> Result<Self, InvalidMatch> {
+        let bytes = |s: &str| -> Box<[u8]> {
+            if lowercase {
+                s.to_ascii_lowercase().into_bytes().into()
+            } else {
+                s.as_bytes().into()
+            }
+        };
+        match &m.kind {
+            Some(Kind::Exact(s)) => Ok(Self::Exact(bytes(s))),
+            Some(Kind::Prefix(s)) => Ok(Self::Prefix(bytes(s))),
+            Some(Kind::Suffix(s)) => Ok(Self::Suffix(bytes(s))),
+            Some(Kind::Presence(true)) => Ok(Self::Presence),
+            Some(Kind::Presence(false)) => Err(InvalidMatch::PresenceFalse),
+            None => Err(InvalidMatch::NoKind),
+        }
+    }
+
+    /// Case-sensitive match.
+    pub(crate) fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            Self::Exact(p) => value == &**p,
+            Self::Prefix(p) => value.starts_with(p),
+            Self::Suffix(p) => value.ends_with(p),
+            Self::Presence => true,
+        }
+    }
+
+    /// ASCII case-insensitive match; the pattern was lower-cased at compile time.
+    pub(crate) fn matches_ignore_case(&self, value: &[u8]) -> bool {
+        match self {
+            Self::Exact(p) => value.eq_ignore_ascii_case(p),
+            Self::Prefix(p) => value
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            Self::Suffix(p) => value
+                .len()
+                .checked_sub(p.len())
+                .is_some_and(|start| value[start..].eq_ignore_ascii_case(p)),
+            Self::Presence => true,
+        }
+    }
+}
+
+/// Whether an authority-like value ends in `:<digits>` (outside IPv6 brackets).
+pub(crate) fn has_port(value: &str) -> bool {
+    split_port(value).is_some()
+}
+
+/// Splits `host:port` into (`host`, `port`); `None` if there is no port.
+pub(crate) fn split_port(authority: &str) -> Option<(&str, &str)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    // "::1" is not "host ':' port": outside brackets a host never contains ':'.
+    let host_ok = !host.contains(':') || (host.starts_with('[') && host.ends_with(']'));
+    (digits && host_ok).then_some((host, port))
+}
+
+/// A `hosts` entry: case-insensitive against the authority; a value without a port also
+/// matches the authority with its port stripped (`example.com` matches `example.com:8080`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostMatcher {
+    pattern: StringMatcher,
+    also_without_port: bool,
+}
+
+impl HostMatcher {
+    pub(crate) fn compile(m: &v1::StringMatch) -> Result<Self, InvalidMatch> {
+        let pattern = StringMatcher::compile(m, true)?;
+        let also_without_port = match &m.kind {
+            Some(Kind::Exact(s)) | Some(Kind::Suffix(s)) => !has_port(s),
+            // A prefix already matches "host:port"; presence matches anything.
+            Some(Kind::Prefix(_)) | Some(Kind::Presence(_)) | None => false,
+        };
+        Ok(Self {
+            pattern,
+            also_without_port,
+        })
+    }
+
+    /// `host_only` is the authority without its port, if it had one.
+    pub(crate) fn matches(&self, authority: &str, host_only: Option<&str>) -> bool {
+        self.pattern.matches_ignore_case(authority.as_bytes())
+            || (self.also_without_port
+                && host_only.is_some_and(|h| self.pattern.matches_ignore_case(h.as_bytes())))
+    }
+}
+
+/// An IP block: a CIDR or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IpNet {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address; host bits are masked off.
+    pub(crate) fn parse(text: &str) -> Result<Self, InvalidMatch> {
+        let bad = || InvalidMatch::BadCidr(text.to_owned());
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (
+                a.parse::<IpAddr>().map_err(|_| bad())?,
+                Some(p.parse::<u8>().map_err(|_| bad())?),
+            ),
+            None => (text.parse::<IpAddr>().map_err(|_| bad())?, None),
+        };
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self {
+            network: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network
+    }
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+/// A port value of a condition: a number or presence.
+pub(crate) fn parse_port(text: &str) -> Result<u16, InvalidMatch> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| InvalidMatch::BadPort(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sm(kind: Kind) -> v1::StringMatch {
+        v1::StringMatch { kind: Some(kind) }
+    }
+
+    #[test]
+    fn string_forms() {
+        let exact = StringMatcher::compile(&sm(Kind::Exact("GET".into())), false).unwrap();
+        assert!(exact.matches(b"GET"));
+        assert!(!exact.matches(b"get"));
+        assert!(!exact.matches(b"GETX"));
+        let prefix = StringMatcher::compile(&sm(Kind::Prefix("/api/".into())), false).unwrap();
+        assert!(prefix.matches(b"/api/x"));
+        assert!(!prefix.matches(b"/ap"));
+        let suffix = StringMatcher::compile(&sm(Kind::Suffix(".png".into())), false).unwrap();
+        assert!(suffix.matches(b"/a.png"));
+        assert!(!suffix.matches(b"/a.jpg"));
+        let any = StringMatcher::compile(&sm(Kind::Presence(true)), false).unwrap();
+        assert!(any.matches(b""));
+        assert_eq!(
+            StringMatcher::compile(&sm(Kind::Presence(false)), false),
+            Err(InvalidMatch::PresenceFalse)
+        );
+        assert_eq!(
+            StringMatcher::compile(&v1::StringMatch { kind: None }, false),
+            Err(InvalidMatch::NoKind)
+        );
+    }
+
+    #[test]
+    fn hosts_are_case_insensitive_and_port_tolerant() {
+        let h = |k| HostMatcher::compile(&sm(k)).unwrap();
+        let exact = h(Kind::Exact("Search.Shop".into()));
+        assert!(exact.matches("search.shop", None));
+        assert!(exact.matches("SEARCH.SHOP:8080", Some("SEARCH.SHOP")));
+        assert!(!exact.matches("search.shop.evil:8080", Some("search.shop.evil")));
+        let with_port = h(Kind::Exact("search.shop:8080".into()));
+        assert!(with_port.matches("search.shop:8080", Some("search.shop")));
+        assert!(!with_port.matches("search.shop:9090", Some("search.shop")));
+        assert!(!with_port.matches("search.shop", None));
+        let suffix = h(Kind::Suffix(".shop".into()));
+        assert!(suffix.matches("a.SHOP:80", Some("a.SHOP")));
+        let prefix = h(Kind::Prefix("search.".into()));
+        assert!(prefix.matches("search.shop:8080", Some("search.shop")));
+    }
+
+    #[test]
+    fn split_port_handles_ipv6() {
+        assert_eq!(split_port("a:80"), Some(("a", "80")));
+        assert_eq!(split_port("[::1]:80"), Some(("[::1]", "80")));
+        assert_eq!(split_port("[::1]"), None);
+        assert_eq!(split_port("::1"), None);
+        assert_eq!(split_port("a:"), None);
+        assert_eq!(split_port("a"), None);
+    }
+
+    #[test]
+    fn ip_blocks() {
+        let net = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one = IpNet::parse("192.168.0.7").unwrap();
+        assert!(one.contains("192.168.0.7".parse().unwrap()));
+        assert!(!one.contains("192.168.0.8".parse().unwrap()));
+        let host_bits = IpNet::parse("10.1.2.3/8").unwrap();
+        assert!(host_bits.contains("10.200.0.1".parse().unwrap()));
+        let all = IpNet::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+        let v6 = IpNet::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0/8",
+            "x",
+            "",
+            "10.0.0.0/-1",
+        ] {
+            assert!(IpNet::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

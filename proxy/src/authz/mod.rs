@@ -1,0 +1,524 @@
+//! Authorization: the compiled AuthorizationPolicies of one workload and the per-request
+//! decision, in Istio's semantics (CONTRACT, "AuthorizationPolicy"). Pure: no I/O, no clock.
+//!
+//! Order of evaluation: any matching DENY policy denies (the first in policy order names
+//! the decision); else, if any ALLOW policy exists, the request must match one; else the
+//! mesh default applies. AUDIT policies never change the decision; every one that matches
+//! is listed. A policy matches if any rule matches (no rules: nothing); a rule matches if
+//! its `from`, `to` and `when` parts do (an absent part matches anything).
+//!
+//! Where an attribute is not known, the answer depends on the action, so that the unknown
+//! never lets a request in:
+//! - **No verified identity** (plaintext caller): in an ALLOW rule, a `from` part or a
+//!   `source.principal`/`source.namespace` condition never matches, negated or not
+//!   (CONTRACT: Palisade fails closed where Istio fails open). In DENY and AUDIT rules the
+//!   attribute is simply absent, as in Istio: positive fields do not match it, negated ones
+//!   do (`notPrincipals: ["*"]` denies plaintext).
+//! - **Opaque TCP** (no HTTP attributes): an ALLOW rule with any HTTP-only field (hosts,
+//!   methods, paths, their negations, `request.headers` conditions) does not match; in DENY
+//!   and AUDIT rules those fields are ignored, so the rule matches on the rest (Istio).
+//! - **A path that cannot be normalised** ([`PathError`]): `paths`/`not_paths` never match
+//!   in an ALLOW rule and always match in DENY and AUDIT rules.
+//!
+//! Hot path: matchers are compiled when the snapshot is converted; [`Authorizer::decide`]
+//! allocates only to normalise a path that needs it, and for the rare AUDIT match
+//! ([`Authorizer::evaluate`] adds one copy of the deciding policy's name).
+
+mod compile;
+mod matcher;
+mod path;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use palisade_certs::SpiffeId;
+use palisade_proto::v1;
+
+pub use compile::{Action, InvalidPolicy};
+pub use matcher::InvalidMatch;
+pub use path::{PathError, normalize_path, normalized};
+
+use compile::{Condition, IpAttr, Operation, Pattern, Policy, Rule, Source, StrAttr};
+use matcher::{IpNet, StringMatcher, split_port};
+
+use crate::model::SnapshotError;
+
+/// The compiled authorization policies of one workload.
+#[derive(Debug, Default)]
+pub struct Authorizer {
+    deny: Box<[Policy]>,
+    allow: Box<[Policy]>,
+    audit: Box<[Policy]>,
+    /// Names of the ALLOW policies, for [`Decision::explain`] (shared, never copied).
+    allow_names: Arc<[Arc<str>]>,
+    /// Whether any rule looks at paths, so clean requests skip normalisation entirely.
+    uses_paths: bool,
+}
+
+impl TryFrom<&v1::AuthorizationSnapshot> for Authorizer {
+    type Error = SnapshotError;
+    fn try_from(snapshot: &v1::AuthorizationSnapshot) -> Result<Self, SnapshotError> {
+        let (mut deny, mut allow, mut audit) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, p) in snapshot.policies.iter().enumerate() {
+            let compiled =
+                compile::policy(p).map_err(|(field, e)| compile::snapshot_error(p, i, field, e))?;
+            match compiled.action {
+                Action::Deny => deny.push(compiled),
+                Action::Allow => allow.push(compiled),
+                Action::Audit => audit.push(compiled),
+            }
+        }
+        let uses_paths = [&deny, &allow, &audit].iter().any(|ps| {
+            ps.iter()
+                .flat_map(|p| p.rules.iter())
+                .flat_map(|r| r.to.iter())
+                .any(Operation::has_path_fields)
+        });
+        Ok(Self {
+            allow_names: allow.iter().map(|p| p.name.clone()).collect(),
+            deny: deny.into(),
+            allow: allow.into(),
+            audit: audit.into(),
+            uses_paths,
+        })
+    }
+}
+
+/// What is known about one request (HTTP) or connection (opaque TCP).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAttrs<'a> {
+    /// The caller's verified SPIFFE ID; `None` for a plaintext caller.
+    pub source: Option<&'a SpiffeId>,
+    /// The caller's address.
+    pub source_ip: Option<IpAddr>,
+    /// The address the caller connected to.
+    pub destination_ip: Option<IpAddr>,
+    /// The destination (app) port.
+    pub destination_port: u16,
+    /// The TLS server name the caller sent.
+    pub sni: Option<&'a str>,
+    /// HTTP attributes; `None` for an opaque TCP connection.
+    pub http: Option<HttpAttrs<'a>>,
+}
+
+/// The HTTP attributes of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAttrs<'a> {
+    /// Method, e.g. `GET` (gRPC: `POST`).
+    pub method: &'a str,
+    /// Authority (`Host` / `:authority`), possibly with a port.
+    pub host: &'a str,
+    /// The raw path, which may carry a query; normalised before matching.
+    pub path: &'a str,
+    /// Request headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+/// The policy and rule that matched. `P` is `String` for an owned [`Decision`], `&str` for
+/// the borrowed one of [`Authorizer::decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched<P = String> {
+    /// `namespace/name` of the policy.
+    pub policy: P,
+    /// Index of the first matching rule.
+    pub rule: usize,
+}
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecidedBy<P = String> {
+    /// A DENY policy matched.
+    Deny(Matched<P>),
+    /// An ALLOW policy matched (and no DENY did).
+    Allow(Matched<P>),
+    /// ALLOW policies exist and none matched.
+    NoAllowMatched,
+    /// No policy decided; MeshConfig `defaultAuthorization: allow`.
+    DefaultAllow,
+    /// No policy decided; MeshConfig `defaultAuthorization: deny`.
+    DefaultDeny,
+}
+
+/// The outcome of [`Authorizer::evaluate`] (owned) or [`Authorizer::decide`] (borrowing
+/// the policy names from the authorizer, so the data path allocates nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<P = String> {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// What decided.
+    pub decided_by: DecidedBy<P>,
+    /// Every AUDIT policy that matched, in policy order.
+    pub audits: Vec<Matched<P>>,
+    allow_policies: Arc<[Arc<str>]>,
+}
+
+impl<P: AsRef<str>> Matched<P> {
+    fn to_owned_match(&self) -> Matched {
+        Matched {
+            policy: self.policy.as_ref().to_owned(),
+            rule: self.rule,
+        }
+    }
+}
+
+impl Decision<&str> {
+    /// The owned form, e.g. to keep beyond the authorizer's life.
+    pub fn into_owned(self) -> Decision {
+        let decided_by = match &self.decided_by {
+            DecidedBy::Deny(m) => DecidedBy::Deny(m.to_owned_match()),
+            DecidedBy::Allow(m) => DecidedBy::Allow(m.to_owned_match()),
+            DecidedBy::NoAllowMatched => DecidedBy::NoAllowMatched,
+            DecidedBy::DefaultAllow => DecidedBy::DefaultAllow,
+            DecidedBy::DefaultDeny => DecidedBy::DefaultDeny,
+        };
+        Decision {
+            allowed: self.allowed,
+            decided_by,
+            audits: self.audits.iter().map(Matched::to_owned_match).collect(),
+            allow_policies: self.allow_policies,
+        }
+    }
+}
+
+impl<P: AsRef<str>> Decision<P> {
+    /// The deciding policy as `ns/name`, or `default-deny` / `default-allow`.
+    pub fn policy_label(&self) -> String {
+        match &self.decided_by {
+            DecidedBy::Deny(m) | DecidedBy::Allow(m) => m.policy.as_ref().to_owned(),
+            DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => "default-deny".into(),
+            DecidedBy::DefaultAllow => "default-allow".into(),
+        }
+    }
+
+    /// The index of the deciding rule, when a policy decided.
+    pub fn rule(&self) -> Option<usize> {
+        match &self.decided_by {
+            DecidedBy::Deny(m) | DecidedBy::Allow(m) => Some(m.rule),
+            DecidedBy::NoAllowMatched | DecidedBy::DefaultAllow | DecidedBy::DefaultDeny => None,
+        }
+    }
+
+    /// One line saying what decided, e.g. `DENY by shop/payments-deny-search rule 0`.
+    pub fn explain(&self) -> String {
+        let mut line = match &self.decided_by {
+            DecidedBy::Deny(m) => format!("DENY by {} rule {}", m.policy.as_ref(), m.rule),
+            DecidedBy::Allow(m) => format!("ALLOW by {} rule {}", m.policy.as_ref(), m.rule),
+            DecidedBy::NoAllowMatched => {
+                let names: Vec<&str> = self.allow_policies.iter().map(|n| &**n).collect();
+                format!(
+                    "DENY: no ALLOW policy matched (ALLOW policies: {})",
+                    names.join(", ")
+                )
+            }
+            DecidedBy::DefaultAllow => "ALLOW by default (no ALLOW policy selects this \
+                workload, MeshConfig defaultAuthorization: allow)"
+                .into(),
+            DecidedBy::DefaultDeny => "DENY by default (no ALLOW policy selects this \
+                workload, MeshConfig defaultAuthorization: deny)"
+                .into(),
+        };
+        for (i, a) in self.audits.iter().enumerate() {
+            let sep = if i == 0 { "; AUDIT by " } else { ", " };
+            let _ = write!(line, "{sep}{} rule {}", a.policy.as_ref(), a.rule);
+        }
+        line
+    }
+}
+
+/// How a rule treats what it cannot know: ALLOW rules do not match, DENY/AUDIT rules do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Allow,
+    DenyOrAudit,
+}
+
+impl Mode {
+    fn unknown_matches(self) -> bool {
+        match self {
+            Mode::Allow => false,
+            Mode::DenyOrAudit => true,
+        }
+    }
+}
+
+/// Attributes prepared once per evaluation.
+struct Ctx<'a> {
+    /// SPIFFE ID without `spiffe://`, Istio's principal form.
+    principal: Option<&'a str>,
+    namespace: Option<&'a str>,
+    authenticated: bool,
+    source_ip: Option<IpAddr>,
+    destination_ip: Option<IpAddr>,
+    destination_port: u16,
+    sni: Option<&'a str>,
+    http: Option<HttpCtx<'a>>,
+}
+
+struct HttpCtx<'a> {
+    method: &'a str,
+    authority: &'a str,
+    /// The authority without its port, if it had one.
+    host_only: Option<&'a str>,
+    /// `None` when no rule looks at paths.
+    path: Option<Result<Cow<'a, str>, PathError>>,
+    headers: &'a http::HeaderMap,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(req: &RequestAttrs<'a>, uses_paths: bool) -> Self {
+        Self {
+            principal: req
+                .source
+                .map(|id| id.as_str().strip_prefix("spiffe://").unwrap_or(id.as_str())),
+            namespace: req.source.and_then(SpiffeId::namespace),
+            authenticated: req.source.is_some(),
+            source_ip: req.source_ip,
+            destination_ip: req.destination_ip,
+            destination_port: req.destination_port,
+            sni: req.sni,
+            http: req.http.map(|h| HttpCtx {
+                method: h.method,
+                authority: h.host,
+                host_only: split_port(h.host).map(|(host, _)| host),
+                path: uses_paths.then(|| normalized(h.path)),
+                headers: h.headers,
+            }),
+        }
+    }
+}
+
+/// A positive list: absent (empty) matches; else the attribute must be present and match one.
+fn any_of<M>(list: &[M], value: Option<&str>, f: impl Fn(&M, &str) -> bool) -> bool {
+    list.is_empty() || value.is_some_and(|v| list.iter().any(|m| f(m, v)))
+}
+
+/// A negative list: absent (empty) matches; else no entry may match (an absent attribute
+/// matches none).
+fn none_of<M>(list: &[M], value: Option<&str>, f: impl Fn(&M, &str) -> bool) -> bool {
+    list.is_empty() || !value.is_some_and(|v| list.iter().any(|m| f(m, v)))
+}
+
+fn str_match(m: &StringMatcher, v: &str) -> bool {
+    m.matches(v.as_bytes())
+}
+
+fn ip_in(list: &[IpNet], ip: Option<IpAddr>) -> bool {
+    ip.is_some_and(|ip| list.iter().any(|n| n.contains(ip)))
+}
+
+fn pattern_in<T: Copy, V: Copy>(
+    list: &[Pattern<T>],
+    value: Option<V>,
+    eq: impl Fn(T, V) -> bool,
+) -> bool {
+    value.is_some_and(|v| {
+        list.iter().any(|p| match p {
+            Pattern::Any => true,
+            Pattern::One(x) => eq(*x, v),
+        })
+    })
+}
+
+impl Source {
+    fn matches(&self, ctx: &Ctx<'_>) -> bool {
+        any_of(&self.principals, ctx.principal, str_match)
+            && none_of(&self.not_principals, ctx.principal, str_match)
+            && any_of(&self.namespaces, ctx.namespace, str_match)
+            && none_of(&self.not_namespaces, ctx.namespace, str_match)
+            && (self.ip_blocks.is_empty() || ip_in(&self.ip_blocks, ctx.source_ip))
+            && (self.not_ip_blocks.is_empty() || !ip_in(&self.not_ip_blocks, ctx.source_ip))
+    }
+}
+
+impl Operation {
+    fn matches(&self, ctx: &Ctx<'_>, mode: Mode) -> bool {
+        let port = ctx.destination_port;
+        if !(self.ports.is_empty() || self.ports.contains(&port)) || self.not_ports.contains(&port)
+        {
+            return false;
+        }
+        let Some(h) = &ctx.http else {
+            // Connection level: HTTP-only fields are ignored here; ALLOW rules that have
+            // any were already refused by `Rule::matches`.
+            return true;
+        };
+        let host = |m: &matcher::HostMatcher, authority: &str| m.matches(authority, h.host_only);
+        if !(any_of(&self.hosts, Some(h.authority), host)
+            && none_of(&self.not_hosts, Some(h.authority), host)
+            && any_of(&self.methods, Some(h.method), str_match)
+            && none_of(&self.not_methods, Some(h.method), str_match))
+        {
+            return false;
+        }
+        if !self.has_path_fields() {
+            return true;
+        }
+        match &h.path {
+            Some(Ok(path)) => {
+                any_of(&self.paths, Some(path), str_match)
+                    && none_of(&self.not_paths, Some(path), str_match)
+            }
+            // Unnormalisable: the path fields are unknown (see the module docs).
+            Some(Err(_)) => mode.unknown_matches(),
+            // `uses_paths` is computed from these very rules, so this cannot happen; if it
+            // did, the unknown path is treated as above.
+            None => mode.unknown_matches(),
+        }
+    }
+}
+
+impl Condition {
+    fn matches(&self, ctx: &Ctx<'_>) -> bool {
+        match self {
+            Condition::Header {
+                name,
+                values,
+                not_values,
+            } => {
+                let Some(h) = &ctx.http else {
+                    // Connection level, DENY/AUDIT only (ALLOW refused in `Rule::matches`).
+                    return true;
+                };
+                let any_value_matches = |list: &[StringMatcher]| {
+                    h.headers
+                        .get_all(name)
+                        .iter()
+                        .any(|v| list.iter().any(|m| m.matches(v.as_bytes())))
+                };
+                (values.is_empty() || any_value_matches(values))
+                    && (not_values.is_empty() || !any_value_matches(not_values))
+            }
+            Condition::Str {
+                attr,
+                values,
+                not_values,
+            } => {
+                let value = match attr {
+                    StrAttr::SourcePrincipal => ctx.principal,
+                    StrAttr::SourceNamespace => ctx.namespace,
+                    StrAttr::ConnectionSni => ctx.sni,
+                };
+                any_of(values, value, str_match) && none_of(not_values, value, str_match)
+            }
+            Condition::Ip {
+                attr,
+                values,
+                not_values,
+            } => {
+                let ip = match attr {
+                    IpAttr::Source => ctx.source_ip,
+                    IpAttr::Destination => ctx.destination_ip,
+                };
+                let contains = |net: IpNet, ip: IpAddr| net.contains(ip);
+                (values.is_empty() || pattern_in(values, ip, contains))
+                    && (not_values.is_empty() || !pattern_in(not_values, ip, contains))
+            }
+            Condition::Port { values, not_values } => {
+                let port = Some(ctx.destination_port);
+                (values.is_empty() || pattern_in(values, port, |a, b| a == b))
+                    && (not_values.is_empty() || !pattern_in(not_values, port, |a, b| a == b))
+            }
+        }
+    }
+}
+
+impl Rule {
+    fn matches(&self, ctx: &Ctx<'_>, mode: Mode) -> bool {
+        if mode == Mode::Allow {
+            // Fail closed (CONTRACT): without a verified identity no ALLOW rule that says
+            // anything about the source can match, negated or not.
+            if !ctx.authenticated && (!self.from.is_empty() || self.identity_condition) {
+                return false;
+            }
+            // Istio: at connection level an ALLOW rule using HTTP-only fields is skipped.
+            if ctx.http.is_none() && self.http_only {
+                return false;
+            }
+        }
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(ctx)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(ctx, mode)))
+            && self.when.iter().all(|c| c.matches(ctx))
+    }
+}
+
+impl Policy {
+    fn first_match(&self, ctx: &Ctx<'_>, mode: Mode) -> Option<Matched<&str>> {
+        let rule = self.rules.iter().position(|r| r.matches(ctx, mode))?;
+        Some(Matched {
+            policy: &self.name,
+            rule,
+        })
+    }
+}
+
+impl Authorizer {
+    /// Decides one request. `default_allow` is MeshConfig `defaultAuthorization: allow`.
+    pub fn evaluate(&self, req: &RequestAttrs<'_>, default_allow: bool) -> Decision {
+        self.decide(req, default_allow).into_owned()
+    }
+
+    /// Like [`Authorizer::evaluate`], borrowing policy names from `self`: no allocation
+    /// unless the path needs normalising or an AUDIT policy matches (the data path).
+    pub fn decide(&self, req: &RequestAttrs<'_>, default_allow: bool) -> Decision<&str> {
+        let ctx = Ctx::new(req, self.uses_paths);
+        let audits = self
+            .audit
+            .iter()
+            .filter_map(|p| p.first_match(&ctx, Mode::DenyOrAudit))
+            .collect();
+        let decided_by = if let Some(m) = self
+            .deny
+            .iter()
+            .find_map(|p| p.first_match(&ctx, Mode::DenyOrAudit))
+        {
+            DecidedBy::Deny(m)
+        } else if !self.allow.is_empty() {
+            match self
+                .allow
+                .iter()
+                .find_map(|p| p.first_match(&ctx, Mode::Allow))
+            {
+                Some(m) => DecidedBy::Allow(m),
+                None => DecidedBy::NoAllowMatched,
+            }
+        } else if default_allow {
+            DecidedBy::DefaultAllow
+        } else {
+            DecidedBy::DefaultDeny
+        };
+        let allowed = match decided_by {
+            DecidedBy::Allow(_) | DecidedBy::DefaultAllow => true,
+            DecidedBy::Deny(_) | DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => false,
+        };
+        Decision {
+            allowed,
+            decided_by,
+            audits,
+            allow_policies: self.allow_names.clone(),
+        }
+    }
+
+    /// Whether no policy selects the workload.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.deny.len() + self.allow.len() + self.audit.len()
+    }
+
+    /// Every policy as (`namespace/name`, action, number of rules), DENY, ALLOW, then AUDIT.
+    pub fn policies(&self) -> impl Iterator<Item = (&str, Action, usize)> {
+        self.deny
+            .iter()
+            .chain(self.allow.iter())
+            .chain(self.audit.iter())
+            .map(|p| (&*p.name, p.action, p.rules.len()))
+    }
+}

@@ -1,0 +1,179 @@
+//! Where authorization decisions become visible (CONTRACT: "every denial and every AUDIT
+//! match is counted in /metrics and logged with source identity, destination, method and
+//! path, and the policy that decided"). Denials are logged at WARN and AUDIT matches at INFO
+//! under the target `palisade::authz`; with `log_decisions` every ALLOW is logged at INFO.
+
+use std::fmt;
+
+use palisade_certs::SpiffeId;
+
+use crate::authz::{Decision, normalized};
+use crate::metrics::{AuthzLabels, Direction, Metrics};
+
+/// The `tracing` target of every decision line.
+pub const LOG_TARGET: &str = "palisade::authz";
+
+/// The `source` label of a caller without a verified identity.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
+/// What a decision was about.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// The caller's verified identity, if any.
+    pub source: Option<&'a SpiffeId>,
+    /// Inbound: `<ns>/<workload>:<port>`; outbound: `host:port`.
+    pub destination: &'a str,
+    /// The HTTP method; `None` for an opaque TCP connection.
+    pub method: Option<&'a str>,
+    /// The raw path (may carry a query); `None` for an opaque TCP connection.
+    pub path: Option<&'a str>,
+}
+
+impl Subject<'_> {
+    fn labels(&self, policy: &str) -> AuthzLabels {
+        AuthzLabels {
+            direction: self.direction,
+            policy: policy.to_owned(),
+            source: self
+                .source
+                .map_or_else(|| UNAUTHENTICATED.to_owned(), |s| s.to_string()),
+            destination: self.destination.to_owned(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.method.is_some() {
+            "request"
+        } else {
+            "connection"
+        }
+    }
+}
+
+/// The path as logged: normalised and without the query, which may carry secrets.
+struct LogPath<'a>(Option<&'a str>);
+
+impl fmt::Display for LogPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(raw) = self.0 else {
+            return f.write_str("-");
+        };
+        match normalized(raw) {
+            Ok(p) => f.write_str(&p),
+            Err(_) => f.write_str(raw.split(['?', '#']).next().unwrap_or(raw)),
+        }
+    }
+}
+
+/// A rule index, or `-` when no rule decided.
+struct RuleField(Option<usize>);
+
+impl fmt::Display for RuleField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "{i}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+struct Source<'a>(Option<&'a SpiffeId>);
+
+impl fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str(UNAUTHENTICATED),
+        }
+    }
+}
+
+/// Counts and logs one decision: its denial, its AUDIT matches, and (with `log_allows`) its
+/// ALLOW.
+pub fn record<P: AsRef<str>>(
+    metrics: &Metrics,
+    log_allows: bool,
+    subject: &Subject<'_>,
+    decision: &Decision<P>,
+) {
+    for audit in &decision.audits {
+        let policy = audit.policy.as_ref();
+        metrics.authz_audit(&subject.labels(policy));
+        tracing::info!(
+            target: LOG_TARGET,
+            source = %Source(subject.source),
+            destination = %subject.destination,
+            method = %subject.method.unwrap_or("-"),
+            path = %LogPath(subject.path),
+            decision = %format_args!("AUDIT by {policy} rule {}", audit.rule),
+            policy = %policy,
+            rule = %audit.rule,
+            "{} matched an AUDIT policy", subject.kind()
+        );
+    }
+    if decision.allowed {
+        if log_allows {
+            tracing::info!(
+                target: LOG_TARGET,
+                source = %Source(subject.source),
+                destination = %subject.destination,
+                method = %subject.method.unwrap_or("-"),
+                path = %LogPath(subject.path),
+                decision = %decision.explain(),
+                policy = %decision.policy_label(),
+                rule = %RuleField(decision.rule()),
+                "{} allowed", subject.kind()
+            );
+        }
+        return;
+    }
+    denial(
+        metrics,
+        subject,
+        &decision.policy_label(),
+        decision.rule(),
+        &decision.explain(),
+    );
+}
+
+/// Counts and logs a denial decided outside the evaluator (the outbound policy) or a late
+/// one (an open connection closed after a policy change).
+pub fn denial(
+    metrics: &Metrics,
+    subject: &Subject<'_>,
+    policy: &str,
+    rule: Option<usize>,
+    explain: &str,
+) {
+    metrics.authz_denial(&subject.labels(policy));
+    tracing::warn!(
+        target: LOG_TARGET,
+        source = %Source(subject.source),
+        destination = %subject.destination,
+        method = %subject.method.unwrap_or("-"),
+        path = %LogPath(subject.path),
+        decision = %explain,
+        policy = %policy,
+        rule = %RuleField(rule),
+        "{} denied", subject.kind()
+    );
+}
+
+/// Logs an ALLOW decided outside the evaluator (an egress allowance), with `log_allows`.
+pub fn allowed(log_allows: bool, subject: &Subject<'_>, policy: &str, explain: &str) {
+    if log_allows {
+        tracing::info!(
+            target: LOG_TARGET,
+            source = %Source(subject.source),
+            destination = %subject.destination,
+            method = %subject.method.unwrap_or("-"),
+            path = %LogPath(subject.path),
+            decision = %explain,
+            policy = %policy,
+            rule = %"-",
+            "{} allowed", subject.kind()
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Integration tests of the sidecar: two real proxies on loopback with real mTLS, statically
+//! configured through the same snapshot conversion discovery uses, in front of real apps.
+//! One test binary, one module per topic (STYLE habit 12).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "proxy/support.rs"]
+mod support;
+
+/// HTTP and gRPC authorization at inbound: decisions, responses, metrics, logs, pushes.
+#[path = "proxy/authz.rs"]
+mod authz;
+
+/// Opaque TCP: CONNECT tunnels, connection-level authorization, late rejection.
+#[path = "proxy/tcp.rs"]
+mod tcp;
+
+/// Destinations outside the mesh: REGISTRY_ONLY, EgressPolicy, ALLOW_ANY.
+#[path = "proxy/egress.rs"]
+mod egress;
