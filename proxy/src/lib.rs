@@ -385,7 +385,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
 
     let outbound = Arc::new(outbound::Outbound {
         view: view_rx.clone(),
-        pool: pool::PeerPool::new(tls_rx.clone()),
+        pool: pool::PeerPool::new(tls_rx.clone(), config.app_host),
         metrics: metrics.clone(),
         passthrough: hyper_util::client::legacy::Client::builder(
             hyper_util::rt::TokioExecutor::new(),

@@ -84,16 +84,22 @@ fn sni_for(port: u16) -> ServerName<'static> {
 #[derive(Debug)]
 pub struct PeerPool {
     tls: watch::Receiver<Option<Arc<TlsState>>>,
+    /// Source address for connections to peers on loopback (see [`PeerPool::new`]).
+    loopback_source: Option<std::net::IpAddr>,
     ready: Mutex<HashMap<PeerKey, SendRequest<ProxyBody>>>,
     /// Serialises connection setup per key, so a burst opens one connection, not many.
     connecting: Mutex<HashMap<PeerKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl PeerPool {
-    /// A pool that uses the current TLS state for every new connection.
-    pub fn new(tls: watch::Receiver<Option<Arc<TlsState>>>) -> Self {
+    /// A pool that uses the current TLS state for every new connection. When the workload's
+    /// address is a loopback address (directory mode, where each workload has its own
+    /// 127.x.y.z standing in for a pod IP), connections to peers on loopback leave from it,
+    /// so peers see the workload's address as the source, as they would see a pod IP.
+    pub fn new(tls: watch::Receiver<Option<Arc<TlsState>>>, workload_ip: std::net::IpAddr) -> Self {
         Self {
             tls,
+            loopback_source: workload_ip.is_loopback().then_some(workload_ip),
             ready: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
         }
@@ -137,11 +143,13 @@ impl PeerPool {
     /// TCP connect plus mTLS handshake with `config`, which verifies the peer's identity;
     /// the target port travels in the SNI.
     async fn handshake(
+        &self,
         key: &PeerKey,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<TlsStream<TcpStream>, PeerError> {
         let handshake = async {
-            let tcp = TcpStream::connect(key.addr)
+            let tcp = self
+                .tcp_connect(key.addr)
                 .await
                 .map_err(PeerError::Connect)?;
             let _ = tcp.set_nodelay(true);
@@ -155,12 +163,30 @@ impl PeerPool {
             .map_err(|_| PeerError::Connect(std::io::ErrorKind::TimedOut.into()))?
     }
 
+    async fn tcp_connect(&self, addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+        let source = self
+            .loopback_source
+            .filter(|ip| addr.ip().is_loopback() && ip.is_ipv4() == addr.is_ipv4());
+        let Some(source) = source else {
+            return TcpStream::connect(addr).await;
+        };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        socket.connect(addr).await
+    }
+
     /// Opens a new mTLS connection to the peer for one opaque TCP stream (ALPN
     /// `palisade-tcp`), verifying its identity exactly as for HTTP. Never pooled: a TCP
     /// stream owns its connection.
     pub async fn connect_tcp(&self, key: &PeerKey) -> Result<TlsStream<TcpStream>, PeerError> {
         let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
-        let stream = Self::handshake(key, tls.tcp_client_for(&key.identity)?).await?;
+        let stream = self
+            .handshake(key, tls.tcp_client_for(&key.identity)?)
+            .await?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_TCP) {
             return Err(PeerError::NoTcp);
         }
@@ -169,7 +195,7 @@ impl PeerPool {
 
     async fn connect(&self, key: &PeerKey) -> Result<SendRequest<ProxyBody>, PeerError> {
         let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
-        let stream = Self::handshake(key, tls.client_for(&key.identity)?).await?;
+        let stream = self.handshake(key, tls.client_for(&key.identity)?).await?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(PeerError::NoH2);
         }

@@ -284,13 +284,18 @@ async fn packet_capture_shows_tls_between_sidecars_and_http_only_to_the_app() {
         panic!("no ClientHello captured between the sidecars; the capture:\n{all:#?}");
     }
     // One to the search Workload's address (the relay) and the relayed one to its sidecar.
-    // (The client sidecar dials from the kernel's choice of loopback source, 127.0.0.1.)
     for ip in [block.ip(2), block.ip(REAL_SEARCH)] {
         assert!(
             hellos.iter().any(|l| l.ends_with(&format!("\t{ip}"))),
             "no ClientHello to {ip}: {hellos:?}"
         );
     }
+    // The client sidecar dials from its workload's address, as from a pod IP.
+    let from_client = format!("{}\t{}", block.ip(1), block.ip(2));
+    assert!(
+        hellos.iter().any(|l| *l == from_client),
+        "no ClientHello from the client workload's address: {hellos:?}"
+    );
     let http = tshark(&tshark_bin, &between, "http || http2", &[]).await;
     assert!(
         http.is_empty(),
