@@ -293,7 +293,7 @@ async fn packet_capture_shows_tls_between_sidecars_and_http_only_to_the_app() {
     // The client sidecar dials from its workload's address, as from a pod IP.
     let from_client = format!("{}\t{}", block.ip(1), block.ip(2));
     assert!(
-        hellos.iter().any(|l| *l == from_client),
+        hellos.contains(&from_client),
         "no ClientHello from the client workload's address: {hellos:?}"
     );
     let http = tshark(&tshark_bin, &between, "http || http2", &[]).await;
