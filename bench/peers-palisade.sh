@@ -9,7 +9,7 @@
 # 127.0.0.1, so the server workload moves its inbound with `palisade.dev/inbound-port`, and
 # the Service carries `clusterIP: 127.0.0.1` so that a client addressing the outbound
 # listener by IP (`Host: 127.0.0.1:<port>`, as wrk/h2load do) is routed to it. The inbound
-# sidecar enforces an AuthorizationPolicy-free default of the mesh config below.
+# sidecar enforces the mesh's default deny plus the L7 policies below on every request.
 
 PALISADE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log "building palisade (release) in $PALISADE_ROOT"
@@ -32,7 +32,7 @@ cfg_palisade_pair() {
 apiVersion: palisade.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: mesh}
-spec: {trustDomain: cluster.local}
+spec: {trustDomain: cluster.local, defaultAuthorization: deny}
 ---
 apiVersion: palisade.dev/v1alpha1
 kind: Workload
@@ -58,6 +58,27 @@ spec:
   selector: {app: server}
   clusterIP: 127.0.0.1
   ports: [{name: http, port: $out, targetPort: $UP_H1, appProtocol: http}]
+---
+# Full L7 authorization on every request: default deny, an ALLOW on principal, method and
+# path, and a DENY evaluated first.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: server-from-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]
+    to: [{operation: {methods: ["GET", "HEAD", "POST"], paths: ["/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: server-no-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
 YAML
   start_bg palisade-in "$PALISADE_BIN" proxy --workload server --namespace shop --service-account server \
     --static-config "$mesh" --trust-anchors "$PKI/ca.crt" --cert "$PKI/server.crt" --key "$PKI/server.key" \
