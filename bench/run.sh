@@ -95,6 +95,10 @@ wait_http "http://$SERVER_IP:$H1_PORT/healthz" "$APP1" app-h1
 wait_http "http://$SERVER_IP:$H2_PORT/healthz" "$APP2" app-h2
 wait_http "http://$SERVER_IP:15000/ready" "$SERVER_PROXY" server
 wait_http "http://$CLIENT_IP:15000/ready" "$CLIENT_PROXY" client
+# Readiness could come from a stale process on the same address: make sure ours are the ones up.
+for pid in "${PIDS[@]}"; do
+  kill -0 "$pid" 2>/dev/null || die "a benchmark process (pid $pid) exited; logs in $WORK (set BENCH_KEEP=1): $(tail -n 3 "$WORK"/*.log)"
+done
 curl -fsS -o /dev/null -H "Host: server.bench:$H1_PORT" "http://$CLIENT_IP:15001/healthz" \
   || die "a request through the mesh failed: $(curl -sS -H "Host: server.bench:$H1_PORT" "http://$CLIENT_IP:15001/healthz")"
 

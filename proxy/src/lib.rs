@@ -109,6 +109,40 @@ pub struct ProxyConfig {
     pub log_decisions: bool,
 }
 
+/// Port of the inbound mTLS listener in a pod.
+pub const INBOUND_PORT: u16 = 15006;
+/// Port of the outbound listener in a pod.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Port of the admin listener in a pod.
+pub const ADMIN_PORT: u16 = 15000;
+
+impl ProxyConfig {
+    /// A sidecar laid out as in a pod: its listeners on the default ports and its app on one
+    /// address (the pod IP; in directory mode the workload's own loopback address).
+    pub fn on_address(
+        identity: SpiffeId,
+        workload: String,
+        namespace: String,
+        ip: IpAddr,
+        source: ConfigSource,
+    ) -> Self {
+        Self {
+            identity,
+            workload,
+            namespace,
+            source,
+            inbound_addr: SocketAddr::new(ip, INBOUND_PORT),
+            outbound_addr: SocketAddr::new(ip, OUTBOUND_PORT),
+            admin_addr: SocketAddr::new(ip, ADMIN_PORT),
+            app_host: ip,
+            drain_timeout: Duration::from_secs(5),
+            control_runtime: None,
+            debug_headers: false,
+            log_decisions: false,
+        }
+    }
+}
+
 /// Failure to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -15,7 +15,7 @@ use palisade_certs::{CaOptions, CertificateAuthority};
 use palisade_control_plane::model::Workload;
 use palisade_control_plane::{ControlPlaneConfig, MeshSnapshot, TokenStore};
 use palisade_example_shop::FrontendConfig;
-use palisade_proxy::{ConfigSource, ControlPlaneTarget, ProxyConfig};
+use palisade_proxy::{ConfigSource, ControlPlaneTarget, OUTBOUND_PORT, ProxyConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,10 +24,6 @@ const APP_ANNOTATION: &str = "palisade.dev/app";
 /// Annotation marking the workload whose sidecar the printed curl line goes through, and
 /// the URL it asks for.
 const ENTRYPOINT_ANNOTATION: &str = "palisade.dev/entrypoint";
-/// Sidecar ports, as in a pod.
-const INBOUND_PORT: u16 = 15006;
-const OUTBOUND_PORT: u16 = 15001;
-const ADMIN_PORT: u16 = 15000;
 /// How long the mesh may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -103,24 +99,21 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             .get(&w.namespace, &w.name)
             .context("token missing for a workload")?
             .to_owned();
+        let source = ConfigSource::ControlPlane {
+            target: target.clone(),
+            trust_anchors: cp.trust_bundle(),
+            token,
+        };
         let config = ProxyConfig {
-            identity: w.identity.clone(),
-            workload: w.name.clone(),
-            namespace: w.namespace.clone(),
-            source: ConfigSource::ControlPlane {
-                target: target.clone(),
-                trust_anchors: cp.trust_bundle(),
-                token,
-            },
-            inbound_addr: SocketAddr::new(w.address, INBOUND_PORT),
-            outbound_addr: SocketAddr::new(w.address, OUTBOUND_PORT),
-            admin_addr: SocketAddr::new(w.address, ADMIN_PORT),
-            app_host: w.address,
-            drain_timeout: Duration::from_secs(5),
-            control_runtime: None,
-            debug_headers: false,
             // `palisade up` logs what policy decided for each request (CONTRACT).
             log_decisions: true,
+            ..ProxyConfig::on_address(
+                w.identity.clone(),
+                w.name.clone(),
+                w.namespace.clone(),
+                w.address,
+                source,
+            )
         };
         let proxy = palisade_proxy::start(config, shutdown.clone())
             .await

@@ -288,23 +288,21 @@ impl MeshBuilder {
                 None => w.address,
             };
             let token = tokens.get(&w.namespace, &w.name).expect("token").to_owned();
+            let source = ConfigSource::ControlPlane {
+                target: target.clone(),
+                trust_anchors: cp.trust_bundle(),
+                token,
+            };
+            // Exactly as `palisade up` lays out a sidecar, with a shorter drain.
             let config = ProxyConfig {
-                identity: w.identity.clone(),
-                workload: w.name.clone(),
-                namespace: w.namespace.clone(),
-                source: ConfigSource::ControlPlane {
-                    target: target.clone(),
-                    trust_anchors: cp.trust_bundle(),
-                    token,
-                },
-                inbound_addr: SocketAddr::new(ip, 15006),
-                outbound_addr: SocketAddr::new(ip, 15001),
-                admin_addr: SocketAddr::new(ip, 15000),
-                app_host: ip,
                 drain_timeout: Duration::from_secs(2),
-                control_runtime: None,
-                debug_headers: false,
-                log_decisions: false,
+                ..ProxyConfig::on_address(
+                    w.identity.clone(),
+                    w.name.clone(),
+                    w.namespace.clone(),
+                    ip,
+                    source,
+                )
             };
             let proxy = palisade_proxy::start(config, shutdown.clone())
                 .await
