@@ -17,6 +17,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const DENIED_BY: HeaderName = HeaderName::from_static("x-palisade-denied-by");
 /// The `x-palisade-denied-by` value (and metric `policy` label) of an egress refusal.
 pub const OUTBOUND_REGISTRY_ONLY: &str = "outbound-registry-only";
+/// The `x-palisade-denied-by` value of a request on a plaintext connection (opened in
+/// PERMISSIVE mode) after the mesh switched to STRICT.
+pub const MTLS_STRICT: &str = "mtls-strict";
 /// Envoy-style header telling the app who called it.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -121,6 +124,10 @@ pub enum Failure {
     /// The proxy is not ready (no certificate or configuration yet).
     #[error("proxy is not ready: {0}")]
     NotReady(&'static str),
+    /// A request on a plaintext connection opened in PERMISSIVE mode, after the mesh
+    /// switched to STRICT: plaintext is no longer accepted.
+    #[error("plaintext is refused: the mesh mTLS mode is STRICT")]
+    PlaintextRefused,
 }
 
 impl Failure {
@@ -129,6 +136,7 @@ impl Failure {
         match self {
             Failure::Denied { .. } => (StatusCode::FORBIDDEN, 7),
             Failure::UnknownDestination { .. } => (StatusCode::FORBIDDEN, 7),
+            Failure::PlaintextRefused => (StatusCode::FORBIDDEN, 7),
             Failure::NoDestination | Failure::BadAuthority(_) => (StatusCode::BAD_REQUEST, 3),
             Failure::PeerUnavailable { .. } | Failure::AppUnavailable { .. } => {
                 (StatusCode::BAD_GATEWAY, 14)
@@ -144,6 +152,7 @@ impl Failure {
             Failure::Denied { hide: true, .. } => Some("hidden"),
             Failure::Denied { by, .. } => Some(by),
             Failure::UnknownDestination { .. } => Some(OUTBOUND_REGISTRY_ONLY),
+            Failure::PlaintextRefused => Some(MTLS_STRICT),
             // Listed, not `_`: a new policy-like failure must decide here whether it names
             // what denied it.
             Failure::NoDestination
@@ -278,6 +287,17 @@ mod tests {
         .into_response(true);
         assert_eq!(g.status(), StatusCode::OK);
         assert_eq!(g.headers()["grpc-status"], "7");
+    }
+
+    #[test]
+    fn a_plaintext_refusal_maps_to_403_naming_the_mtls_mode() {
+        let r = Failure::PlaintextRefused.into_response(false);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.headers()[DENIED_BY], "mtls-strict");
+        let g = Failure::PlaintextRefused.into_response(true);
+        assert_eq!(g.status(), StatusCode::OK);
+        assert_eq!(g.headers()["grpc-status"], "7");
+        assert_eq!(g.headers()[DENIED_BY], "mtls-strict");
     }
 
     #[test]

@@ -8,6 +8,27 @@
 //! connection is an opaque TCP stream: it is authorized at connection level before any byte
 //! reaches the app, and re-checked whenever the configuration changes; a stream the new
 //! policies deny is closed ("late rejection").
+//!
+//! **Plaintext (MeshConfig `mtls.mode: PERMISSIVE` only).** The first byte of every accepted
+//! connection is peeked (within the handshake timeout): `0x16`, a TLS handshake record, takes
+//! the mTLS path above. Anything else is plaintext:
+//! - if the current view's mode is PERMISSIVE, it is served as HTTP/1.1 or h2c (prior
+//!   knowledge) with no verified identity: authorization sees `source: None` (the
+//!   evaluator's fail-closed rule), the app gets no `x-forwarded-client-cert` (any the caller
+//!   sent is removed), and metrics and logs name the caller `unauthenticated`. The target
+//!   app port is chosen per request (see `plaintext_target`). Opaque (non-HTTP) plaintext
+//!   is not supported: such a caller gets an HTTP parse error and a closed connection.
+//! - otherwise (STRICT, or no configuration yet) the connection is closed before any byte
+//!   reaches the app, counted in `palisade_proxy_inbound_plaintext_refused_total{stage=
+//!   "connection"}` and logged at INFO with the caller's address.
+//!
+//! A switch back to STRICT applies to new connections at once, and to plaintext connections
+//! opened earlier from their next request on: the mode is checked per request (one field
+//! read of the current view), and such a request is refused with 403
+//! (`x-palisade-denied-by: mtls-strict`, gRPC: `grpc-status: 7`), never forwarded, counted
+//! with `stage="request"`; HTTP/1 responses carry `connection: close`, so the caller
+//! reconnects and meets the connection-level refusal. STRICT is never weakened by a
+//! connection opened before it.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -30,17 +51,19 @@ use tokio_rustls::server::TlsStream;
 
 use crate::app::AppClients;
 use crate::authz::{Decision, HttpAttrs, RequestAttrs, normalized};
-use crate::enforce::{self, Subject};
+use crate::enforce::{self, Subject, UNAUTHENTICATED};
 use crate::http::{Failure, ProxyBody, XFCC, is_grpc, streamed, strip_hop_by_hop};
-use crate::metrics::{Direction, Metrics};
-use crate::model::{MeshView, Protocol};
+use crate::metrics::{Direction, Metrics, PlaintextStage};
+use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
 use crate::pool::port_from_sni;
 use crate::tls::{ALPN_TCP, TlsState};
 
-/// How long a client may take to complete the TLS handshake.
+/// How long a client may take to send its first byte and complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to the app for an opaque TCP stream may take.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first byte of a TLS connection: a handshake record (RFC 8446 section 5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Shared state of the inbound listener.
 #[derive(Debug)]
@@ -62,10 +85,23 @@ pub struct Inbound {
 /// Response header describing the mTLS hop, when debug headers are on.
 const MTLS_DEBUG: http::HeaderName = http::HeaderName::from_static("x-palisade-mtls");
 
+/// How a connection reached the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// mTLS from a peer sidecar. `target_port` comes from SNI; `None` means "the workload's
+    /// only port".
+    Mtls { target_port: Option<u16> },
+    /// Plaintext, accepted in PERMISSIVE mode; the target port is chosen per request.
+    Plaintext,
+}
+
 /// What is known about one accepted connection.
 #[derive(Debug)]
 struct ConnContext {
+    transport: Transport,
+    /// The caller's verified identity; `None` for a plaintext caller.
     peer_identity: Option<SpiffeId>,
+    /// The `peer` label of request metrics and logs: the identity, or `unauthenticated`.
     peer_label: String,
     /// The caller's address.
     peer_addr: SocketAddr,
@@ -73,15 +109,15 @@ struct ConnContext {
     local_ip: Option<IpAddr>,
     /// The TLS server name the caller sent.
     sni: Option<String>,
-    /// Target app port from SNI; `None` means "the workload's only port".
-    target_port: Option<u16>,
-    own_identity: SpiffeId,
+    /// The `x-forwarded-client-cert` the app gets; only a verified caller has one.
+    xfcc: Option<HeaderValue>,
     /// `x-palisade-mtls` value, when debug headers are on.
     debug: Option<HeaderValue>,
 }
 
 impl Inbound {
-    /// Serves one accepted connection: mTLS handshake, then HTTP.
+    /// Serves one accepted connection: by its first byte, mTLS (handshake, then HTTP or an
+    /// opaque stream) or, in PERMISSIVE mode only, plaintext HTTP.
     pub async fn serve_connection(
         self: Arc<Self>,
         stream: TcpStream,
@@ -89,13 +125,43 @@ impl Inbound {
         watcher: Watcher,
     ) {
         self.metrics.connection(Direction::Inbound);
+        // One deadline for the first byte and the whole TLS handshake.
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(0)) => {
+                tracing::debug!(%peer, "inbound connection closed before its first byte");
+            }
+            Ok(Ok(_)) if first[0] == TLS_HANDSHAKE_RECORD => {
+                self.serve_mtls(stream, peer, deadline, watcher).await;
+            }
+            Ok(Ok(_)) => self.serve_plaintext(stream, peer, watcher).await,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "inbound connection failed before its first byte");
+            }
+            Err(_) => {
+                // Nothing arrived: as before plaintext existed, a handshake that timed out.
+                self.metrics.handshake_failure(Direction::Inbound);
+                tracing::info!(%peer, "inbound mTLS handshake timed out");
+            }
+        }
+    }
+
+    /// mTLS handshake (by `deadline`), then HTTP or an opaque TCP stream by ALPN.
+    async fn serve_mtls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        deadline: Instant,
+        watcher: Watcher,
+    ) {
         let local_ip = stream.local_addr().ok().map(|a| a.ip());
         let Some(tls) = self.tls.borrow().clone() else {
             tracing::debug!(%peer, "inbound connection refused: no certificate yet");
             return;
         };
         let accept = TlsAcceptor::from(tls.inbound()).accept(stream);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        let stream = match tokio::time::timeout_at(deadline, accept).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.metrics.handshake_failure(Direction::Inbound);
@@ -130,32 +196,32 @@ impl Inbound {
                 .map_or("none".to_owned(), |p| p.to_string());
             HeaderValue::try_from(format!("{version} {cipher} peer={peer}")).ok()
         });
+        // Computed once per connection; the app never sees a caller-supplied value.
+        let own_identity = tls.credentials().identity();
+        let xfcc = peer_identity
+            .as_ref()
+            .and_then(|peer| HeaderValue::try_from(format!("By={own_identity};URI={peer}")).ok());
         let ctx = Arc::new(ConnContext {
-            debug: debug.flatten(),
+            transport: Transport::Mtls { target_port },
             peer_label: peer_identity
                 .as_ref()
-                .map_or_else(|| "none".to_owned(), |id| id.to_string()),
+                .map_or_else(|| UNAUTHENTICATED.to_owned(), |id| id.to_string()),
             peer_identity,
             peer_addr: peer,
             local_ip,
             sni,
-            target_port,
-            own_identity: tls.credentials().identity().clone(),
+            xfcc,
+            debug: debug.flatten(),
         });
         if tcp {
             // The watcher is held for the stream's life: a drain waits for it, up to the
             // deadline.
             let _drain = watcher;
-            self.serve_tcp(stream, &ctx).await;
+            self.serve_tcp(stream, &ctx, target_port).await;
             return;
         }
-        let this = self.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(this.handle(req, &ctx).await) }
-        });
         let io = TokioIo::new(stream);
+        let service = self.service(ctx);
         let result = if h2 {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -175,17 +241,97 @@ impl Inbound {
         }
     }
 
+    /// A plaintext connection: served as HTTP/1.1 or h2c if the current view is PERMISSIVE,
+    /// else closed before any byte reaches the app.
+    async fn serve_plaintext(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) {
+        let mode = self
+            .view
+            .borrow()
+            .as_ref()
+            .map(|view| view.settings.mtls_mode);
+        if mode != Some(MtlsMode::Permissive) {
+            let reason = match mode {
+                None => "no configuration yet",
+                Some(_) => "the mesh mTLS mode is STRICT",
+            };
+            self.metrics.plaintext_refused(PlaintextStage::Connection);
+            tracing::info!(%peer, reason, "inbound plaintext connection refused");
+            // Dropping the socket with the caller's bytes unread closes it (RST on Linux).
+            return;
+        }
+        let debug = self
+            .debug_headers
+            .then(|| HeaderValue::from_static("plaintext peer=unauthenticated"));
+        let ctx = Arc::new(ConnContext {
+            transport: Transport::Plaintext,
+            peer_identity: None,
+            peer_label: UNAUTHENTICATED.to_owned(),
+            peer_addr: peer,
+            local_ip: stream.local_addr().ok().map(|a| a.ip()),
+            sni: None,
+            xfcc: None,
+            debug,
+        });
+        let io = TokioIo::new(stream);
+        let service = self.service(ctx);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_concurrent_streams(1024);
+        let conn = builder.serve_connection(io, service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%peer, error = %e, "inbound plaintext connection ended with an error");
+        }
+    }
+
+    /// The per-request service of one connection.
+    fn service(
+        self: Arc<Self>,
+        ctx: Arc<ConnContext>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+    > + Clone {
+        hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, &ctx).await) }
+        })
+    }
+
     async fn handle(&self, req: Request<Incoming>, conn: &ConnContext) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = is_grpc(req.headers());
+        let version = req.version();
         let response = match self.forward(req, conn).await {
             Ok(r) => r,
             Err(failure) => {
-                // Denials were logged with their policy where they were decided.
-                if !matches!(failure, Failure::Denied { .. }) {
+                // Denials were logged with their policy where they were decided, plaintext
+                // refusals with the caller's address.
+                if !matches!(failure, Failure::Denied { .. } | Failure::PlaintextRefused) {
                     tracing::info!(direction = "inbound", peer = %conn.peer_label, error = %failure, "request failed");
                 }
-                failure.into_response(grpc)
+                let close =
+                    matches!(failure, Failure::PlaintextRefused) && version < Version::HTTP_2;
+                let mut response = failure.into_response(grpc);
+                if close {
+                    // The caller reconnects and is refused at connection level.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         };
         self.metrics.request(
@@ -205,7 +351,22 @@ impl Inbound {
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;
-        let (port, protocol) = target(&view, conn.target_port)?;
+        let (port, protocol) = match conn.transport {
+            Transport::Mtls { target_port } => target(&view.workload, target_port)?,
+            Transport::Plaintext => {
+                // A connection opened in PERMISSIVE mode gets nothing once the mesh is STRICT.
+                if view.settings.mtls_mode != MtlsMode::Permissive {
+                    self.metrics.plaintext_refused(PlaintextStage::Request);
+                    tracing::info!(
+                        peer = %conn.peer_addr,
+                        reason = "the mesh mTLS mode is STRICT",
+                        "inbound plaintext request refused"
+                    );
+                    return Err(Failure::PlaintextRefused);
+                }
+                plaintext_target(&view.workload, authority_port(&req))?
+            }
+        };
         self.authorize(&view, &req, port, conn)?;
         let request = to_app_request(req, protocol, conn)?;
         let response = self
@@ -297,13 +458,18 @@ impl Inbound {
     /// Serves an opaque TCP stream: connection-level authorization before any byte reaches
     /// the app, then bytes both ways until either side closes or a new configuration
     /// denies the stream.
-    async fn serve_tcp(&self, mut stream: TlsStream<TcpStream>, conn: &ConnContext) {
+    async fn serve_tcp(
+        &self,
+        mut stream: TlsStream<TcpStream>,
+        conn: &ConnContext,
+        target_port: Option<u16>,
+    ) {
         let mut view_rx = self.view.clone();
         let Some(view) = view_rx.borrow_and_update().clone() else {
             tracing::debug!(peer = %conn.peer_addr, "inbound TCP refused: no configuration yet");
             return;
         };
-        let port = match target(&view, conn.target_port) {
+        let port = match target(&view.workload, target_port) {
             Ok((port, _)) => port,
             Err(e) => {
                 tracing::info!(peer = %conn.peer_label, error = %e, "inbound TCP refused");
@@ -398,12 +564,12 @@ impl Inbound {
     }
 }
 
-/// The app port a connection is for (from SNI, or the workload's only port) and its protocol.
-fn target(view: &MeshView, from_sni: Option<u16>) -> Result<(u16, Protocol), Failure> {
+/// The app port an mTLS connection is for (from SNI, or the workload's only port) and its
+/// protocol.
+fn target(workload: &LocalWorkload, from_sni: Option<u16>) -> Result<(u16, Protocol), Failure> {
     let port = match from_sni {
         Some(p) => p,
-        None if view.workload.ports.len() == 1 => view
-            .workload
+        None if workload.ports.len() == 1 => workload
             .ports
             .keys()
             .next()
@@ -411,12 +577,45 @@ fn target(view: &MeshView, from_sni: Option<u16>) -> Result<(u16, Protocol), Fai
             .ok_or(Failure::UnknownPort(0))?,
         None => return Err(Failure::UnknownPort(0)),
     };
-    let protocol = *view
-        .workload
+    let protocol = *workload
         .ports
         .get(&port)
         .ok_or(Failure::UnknownPort(port))?;
     Ok((port, protocol))
+}
+
+/// The app port a plaintext request is for: a plaintext caller sends no SNI, so the
+/// workload's only port if it has exactly one, else the port of the request's authority
+/// (`:authority` or `Host`) if it is one of the workload's ports; anything else is
+/// [`Failure::UnknownPort`] (404).
+///
+/// With transparent capture (`palisade init`'s iptables REDIRECT) the connection's original
+/// destination (`SO_ORIGINAL_DST`) names the port the caller dialled; once the inbound
+/// listener reads it, it should take precedence over the authority here.
+fn plaintext_target(
+    workload: &LocalWorkload,
+    authority_port: Option<u16>,
+) -> Result<(u16, Protocol), Failure> {
+    if workload.ports.len() == 1 {
+        return target(workload, None);
+    }
+    target(
+        workload,
+        Some(authority_port.ok_or(Failure::UnknownPort(0))?),
+    )
+}
+
+/// The port of a request's authority: the URI's (HTTP/2 `:authority`, absolute form), else
+/// the `Host` header's.
+fn authority_port<B>(req: &Request<B>) -> Option<u16> {
+    if let Some(authority) = req.uri().authority() {
+        return authority.port_u16();
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok())
+        .and_then(|a| a.port_u16())
 }
 
 fn attrs<'a>(conn: &'a ConnContext, port: u16, http: Option<HttpAttrs<'a>>) -> RequestAttrs<'a> {
@@ -436,8 +635,8 @@ fn destination_label(view: &MeshView, port: u16) -> String {
 }
 
 /// Rewrites a request from a peer for the app: hop-by-hop headers removed, the caller's
-/// identity in `x-forwarded-client-cert` (any value the caller sent is replaced), and the
-/// version the app port speaks.
+/// verified identity in `x-forwarded-client-cert` (any value the caller sent is removed, and
+/// a plaintext caller gets none), and the version the app port speaks.
 fn to_app_request(
     req: Request<Incoming>,
     protocol: Protocol,
@@ -446,10 +645,8 @@ fn to_app_request(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(XFCC);
-    if let Some(peer) = &conn.peer_identity
-        && let Ok(value) = HeaderValue::try_from(format!("By={};URI={}", conn.own_identity, peer))
-    {
-        parts.headers.insert(XFCC, value);
+    if let Some(xfcc) = &conn.xfcc {
+        parts.headers.insert(XFCC, xfcc.clone());
     }
     let authority = match parts.uri.authority() {
         Some(a) => a.clone(),
@@ -506,4 +703,70 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(ports: &[(u16, Protocol)]) -> LocalWorkload {
+        LocalWorkload {
+            name: "search".into(),
+            namespace: "shop".into(),
+            identity: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/search")
+                .unwrap_or_else(|e| panic!("{e}")),
+            labels: Default::default(),
+            ports: ports.iter().copied().collect(),
+        }
+    }
+
+    fn port_of(result: Result<(u16, Protocol), Failure>) -> Result<u16, u16> {
+        match result {
+            Ok((port, _)) => Ok(port),
+            Err(Failure::UnknownPort(p)) => Err(p),
+            Err(other) => panic!("unexpected failure {other}"),
+        }
+    }
+
+    #[test]
+    fn a_plaintext_request_goes_to_the_only_port_whatever_its_authority_says() {
+        let one = workload(&[(8080, Protocol::Http1)]);
+        assert_eq!(port_of(plaintext_target(&one, None)), Ok(8080));
+        // A Service port in the Host header (80 → targetPort 8080) still reaches the app.
+        assert_eq!(port_of(plaintext_target(&one, Some(80))), Ok(8080));
+    }
+
+    #[test]
+    fn with_several_ports_the_authority_port_must_be_one_of_them() {
+        let two = workload(&[(8080, Protocol::Http1), (9090, Protocol::Grpc)]);
+        assert_eq!(port_of(plaintext_target(&two, Some(9090))), Ok(9090));
+        assert_eq!(port_of(plaintext_target(&two, Some(8080))), Ok(8080));
+        assert_eq!(port_of(plaintext_target(&two, Some(80))), Err(80));
+        assert_eq!(port_of(plaintext_target(&two, None)), Err(0));
+        assert_eq!(port_of(plaintext_target(&workload(&[]), Some(80))), Err(80));
+    }
+
+    #[test]
+    fn the_authority_port_comes_from_the_uri_then_the_host_header() {
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = Request::get(uri);
+            if let Some(h) = host {
+                b = b.header(header::HOST, h);
+            }
+            b.body(()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(
+            authority_port(&req("/", Some("search.shop:8080"))),
+            Some(8080)
+        );
+        assert_eq!(authority_port(&req("/", Some("10.0.0.1:9090"))), Some(9090));
+        assert_eq!(authority_port(&req("/", Some("[::1]:81"))), Some(81));
+        assert_eq!(authority_port(&req("/", Some("search.shop"))), None);
+        assert_eq!(authority_port(&req("/", None)), None);
+        assert_eq!(authority_port(&req("/", Some("bad host:1"))), None);
+        assert_eq!(
+            authority_port(&req("http://search.shop:7000/", Some("search.shop:8080"))),
+            Some(7000)
+        );
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! At start it binds its listeners, makes its own ECDSA P-256 key, obtains a workload
 //! certificate from the control plane (renewed at 70% of its life), and subscribes to the
-//! discovery stream. Inbound (15006) terminates mTLS from peer sidecars and forwards to the
-//! app; outbound (15001) takes plaintext HTTP from the app and originates mTLS to the peer
+//! discovery stream. Inbound (15006) terminates mTLS from peer sidecars (and, only while
+//! MeshConfig `mtls.mode` is PERMISSIVE, serves plaintext HTTP callers as unauthenticated)
+//! and forwards to the app; outbound (15001) takes plaintext HTTP from the app and originates mTLS to the peer
 //! sidecar that serves the destination, verifying its SPIFFE ID. Admin (15000) reports
 //! liveness, readiness, metrics, certificates and configuration.
 //!

@@ -31,6 +31,31 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+/// Where a plaintext caller was refused at inbound; the label value is `connection` or
+/// `request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PlaintextStage {
+    /// A new plaintext connection while the mode is STRICT (or no configuration yet):
+    /// closed before any byte reached the app.
+    Connection,
+    /// A request on a plaintext connection opened in PERMISSIVE mode, after the mesh
+    /// switched to STRICT: answered 403 `mtls-strict`, never forwarded.
+    Request,
+}
+
+impl EncodeLabelValue for PlaintextStage {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            PlaintextStage::Connection => "connection",
+            PlaintextStage::Request => "request",
+        })
+    }
+}
+
 /// Labels of the request counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -38,7 +63,8 @@ pub struct RequestLabels {
     pub direction: Direction,
     /// HTTP status code returned.
     pub status: u16,
-    /// The other side's SPIFFE ID (inbound: the caller; outbound: the server), or "none".
+    /// The other side's SPIFFE ID: inbound, the caller's, or `unauthenticated` (a plaintext
+    /// caller, as the authorization metrics' `source`); outbound, the server's, or `none`.
     pub peer: String,
 }
 
@@ -58,6 +84,11 @@ pub struct AuthzLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirectionLabels {
     direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PlaintextLabels {
+    stage: PlaintextStage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -83,6 +114,7 @@ pub struct Metrics {
     latency: HistogramFamily<DirectionLabels>,
     connections: Family<DirectionLabels, Counter>,
     handshake_failures: Family<DirectionLabels, Counter>,
+    plaintext_refused: Family<PlaintextLabels, Counter>,
     cert_expiry: Gauge,
     cert_renewals: Counter,
     cert_failures: Counter,
@@ -127,6 +159,14 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed (bad or missing certificate, wrong identity), by direction",
             handshake_failures.clone(),
+        );
+        let plaintext_refused = Family::<PlaintextLabels, Counter>::default();
+        registry.register(
+            "inbound_plaintext_refused",
+            "Plaintext callers refused at inbound because the mesh mTLS mode is STRICT (or no \
+             configuration has arrived): new connections (stage=connection), and requests on \
+             connections opened in PERMISSIVE mode (stage=request)",
+            plaintext_refused.clone(),
         );
         let cert_expiry = Gauge::default();
         registry.register(
@@ -183,6 +223,7 @@ impl Metrics {
             latency,
             connections,
             handshake_failures,
+            plaintext_refused,
             cert_expiry,
             cert_renewals,
             cert_failures,
@@ -219,6 +260,13 @@ impl Metrics {
     pub fn handshake_failure(&self, direction: Direction) {
         self.handshake_failures
             .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Records a plaintext caller refused at inbound.
+    pub fn plaintext_refused(&self, stage: PlaintextStage) {
+        self.plaintext_refused
+            .get_or_create(&PlaintextLabels { stage })
             .inc();
     }
 

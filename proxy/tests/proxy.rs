@@ -18,3 +18,8 @@ mod tcp;
 /// Destinations outside the mesh: REGISTRY_ONLY, EgressPolicy, ALLOW_ANY.
 #[path = "proxy/egress.rs"]
 mod egress;
+
+/// MeshConfig mTLS mode: plaintext callers refused in STRICT, served unauthenticated in
+/// PERMISSIVE.
+#[path = "proxy/permissive.rs"]
+mod permissive;

@@ -90,11 +90,20 @@ pub fn egress(rules: Vec<v1::EgressRule>) -> v1::DiscoveryResponse {
     response(Resources::Egress(v1::EgressSnapshot { rules }))
 }
 
-pub fn mesh_settings(default_allow: bool, allow_any: bool, hide: bool) -> v1::DiscoveryResponse {
+pub fn mesh_settings(
+    default_allow: bool,
+    allow_any: bool,
+    hide: bool,
+    permissive: bool,
+) -> v1::DiscoveryResponse {
     response(Resources::Mesh(v1::MeshSettings {
         trust_domain: "cluster.local".into(),
         root_namespace: "palisade-system".into(),
-        mtls_mode: v1::MtlsMode::Strict as i32,
+        mtls_mode: if permissive {
+            v1::MtlsMode::Permissive
+        } else {
+            v1::MtlsMode::Strict
+        } as i32,
         outbound_policy: if allow_any {
             v1::OutboundPolicy::AllowAny
         } else {
@@ -112,17 +121,21 @@ pub fn mesh_settings(default_allow: bool, allow_any: bool, hide: bool) -> v1::Di
 
 // === apps ===
 
-/// An HTTP/1.1 app answering `<path and query>` and counting requests.
+/// An HTTP/1.1 app answering `<path and query>`, counting requests and keeping the headers
+/// of each.
 pub struct HttpApp {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
+    pub headers: Arc<Mutex<Vec<http::HeaderMap>>>,
 }
 
 pub async fn http_app(shutdown: CancellationToken) -> HttpApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
+    let headers = Arc::new(Mutex::new(Vec::new()));
     let count = requests.clone();
+    let seen = headers.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -130,10 +143,12 @@ pub async fn http_app(shutdown: CancellationToken) -> HttpApp {
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             };
             let count = count.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: Request<hyper::body::Incoming>| {
                         count.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(req.headers().clone());
                         let body = req
                             .uri()
                             .path_and_query()
@@ -147,7 +162,11 @@ pub async fn http_app(shutdown: CancellationToken) -> HttpApp {
             });
         }
     });
-    HttpApp { addr, requests }
+    HttpApp {
+        addr,
+        requests,
+        headers,
+    }
 }
 
 /// A TCP echo server counting the connections that reach it.
@@ -235,6 +254,8 @@ pub struct MeshOptions {
     pub search_policies: Vec<v1::AuthorizationPolicy>,
     pub frontend_egress: Vec<v1::EgressRule>,
     pub log_decisions: bool,
+    /// MeshConfig `mtls.mode: PERMISSIVE` (else STRICT).
+    pub permissive: bool,
 }
 
 impl Default for MeshOptions {
@@ -246,6 +267,7 @@ impl Default for MeshOptions {
             search_policies: Vec::new(),
             frontend_egress: Vec::new(),
             log_decisions: false,
+            permissive: false,
         }
     }
 }
@@ -295,6 +317,7 @@ impl Mesh {
             options.default_allow,
             options.allow_any,
             options.hide_denial_reasons,
+            options.permissive,
         );
         let app = http_app(shutdown.clone()).await;
         let echo = echo_app(shutdown.clone()).await;
