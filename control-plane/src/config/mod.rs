@@ -79,18 +79,38 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        let mut line = self.file.display().to_string();
         if let Some(loc) = self.location {
-            write!(f, ":{}:{}", loc.line, loc.column)?;
+            line.push_str(&format!(":{}:{}", loc.line, loc.column));
         }
         if let Some(doc) = &self.document {
-            write!(f, ": {doc}")?;
+            line.push_str(&format!(": {doc}"));
         }
         if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
+            line.push_str(&format!(": {field}"));
         }
-        write!(f, ": {}", self.message)
+        line.push_str(&format!(": {}", self.message));
+        // Names, fields and paths come from the user's files: a line break in any of them
+        // must not split the one-line error (or forge a second log line).
+        f.write_str(&escape_line_breaks(&line))
     }
+}
+
+/// Escapes control characters and Unicode line/paragraph separators, keeping one line.
+fn escape_line_breaks(text: &str) -> std::borrow::Cow<'_, str> {
+    let breaks = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(breaks) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if breaks(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl ConfigError {
@@ -475,5 +495,29 @@ mod tests {
         assert!(!is_config_file(Path::new("d/.a.yaml")));
         assert!(!is_config_file(Path::new("d/a.json")));
         assert!(!is_config_file(Path::new("d/a.yaml.swp")));
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::*;
+
+    #[test]
+    fn names_with_line_breaks_stay_on_one_line() {
+        let err = ConfigError {
+            file: PathBuf::from("p.yaml"),
+            location: None,
+            document: Some(DocumentRef {
+                index: 1,
+                kind: "Workload".into(),
+                namespace: "shop".into(),
+                name: "a\nb\r\u{85}c\u{2028}".into(),
+            }),
+            field: Some("metadata.labels[x\ny]".into()),
+            message: "bad".into(),
+        };
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(text.contains("a\\nb\\r"), "{text}");
     }
 }

@@ -1,7 +1,7 @@
 //! An `AuthorizationSnapshot` off the wire → `Authorizer` → one decision: never panics,
 //! whatever the control plane (or an attacker who got between) sends.
 
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use libfuzzer_sys::fuzz_target;
 use palisade_certs::SpiffeId;
@@ -9,7 +9,9 @@ use palisade_proto::v1;
 use palisade_proxy::authz::{Authorizer, HttpAttrs, RequestAttrs};
 use prost::Message;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|data: &[u8]| check(data));
+
+fn check(data: &[u8]) {
     let Ok(snapshot) = v1::AuthorizationSnapshot::decode(data) else {
         return;
     };
@@ -42,4 +44,14 @@ fuzz_target!(|data: &[u8]| {
             let _ = decision.explain();
         }
     }
-});
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_on_sample_inputs() {
+        for input in [&b""[..], b"\x0a\x00", b"\x08\x01", b"\xff\xff\xff"] {
+            super::check(input);
+        }
+    }
+}

@@ -1,12 +1,14 @@
 //! `normalize_path` on arbitrary strings: never panics; what it returns is absolute, has no
 //! dot segment, no query, and is a fixed point (normalising it again changes nothing).
 
-#![no_main]
+#![cfg_attr(not(test), no_main)]
 
 use libfuzzer_sys::fuzz_target;
 use palisade_proxy::authz::normalize_path;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|data: &[u8]| check(data));
+
+fn check(data: &[u8]) {
     let Ok(input) = std::str::from_utf8(data) else {
         return;
     };
@@ -23,4 +25,22 @@ fuzz_target!(|data: &[u8]| {
             "{input:?}"
         );
     }
-});
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_on_sample_inputs() {
+        for input in [
+            &b""[..],
+            b"/",
+            b"/a/../b%41?x",
+            b"/a/./b//c#f",
+            b"a\\b",
+            b"/%2e%2E/x",
+            b"\xff",
+        ] {
+            super::check(input);
+        }
+    }
+}
