@@ -68,7 +68,9 @@ wait_http() { # url pid name
 
 install_tools
 log "building release binaries"
-(cd "$ROOT" && cargo build --release -q --bin palisade --example shop_app)
+# Two invocations: the example pulls in dev-dependency features, and building it together
+# with the binary would give the binary a feature set other release builds do not share.
+(cd "$ROOT" && cargo build --release -q --bin palisade && cargo build --release -q --example shop_app)
 TARGET=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 PALISADE=$TARGET/release/palisade
 SHOP=$TARGET/release/examples/shop_app
