@@ -20,11 +20,13 @@
 
 pub mod admin;
 pub mod app;
+mod authority;
 pub mod authz;
 pub mod control;
 pub mod discovery;
 pub mod egress;
 pub mod enforce;
+mod h2;
 pub mod http;
 pub mod identity;
 pub mod inbound;

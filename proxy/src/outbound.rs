@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version, header};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -28,7 +28,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::authority;
 use crate::enforce::{self, Subject};
+use crate::h2;
 use crate::http::{
     Failure, OUTBOUND_REGISTRY_ONLY, ProxyBody, full, is_grpc, streamed, strip_hop_by_hop,
 };
@@ -70,12 +72,7 @@ impl Outbound {
             let this = self.clone();
             async move { Ok::<_, Infallible>(this.handle(req).await) }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .max_concurrent_streams(1024);
+        let builder = h2::auto_server();
         // With upgrades: CONNECT hands the connection over to a tunnel.
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -117,7 +114,9 @@ impl Outbound {
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;
-        let authority = destination(&req)?;
+        // Read once: it picks the route, is what egress rules match, and is what the next
+        // hop is addressed with.
+        let authority = authority::of(req.uri(), req.headers())?;
         let port = authority.port_u16().unwrap_or(80);
         let Some(route) = view.services.resolve(authority.host(), port) else {
             let path = req.uri().path_and_query().map(|pq| pq.as_str());
@@ -130,7 +129,7 @@ impl Outbound {
             identity: endpoint.identity.clone(),
             target_port: route.target_port,
         };
-        let request = to_mesh_request(req, &authority);
+        let request = to_mesh_request(req, &authority)?;
         let response = self.pool.send(&key, request).await.map_err(|e| {
             if matches!(e, PeerError::Handshake(_)) {
                 // A peer with a bad or wrong certificate: counted like inbound refusals.
@@ -257,7 +256,7 @@ impl Outbound {
     ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.uri = absolute_uri(&parts.uri, &authority)?;
+        parts.uri = authority::absolute_uri(std::mem::take(&mut parts.uri), &authority)?;
         parts.version = Version::HTTP_11;
         let response = self
             .passthrough
@@ -311,49 +310,18 @@ fn bare_host(host: &str) -> &str {
         .unwrap_or(host)
 }
 
-/// Where the app wants to go: the absolute URI's authority, else `:authority`/`Host`.
-fn destination(req: &Request<Incoming>) -> Result<Authority, Failure> {
-    if let Some(authority) = req.uri().authority() {
-        return Ok(authority.clone());
-    }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .ok_or(Failure::NoDestination)?;
-    let text = host
-        .to_str()
-        .map_err(|_| Failure::BadAuthority(format!("{host:?}")))?;
-    text.parse::<Authority>()
-        .map_err(|_| Failure::BadAuthority(text.to_owned()))
-}
-
-fn absolute_uri(uri: &Uri, authority: &Authority) -> Result<Uri, Failure> {
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    Uri::from_parts(parts).map_err(|_| Failure::BadAuthority(authority.to_string()))
-}
-
 /// Rewrites an app request for the HTTP/2 hop between sidecars.
-fn to_mesh_request(req: Request<Incoming>, authority: &Authority) -> Request<ProxyBody> {
+fn to_mesh_request(
+    req: Request<Incoming>,
+    authority: &Authority,
+) -> Result<Request<ProxyBody>, Failure> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // HTTP/2 carries the authority as :authority; a Host header would duplicate it.
     parts.headers.remove(header::HOST);
-    let mut uri = parts.uri.clone().into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    if let Ok(u) = Uri::from_parts(uri) {
-        parts.uri = u;
-    }
+    parts.uri = authority::absolute_uri(std::mem::take(&mut parts.uri), authority)?;
     parts.version = Version::HTTP_2;
-    Request::from_parts(parts, streamed(body))
+    Ok(Request::from_parts(parts, streamed(body)))
 }
 
 /// Cleans a response from upstream for the app.

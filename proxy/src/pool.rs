@@ -13,7 +13,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use palisade_certs::{ALPN_H2, SpiffeId};
 use rustls_pki_types::{DnsName, ServerName};
 use tokio::net::TcpStream;
@@ -199,15 +199,7 @@ impl PeerPool {
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(PeerError::NoH2);
         }
-        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .max_frame_size(1 << 16)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
-            .await?;
+        let (send, conn) = crate::h2::client().handshake(TokioIo::new(stream)).await?;
         let addr = key.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -1,0 +1,435 @@
+//! HTTP on an inbound connection: each request is authorized, then rewritten for the app
+//! and forwarded to it.
+//!
+//! Authorization is per request against the view current at that moment, so a policy push
+//! applies to open connections at once (STYLE habit 6).
+//!
+//! A plaintext request (PERMISSIVE mode) has no verified identity: authorization sees
+//! `source: None` (the evaluator's fail-closed rule), the app gets no
+//! `x-forwarded-client-cert` (any the caller sent is removed), and metrics and logs name the
+//! caller `unauthenticated`. Its target app port is chosen per request (see
+//! `plaintext_target`).
+//!
+//! A plaintext connection opened while the mesh was PERMISSIVE is re-checked on every
+//! request (one field read of the current view): once the mesh is STRICT, the request is
+//! refused with 403 (`x-palisade-denied-by: mtls-strict`, gRPC: `grpc-status: 7`), never
+//! forwarded, and counted with `stage="request"`; HTTP/1 responses carry `connection:
+//! close`, so the caller reconnects and meets the connection-level refusal.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::request;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::{ConnContext, Inbound, Transport, attrs, target};
+use crate::authority::{self, AuthorityError};
+use crate::authz::{HttpAttrs, normalized};
+use crate::h2;
+use crate::http::{BoxError, Failure, ProxyBody, XFCC, is_grpc, streamed, strip_hop_by_hop};
+use crate::metrics::{Direction, PlaintextStage};
+use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
+
+/// Response header describing the mTLS hop, when debug headers are on.
+const MTLS_DEBUG: http::HeaderName = http::HeaderName::from_static("x-palisade-mtls");
+
+/// How HTTP is spoken on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Codec {
+    /// HTTP/1.1 (mTLS without ALPN `h2`).
+    Http1,
+    /// HTTP/2 (mTLS with ALPN `h2`).
+    Http2,
+    /// HTTP/1.1 or h2c with prior knowledge, by what the caller sends (plaintext).
+    Auto,
+}
+
+// === impl Inbound: HTTP ===
+
+impl Inbound {
+    /// Serves HTTP on one connection until it closes or the drain ends it.
+    pub(super) async fn serve_http<S>(
+        self: Arc<Self>,
+        stream: S,
+        ctx: Arc<ConnContext>,
+        codec: Codec,
+        watcher: Watcher,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = ctx.peer_addr;
+        let plaintext = ctx.transport == Transport::Plaintext;
+        let io = TokioIo::new(stream);
+        let service = self.service(ctx);
+        let result: Result<(), BoxError> = match codec {
+            Codec::Http1 => {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service);
+                watcher.watch(conn).await.map_err(Into::into)
+            }
+            Codec::Http2 => {
+                let conn = h2::server().serve_connection(io, service);
+                watcher.watch(conn).await.map_err(Into::into)
+            }
+            Codec::Auto => {
+                let mut builder = h2::auto_server();
+                builder.http1().timer(TokioTimer::new());
+                watcher.watch(builder.serve_connection(io, service)).await
+            }
+        };
+        if let Err(e) = result {
+            if plaintext {
+                tracing::debug!(%peer, error = %e, "inbound plaintext connection ended with an error");
+            } else {
+                tracing::debug!(%peer, error = %e, "inbound connection ended with an error");
+            }
+        }
+    }
+
+    /// The per-request service of one connection.
+    fn service(
+        self: Arc<Self>,
+        ctx: Arc<ConnContext>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+    > + Clone {
+        hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, &ctx).await) }
+        })
+    }
+
+    async fn handle(&self, req: Request<Incoming>, conn: &ConnContext) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let grpc = is_grpc(req.headers());
+        let version = req.version();
+        let response = match self.forward(req, conn).await {
+            Ok(r) => r,
+            Err(failure) => {
+                // Denials were logged with their policy where they were decided, plaintext
+                // refusals with the caller's address.
+                if !matches!(failure, Failure::Denied { .. } | Failure::PlaintextRefused) {
+                    tracing::info!(direction = "inbound", peer = %conn.peer_label, error = %failure, "request failed");
+                }
+                let close =
+                    matches!(failure, Failure::PlaintextRefused) && version < Version::HTTP_2;
+                let mut response = failure.into_response(grpc);
+                if close {
+                    // The caller reconnects and is refused at connection level.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
+            }
+        };
+        self.metrics.request(
+            Direction::Inbound,
+            response.status().as_u16(),
+            &conn.peer_label,
+            start.elapsed().as_secs_f64(),
+        );
+        response
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnContext,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let view = self.view.borrow().clone().ok_or(Failure::NotReady(
+            "no configuration from the control plane yet",
+        ))?;
+        // Read once: it picks a plaintext request's port, is what `hosts` rules match, and
+        // is what the app is addressed with. Whether a bad one fails the request is decided
+        // where it is used (below), as each use did on its own before.
+        let authority = authority::of(req.uri(), req.headers());
+        let (port, protocol) = match conn.transport {
+            Transport::Mtls { target_port } => target(&view.workload, target_port)?,
+            Transport::Plaintext => {
+                // A connection opened in PERMISSIVE mode gets nothing once the mesh is STRICT.
+                if view.settings.mtls_mode != MtlsMode::Permissive {
+                    self.metrics.plaintext_refused(PlaintextStage::Request);
+                    tracing::info!(
+                        peer = %conn.peer_addr,
+                        reason = "the mesh mTLS mode is STRICT",
+                        "inbound plaintext request refused"
+                    );
+                    return Err(Failure::PlaintextRefused);
+                }
+                let authority_port = authority.as_ref().ok().and_then(Authority::port_u16);
+                plaintext_target(&view.workload, authority_port)?
+            }
+        };
+        self.authorize(&view, &req, authz_host(&authority), port, conn)?;
+        let (mut parts, body) = req.into_parts();
+        to_app_request(&mut parts, authority, protocol, conn.xfcc.as_ref())?;
+        let response = self
+            .apps
+            .get(port, protocol)
+            .request(Request::from_parts(parts, streamed(body)))
+            .await
+            .map_err(|e| Failure::AppUnavailable {
+                port,
+                reason: error_chain(&e),
+            })?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(debug) = &conn.debug {
+            parts.headers.insert(MTLS_DEBUG, debug.clone());
+        }
+        Ok(Response::from_parts(parts, streamed(body)))
+    }
+
+    /// Decides one HTTP request; counts and logs denials and audits.
+    fn authorize(
+        &self,
+        view: &MeshView,
+        req: &Request<Incoming>,
+        host: &str,
+        port: u16,
+        conn: &ConnContext,
+    ) -> Result<(), Failure> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path(), PathAndQuery::as_str);
+        let http = HttpAttrs {
+            method: req.method().as_str(),
+            host,
+            path,
+            headers: req.headers(),
+        };
+        let decision = view
+            .authz
+            .decide(&attrs(conn, port, Some(http)), view.settings.default_allow);
+        self.observe(view, conn, port, Some((http.method, path)), &decision);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(Failure::Denied {
+                by: decision.policy_label(),
+                hide: view.settings.hide_denial_reasons,
+            })
+        }
+    }
+}
+
+/// The host `hosts` rules match: the authority as sent; a malformed one too (so a policy
+/// still decides, and may deny, before the app request fails on it), and nothing when there
+/// is none or it is not text.
+fn authz_host(authority: &Result<Authority, AuthorityError>) -> &str {
+    match authority {
+        Ok(a) => a.as_str(),
+        Err(AuthorityError::Malformed(raw)) => raw,
+        Err(AuthorityError::Missing | AuthorityError::NotText(_)) => "",
+    }
+}
+
+/// The app port a plaintext request is for: a plaintext caller sends no SNI, so the
+/// workload's only port if it has exactly one, else the port of the request's authority
+/// (`:authority` or `Host`) if it is one of the workload's ports; anything else is
+/// [`Failure::UnknownPort`] (404).
+///
+/// With transparent capture (`palisade init`'s iptables REDIRECT) the connection's original
+/// destination (`SO_ORIGINAL_DST`) names the port the caller dialled; once the inbound
+/// listener reads it, it should take precedence over the authority here.
+fn plaintext_target(
+    workload: &LocalWorkload,
+    authority_port: Option<u16>,
+) -> Result<(u16, Protocol), Failure> {
+    if workload.ports.len() == 1 {
+        return target(workload, None);
+    }
+    target(
+        workload,
+        Some(authority_port.ok_or(Failure::UnknownPort(0))?),
+    )
+}
+
+/// Rewrites a request from a peer for the app: hop-by-hop headers removed, the caller's
+/// verified identity in `x-forwarded-client-cert` (any value the caller sent is removed, and
+/// a plaintext caller gets none), the URI rebuilt once around the request's authority with
+/// the path that was authorized, and the version the app port speaks.
+fn to_app_request(
+    parts: &mut request::Parts,
+    authority: Result<Authority, AuthorityError>,
+    protocol: Protocol,
+    xfcc: Option<&HeaderValue>,
+) -> Result<(), Failure> {
+    let authority = match authority {
+        Ok(a) => a,
+        // With no usable Host the app is addressed as `localhost`.
+        Err(AuthorityError::Missing | AuthorityError::NotText(_)) => {
+            Authority::from_static("localhost")
+        }
+        Err(e @ AuthorityError::Malformed(_)) => return Err(e.into()),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(XFCC);
+    if let Some(xfcc) = xfcc {
+        parts.headers.insert(XFCC, xfcc.clone());
+    }
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    // The app gets the path that was authorized (as Istio's sidecar does), so it cannot
+    // read `/a/../admin` or `/%61dmin` differently from the policy.
+    if let Some(pq) = &uri.path_and_query
+        && let Ok(Cow::Owned(path)) = normalized(pq.as_str())
+    {
+        let rebuilt = match pq.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        if let Ok(pq) = PathAndQuery::try_from(rebuilt) {
+            uri.path_and_query = Some(pq);
+        }
+    }
+    parts.uri = authority::absolute_uri(uri, &authority)?;
+    if protocol.is_http2() {
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(header::HOST);
+    } else {
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_certs::SpiffeId;
+
+    fn workload(ports: &[(u16, Protocol)]) -> LocalWorkload {
+        LocalWorkload {
+            name: "search".into(),
+            namespace: "shop".into(),
+            identity: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/search")
+                .unwrap_or_else(|e| panic!("{e}")),
+            labels: Default::default(),
+            ports: ports.iter().copied().collect(),
+        }
+    }
+
+    fn port_of(result: Result<(u16, Protocol), Failure>) -> Result<u16, u16> {
+        match result {
+            Ok((port, _)) => Ok(port),
+            Err(Failure::UnknownPort(p)) => Err(p),
+            Err(other) => panic!("unexpected failure {other}"),
+        }
+    }
+
+    #[test]
+    fn a_plaintext_request_goes_to_the_only_port_whatever_its_authority_says() {
+        let one = workload(&[(8080, Protocol::Http1)]);
+        assert_eq!(port_of(plaintext_target(&one, None)), Ok(8080));
+        // A Service port in the Host header (80 → targetPort 8080) still reaches the app.
+        assert_eq!(port_of(plaintext_target(&one, Some(80))), Ok(8080));
+    }
+
+    #[test]
+    fn with_several_ports_the_authority_port_must_be_one_of_them() {
+        let two = workload(&[(8080, Protocol::Http1), (9090, Protocol::Grpc)]);
+        assert_eq!(port_of(plaintext_target(&two, Some(9090))), Ok(9090));
+        assert_eq!(port_of(plaintext_target(&two, Some(8080))), Ok(8080));
+        assert_eq!(port_of(plaintext_target(&two, Some(80))), Err(80));
+        assert_eq!(port_of(plaintext_target(&two, None)), Err(0));
+        assert_eq!(port_of(plaintext_target(&workload(&[]), Some(80))), Err(80));
+    }
+
+    fn parts(uri: &str, host: Option<&str>) -> request::Parts {
+        let mut b = Request::get(uri);
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        b.header(XFCC, "forged")
+            .header(header::CONNECTION, "x-hop")
+            .header("x-hop", "1")
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_parts()
+            .0
+    }
+
+    fn app_request(
+        mut p: request::Parts,
+        protocol: Protocol,
+        xfcc: Option<&HeaderValue>,
+    ) -> Result<request::Parts, Failure> {
+        let authority = authority::of(&p.uri, &p.headers);
+        to_app_request(&mut p, authority, protocol, xfcc).map(|()| p)
+    }
+
+    #[test]
+    fn the_app_gets_an_absolute_uri_with_the_authorized_path_and_the_verified_identity() {
+        let xfcc = HeaderValue::from_static("By=a;URI=b");
+        let p = app_request(
+            parts("/a/../admin?x=1", Some("search.shop:8080")),
+            Protocol::Http1,
+            Some(&xfcc),
+        )
+        .unwrap();
+        assert_eq!(p.uri, "http://search.shop:8080/admin?x=1");
+        assert_eq!(p.version, Version::HTTP_11);
+        assert_eq!(p.headers[header::HOST], "search.shop:8080");
+        assert_eq!(p.headers[XFCC], "By=a;URI=b");
+        assert!(p.headers.get("x-hop").is_none());
+    }
+
+    #[test]
+    fn an_http2_app_gets_the_authority_in_the_uri_only_and_no_caller_xfcc() {
+        let p = app_request(parts("/", Some("search.shop")), Protocol::Grpc, None).unwrap();
+        assert_eq!(p.uri, "http://search.shop/");
+        assert_eq!(p.version, Version::HTTP_2);
+        assert!(p.headers.get(header::HOST).is_none());
+        assert!(p.headers.get(XFCC).is_none());
+    }
+
+    #[test]
+    fn a_request_without_host_addresses_localhost_and_a_bad_host_fails() {
+        let p = app_request(parts("/", None), Protocol::Http1, None).unwrap();
+        assert_eq!(p.uri, "http://localhost/");
+        assert_eq!(p.headers[header::HOST], "localhost");
+        let bad = app_request(parts("/", Some("bad host")), Protocol::Http1, None);
+        assert!(matches!(bad, Err(Failure::BadAuthority(s)) if s == "bad host"));
+    }
+
+    #[test]
+    fn hosts_rules_see_the_authority_as_sent() {
+        let ok = authority::of(&"/".parse().unwrap(), &parts("/", Some("A.shop:1")).headers);
+        assert_eq!(authz_host(&ok), "A.shop:1");
+        assert_eq!(
+            authz_host(&Err(AuthorityError::Malformed("bad host".into()))),
+            "bad host"
+        );
+        assert_eq!(authz_host(&Err(AuthorityError::Missing)), "");
+        assert_eq!(authz_host(&Err(AuthorityError::NotText("x".into()))), "");
+    }
+}

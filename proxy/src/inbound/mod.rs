@@ -1,0 +1,317 @@
+//! Inbound (15006): terminates mTLS from peer sidecars (a client certificate chaining to the
+//! trust bundle is required), learns the target app port from the SNI, authorizes each
+//! request, and forwards it to the app on the workload's own address, speaking what the
+//! port speaks.
+//!
+//! This module accepts and classifies a connection and builds its `ConnContext`; the two
+//! kinds of traffic it then carries have a module each: `http` (per-request authorization
+//! and the request the app gets) and `tcp` (opaque streams, ALPN `palisade-tcp`).
+//!
+//! **Plaintext (MeshConfig `mtls.mode: PERMISSIVE` only).** The first byte of every accepted
+//! connection is peeked (within the handshake timeout): `0x16`, a TLS handshake record, takes
+//! the mTLS path above. Anything else is plaintext:
+//! - if the current view's mode is PERMISSIVE, it is served as HTTP/1.1 or h2c (prior
+//!   knowledge) with no verified identity (see `http` for what that means per request).
+//!   Opaque (non-HTTP) plaintext is not supported: such a caller gets an HTTP parse error
+//!   and a closed connection.
+//! - otherwise (STRICT, or no configuration yet) the connection is closed before any byte
+//!   reaches the app, counted in `palisade_proxy_inbound_plaintext_refused_total{stage=
+//!   "connection"}` and logged at INFO with the caller's address.
+//!
+//! A switch back to STRICT applies to new connections at once, and to plaintext connections
+//! opened earlier from their next request on (see `http`). STRICT is never weakened by a
+//! connection opened before it.
+
+mod http;
+mod tcp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+// `::http` is the crate: inside this module, `http` names the submodule.
+use ::http::HeaderValue;
+use hyper_util::server::graceful::Watcher;
+use palisade_certs::{ALPN_H2, SpiffeId};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::AppClients;
+use crate::authz::{Decision, HttpAttrs, RequestAttrs};
+use crate::enforce::{self, Subject, UNAUTHENTICATED};
+use crate::http::Failure;
+use crate::metrics::{Direction, Metrics, PlaintextStage};
+use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
+use crate::pool::port_from_sni;
+use crate::tls::{ALPN_TCP, TlsState};
+
+use self::http::Codec;
+
+/// How long a client may take to send its first byte and complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS connection: a handshake record (RFC 8446 section 5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Shared state of the inbound listener.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Current mesh view.
+    pub view: watch::Receiver<Option<Arc<MeshView>>>,
+    /// Current TLS material.
+    pub tls: watch::Receiver<Option<Arc<TlsState>>>,
+    /// Clients to the local app.
+    pub apps: Arc<AppClients>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether responses carry `x-palisade-mtls`.
+    pub debug_headers: bool,
+    /// Whether every ALLOW decision is logged too (denials and audits always are).
+    pub log_decisions: bool,
+}
+
+/// How a connection reached the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// mTLS from a peer sidecar. `target_port` comes from SNI; `None` means "the workload's
+    /// only port".
+    Mtls { target_port: Option<u16> },
+    /// Plaintext, accepted in PERMISSIVE mode; the target port is chosen per request.
+    Plaintext,
+}
+
+/// What is known about one accepted connection.
+#[derive(Debug)]
+struct ConnContext {
+    transport: Transport,
+    /// The caller's verified identity; `None` for a plaintext caller.
+    peer_identity: Option<SpiffeId>,
+    /// The `peer` label of request metrics and logs: the identity, or `unauthenticated`.
+    peer_label: String,
+    /// The caller's address.
+    peer_addr: SocketAddr,
+    /// The address the caller connected to.
+    local_ip: Option<IpAddr>,
+    /// The TLS server name the caller sent.
+    sni: Option<String>,
+    /// The `x-forwarded-client-cert` the app gets; only a verified caller has one.
+    xfcc: Option<HeaderValue>,
+    /// `x-palisade-mtls` value, when debug headers are on.
+    debug: Option<HeaderValue>,
+}
+
+// === impl Inbound: accept and classify ===
+
+impl Inbound {
+    /// Serves one accepted connection: by its first byte, mTLS (handshake, then HTTP or an
+    /// opaque stream) or, in PERMISSIVE mode only, plaintext HTTP.
+    pub async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) {
+        self.metrics.connection(Direction::Inbound);
+        // One deadline for the first byte and the whole TLS handshake.
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(0)) => {
+                tracing::debug!(%peer, "inbound connection closed before its first byte");
+            }
+            Ok(Ok(_)) if first[0] == TLS_HANDSHAKE_RECORD => {
+                self.serve_mtls(stream, peer, deadline, watcher).await;
+            }
+            Ok(Ok(_)) => self.serve_plaintext(stream, peer, watcher).await,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "inbound connection failed before its first byte");
+            }
+            Err(_) => {
+                // Nothing arrived: as before plaintext existed, a handshake that timed out.
+                self.metrics.handshake_failure(Direction::Inbound);
+                tracing::info!(%peer, "inbound mTLS handshake timed out");
+            }
+        }
+    }
+
+    /// mTLS handshake (by `deadline`), then HTTP or an opaque TCP stream by ALPN.
+    async fn serve_mtls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        deadline: Instant,
+        watcher: Watcher,
+    ) {
+        let local_ip = stream.local_addr().ok().map(|a| a.ip());
+        let Some(tls) = self.tls.borrow().clone() else {
+            tracing::debug!(%peer, "inbound connection refused: no certificate yet");
+            return;
+        };
+        let accept = TlsAcceptor::from(tls.inbound()).accept(stream);
+        let stream = match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.metrics.handshake_failure(Direction::Inbound);
+                tracing::info!(%peer, error = %e, "inbound mTLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.metrics.handshake_failure(Direction::Inbound);
+                tracing::info!(%peer, "inbound mTLS handshake timed out");
+                return;
+            }
+        };
+        let (_, session) = stream.get_ref();
+        let peer_identity = palisade_certs::tls::peer_identity(session.peer_certificates());
+        let target_port = session.server_name().and_then(port_from_sni);
+        let h2 = session.alpn_protocol() == Some(ALPN_H2);
+        let tcp = session.alpn_protocol() == Some(ALPN_TCP);
+        let sni = session.server_name().map(str::to_owned);
+        let debug = self.debug_headers.then(|| {
+            let version = session
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .replace("TLSv1_3", "TLSv1.3")
+                .replace("TLSv1_2", "TLSv1.2");
+            let cipher = session
+                .negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .unwrap_or("unknown");
+            let peer = peer_identity
+                .as_ref()
+                .map_or("none".to_owned(), |p| p.to_string());
+            HeaderValue::try_from(format!("{version} {cipher} peer={peer}")).ok()
+        });
+        // Computed once per connection; the app never sees a caller-supplied value.
+        let own_identity = tls.credentials().identity();
+        let xfcc = peer_identity
+            .as_ref()
+            .and_then(|peer| HeaderValue::try_from(format!("By={own_identity};URI={peer}")).ok());
+        let ctx = Arc::new(ConnContext {
+            transport: Transport::Mtls { target_port },
+            peer_label: peer_identity
+                .as_ref()
+                .map_or_else(|| UNAUTHENTICATED.to_owned(), |id| id.to_string()),
+            peer_identity,
+            peer_addr: peer,
+            local_ip,
+            sni,
+            xfcc,
+            debug: debug.flatten(),
+        });
+        if tcp {
+            // The watcher is held for the stream's life: a drain waits for it, up to the
+            // deadline.
+            let _drain = watcher;
+            self.serve_tcp(stream, &ctx, target_port).await;
+            return;
+        }
+        let codec = if h2 { Codec::Http2 } else { Codec::Http1 };
+        self.serve_http(stream, ctx, codec, watcher).await;
+    }
+
+    /// A plaintext connection: served as HTTP/1.1 or h2c if the current view is PERMISSIVE,
+    /// else closed before any byte reaches the app.
+    async fn serve_plaintext(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) {
+        let mode = self
+            .view
+            .borrow()
+            .as_ref()
+            .map(|view| view.settings.mtls_mode);
+        if mode != Some(MtlsMode::Permissive) {
+            let reason = match mode {
+                None => "no configuration yet",
+                Some(_) => "the mesh mTLS mode is STRICT",
+            };
+            self.metrics.plaintext_refused(PlaintextStage::Connection);
+            tracing::info!(%peer, reason, "inbound plaintext connection refused");
+            // Dropping the socket with the caller's bytes unread closes it (RST on Linux).
+            return;
+        }
+        let debug = self
+            .debug_headers
+            .then(|| HeaderValue::from_static("plaintext peer=unauthenticated"));
+        let ctx = Arc::new(ConnContext {
+            transport: Transport::Plaintext,
+            peer_identity: None,
+            peer_label: UNAUTHENTICATED.to_owned(),
+            peer_addr: peer,
+            local_ip: stream.local_addr().ok().map(|a| a.ip()),
+            sni: None,
+            xfcc: None,
+            debug,
+        });
+        self.serve_http(stream, ctx, Codec::Auto, watcher).await;
+    }
+}
+
+// === impl Inbound: decisions (shared by HTTP and TCP) ===
+
+impl Inbound {
+    /// Counts and logs a decision, building labels only when something is recorded.
+    fn observe(
+        &self,
+        view: &MeshView,
+        conn: &ConnContext,
+        port: u16,
+        http: Option<(&str, &str)>,
+        decision: &Decision<&str>,
+    ) {
+        if decision.allowed && decision.audits.is_empty() && !self.log_decisions {
+            return;
+        }
+        let destination = destination_label(view, port);
+        let subject = Subject {
+            direction: Direction::Inbound,
+            source: conn.peer_identity.as_ref(),
+            destination: &destination,
+            method: http.map(|(m, _)| m),
+            path: http.map(|(_, p)| p),
+        };
+        enforce::record(&self.metrics, self.log_decisions, &subject, decision);
+    }
+}
+
+/// The app port an mTLS connection is for (from SNI, or the workload's only port) and its
+/// protocol.
+fn target(workload: &LocalWorkload, from_sni: Option<u16>) -> Result<(u16, Protocol), Failure> {
+    let port = match from_sni {
+        Some(p) => p,
+        None if workload.ports.len() == 1 => workload
+            .ports
+            .keys()
+            .next()
+            .copied()
+            .ok_or(Failure::UnknownPort(0))?,
+        None => return Err(Failure::UnknownPort(0)),
+    };
+    let protocol = *workload
+        .ports
+        .get(&port)
+        .ok_or(Failure::UnknownPort(port))?;
+    Ok((port, protocol))
+}
+
+/// What the authorizer sees of a connection (and, for HTTP, of one request on it).
+fn attrs<'a>(conn: &'a ConnContext, port: u16, http: Option<HttpAttrs<'a>>) -> RequestAttrs<'a> {
+    RequestAttrs {
+        source: conn.peer_identity.as_ref(),
+        source_ip: Some(conn.peer_addr.ip()),
+        destination_ip: conn.local_ip,
+        destination_port: port,
+        sni: conn.sni.as_deref(),
+        http,
+    }
+}
+
+/// `<workload namespace>/<workload name>:<port>`, the metric and log `destination`.
+fn destination_label(view: &MeshView, port: u16) -> String {
+    format!("{}/{}:{port}", view.workload.namespace, view.workload.name)
+}
