@@ -426,6 +426,7 @@ fn egress_rule_proto(p: &EgressPolicy) -> pb::EgressRule {
             })
             .collect(),
         ports: ports_proto(&p.ports),
+        ip_blocks: p.ip_blocks.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -259,8 +259,13 @@ pub struct EgressPolicy {
     pub name: String,
     /// Which workloads it applies to.
     pub selector: Selector,
-    /// Hosts the selected workloads may reach (never empty).
+    /// Hosts the selected workloads may reach, by the name the traffic carries (the Host of
+    /// plain HTTP, the SNI of TLS from the app).
     pub hosts: Vec<EgressHost>,
+    /// Address blocks the selected workloads may reach with any TCP, matched on the
+    /// destination address (for traffic that carries no name). `hosts` and `ip_blocks` are
+    /// never both empty.
+    pub ip_blocks: Vec<IpBlock>,
     /// Ports; empty means any.
     pub ports: Vec<u16>,
     /// Where it was defined.

@@ -319,6 +319,7 @@ mod tests {
                     policy: "shop/e".into(),
                     hosts: vec![],
                     ports: vec![0],
+                    ip_blocks: vec![],
                 }],
             }),
             v1::EGRESS_TYPE_URL,

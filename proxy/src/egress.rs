@@ -1,7 +1,10 @@
 //! Egress allowances: which destinations outside the mesh this workload may reach when the
 //! mesh's outbound policy is REGISTRY_ONLY. Pure; compiled once per `EgressSnapshot`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use palisade_proto::v1::{self, string_match::Kind};
 
@@ -38,8 +41,16 @@ impl EgressHost {
 struct EgressRule {
     policy: Arc<str>,
     hosts: Box<[EgressHost]>,
+    /// Destination address blocks, for traffic that carries no name.
+    ip_blocks: Box<[IpNet]>,
     /// Empty: any port.
     ports: Box<[u16]>,
+}
+
+impl EgressRule {
+    fn allows_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
 }
 
 /// Every egress allowance of this workload.
@@ -57,15 +68,32 @@ fn bare_host(host: &str) -> &str {
 }
 
 impl EgressRules {
-    /// The policy (`namespace/name`) allowing `host:port`, if any.
+    /// The policy (`namespace/name`) allowing `host:port` by name, if any. A host that is
+    /// an IP literal also matches the rules' address blocks.
     pub fn allows(&self, host: &str, port: u16) -> Option<&str> {
         let host = bare_host(host);
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && let Some(policy) = self.allows_address(ip, port)
+        {
+            return Some(policy);
+        }
         self.rules
             .iter()
-            .find(|r| {
-                (r.ports.is_empty() || r.ports.contains(&port))
-                    && r.hosts.iter().any(|h| h.matches(host))
-            })
+            .find(|r| r.allows_port(port) && r.hosts.iter().any(|h| h.matches(host)))
+            .map(|r| &*r.policy)
+    }
+
+    /// The policy allowing TCP to `ip:port` by address (`ipBlocks`), if any: the only match
+    /// for traffic that carries no name.
+    pub fn allows_address(&self, ip: IpAddr, port: u16) -> Option<&str> {
+        // An IPv4-mapped IPv6 address is the IPv4 address (a dual-stack socket reports it so).
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.rules
+            .iter()
+            .find(|r| r.allows_port(port) && r.ip_blocks.iter().any(|b| b.contains(&ip)))
             .map(|r| &*r.policy)
     }
 
@@ -137,9 +165,20 @@ impl TryFrom<&v1::EgressSnapshot> for EgressRules {
                 })?;
                 ports.push(port);
             }
+            let mut ip_blocks = Vec::with_capacity(r.ip_blocks.len());
+            for (j, b) in r.ip_blocks.iter().enumerate() {
+                ip_blocks.push(ip_block(b).map_err(|m| err(format!("ip_blocks[{j}]"), m))?);
+            }
+            if hosts.is_empty() && ip_blocks.is_empty() {
+                return Err(err(
+                    "hosts".into(),
+                    "a rule needs hosts or ip_blocks".into(),
+                ));
+            }
             rules.push(EgressRule {
                 policy: r.policy.as_str().into(),
                 hosts: hosts.into(),
+                ip_blocks: ip_blocks.into(),
                 ports: ports.into(),
             });
         }
@@ -147,6 +186,25 @@ impl TryFrom<&v1::EgressSnapshot> for EgressRules {
             rules: rules.into(),
         })
     }
+}
+
+/// An address block as the control plane sends it: `network/len` with host bits cleared, or
+/// one bare address.
+fn ip_block(text: &str) -> Result<IpNet, String> {
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => text
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("{text:?} is not a CIDR or an IP address"))?,
+    };
+    if net.trunc() != net {
+        return Err(format!("{text:?} has host bits set"));
+    }
+    if net.prefix_len() == 0 {
+        return Err(format!("{text:?} would match every address"));
+    }
+    Ok(net)
 }
 
 #[cfg(test)]
@@ -168,6 +226,7 @@ mod tests {
                 policy: "shop/stripe".into(),
                 hosts: vec![m(Kind::Exact("API.Stripe.com".into()))],
                 ports: vec![443],
+                ip_blocks: vec![],
             },
             v1::EgressRule {
                 policy: "shop/cdn".into(),
@@ -176,11 +235,13 @@ mod tests {
                     m(Kind::Exact("10.1.2.3".into())),
                 ],
                 ports: vec![],
+                ip_blocks: vec![],
             },
             v1::EgressRule {
                 policy: "shop/v6".into(),
                 hosts: vec![m(Kind::Exact("::1".into()))],
                 ports: vec![8080],
+                ip_blocks: vec![],
             },
         ])
         .unwrap();
@@ -201,6 +262,7 @@ mod tests {
             policy: "shop/any".into(),
             hosts: vec![m(Kind::Presence(true))],
             ports: vec![443],
+            ip_blocks: vec![],
         }])
         .unwrap();
         assert_eq!(any.allows("whatever.example", 443), Some("shop/any"));
@@ -209,9 +271,60 @@ mod tests {
             policy: "shop/star".into(),
             hosts: vec![m(Kind::Suffix("*.example.com".into()))],
             ports: vec![],
+            ip_blocks: vec![],
         }])
         .unwrap();
         assert_eq!(star.allows("a.example.com", 80), Some("shop/star"));
+    }
+
+    #[test]
+    fn address_blocks_match_addresses_and_ip_literal_hosts() {
+        let r = rules(vec![
+            v1::EgressRule {
+                policy: "shop/db".into(),
+                hosts: vec![],
+                ip_blocks: vec!["192.0.2.0/24".into(), "2001:db8::7".into()],
+                ports: vec![5432],
+            },
+            v1::EgressRule {
+                policy: "shop/named".into(),
+                hosts: vec![m(Kind::Exact("db.example".into()))],
+                ip_blocks: vec![],
+                ports: vec![],
+            },
+        ])
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(r.allows_address(ip("192.0.2.9"), 5432), Some("shop/db"));
+        assert_eq!(r.allows_address(ip("192.0.2.9"), 5433), None);
+        assert_eq!(r.allows_address(ip("192.0.3.9"), 5432), None);
+        assert_eq!(
+            r.allows_address(ip("::ffff:192.0.2.9"), 5432),
+            Some("shop/db")
+        );
+        assert_eq!(r.allows_address(ip("2001:db8::7"), 5432), Some("shop/db"));
+        assert_eq!(r.allows_address(ip("2001:db8::8"), 5432), None);
+        // A name never matches by address, and an address never matches a named rule.
+        assert_eq!(r.allows("192.0.2.9", 5432), Some("shop/db"));
+        assert_eq!(r.allows("[2001:db8::7]", 5432), Some("shop/db"));
+        assert_eq!(r.allows_address(ip("192.0.2.9"), 80), None);
+        assert_eq!(r.allows("db.example", 80), Some("shop/named"));
+        for bad in ["0.0.0.0/0", "::/0", "10.0.0.1/8", "10.0.0.0/33", "ten", ""] {
+            let e = rules(vec![v1::EgressRule {
+                policy: "shop/bad".into(),
+                hosts: vec![],
+                ip_blocks: vec![bad.into()],
+                ports: vec![],
+            }])
+            .unwrap_err();
+            assert_eq!(e.field, "ip_blocks[0]", "{bad}: {e}");
+        }
+        let empty = rules(vec![v1::EgressRule {
+            policy: "shop/empty".into(),
+            ..Default::default()
+        }])
+        .unwrap_err();
+        assert_eq!(empty.field, "hosts");
     }
 
     #[test]
@@ -221,6 +334,7 @@ mod tests {
                 policy: "shop/e".into(),
                 hosts,
                 ports,
+                ip_blocks: vec![],
             }])
             .unwrap_err()
         };

@@ -91,6 +91,46 @@ struct PlaintextLabels {
     stage: PlaintextStage,
 }
 
+/// Why a captured connection was refused before any byte reached its destination; the
+/// label value is the kebab-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CaptureRefusal {
+    /// Inbound: the port the caller dialled is not one the workload declares.
+    UndeclaredPort,
+    /// Outbound: something other than HTTP sent to a mesh port declared HTTP or gRPC.
+    NotHttp,
+    /// Outbound: a name the traffic carried (SNI, Host) is allowed, but its DNS answers
+    /// give no address to connect to.
+    Unresolvable,
+}
+
+impl EncodeLabelValue for CaptureRefusal {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            CaptureRefusal::UndeclaredPort => "undeclared-port",
+            CaptureRefusal::NotHttp => "not-http",
+            CaptureRefusal::Unresolvable => "unresolvable",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    direction: Direction,
+    reason: CaptureRefusal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DetectionLabels {
+    direction: Direction,
+    protocol: &'static str,
+    timed_out: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpdateLabels {
     type_url: String,
@@ -123,6 +163,17 @@ pub struct Metrics {
     discovery_reconnects: Counter,
     authz_denials: Family<AuthzLabels, Counter>,
     authz_audits: Family<AuthzLabels, Counter>,
+    captured: Family<DirectionLabels, Counter>,
+    capture_refused: Family<RefusalLabels, Counter>,
+    detections: Family<DetectionLabels, Counter>,
+    detection_time: HistogramFamily<DirectionLabels>,
+}
+
+fn detection_histogram() -> Histogram {
+    // 10 µs .. ~5 s, quadrupling: detection is either immediate or waits for a timeout.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00001, 4.0, 11,
+    ))
 }
 
 impl Default for Metrics {
@@ -217,8 +268,40 @@ impl Metrics {
             "AUDIT policy matches, by direction, policy, source identity and destination",
             authz_audits.clone(),
         );
+        let captured = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "captured_connections",
+            "Connections that reached the proxy through the capture rules (their original \
+             destination was another address), by direction",
+            captured.clone(),
+        );
+        let capture_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "captured_refused",
+            "Captured connections closed before any byte reached their destination, by \
+             direction and reason (policy denials are in authz_denials)",
+            capture_refused.clone(),
+        );
+        let detections = Family::<DetectionLabels, Counter>::default();
+        registry.register(
+            "protocol_detections",
+            "Protocol detection outcomes on captured connections, by direction, protocol \
+             (http1, http2, tls, opaque) and whether the caller sent too little in time",
+            detections.clone(),
+        );
+        let detection_time: HistogramFamily<DirectionLabels> =
+            Family::new_with_constructor(detection_histogram as fn() -> Histogram);
+        registry.register(
+            "protocol_detection_seconds",
+            "Time spent detecting the protocol of a captured connection, by direction",
+            detection_time.clone(),
+        );
         Self {
             registry,
+            captured,
+            capture_refused,
+            detections,
+            detection_time,
             requests,
             latency,
             connections,
@@ -305,6 +388,34 @@ impl Metrics {
     /// Records an AUDIT policy match.
     pub fn authz_audit(&self, labels: &AuthzLabels) {
         self.authz_audits.get_or_create(labels).inc();
+    }
+
+    /// Records a connection that arrived through the capture rules.
+    pub fn captured(&self, direction: Direction) {
+        self.captured
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Records a captured connection refused before any byte passed.
+    pub fn capture_refused(&self, direction: Direction, reason: CaptureRefusal) {
+        self.capture_refused
+            .get_or_create(&RefusalLabels { direction, reason })
+            .inc();
+    }
+
+    /// Records one protocol detection.
+    pub fn detection(&self, direction: Direction, detection: &crate::detect::Detection) {
+        self.detections
+            .get_or_create(&DetectionLabels {
+                direction,
+                protocol: detection.protocol.label(),
+                timed_out: if detection.timed_out { "true" } else { "false" },
+            })
+            .inc();
+        self.detection_time
+            .get_or_create(&DirectionLabels { direction })
+            .observe(detection.elapsed.as_secs_f64());
     }
 
     /// Records a reconnect of the discovery stream.

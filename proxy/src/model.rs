@@ -162,10 +162,14 @@ impl Route {
     }
 }
 
-/// Every mesh Service, indexed by the names and ports clients use.
+/// Every mesh Service, indexed by the names and ports clients use, and by the addresses a
+/// captured connection can be for (a Service's cluster IP and port, or one endpoint's
+/// workload address and target port).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ServiceTable {
     routes: HashMap<String, HashMap<u16, Arc<Route>>>,
+    #[serde(skip)]
+    by_address: HashMap<SocketAddr, Arc<Route>>,
 }
 
 impl ServiceTable {
@@ -176,6 +180,14 @@ impl ServiceTable {
             return self.routes.get(&host.to_ascii_lowercase())?.get(&port);
         }
         self.routes.get(host)?.get(&port)
+    }
+
+    /// The route for a captured connection's original destination: a cluster IP and Service
+    /// port (every endpoint of the Service), or a workload address and one of its Service
+    /// target ports (that endpoint only).
+    pub fn by_address(&self, addr: SocketAddr) -> Option<&Arc<Route>> {
+        let canonical = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        self.by_address.get(&canonical)
     }
 
     /// Number of distinct hostnames.
@@ -193,6 +205,7 @@ impl TryFrom<&v1::ServiceSnapshot> for ServiceTable {
     type Error = SnapshotError;
     fn try_from(snapshot: &v1::ServiceSnapshot) -> Result<Self, SnapshotError> {
         let mut routes: HashMap<String, HashMap<u16, Arc<Route>>> = HashMap::new();
+        let mut by_address: HashMap<SocketAddr, Arc<Route>> = HashMap::new();
         for svc in &snapshot.services {
             let resource = format!("Service {}/{}", svc.namespace, svc.name);
             let mut endpoints = Vec::with_capacity(svc.endpoints.len());
@@ -237,7 +250,28 @@ impl TryFrom<&v1::ServiceSnapshot> for ServiceTable {
                     endpoints: endpoints.clone(),
                     next: AtomicUsize::new(fastrand::usize(..endpoints.len())),
                 });
+                for endpoint in &endpoints {
+                    // A workload serving several Services' ports keeps the first route.
+                    by_address
+                        .entry(SocketAddr::new(
+                            endpoint.proxy_addr.ip().to_canonical(),
+                            target,
+                        ))
+                        .or_insert_with(|| {
+                            Arc::new(Route {
+                                service: route.service.clone(),
+                                target_port: target,
+                                protocol: route.protocol,
+                                endpoints: vec![endpoint.clone()],
+                                next: AtomicUsize::new(0),
+                            })
+                        });
+                }
                 for host in &svc.hostnames {
+                    if let Ok(ip) = host.parse::<IpAddr>() {
+                        by_address
+                            .insert(SocketAddr::new(ip.to_canonical(), number), route.clone());
+                    }
                     let previous = routes
                         .entry(host.to_ascii_lowercase())
                         .or_default()
@@ -255,7 +289,7 @@ impl TryFrom<&v1::ServiceSnapshot> for ServiceTable {
                 }
             }
         }
-        Ok(Self { routes })
+        Ok(Self { routes, by_address })
     }
 }
 
@@ -380,4 +414,62 @@ pub struct MeshView {
     pub authz: Arc<crate::authz::Authorizer>,
     /// Destinations outside the mesh this workload may reach (REGISTRY_ONLY).
     pub egress: Arc<crate::egress::EgressRules>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(address: &str, sa: &str) -> v1::Endpoint {
+        v1::Endpoint {
+            address: address.into(),
+            proxy_port: 15006,
+            spiffe_id: format!("spiffe://cluster.local/ns/shop/sa/{sa}"),
+            workload: sa.into(),
+        }
+    }
+
+    #[test]
+    fn captured_destinations_resolve_by_cluster_ip_or_endpoint_address() {
+        let snapshot = v1::ServiceSnapshot {
+            services: vec![v1::Service {
+                name: "search".into(),
+                namespace: "shop".into(),
+                hostnames: vec!["search.shop".into(), "10.96.0.11".into()],
+                ports: vec![v1::ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    target_port: 8080,
+                    protocol: v1::Protocol::Http as i32,
+                }],
+                endpoints: vec![
+                    endpoint("10.77.1.2", "search"),
+                    endpoint("10.77.1.3", "search"),
+                ],
+            }],
+        };
+        let table = ServiceTable::try_from(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}"));
+        let vip = table
+            .by_address(addr("10.96.0.11:80"))
+            .map(|r| r.endpoints.len());
+        assert_eq!(vip, Some(2));
+        assert_eq!(
+            table
+                .by_address(addr("[::ffff:10.96.0.11]:80"))
+                .map(|r| r.target_port),
+            Some(8080)
+        );
+        let one = table
+            .by_address(addr("10.77.1.3:8080"))
+            .unwrap_or_else(|| panic!("endpoint"));
+        assert_eq!(one.endpoints.len(), 1);
+        assert_eq!(one.endpoints[0].proxy_addr, addr("10.77.1.3:15006"));
+        assert_eq!(one.protocol, Protocol::Http1);
+        // The Service port on a workload address, the target port on the cluster IP, and
+        // anything else are not mesh destinations.
+        assert!(table.by_address(addr("10.77.1.3:80")).is_none());
+        assert!(table.by_address(addr("10.96.0.11:8080")).is_none());
+        assert!(table.by_address(addr("10.77.1.4:8080")).is_none());
+    }
 }

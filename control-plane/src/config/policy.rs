@@ -667,13 +667,19 @@ pub(crate) fn egress_policy(
         count: 0,
     };
     let selector = selector(&mut e, spec.selector);
-    if spec.hosts.as_ref().is_none_or(Vec::is_empty) {
+    if spec.hosts.as_ref().is_none_or(Vec::is_empty)
+        && spec.ip_blocks.as_ref().is_none_or(Vec::is_empty)
+    {
         e.push(
             "spec.hosts",
-            "is required and must not be empty (the hosts the selected workloads may reach)",
+            "spec.hosts or spec.ipBlocks is required and must not be empty (the hosts or \
+             addresses the selected workloads may reach)",
         );
     }
     let hosts = list(&mut e, "spec.hosts", &spec.hosts, |v| egress_host(v));
+    let ip_blocks = list(&mut e, "spec.ipBlocks", &spec.ip_blocks, |v| {
+        egress_ip_block(v)
+    });
     let ports = list(
         &mut e,
         "spec.ports",
@@ -688,9 +694,22 @@ pub(crate) fn egress_policy(
         name,
         selector,
         hosts,
+        ip_blocks,
         ports,
         source: ctx.source(),
     })
+}
+
+/// An EgressPolicy address block: a CIDR or one address, never every address.
+fn egress_ip_block(value: &str) -> Result<IpBlock, String> {
+    let block = ip_block(value)?;
+    if block.prefix_len == 0 {
+        return Err(format!(
+            "{value:?} would allow every address; set MeshConfig \
+             spec.outboundTrafficPolicy.mode to ALLOW_ANY instead"
+        ));
+    }
+    Ok(block)
 }
 
 #[cfg(test)]

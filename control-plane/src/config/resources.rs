@@ -346,5 +346,7 @@ pub(crate) struct EgressPolicySpec {
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
     #[serde(default)]
+    pub ip_blocks: Option<Vec<String>>,
+    #[serde(default)]
     pub ports: Option<Vec<PortValue>>,
 }

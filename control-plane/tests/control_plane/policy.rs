@@ -368,17 +368,36 @@ kind: EgressPolicy
 metadata: {name: telemetry, namespace: palisade-system}
 spec:
   hosts: [collector.example.org]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: ledger-db, namespace: shop}
+spec:
+  selector: {matchLabels: {app: payments}}
+  ipBlocks: [192.0.2.0/24, 198.51.100.7, \"2001:DB8::/32\"]
+  ports: [5432]
 ";
     let snapshot = load(&[("e.yaml", egress)]);
     let telemetry = pb::EgressRule {
         policy: "palisade-system/telemetry".into(),
         hosts: vec![exact("collector.example.org")],
         ports: vec![],
+        ip_blocks: vec![],
     };
     assert_eq!(
         egress_for(&snapshot, "shop", "payments").unwrap().rules,
         [
             telemetry.clone(),
+            pb::EgressRule {
+                policy: "shop/ledger-db".into(),
+                hosts: vec![],
+                ports: vec![5432],
+                ip_blocks: vec![
+                    "192.0.2.0/24".into(),
+                    "198.51.100.7".into(),
+                    "2001:db8::/32".into()
+                ],
+            },
             pb::EgressRule {
                 policy: "shop/payments-psp".into(),
                 hosts: vec![
@@ -388,6 +407,7 @@ spec:
                     exact("2001:db8::1"),
                 ],
                 ports: vec![443, 8443],
+                ip_blocks: vec![],
             }
         ]
     );

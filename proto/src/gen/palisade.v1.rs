@@ -464,6 +464,10 @@ pub struct EgressRule {
     /// Ports; empty means any port.
     #[prost(uint32, repeated, tag = "3")]
     pub ports: ::prost::alloc::vec::Vec<u32>,
+    /// Address blocks (CIDR, or one address), matched on the destination address of traffic
+    /// that carries no name (opaque TCP); canonical form, host bits cleared.
+    #[prost(string, repeated, tag = "4")]
+    pub ip_blocks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// What a matching policy does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -82,6 +82,7 @@ async fn an_egress_policy_allows_its_hosts_and_ports_only() {
                 external.addr.port().into(),
                 external_echo.addr.port().into(),
             ],
+            ip_blocks: vec![],
         }]))
         .unwrap();
 
