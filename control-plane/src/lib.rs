@@ -35,7 +35,9 @@ pub mod test_util;
 
 use palisade_certs::{SpiffeId, TrustDomain};
 
-pub use config::{ConfigError, ConfigErrors, DocumentRef, load_dir};
+pub use config::{
+    AddressAssignments, ConfigError, ConfigErrors, DocumentRef, load_dir, load_dir_assigned,
+};
 pub use discovery::{Nack, ProxyStatus, TypeStatus};
 pub use index::{ResourceType, UnknownWorkload, authorization_for, egress_for, snapshots_for};
 pub use model::MeshSnapshot;

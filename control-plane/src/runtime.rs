@@ -57,6 +57,9 @@ pub struct ControlPlaneConfig {
     pub admin_addr: Option<SocketAddr>,
     /// Reload the directory when its files change.
     pub watch: bool,
+    /// Workload addresses assigned by the runner, replacing `spec.address` (empty: the
+    /// directory's addresses).
+    pub assigned_addresses: config::AddressAssignments,
 }
 
 /// Why the control plane did not start.
@@ -116,6 +119,7 @@ impl From<ServingCertError> for StartError {
 /// State shared by the handle, the servers and the background tasks.
 pub(crate) struct Shared {
     config_dir: PathBuf,
+    assigned_addresses: config::AddressAssignments,
     ca: Arc<CertificateAuthority>,
     state: watch::Sender<Arc<Published>>,
     /// Serialises load-and-publish, so a slow reload cannot publish over a newer one.
@@ -175,7 +179,8 @@ impl Shared {
             .reload_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let result = config::load_dir(&self.config_dir).and_then(|s| self.publish(s));
+        let result = config::load_dir_assigned(&self.config_dir, &self.assigned_addresses)
+            .and_then(|s| self.publish(s));
         self.metrics.reloaded(result.is_ok());
         result
     }
@@ -213,7 +218,7 @@ pub async fn start(
     config: ControlPlaneConfig,
     shutdown: CancellationToken,
 ) -> Result<ControlPlane, StartError> {
-    let snapshot = config::load_dir(&config.config_dir)?;
+    let snapshot = config::load_dir_assigned(&config.config_dir, &config.assigned_addresses)?;
     let settings = snapshot.settings().clone();
     if &settings.trust_domain != config.ca.trust_domain() {
         return Err(StartError::TrustDomainMismatch {
@@ -241,6 +246,7 @@ pub async fn start(
     let (state_tx, state_rx) = watch::channel(Arc::new(published));
     let shared = Arc::new(Shared {
         config_dir: config.config_dir.clone(),
+        assigned_addresses: config.assigned_addresses.clone(),
         ca: Arc::clone(&config.ca),
         state: state_tx,
         reload_lock: Mutex::new(()),

@@ -215,6 +215,7 @@ impl TestControlPlane {
                 grpc_addr: loopback,
                 admin_addr: options.admin.then_some(loopback),
                 watch: options.watch,
+                assigned_addresses: Default::default(),
             },
             shutdown.clone(),
         )

@@ -52,6 +52,7 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
             grpc_addr: args.grpc_addr,
             admin_addr: Some(args.admin_addr),
             watch: !args.no_watch,
+            assigned_addresses: Default::default(),
         };
         let cp = palisade_control_plane::start(config, shutdown.clone()).await?;
         tracing::info!(grpc = %cp.grpc_addr(), admin = ?cp.admin_addr(), identity = %cp.identity(), "control plane serving");

@@ -83,6 +83,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             grpc_addr: args.control_plane,
             admin_addr: Some(args.control_plane_admin),
             watch: true,
+            assigned_addresses: Default::default(),
         },
         shutdown.clone(),
     )

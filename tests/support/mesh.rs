@@ -268,6 +268,7 @@ impl MeshBuilder {
                 grpc_addr: block.addr(CONTROL_PLANE_HOST, 15012),
                 admin_addr: Some(block.addr(CONTROL_PLANE_HOST, 15014)),
                 watch: self.watch,
+                assigned_addresses: Default::default(),
             },
             shutdown.clone(),
         )

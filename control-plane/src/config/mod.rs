@@ -197,8 +197,21 @@ impl std::error::Error for ConfigErrors {
 /// Loads and validates every `*.yaml`/`*.yml` file of `dir` (not recursive; dotfiles
 /// skipped). An empty or missing directory is an error.
 pub fn load_dir(dir: &Path) -> Result<MeshSnapshot, ConfigErrors> {
+    load_dir_assigned(dir, &AddressAssignments::new())
+}
+
+/// Workload addresses assigned by whoever runs the workloads, replacing the Workloads'
+/// `spec.address` (`palisade up --mode netns` gives each workload a network namespace and
+/// an address of its own there, as a cluster gives each Pod its IP).
+pub type AddressAssignments = std::collections::BTreeMap<NamespacedName, std::net::IpAddr>;
+
+/// [`load_dir`], with the Workloads named in `assigned` at their assigned addresses.
+pub fn load_dir_assigned(
+    dir: &Path,
+    assigned: &AddressAssignments,
+) -> Result<MeshSnapshot, ConfigErrors> {
     let files = read_dir(dir)?;
-    load_files(&files)
+    load_files_assigned(&files, assigned)
 }
 
 /// Validates configuration held in memory: `(file name, contents)` pairs, in order. The
@@ -206,11 +219,20 @@ pub fn load_dir(dir: &Path) -> Result<MeshSnapshot, ConfigErrors> {
 pub fn load_files<P: AsRef<Path>, S: AsRef<str>>(
     files: &[(P, S)],
 ) -> Result<MeshSnapshot, ConfigErrors> {
+    load_files_assigned(files, &AddressAssignments::new())
+}
+
+/// [`load_files`], with the Workloads named in `assigned` at their assigned addresses.
+pub fn load_files_assigned<P: AsRef<Path>, S: AsRef<str>>(
+    files: &[(P, S)],
+    assigned: &AddressAssignments,
+) -> Result<MeshSnapshot, ConfigErrors> {
     let mut parsed = validate::Parsed::default();
     let mut errors = Vec::new();
     for (path, text) in files {
         parse_file(path.as_ref(), text.as_ref(), &mut parsed, &mut errors);
     }
+    parsed.assign_addresses(assigned);
     if !errors.is_empty() {
         // Cross-resource checks on a partial set would report consequences (a Service
         // "selecting nothing" because its Workload was rejected) rather than causes.

@@ -297,6 +297,19 @@ impl Parsed {
 
     /// The cross-resource phase: identities, unique addresses, selectors, target ports and
     /// protocols; returns the resolved snapshot or every error found.
+    /// Moves the named Workloads to their assigned addresses (before the cross-resource
+    /// checks, which then see the addresses in force).
+    pub fn assign_addresses(&mut self, assigned: &super::AddressAssignments) {
+        if assigned.is_empty() {
+            return;
+        }
+        for w in &mut self.workloads {
+            if let Some(ip) = assigned.get(&NamespacedName::new(&w.namespace, &w.name)) {
+                w.address = *ip;
+            }
+        }
+    }
+
     pub fn build(self) -> Result<MeshSnapshot, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let (settings, settings_source) = match self.mesh_config {

@@ -460,12 +460,22 @@ fn invalid_configurations_are_reported_with_file_document_and_field() {
         case(
             "EgressPolicy without hosts",
             egress("{ports: [443]}"),
-            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts: is required and must not be empty"],
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts: spec.hosts or spec.ipBlocks is required and must not be empty"],
         ),
         case(
             "EgressPolicy with an empty host list",
             egress("{hosts: []}"),
-            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts: is required"],
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.hosts: spec.hosts or spec.ipBlocks is required"],
+        ),
+        case(
+            "EgressPolicy with a bad address block",
+            egress("{ipBlocks: [192.0.2.0/24, 10.0.0.300/8]}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.ipBlocks[1]: \"10.0.0.300/8\" is not an IP address or CIDR"],
+        ),
+        case(
+            "EgressPolicy allowing every address",
+            egress("{ipBlocks: [\"::/0\"]}"),
+            vec!["e.yaml: document 1 (EgressPolicy shop/e): spec.ipBlocks[0]: \"::/0\" would allow every address", "ALLOW_ANY"],
         ),
         case(
             "EgressPolicy with a wildcard in the middle",
@@ -729,4 +739,38 @@ fn cluster_ip_routes_like_a_name_and_inbound_port_moves_endpoints() {
         snapshot.workload("shop", "search").unwrap().proxy_port,
         19042
     );
+}
+
+#[test]
+fn assigned_addresses_replace_spec_address_everywhere() {
+    use palisade_control_plane::model::NamespacedName;
+    let workloads = format!(
+        "{}---\n{}",
+        workload("search", "127.0.1.2", "[{port: 8080}]"),
+        workload("payments", "127.0.1.3", "[{port: 9090}]")
+    );
+    let services = service("search", "[{port: 8080}]");
+    let dir = write_config_dir(&[("w.yaml", &workloads), ("s.yaml", &services)]).unwrap();
+    let pod: IpAddr = "10.77.0.2".parse().unwrap();
+    let mut assigned = palisade_control_plane::AddressAssignments::new();
+    assigned.insert(NamespacedName::new("shop", "search"), pod);
+    // A workload that is not in the directory is ignored.
+    assigned.insert(
+        NamespacedName::new("shop", "gone"),
+        "10.77.0.9".parse().unwrap(),
+    );
+    let snapshot = palisade_control_plane::load_dir_assigned(dir.path(), &assigned).unwrap();
+    assert_eq!(snapshot.workload("shop", "search").unwrap().address, pod);
+    assert_eq!(
+        snapshot.workload("shop", "payments").unwrap().address,
+        "127.0.1.3".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        snapshot.service("shop", "search").unwrap().endpoints[0].address,
+        pod
+    );
+    // Assigned addresses are checked like written ones: two workloads cannot share one.
+    assigned.insert(NamespacedName::new("shop", "payments"), pod);
+    let err = palisade_control_plane::load_dir_assigned(dir.path(), &assigned).unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
 }

@@ -85,6 +85,7 @@ async fn start_refuses_a_ca_of_another_trust_domain() {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: None,
             watch: false,
+            assigned_addresses: Default::default(),
         },
         CancellationToken::new(),
     )
