@@ -112,7 +112,13 @@ pub struct ProxyConfig {
     /// Log every ALLOW decision too (target `palisade::authz`, INFO), naming the policy that
     /// decided; denials and AUDIT matches are always logged.
     pub log_decisions: bool,
+    /// How long a captured connection may take to show its protocol before it is treated
+    /// as opaque TCP (ports declared TCP are never waited on).
+    pub detect_timeout: Duration,
 }
+
+/// Default of [`ProxyConfig::detect_timeout`].
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Port of the inbound mTLS listener in a pod.
 pub const INBOUND_PORT: u16 = 15006;
@@ -144,6 +150,7 @@ impl ProxyConfig {
             control_runtime: None,
             debug_headers: false,
             log_decisions: false,
+            detect_timeout: DEFAULT_DETECT_TIMEOUT,
         }
     }
 }
@@ -431,6 +438,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         )
         .build_http(),
         log_decisions: config.log_decisions,
+        detect_timeout: config.detect_timeout,
     });
     tasks.spawn(
         serve::accept_loop(

@@ -71,6 +71,10 @@ pub struct ProxyArgs {
     /// decided (denials and AUDIT matches are always logged).
     #[arg(long, env = "PALISADE_LOG_DECISIONS")]
     pub log_decisions: bool,
+    /// Milliseconds a captured connection may take to show its protocol (HTTP, TLS) before
+    /// it is treated as opaque TCP; ports declared TCP are never waited on.
+    #[arg(long, env = "PALISADE_DETECT_TIMEOUT_MS", default_value_t = 1000)]
+    pub detect_timeout_ms: u64,
     /// Standalone mode, no control plane: a directory of mesh YAML to configure from.
     #[arg(long, env = "PALISADE_STATIC_CONFIG", requires_all = ["cert", "key"])]
     pub static_config: Option<PathBuf>,
@@ -148,6 +152,7 @@ pub fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         control_runtime: None,
         debug_headers: args.debug_headers,
         log_decisions: args.log_decisions,
+        detect_timeout: Duration::from_millis(args.detect_timeout_ms),
     })
 }
 

@@ -65,7 +65,7 @@ impl Inbound {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = ctx.peer_addr;
-        let plaintext = ctx.transport == Transport::Plaintext;
+        let plaintext = matches!(ctx.transport, Transport::Plaintext { .. });
         let io = TokioIo::new(stream);
         let service = self.service(ctx);
         let result: Result<(), BoxError> = match codec {
@@ -158,7 +158,7 @@ impl Inbound {
         let authority = authority::of(req.uri(), req.headers());
         let (port, protocol) = match conn.transport {
             Transport::Mtls { target_port } => target(&view.workload, target_port)?,
-            Transport::Plaintext => {
+            Transport::Plaintext { dialled_port } => {
                 // A connection opened in PERMISSIVE mode gets nothing once the mesh is STRICT.
                 if view.settings.mtls_mode != MtlsMode::Permissive {
                     self.metrics.plaintext_refused(PlaintextStage::Request);
@@ -169,8 +169,14 @@ impl Inbound {
                     );
                     return Err(Failure::PlaintextRefused);
                 }
-                let authority_port = authority.as_ref().ok().and_then(Authority::port_u16);
-                plaintext_target(&view.workload, authority_port)?
+                match dialled_port {
+                    // Captured: the port the caller dialled, whatever the request says.
+                    Some(port) => target(&view.workload, Some(port))?,
+                    None => {
+                        let authority_port = authority.as_ref().ok().and_then(Authority::port_u16);
+                        plaintext_target(&view.workload, authority_port)?
+                    }
+                }
             }
         };
         self.authorize(&view, &req, authz_host(&authority), port, conn)?;

@@ -42,8 +42,9 @@ use crate::app::AppClients;
 use crate::authz::{Decision, HttpAttrs, RequestAttrs};
 use crate::enforce::{self, Subject, UNAUTHENTICATED};
 use crate::http::Failure;
-use crate::metrics::{Direction, Metrics, PlaintextStage};
+use crate::metrics::{CaptureRefusal, Direction, Metrics, PlaintextStage};
 use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
+use crate::orig_dst::{self, Arrival};
 use crate::pool::port_from_sni;
 use crate::tls::{ALPN_TCP, TlsState};
 
@@ -77,8 +78,10 @@ enum Transport {
     /// mTLS from a peer sidecar. `target_port` comes from SNI; `None` means "the workload's
     /// only port".
     Mtls { target_port: Option<u16> },
-    /// Plaintext, accepted in PERMISSIVE mode; the target port is chosen per request.
-    Plaintext,
+    /// Plaintext, accepted in PERMISSIVE mode. `dialled_port` is the app port a captured
+    /// connection was for; without it (a caller that dialled 15006 itself) the target port
+    /// is chosen per request.
+    Plaintext { dialled_port: Option<u16> },
 }
 
 /// What is known about one accepted connection.
@@ -113,6 +116,12 @@ impl Inbound {
         watcher: Watcher,
     ) {
         self.metrics.connection(Direction::Inbound);
+        if let Ok(local) = stream.local_addr()
+            && let Arrival::Captured { original } = orig_dst::arrival(&stream, local)
+        {
+            self.serve_captured(stream, peer, original, watcher).await;
+            return;
+        }
         // One deadline for the first byte and the whole TLS handshake.
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         let mut first = [0u8; 1];
@@ -239,7 +248,7 @@ impl Inbound {
             .debug_headers
             .then(|| HeaderValue::from_static("plaintext peer=unauthenticated"));
         let ctx = Arc::new(ConnContext {
-            transport: Transport::Plaintext,
+            transport: Transport::Plaintext { dialled_port: None },
             peer_identity: None,
             peer_label: UNAUTHENTICATED.to_owned(),
             peer_addr: peer,
@@ -248,6 +257,63 @@ impl Inbound {
             xfcc: None,
             debug,
         });
+        self.serve_http(stream, ctx, Codec::Auto, watcher).await;
+    }
+}
+
+// === impl Inbound: captured connections ===
+
+impl Inbound {
+    /// A connection the capture rules redirected here: the caller dialled the app's port
+    /// itself, so it is not a peer sidecar (those dial 15006). A port the workload does not
+    /// declare is refused; in STRICT mode every such caller is refused; in PERMISSIVE mode it
+    /// is served as plaintext for the port it dialled: TCP ports spliced at once (no wait, so
+    /// server-speaks-first protocols work), HTTP ports as HTTP.
+    async fn serve_captured(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        original: SocketAddr,
+        watcher: Watcher,
+    ) {
+        self.metrics.captured(Direction::Inbound);
+        let Some(view) = self.view.borrow().clone() else {
+            self.metrics.plaintext_refused(PlaintextStage::Connection);
+            tracing::info!(%peer, dialled = %original, reason = "no configuration yet", "inbound captured connection refused");
+            return;
+        };
+        let port = original.port();
+        let Some(protocol) = view.workload.ports.get(&port).copied() else {
+            self.metrics
+                .capture_refused(Direction::Inbound, CaptureRefusal::UndeclaredPort);
+            tracing::info!(%peer, dialled = %original, "inbound captured connection refused: the workload does not declare this port");
+            return;
+        };
+        if view.settings.mtls_mode != MtlsMode::Permissive {
+            self.metrics.plaintext_refused(PlaintextStage::Connection);
+            tracing::info!(%peer, dialled = %original, reason = "the mesh mTLS mode is STRICT", "inbound plaintext connection refused");
+            return;
+        }
+        let debug = self
+            .debug_headers
+            .then(|| HeaderValue::from_static("plaintext peer=unauthenticated"));
+        let ctx = Arc::new(ConnContext {
+            transport: Transport::Plaintext {
+                dialled_port: Some(port),
+            },
+            peer_identity: None,
+            peer_label: UNAUTHENTICATED.to_owned(),
+            peer_addr: peer,
+            local_ip: Some(original.ip()),
+            sni: None,
+            xfcc: None,
+            debug,
+        });
+        if protocol == Protocol::Tcp {
+            let _drain = watcher;
+            self.serve_tcp(stream, &ctx, Some(port)).await;
+            return;
+        }
         self.serve_http(stream, ctx, Codec::Auto, watcher).await;
     }
 }

@@ -5,9 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use super::{ConnContext, Inbound, attrs, destination_label, target};
 use crate::enforce::{self, Subject};
@@ -23,12 +22,14 @@ impl Inbound {
     /// Serves an opaque TCP stream: connection-level authorization before any byte reaches
     /// the app, then bytes both ways until either side closes or a new configuration
     /// denies the stream.
-    pub(super) async fn serve_tcp(
+    pub(super) async fn serve_tcp<S>(
         &self,
-        mut stream: TlsStream<TcpStream>,
+        mut stream: S,
         conn: &ConnContext,
         target_port: Option<u16>,
-    ) {
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut view_rx = self.view.clone();
         let Some(view) = view_rx.borrow_and_update().clone() else {
             tracing::debug!(peer = %conn.peer_addr, "inbound TCP refused: no configuration yet");

@@ -301,6 +301,7 @@ fn config(
         control_runtime: None,
         debug_headers: false,
         log_decisions,
+        detect_timeout: palisade_proxy::DEFAULT_DETECT_TIMEOUT,
     }
 }
 

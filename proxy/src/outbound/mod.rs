@@ -9,9 +9,14 @@
 //! plain HTTP, pass only with the outbound policy ALLOW_ANY or an EgressPolicy allowing
 //! their host and port; otherwise they are refused (403, `outbound-registry-only`), counted
 //! and logged like an inbound denial.
+//!
+//! Connections the capture rules redirected here (`palisade init`) are served by
+//! [`captured`]: their original destination, not what the app wrote, decides where they go.
+
+mod captured;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +40,8 @@ use crate::http::{
     Failure, OUTBOUND_REGISTRY_ONLY, ProxyBody, full, is_grpc, streamed, strip_hop_by_hop,
 };
 use crate::metrics::{Direction, Metrics};
-use crate::model::{MeshView, OutboundPolicy};
+use crate::model::{Endpoint, MeshView, OutboundPolicy, Route};
+use crate::orig_dst::{self, Arrival};
 use crate::pool::{PeerError, PeerKey, PeerPool};
 
 /// How long connecting to a destination outside the mesh may take.
@@ -57,6 +63,19 @@ pub struct Outbound {
     >,
     /// Whether every ALLOW decision (egress allowances) is logged too.
     pub log_decisions: bool,
+    /// How long a captured connection may take to show its protocol before it is treated
+    /// as opaque TCP.
+    pub detect_timeout: Duration,
+}
+
+/// Where a request on a captured connection goes: decided by the connection's original
+/// destination, never by what the request names.
+#[derive(Debug, Clone)]
+enum CapturedTarget {
+    /// A mesh Service port (cluster IP) or one endpoint's port (workload address).
+    Mesh(Arc<Route>),
+    /// Outside the mesh, on this port: allowed by the name the request carries.
+    External(SocketAddr),
 }
 
 impl Outbound {
@@ -68,9 +87,30 @@ impl Outbound {
         watcher: Watcher,
     ) {
         self.metrics.connection(Direction::Outbound);
+        if let Ok(local) = stream.local_addr()
+            && let Arrival::Captured { original } = orig_dst::arrival(&stream, local)
+        {
+            self.serve_captured(stream, original, watcher).await;
+            return;
+        }
+        self.serve_http(stream, None, watcher).await;
+    }
+
+    /// Serves HTTP/1.1 or h2c from the app on one connection: explicit-proxy requests, or
+    /// (with `captured`) requests whose destination the capture decided.
+    async fn serve_http<S>(
+        self: Arc<Self>,
+        stream: S,
+        captured: Option<CapturedTarget>,
+        watcher: Watcher,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let captured = captured.map(Arc::new);
         let service = hyper::service::service_fn(move |req| {
             let this = self.clone();
-            async move { Ok::<_, Infallible>(this.handle(req).await) }
+            let captured = captured.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, captured.as_deref()).await) }
         });
         let builder = h2::auto_server();
         // With upgrades: CONNECT hands the connection over to a tunnel.
@@ -80,13 +120,17 @@ impl Outbound {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        captured: Option<&CapturedTarget>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = is_grpc(req.headers());
         let result = if req.method() == Method::CONNECT {
             self.tunnel(req).await
         } else {
-            self.forward(req).await
+            self.forward(req, captured).await
         };
         let (response, peer) = match result {
             Ok(ok) => ok,
@@ -110,37 +154,92 @@ impl Outbound {
     async fn forward(
         &self,
         req: Request<Incoming>,
+        captured: Option<&CapturedTarget>,
     ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;
+        match captured {
+            None => {}
+            Some(CapturedTarget::Mesh(route)) => {
+                // The peer addresses the request by what the app wrote; a request without
+                // an authority (HTTP/1.0) by the address the app dialled.
+                let authority = match authority::of(req.uri(), req.headers()) {
+                    Ok(a) => a,
+                    Err(_) => authority_of_address(route_address(route))?,
+                };
+                return self.send_to_route(req, &authority, route).await;
+            }
+            Some(CapturedTarget::External(original)) => {
+                // The name comes from the request, the port from the connection: an
+                // allowance for `api.example.com:443` says nothing about another port.
+                let host = match authority::of(req.uri(), req.headers()) {
+                    Ok(a) => a.host().to_owned(),
+                    Err(_) => original.ip().to_string(),
+                };
+                let authority = authority_of_host(&host, original.port())?;
+                let path = req.uri().path_and_query().map(|pq| pq.as_str());
+                let allowed_by = egress_by_name(&view, authority.host(), original.port());
+                let destination = format!("{}:{}", authority.host(), original.port());
+                self.egress(
+                    &view,
+                    allowed_by,
+                    &destination,
+                    Some(req.method().as_str()),
+                    path,
+                )?;
+                return self.passthrough(req, authority).await;
+            }
+        }
         // Read once: it picks the route, is what egress rules match, and is what the next
         // hop is addressed with.
         let authority = authority::of(req.uri(), req.headers())?;
         let port = authority.port_u16().unwrap_or(80);
         let Some(route) = view.services.resolve(authority.host(), port) else {
             let path = req.uri().path_and_query().map(|pq| pq.as_str());
-            self.egress(&view, &authority, port, req.method().as_str(), path)?;
+            let allowed_by = egress_by_name(&view, authority.host(), port);
+            let destination = format!("{}:{port}", authority.host());
+            self.egress(
+                &view,
+                allowed_by,
+                &destination,
+                Some(req.method().as_str()),
+                path,
+            )?;
             return self.passthrough(req, authority).await;
         };
-        let endpoint = route.pick();
-        let key = PeerKey {
-            addr: endpoint.proxy_addr,
-            identity: endpoint.identity.clone(),
-            target_port: route.target_port,
-        };
-        let request = to_mesh_request(req, &authority)?;
-        let response = self.pool.send(&key, request).await.map_err(|e| {
-            if matches!(e, PeerError::Handshake(_)) {
-                // A peer with a bad or wrong certificate: counted like inbound refusals.
-                self.metrics.handshake_failure(Direction::Outbound);
-            }
-            Failure::PeerUnavailable {
-                peer: format!("{} ({})", endpoint.proxy_addr, endpoint.identity),
-                reason: e.to_string(),
-            }
-        })?;
+        let route = route.clone();
+        self.send_to_route(req, &authority, &route).await
+    }
+
+    /// Sends one request to an endpoint of `route` over the pooled mTLS connection to its
+    /// sidecar.
+    async fn send_to_route(
+        &self,
+        req: Request<Incoming>,
+        authority: &Authority,
+        route: &Route,
+    ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
+        let (key, endpoint) = peer_key(route);
+        let request = to_mesh_request(req, authority)?;
+        let response = self
+            .pool
+            .send(&key, request)
+            .await
+            .map_err(|e| self.peer_failure(endpoint, e))?;
         Ok((from_upstream(response), Some(endpoint.identity.to_string())))
+    }
+
+    /// A failure to reach a peer sidecar; a peer with a bad or wrong certificate is counted
+    /// like inbound handshake refusals.
+    fn peer_failure(&self, endpoint: &Endpoint, e: PeerError) -> Failure {
+        if matches!(e, PeerError::Handshake(_)) {
+            self.metrics.handshake_failure(Direction::Outbound);
+        }
+        Failure::PeerUnavailable {
+            peer: format!("{} ({})", endpoint.proxy_addr, endpoint.identity),
+            reason: e.to_string(),
+        }
     }
 
     /// `CONNECT host:port`: answers 200 once the upstream connection is up (a mesh peer's
@@ -163,25 +262,24 @@ impl Outbound {
             .ok_or_else(|| Failure::BadAuthority(authority.to_string()))?;
         let upgrade = hyper::upgrade::on(&mut req);
         if let Some(route) = view.services.resolve(authority.host(), port) {
-            let endpoint = route.pick();
-            let key = PeerKey {
-                addr: endpoint.proxy_addr,
-                identity: endpoint.identity.clone(),
-                target_port: route.target_port,
-            };
-            let upstream = self.pool.connect_tcp(&key).await.map_err(|e| {
-                if matches!(e, PeerError::Handshake(_)) {
-                    self.metrics.handshake_failure(Direction::Outbound);
-                }
-                Failure::PeerUnavailable {
-                    peer: format!("{} ({})", endpoint.proxy_addr, endpoint.identity),
-                    reason: e.to_string(),
-                }
-            })?;
+            let (key, endpoint) = peer_key(route);
+            let upstream = self
+                .pool
+                .connect_tcp(&key)
+                .await
+                .map_err(|e| self.peer_failure(endpoint, e))?;
             splice(upgrade, upstream, authority.to_string());
             return Ok((tunnel_established(), Some(endpoint.identity.to_string())));
         }
-        self.egress(&view, &authority, port, Method::CONNECT.as_str(), None)?;
+        let allowed_by = egress_by_name(&view, authority.host(), port);
+        let destination = format!("{}:{port}", authority.host());
+        self.egress(
+            &view,
+            allowed_by,
+            &destination,
+            Some(Method::CONNECT.as_str()),
+            None,
+        )?;
         let host = bare_host(authority.host());
         let upstream =
             tokio::time::timeout(EXTERNAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)))
@@ -197,29 +295,25 @@ impl Outbound {
         Ok((tunnel_established(), None))
     }
 
-    /// Whether a destination outside the mesh may be reached: ALLOW_ANY, or an EgressPolicy
-    /// of this workload allowing `host:port`. A refusal is counted and logged.
+    /// Records an egress decision (`allowed_by`: the allowing EgressPolicy, or
+    /// `outbound-allow-any`; `None` refuses): a refusal is counted and logged, an allowance
+    /// logged when every decision is.
     fn egress(
         &self,
         view: &MeshView,
-        authority: &Authority,
-        port: u16,
-        method: &str,
+        allowed_by: Option<&str>,
+        destination: &str,
+        method: Option<&str>,
         path: Option<&str>,
     ) -> Result<(), Failure> {
-        let allowed_by = match view.settings.outbound_policy {
-            OutboundPolicy::AllowAny => Some("outbound-allow-any"),
-            OutboundPolicy::RegistryOnly => view.egress.allows(authority.host(), port),
-        };
         if allowed_by.is_some() && !self.log_decisions {
             return Ok(());
         }
-        let destination = format!("{}:{port}", authority.host());
         let subject = Subject {
             direction: Direction::Outbound,
             source: Some(&view.workload.identity),
-            destination: &destination,
-            method: Some(method),
+            destination,
+            method,
             path,
         };
         match allowed_by {
@@ -243,7 +337,7 @@ impl Outbound {
                      (outbound policy REGISTRY_ONLY)",
                 );
                 Err(Failure::UnknownDestination {
-                    authority: destination,
+                    authority: destination.to_owned(),
                 })
             }
         }
@@ -268,6 +362,55 @@ impl Outbound {
             })?;
         Ok((from_upstream(response), None))
     }
+}
+
+/// What allows reaching `host:port` outside the mesh by name (or, for an IP literal, by
+/// address): ALLOW_ANY, or an EgressPolicy of this workload.
+fn egress_by_name<'v>(view: &'v MeshView, host: &str, port: u16) -> Option<&'v str> {
+    match view.settings.outbound_policy {
+        OutboundPolicy::AllowAny => Some(ALLOW_ANY),
+        OutboundPolicy::RegistryOnly => view.egress.allows(host, port),
+    }
+}
+
+/// The label of an allowance by the outbound policy ALLOW_ANY.
+const ALLOW_ANY: &str = "outbound-allow-any";
+
+/// The peer sidecar a request or stream for `route` goes to, and the key of its connection.
+fn peer_key(route: &Route) -> (PeerKey, &Endpoint) {
+    let endpoint = route.pick();
+    let key = PeerKey {
+        addr: endpoint.proxy_addr,
+        identity: endpoint.identity.clone(),
+        target_port: route.target_port,
+    };
+    (key, endpoint)
+}
+
+/// The address a captured connection to `route` was for, as the peer will see it named.
+fn route_address(route: &Route) -> SocketAddr {
+    let ip = route
+        .endpoints
+        .first()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |e| e.proxy_addr.ip());
+    SocketAddr::new(ip, route.target_port)
+}
+
+fn authority_of_address(addr: SocketAddr) -> Result<Authority, Failure> {
+    addr.to_string()
+        .parse()
+        .map_err(|_| Failure::BadAuthority(addr.to_string()))
+}
+
+/// `host:port`, with IPv6 literals bracketed.
+fn authority_of_host(host: &str, port: u16) -> Result<Authority, Failure> {
+    let host = bare_host(host);
+    let text = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    text.parse().map_err(|_| Failure::BadAuthority(text))
 }
 
 /// The 200 that tells the app its tunnel is up.
