@@ -63,6 +63,20 @@ pub struct FrontendConfig {
     pub search_authority: String,
     /// `host:port` of payments, sent as the gRPC `:authority`.
     pub payments_authority: String,
+    /// With transparent capture: where the two names resolve to (as a cluster's DNS would
+    /// answer). The frontend then dials these addresses as any app would, knowing nothing
+    /// of the mesh, and the capture rules hand the connections to the sidecar;
+    /// `outbound_proxy` is not used.
+    pub transparent: Option<ResolvedUpstreams>,
+}
+
+/// The addresses the frontend's upstream names resolve to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedUpstreams {
+    /// The address of `search_authority`.
+    pub search: SocketAddr,
+    /// The address of `payments_authority`.
+    pub payments: SocketAddr,
 }
 
 // === impl FrontendConfig ===
@@ -74,7 +88,35 @@ impl FrontendConfig {
             outbound_proxy,
             search_authority: DEFAULT_SEARCH_AUTHORITY.to_owned(),
             payments_authority: DEFAULT_PAYMENTS_AUTHORITY.to_owned(),
+            transparent: None,
         }
+    }
+
+    /// The default authorities, dialled at their resolved addresses (transparent capture).
+    pub fn transparent(upstreams: ResolvedUpstreams) -> Self {
+        Self {
+            transparent: Some(upstreams),
+            ..Self::default()
+        }
+    }
+
+    /// Where the search client connects, and whether that is a proxy.
+    fn search_dial(&self) -> OutboundConnector {
+        match self.transparent {
+            Some(t) => OutboundConnector {
+                addr: t.search,
+                is_proxy: false,
+            },
+            None => OutboundConnector {
+                addr: self.outbound_proxy,
+                is_proxy: true,
+            },
+        }
+    }
+
+    /// Where the payments channel connects.
+    fn payments_dial(&self) -> SocketAddr {
+        self.transparent.map_or(self.outbound_proxy, |t| t.payments)
     }
 }
 
@@ -106,11 +148,9 @@ impl FrontendApp {
         let search_authority = parse_authority("search_authority", &config.search_authority)?;
         let payments_authority = parse_authority("payments_authority", &config.payments_authority)?;
 
-        let search = Client::builder(TokioExecutor::new()).build(OutboundConnector {
-            proxy: config.outbound_proxy,
-        });
+        let search = Client::builder(TokioExecutor::new()).build(config.search_dial());
 
-        let endpoint = format!("http://{}", config.outbound_proxy);
+        let endpoint = format!("http://{}", config.payments_dial());
         let origin = format!("http://{payments_authority}")
             .parse::<Uri>()
             .map_err(|source| ShopError::InvalidAuthority {
@@ -189,7 +229,7 @@ impl FrontendApp {
             async {
                 let response = self.inner.search.request(request).await.map_err(|cause| {
                     SearchError::Send {
-                        proxy: self.inner.config.outbound_proxy,
+                        via: self.inner.config.search_dial().addr,
                         cause,
                     }
                 })?;
@@ -290,9 +330,9 @@ enum SearchError {
     Build(#[from] http::Error),
     #[error("no answer within {}s", UPSTREAM_TIMEOUT.as_secs())]
     Timeout,
-    #[error("request through the sidecar at {proxy} failed: {}", chain(cause))]
+    #[error("request via {via} failed: {}", chain(cause))]
     Send {
-        proxy: SocketAddr,
+        via: SocketAddr,
         cause: hyper_util::client::legacy::Error,
     },
     #[error("upstream answered HTTP {status}{}: {body}", denied_suffix(denied_by.as_deref()))]
@@ -476,11 +516,14 @@ fn snippet(body: &[u8]) -> String {
     }
 }
 
-/// Dials the sidecar's outbound port for every upstream, whatever the request's
-/// authority: the sidecar, not the frontend, decides where a request goes.
+/// Dials one address for every search request: the sidecar's outbound port used as a
+/// proxy (the sidecar, not the frontend, decides where a request goes), or, with transparent
+/// capture, search's resolved address like any app.
 #[derive(Clone, Copy, Debug)]
 struct OutboundConnector {
-    proxy: SocketAddr,
+    addr: SocketAddr,
+    /// Whether `addr` is a proxy (requests then carry absolute-form targets).
+    is_proxy: bool,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<ProxiedConn>> + Send>>;
@@ -495,22 +538,22 @@ impl tower::Service<Uri> for OutboundConnector {
     }
 
     fn call(&mut self, _upstream: Uri) -> Self::Future {
-        let proxy = self.proxy;
+        let OutboundConnector { addr, is_proxy } = *self;
         Box::pin(async move {
-            let stream = TcpStream::connect(proxy).await?;
+            let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            Ok(ProxiedConn(TokioIo::new(stream)))
+            Ok(ProxiedConn(TokioIo::new(stream), is_proxy))
         })
     }
 }
 
-/// A connection to the sidecar that tells hyper-util it is a proxy, which makes the
-/// client send absolute-form request targets instead of origin-form.
-struct ProxiedConn(TokioIo<TcpStream>);
+/// A connection that tells hyper-util whether it leads to a proxy, which makes the client
+/// send absolute-form request targets instead of origin-form.
+struct ProxiedConn(TokioIo<TcpStream>, bool);
 
 impl Connection for ProxiedConn {
     fn connected(&self) -> Connected {
-        self.0.connected().proxy(true)
+        self.0.connected().proxy(self.1)
     }
 }
 

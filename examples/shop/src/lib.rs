@@ -18,7 +18,7 @@ mod search;
 
 pub use frontend::{
     DEFAULT_OUTBOUND_PROXY, DEFAULT_PAYMENTS_AUTHORITY, DEFAULT_SEARCH_AUTHORITY, FrontendApp,
-    FrontendConfig, serve_frontend,
+    FrontendConfig, ResolvedUpstreams, serve_frontend,
 };
 pub use payments::{PaymentsApp, serve_payments};
 pub use search::{EchoResponse, Product, SearchApp, SearchResponse, serve_search};

@@ -230,3 +230,44 @@ async fn frontend_rejects_an_invalid_authority() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn transparent_mode_dials_the_resolved_addresses_with_origin_form_requests() {
+    use palisade_example_shop::ResolvedUpstreams;
+    let search = start("search", FrontendConfig::default()).await;
+    let payments = start("payments", FrontendConfig::default()).await;
+    // A stand-in for "the address the name resolves to, captured by the sidecar".
+    let captured = Proxy::start(&[
+        (SEARCH, Route::Forward(search.addr)),
+        (PAYMENTS, Route::Forward(payments.addr)),
+    ])
+    .await;
+    let frontend = start(
+        "frontend",
+        FrontendConfig::transparent(ResolvedUpstreams {
+            search: captured.addr,
+            payments: captured.addr,
+        }),
+    )
+    .await;
+    let page = get(frontend.addr, Version::HTTP_11, "/").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Brass desk lamp"), "{}", page.body);
+    assert!(
+        page.body.contains("payment: charged order-123"),
+        "{}",
+        page.body
+    );
+    let seen = captured.seen();
+    // An app that knows nothing of proxies: origin-form target, the name in Host.
+    let search_request = seen
+        .iter()
+        .find(|s| s.host.as_deref() == Some(SEARCH))
+        .expect("the search request arrived");
+    assert_eq!(search_request.uri, "/search?q=lamp");
+    assert!(
+        seen.iter()
+            .any(|s| s.uri == "http://payments.shop:9090/payments.Payments/Charge"),
+        "{seen:?}"
+    );
+}

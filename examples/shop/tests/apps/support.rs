@@ -207,7 +207,19 @@ impl Proxy {
 
 impl Forwarder {
     async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
-        let authority = request.uri().authority().map(ToString::to_string);
+        // Absolute form (explicit proxy) names the upstream in the URI; origin form (an
+        // app that dialled the upstream itself) in Host.
+        let authority = request
+            .uri()
+            .authority()
+            .map(ToString::to_string)
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|host| host.to_str().ok())
+                    .map(str::to_owned)
+            });
         self.seen.lock().expect("lock").push(Seen {
             version: request.version(),
             uri: request.uri().to_string(),
