@@ -45,3 +45,7 @@ mod authz;
 /// Authorization conformance: a table of requests decided by `palisade authz check`.
 #[path = "e2e/authz_conformance.rs"]
 mod authz_conformance;
+
+/// `palisade init`: capture rules (golden dry runs, real iptables in network namespaces).
+#[path = "e2e/init.rs"]
+mod init;

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod app;
 mod authority;
 pub mod authz;
+pub mod capture;
 pub mod control;
 pub mod detect;
 pub mod discovery;

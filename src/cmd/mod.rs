@@ -4,6 +4,7 @@ mod authz;
 mod ca;
 mod check;
 mod control_plane;
+mod init;
 mod proxy;
 mod up;
 
@@ -40,6 +41,8 @@ pub enum Command {
     ControlPlane(control_plane::ControlPlaneArgs),
     /// Run the sidecar proxy (configured by PALISADE_* variables or flags).
     Proxy(Box<proxy::ProxyArgs>),
+    /// Install the traffic-capture iptables rules in the pod's network namespace.
+    Init(Box<init::InitArgs>),
     /// Validate a configuration directory and explain each problem.
     Check(check::CheckArgs),
     /// CA operations.
@@ -56,7 +59,7 @@ impl Command {
         match self {
             Command::Up(_) => "info,h2=warn,hyper=warn,tonic=warn",
             Command::ControlPlane(_) | Command::Proxy(_) => "info",
-            Command::Ca(_) | Command::Check(_) | Command::Authz(_) => "warn",
+            Command::Ca(_) | Command::Check(_) | Command::Authz(_) | Command::Init(_) => "warn",
         }
     }
 }
@@ -67,6 +70,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(args),
         Command::ControlPlane(args) => control_plane::run(args),
         Command::Proxy(args) => proxy::run(*args),
+        Command::Init(args) => init::run(*args),
         Command::Check(args) => check::run(args),
         Command::Ca(command) => ca::run(command),
         Command::Authz(command) => authz::run(command),

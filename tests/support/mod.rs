@@ -13,6 +13,7 @@ pub mod apps;
 pub mod clients;
 pub mod mesh;
 pub mod net;
+pub mod netns;
 pub mod procs;
 pub mod tls;
 pub mod tools;
