@@ -455,6 +455,24 @@ fn cases() -> Vec<Case> {
             Deny("default-deny", None),
         ),
         case(
+            "ipBlocks admit a plaintext caller by its address (identity fields only fail closed)",
+            vec![allow_api(
+                "from-lb",
+                "from: [{source: {ipBlocks: [\"10.1.0.0/16\"]}}]",
+            )],
+            &["--source-ip", "10.1.2.3"],
+            Allow("prod/from-lb", Some(0)),
+        ),
+        case(
+            "ipBlocks with principals never admit a plaintext caller",
+            vec![allow_api(
+                "from-lb-verified",
+                "from: [{source: {principals: [\"*\"], ipBlocks: [\"10.1.0.0/16\"]}}]",
+            )],
+            &["--source-ip", "10.1.2.3"],
+            Deny("default-deny", None),
+        ),
+        case(
             "ALLOW notPrincipals never admits plaintext (fail closed)",
             vec![allow_api(
                 "not-db",

@@ -9,9 +9,10 @@
 //!
 //! Where an attribute is not known, the answer depends on the action, so that the unknown
 //! never lets a request in:
-//! - **No verified identity** (plaintext caller): in an ALLOW rule, a `from` part or a
-//!   `source.principal`/`source.namespace` condition never matches, negated or not
-//!   (CONTRACT: Palisade fails closed where Istio fails open). In DENY and AUDIT rules the
+//! - **No verified identity** (plaintext caller): in an ALLOW rule, a `from` entry naming
+//!   principals or namespaces, or a `source.principal`/`source.namespace` condition, never
+//!   matches, negated or not (CONTRACT: Palisade fails closed where Istio fails open);
+//!   `ipBlocks`/`notIpBlocks` match the peer address of every caller. In DENY and AUDIT rules the
 //!   attribute is simply absent, as in Istio: positive fields do not match it, negated ones
 //!   do (`notPrincipals: ["*"]` denies plaintext).
 //! - **Opaque TCP** (no HTTP attributes): an ALLOW rule with any HTTP-only field (hosts,
@@ -325,6 +326,15 @@ fn pattern_in<T: Copy, V: Copy>(
 }
 
 impl Source {
+    /// Whether it names identities (principals or namespaces, negated or not), which a
+    /// caller without a verified identity never satisfies in an ALLOW rule.
+    fn asks_identity(&self) -> bool {
+        !(self.principals.is_empty()
+            && self.not_principals.is_empty()
+            && self.namespaces.is_empty()
+            && self.not_namespaces.is_empty())
+    }
+
     fn matches(&self, ctx: &Ctx<'_>) -> bool {
         any_of(&self.principals, ctx.principal, str_match)
             && none_of(&self.not_principals, ctx.principal, str_match)
@@ -429,10 +439,12 @@ impl Condition {
 
 impl Rule {
     fn matches(&self, ctx: &Ctx<'_>, mode: Mode) -> bool {
+        // Fail closed (CONTRACT): without a verified identity no ALLOW rule that asks who
+        // the caller is can match, negated or not. Address fields (`ipBlocks`,
+        // `notIpBlocks`) still match the peer address of every caller.
+        let fail_closed = mode == Mode::Allow && !ctx.authenticated;
         if mode == Mode::Allow {
-            // Fail closed (CONTRACT): without a verified identity no ALLOW rule that says
-            // anything about the source can match, negated or not.
-            if !ctx.authenticated && (!self.from.is_empty() || self.identity_condition) {
+            if fail_closed && self.identity_condition {
                 return false;
             }
             // Istio: at connection level an ALLOW rule using HTTP-only fields is skipped.
@@ -440,7 +452,8 @@ impl Rule {
                 return false;
             }
         }
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(ctx)))
+        let source = |s: &Source| !(fail_closed && s.asks_identity()) && s.matches(ctx);
+        (self.from.is_empty() || self.from.iter().any(source))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(ctx, mode)))
             && self.when.iter().all(|c| c.matches(ctx))
     }

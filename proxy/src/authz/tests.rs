@@ -56,6 +56,12 @@ fn from(s: v1::Source) -> v1::Rule {
         ..Default::default()
     }
 }
+fn from_all(sources: Vec<v1::Source>) -> v1::Rule {
+    v1::Rule {
+        from: sources,
+        ..Default::default()
+    }
+}
 fn to(o: v1::Operation) -> v1::Rule {
     v1::Rule {
         to: vec![o],
@@ -599,7 +605,7 @@ fn source_fields() {
 // === fail closed for callers without identity ===
 
 #[test]
-fn plaintext_never_matches_an_allow_from_field() {
+fn plaintext_never_matches_an_allow_identity_field_but_matches_address_fields() {
     let src = |f: fn(&mut v1::Source)| {
         let mut s = v1::Source::default();
         f(&mut s);
@@ -632,20 +638,11 @@ fn plaintext_never_matches_an_allow_from_field() {
             false,
         ),
         (
-            "ip_blocks",
-            src(|s| s.ip_blocks = vec!["0.0.0.0/0".into()]),
-            plain.clone(),
-            false,
-        ),
-        (
-            "not_ip_blocks",
-            src(|s| s.not_ip_blocks = vec!["192.168.0.0/16".into()]),
-            plain.clone(),
-            false,
-        ),
-        (
-            "empty source",
-            from(v1::Source::default()),
+            "principals any with ip_blocks",
+            src(|s| {
+                s.principals = vec![any()];
+                s.ip_blocks = vec!["10.0.0.0/8".into()];
+            }),
             plain.clone(),
             false,
         ),
@@ -667,7 +664,53 @@ fn plaintext_never_matches_an_allow_from_field() {
             plain.clone(),
             false,
         ),
-        // What a plaintext caller can be allowed by: rules that do not ask who it is.
+        // What a plaintext caller can be allowed by: rules that do not ask who it is. Its
+        // address is known, so address fields match it as they match anyone (CONTRACT).
+        (
+            "ip_blocks containing it",
+            src(|s| s.ip_blocks = vec!["10.0.0.0/8".into()]),
+            plain.clone(),
+            true,
+        ),
+        (
+            "ip_blocks not containing it",
+            src(|s| s.ip_blocks = vec!["192.168.0.0/16".into()]),
+            plain.clone(),
+            false,
+        ),
+        (
+            "not_ip_blocks not containing it",
+            src(|s| s.not_ip_blocks = vec!["192.168.0.0/16".into()]),
+            plain.clone(),
+            true,
+        ),
+        (
+            "not_ip_blocks containing it",
+            src(|s| s.not_ip_blocks = vec!["10.0.0.0/8".into()]),
+            plain.clone(),
+            false,
+        ),
+        (
+            "one source asks identity, another only the address",
+            from_all(vec![
+                v1::Source {
+                    principals: vec![any()],
+                    ..Default::default()
+                },
+                v1::Source {
+                    ip_blocks: vec!["10.0.0.1".into()],
+                    ..Default::default()
+                },
+            ]),
+            plain.clone(),
+            true,
+        ),
+        (
+            "empty source",
+            from(v1::Source::default()),
+            plain.clone(),
+            true,
+        ),
         (
             "source.ip condition",
             when("source.ip", vec![exact("10.0.0.0/8")], vec![]),
