@@ -49,3 +49,8 @@ mod authz_conformance;
 /// `palisade init`: capture rules (golden dry runs, real iptables in network namespaces).
 #[path = "e2e/init.rs"]
 mod init;
+
+/// Transparent capture in pod namespaces: unmodified apps through both sidecars, callers
+/// that skip the mesh refused, egress by SNI, Host and address, non-TCP dropped.
+#[path = "e2e/capture.rs"]
+mod capture;

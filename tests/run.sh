@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[tests %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 install_tools() {
-  local packages=(curl openssl ca-certificates iptables iproute2 nghttp2-client tcpdump tshark prometheus python3-venv)
+  local packages=(curl openssl ca-certificates iptables iproute2 iputils-ping nghttp2-client tcpdump tshark prometheus python3-venv)
   local missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod bed;
 pub mod clients;
 pub mod mesh;
 pub mod net;
