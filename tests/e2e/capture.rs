@@ -103,6 +103,14 @@ spec:
   selector: {matchLabels: {app: client}}
   ipBlocks: [10.77.1.50/32]
   ports: [6000]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: partner-http, namespace: shop}
+spec:
+  selector: {matchLabels: {app: client}}
+  hosts: [api.partner.test]
+  ports: [8081]
 ";
 
 const CLIENT: PodSpec = PodSpec::meshed("client", 2);
@@ -549,8 +557,10 @@ async fn opaque_tcp_and_server_first_protocols_cross_the_mesh() {
         stream.write_all(b"QUIT\r\n").await.unwrap();
         read_until(&mut stream, b"QUIT\r\n").await.unwrap();
     }
-    // Both crossed as mTLS streams authorized at connection level by the server's sidecar,
-    // and no detection ran for them at the client.
+    // Both crossed as mTLS streams authorized at connection level by the server's sidecar
+    // (logged per connection: it runs with --log-decisions), and no detection held them.
+    let log = server.proxy_log();
+    assert!(log.matches("connection allowed").count() >= 4, "{log}");
     let m = client.metrics().await;
     assert_eq!(
         metric(
@@ -561,10 +571,25 @@ async fn opaque_tcp_and_server_first_protocols_cross_the_mesh() {
         0.0,
         "{m}"
     );
-    let log = server.proxy_log();
+    // A tunnel to an HTTP port is refused: opaque bytes reach only ports declared TCP, so a
+    // client cannot carry a forged header or an unnormalised path past the server's L7
+    // policy inside a raw stream.
+    let attempt = exchange(
+        client.ns(),
+        server.addr(8080),
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        b"SSH",
+    )
+    .await;
+    assert!(attempt.is_err(), "raw bytes reached the HTTP port");
+    let m = client.metrics().await;
     assert!(
-        log.matches("connection allowed").count() >= 4 || log.matches("ALLOW").count() >= 4,
-        "{log}"
+        metric(
+            &m,
+            "palisade_proxy_captured_refused_total",
+            &["reason=\"not-http\""]
+        ) >= 1.0,
+        "{m}"
     );
 }
 
@@ -641,6 +666,14 @@ async fn egress_is_matched_by_sni_and_address_with_the_apps_tls_untouched() {
         stop.clone(),
     ));
     tokio::spawn(echo(partner.listen(6001), None, stop.clone()));
+    {
+        let listener = partner.listen(8081);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = palisade_example_shop::serve_app("search", listener, Default::default(), stop)
+                .await;
+        });
+    }
     poll(
         Duration::from_secs(10),
         Duration::from_millis(100),
@@ -697,6 +730,48 @@ async fn egress_is_matched_by_sni_and_address_with_the_apps_tls_untouched() {
         "a dialled address that is not the name's is replaced by the name's: {}",
         output_text(&out)
     );
+    // Plain HTTP is matched by its Host, per request: the allowed name passes, another name
+    // on the same connection target is refused with the mesh's 403.
+    let out = curl(
+        &client.pod,
+        &["-i", "http://api.partner.test:8081/search?q=lamp"],
+    )
+    .await;
+    assert!(
+        stdout(&out).starts_with("HTTP/1.1 200") && stdout(&out).contains("reading lamp"),
+        "allowed Host: {}\n{}",
+        output_text(&out),
+        bed.logs()
+    );
+    let out = curl(
+        &client.pod,
+        &["-i", "http://other.partner.test:8081/search?q=lamp"],
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 403")
+            && text.contains("x-palisade-denied-by: outbound-registry-only"),
+        "unlisted Host: {}",
+        output_text(&out)
+    );
+    // A forged Host naming the allowed host, sent to another address (the server pod, which
+    // has nothing on 8081): the request goes to the allowed name's own address.
+    let out = curl(
+        &client.pod,
+        &[
+            "-i",
+            "-H",
+            "Host: api.partner.test:8081",
+            &format!("http://{}:8081/search?q=lamp", bed.pod("server").ip()),
+        ],
+    )
+    .await;
+    assert!(
+        stdout(&out).starts_with("HTTP/1.1 200") && stdout(&out).contains("reading lamp"),
+        "forged Host: {}",
+        output_text(&out)
+    );
     // Plain TCP by address: the allowed block and port pass (even server-speaks-first),
     // another port of the same address does not.
     let mut ledger = connect_in(client.ns(), partner.addr(6000)).await.unwrap();
@@ -721,6 +796,7 @@ async fn egress_is_matched_by_sni_and_address_with_the_apps_tls_untouched() {
         )
     };
     assert!(denied("other.partner.test:443") >= 1.0, "{m}");
+    assert!(denied("other.partner.test:8081") >= 1.0, "{m}");
     assert!(denied(&partner.addr(6001).to_string()) >= 1.0, "{m}");
     assert!(
         metric(
