@@ -70,6 +70,15 @@ enum Verdict {
     NeedMore,
 }
 
+/// What the first bytes of a connection speak; `None` while they could still be the start
+/// of more than one protocol (the caller reads more, up to a bound).
+pub fn classify_prefix(buf: &[u8]) -> Option<Protocol> {
+    match classify(buf) {
+        Verdict::Decided(p) => Some(p),
+        Verdict::NeedMore => None,
+    }
+}
+
 /// Classifies the first bytes of a connection.
 fn classify(buf: &[u8]) -> Verdict {
     if buf.is_empty() {
