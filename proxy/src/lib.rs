@@ -34,6 +34,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod model;
+pub mod netns;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
