@@ -1,6 +1,7 @@
 //! The command line, through the real binary: bad input is a user error (exit 1, one line on
-//! stderr naming the file and the field, never a panic), and `palisade up` runs the shop,
-//! prints a working curl line, and stops cleanly on Ctrl-C.
+//! stderr naming the file and the field, never a panic), and `palisade up` runs the shop in
+//! both modes (loopback; network namespaces with real capture, as root), prints a working
+//! curl line, and stops cleanly on Ctrl-C, leaving nothing behind.
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -284,6 +285,124 @@ async fn lock_up_addresses() -> std::fs::File {
     .unwrap()
 }
 
+/// A running `palisade up`: the process (its stderr in a log file) and what it printed on
+/// stdout up to and including the `curl ` line.
+struct Up {
+    process: ChildGuard,
+    printed: Vec<String>,
+    curl_line: String,
+    _logs: tempfile::TempDir,
+}
+
+impl Up {
+    /// Runs `palisade up args...` in the workspace root and waits (bounded) for the `curl `
+    /// line; stdout is drained afterwards so the process never blocks on a full pipe.
+    async fn start(args: &[&str]) -> Self {
+        let logs = tempfile::Builder::new()
+            .prefix("palisade-e2e-up-")
+            .tempdir()
+            .unwrap();
+        let log = logs.path().join("up.log");
+        let mut child = Command::new(palisade_bin())
+            .arg("up")
+            .args(args)
+            .current_dir(workspace_root())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let process = ChildGuard::from_child("palisade up", child, log);
+
+        let mut lines = BufReader::new(stdout).lines();
+        let mut printed = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                printed.push(line.clone());
+                if line.starts_with("curl ") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        let Ok(Some(curl_line)) = found else {
+            panic!(
+                "no `curl ` line from palisade up {}; stdout: {printed:#?}\nlog:\n{}",
+                args.join(" "),
+                process.log_text()
+            );
+        };
+        // The rest of the summary, then whatever else comes, read in the background.
+        let rest = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut rest = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let done = line.starts_with("Press Ctrl-C");
+                rest.push(line);
+                if done {
+                    break;
+                }
+            }
+            rest
+        })
+        .await
+        .unwrap_or_default();
+        printed.extend(rest);
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            process,
+            printed,
+            curl_line,
+            _logs: logs,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Runs the printed curl line exactly as a user would paste it; asserts success and a
+    /// full shop page (search results and a payment).
+    async fn assert_curl_line_serves_the_shop(&self, sh: &std::path::Path) {
+        let out = tools::run_ok(sh, ["-c", &self.curl_line], Duration::from_secs(30)).await;
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}: {}\nlog:\n{}",
+            self.curl_line,
+            output_text(&out),
+            self.log()
+        );
+        // The page, search results answered by the search app, and a payment.
+        for expected in [
+            "Palisade Shop",
+            "lamp",
+            "answered by search",
+            "payment: charged",
+        ] {
+            assert!(
+                page.contains(expected),
+                "the page lacks {expected:?}:\n{page}\nlog:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// SIGINT (Ctrl-C), then exit status 0 within `limit`.
+    async fn interrupt_and_expect_clean_exit(&mut self, limit: Duration) {
+        self.process.interrupt().await;
+        let status = self.process.wait_exit(limit).await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "palisade up did not exit 0 within {limit:?} of SIGINT: {status:?}\nlog:\n{}",
+            self.log()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn palisade_up_serves_the_shop_and_stops_on_interrupt() {
     const TEST: &str = "palisade_up_serves_the_shop_and_stops_on_interrupt";
@@ -291,66 +410,225 @@ async fn palisade_up_serves_the_shop_and_stops_on_interrupt() {
         return;
     };
     let _lock = lock_up_addresses().await;
-    let logs = tempfile::Builder::new()
-        .prefix("palisade-e2e-up-")
-        .tempdir()
-        .unwrap();
-    let log = logs.path().join("up.log");
-    let mut child = Command::new(palisade_bin())
-        .args(["up", "examples/ecommerce"])
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut up = ChildGuard::from_child("palisade up", child, log);
-
-    let mut lines = BufReader::new(stdout).lines();
-    let mut printed = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            printed.push(line.clone());
-            if line.starts_with("curl ") {
-                return Some(line);
-            }
-        }
-        None
-    })
-    .await;
-    let Ok(Some(curl_line)) = found else {
-        panic!(
-            "no `curl ` line from palisade up; stdout: {printed:#?}\nlog:\n{}",
-            up.log_text()
-        );
-    };
-    // Keep reading stdout so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    // The exact line, as a user would paste it.
-    let out = tools::run_ok(&sh, ["-c", &curl_line], Duration::from_secs(30)).await;
-    let page = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut up = Up::start(&["examples/ecommerce", "--mode", "loopback"]).await;
     assert!(
-        out.status.success(),
-        "{curl_line}: {}\nlog:\n{}",
-        output_text(&out),
-        up.log_text()
+        up.printed
+            .iter()
+            .any(|l| l.starts_with("Mode loopback") && l.contains("reachable directly")),
+        "loopback mode does not say that apps are reachable directly: {:#?}",
+        up.printed
     );
-    for expected in ["Palisade Shop", "lamp", "charged"] {
+    up.assert_curl_line_serves_the_shop(&sh).await;
+    up.interrupt_and_expect_clean_exit(Duration::from_secs(15))
+        .await;
+}
+
+/// What `palisade up --mode netns` must leave as it found it in the root namespace: links and
+/// every iptables table (IPv4, IPv6, nft and legacy), comments and counters left out.
+#[derive(Debug, PartialEq, Eq)]
+struct RootNamespace {
+    links: String,
+    tables: Vec<(String, String)>,
+}
+
+impl RootNamespace {
+    async fn read(ip: &std::path::Path) -> Self {
+        let limit = Duration::from_secs(10);
+        let links = tools::run_ok(ip, ["-o", "link", "show"], limit).await;
+        assert!(links.status.success(), "ip link: {}", output_text(&links));
+        let mut tables = Vec::new();
+        for save in [
+            "iptables-save",
+            "ip6tables-save",
+            "iptables-legacy-save",
+            "ip6tables-legacy-save",
+        ] {
+            let Some(path) = tools::find(save) else {
+                continue;
+            };
+            let out = tools::run_ok(&path, std::iter::empty::<&str>(), limit).await;
+            assert!(out.status.success(), "{save}: {}", output_text(&out));
+            let text: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(without_counters)
+                .collect();
+            tables.push((save.to_owned(), text.join("\n")));
+        }
+        Self {
+            links: String::from_utf8_lossy(&links.stdout).into_owned(),
+            tables,
+        }
+    }
+}
+
+/// An iptables-save line without its `[packets:bytes]` counters.
+fn without_counters(line: &str) -> String {
+    line.split(' ')
+        .filter(|word| {
+            !(word.starts_with('[')
+                && word.ends_with(']')
+                && word[1..word.len() - 1]
+                    .split(':')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The root default: one network namespace per workload with real capture. The printed
+/// curl line works from this shell; going around the sidecars is refused (a pod without
+/// permission gets the frontend sidecar's 403, the node without a sidecar is refused by
+/// STRICT mTLS); SIGINT removes every namespace and leaves the root namespace's links and
+/// iptables rules as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn palisade_up_netns_enforces_capture_and_cleans_up() {
+    const TEST: &str = "palisade_up_netns_enforces_capture_and_cleans_up";
+    if !tools::is_root() {
+        crate::support::skip(TEST, "network namespaces and iptables need root");
+        return;
+    }
+    let (Some(curl), Some(sh), Some(ip)) = (
+        tools::require(TEST, "curl"),
+        tools::require(TEST, "sh"),
+        tools::require(TEST, "ip"),
+    ) else {
+        return;
+    };
+    if tools::require(TEST, "iptables-save").is_none() {
+        return;
+    }
+    let before = RootNamespace::read(&ip).await;
+
+    let port = free_port().to_string();
+    let mut up = Up::start(&["examples/ecommerce", "--port", &port]).await;
+    let prefix = format!("pal-up-{}-", up.process.pid());
+    let summary = up.printed.join("\n");
+    for expected in [
+        "(--mode netns)",
+        "Apps are reachable only through their sidecars",
+        &format!("{prefix}node"),
+    ] {
         assert!(
-            page.contains(expected),
-            "the page lacks {expected:?}:\n{page}\nlog:\n{}",
-            up.log_text()
+            summary.contains(expected),
+            "the summary lacks {expected:?}:\n{summary}"
+        );
+    }
+    up.assert_curl_line_serves_the_shop(&sh).await;
+
+    // The frontend pod's address, from its summary row.
+    let frontend_ip = up
+        .printed
+        .iter()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("shop/frontend"))
+                .then(|| words.nth(1).map(str::to_owned))
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no shop/frontend row in the summary:\n{summary}"));
+    let app = format!("http://{frontend_ip}:8080/");
+    let limit = Duration::from_secs(30);
+
+    // From search's pod, straight at frontend's app: captured by search's sidecar, carried
+    // over mTLS, refused by frontend's policy (only ingress may call it).
+    let search_pod = format!("{prefix}search.shop");
+    let curl_text = curl.to_string_lossy().into_owned();
+    let out = tools::run_ok(
+        &ip,
+        [
+            "netns",
+            "exec",
+            &search_pod,
+            &curl_text,
+            "-sS",
+            "-i",
+            "-m",
+            "10",
+            &app,
+        ],
+        limit,
+    )
+    .await;
+    let reply = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        out.status.success() && reply.starts_with("http/1.1 403"),
+        "search's pod reached frontend's app around the policy: {}\nlog:\n{}",
+        output_text(&out),
+        up.log()
+    );
+    assert!(
+        reply.contains("x-palisade-denied-by:"),
+        "the 403 does not come from a sidecar: {}",
+        output_text(&out)
+    );
+
+    // From the node, which has no sidecar: plaintext to a STRICT mesh is refused before any
+    // byte reaches the app.
+    let node = format!("{prefix}node");
+    let out = tools::run_ok(
+        &ip,
+        ["netns", "exec", &node, &curl_text, "-sS", "-m", "10", &app],
+        limit,
+    )
+    .await;
+    assert!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("Palisade Shop"),
+        "the node reached frontend's app without a sidecar: {}\nlog:\n{}",
+        output_text(&out),
+        up.log()
+    );
+
+    // The bypass commands the summary prints behave as it says.
+    let printed: Vec<String> = up
+        .printed
+        .iter()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| l.starts_with("ip netns exec "))
+        .collect();
+    assert_eq!(printed.len(), 2, "bypass commands: {printed:#?}");
+    for command in &printed {
+        let with_bound = format!("{command} -m 10");
+        let out = tools::run_ok(&sh, ["-c", &with_bound], limit).await;
+        let reply = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        if command.starts_with(&format!("ip netns exec {node} ")) {
+            assert!(!out.status.success(), "{command}: {}", output_text(&out));
+        } else {
+            assert!(
+                reply.starts_with("http/1.1 403"),
+                "{command}: {}",
+                output_text(&out)
+            );
+        }
+    }
+    let log = up.log();
+    for expected in ["request allowed", "request denied"] {
+        assert!(
+            log.contains(expected),
+            "the log lacks {expected:?} (decisions are logged):\n{log}"
         );
     }
 
-    up.interrupt().await;
-    let status = up.wait_exit(Duration::from_secs(15)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "palisade up did not exit 0 within 15 s of SIGINT: {status:?}\nlog:\n{}",
-        up.log_text()
+    up.interrupt_and_expect_clean_exit(Duration::from_secs(20))
+        .await;
+    let left: Vec<String> = crate::support::netns::list()
+        .await
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let after = RootNamespace::read(&ip).await;
+    assert_eq!(
+        before, after,
+        "the root namespace's links or iptables rules changed"
     );
 }
