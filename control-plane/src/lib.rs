@@ -42,7 +42,8 @@ pub use discovery::{Nack, ProxyStatus, TypeStatus};
 pub use index::{ResourceType, UnknownWorkload, authorization_for, egress_for, snapshots_for};
 pub use model::MeshSnapshot;
 pub use runtime::{
-    ControlPlane, ControlPlaneConfig, DEFAULT_ADMIN_ADDR, DEFAULT_GRPC_ADDR, StartError, start,
+    ControlPlane, ControlPlaneConfig, DEFAULT_ADMIN_ADDR, DEFAULT_GRPC_ADDR, GrpcLimits,
+    StartError, start,
 };
 pub use tokens::{TokenError, TokenStore};
 pub use transport::PeerInfo;

@@ -50,6 +50,8 @@ pub(crate) struct Metrics {
     nacks: Family<TypeLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     serving_certificate_renewals: Counter,
+    grpc_connections: Gauge,
+    grpc_refusals: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +66,8 @@ impl Metrics {
         let nacks = Family::<TypeLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let serving_certificate_renewals = Counter::default();
+        let grpc_connections = Gauge::default();
+        let grpc_refusals = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "palisade_identity_certificates_issued",
             "Workload certificates signed by the identity service",
@@ -109,6 +113,16 @@ impl Metrics {
             "Renewals of the control plane's own serving certificate",
             serving_certificate_renewals.clone(),
         );
+        registry.register(
+            "palisade_grpc_connections",
+            "gRPC connections open after their TLS handshake",
+            grpc_connections.clone(),
+        );
+        registry.register(
+            "palisade_grpc_connections_refused",
+            "gRPC connections closed by a limit, by reason",
+            grpc_refusals.clone(),
+        );
         Self {
             registry,
             certificates_issued,
@@ -120,6 +134,8 @@ impl Metrics {
             nacks,
             reloads,
             serving_certificate_renewals,
+            grpc_connections,
+            grpc_refusals,
         }
     }
 
@@ -174,6 +190,22 @@ impl Metrics {
 
     pub fn serving_certificate_renewed(&self) {
         self.serving_certificate_renewals.inc();
+    }
+
+    pub fn grpc_connection_opened(&self) {
+        self.grpc_connections.inc();
+    }
+
+    pub fn grpc_connection_closed(&self) {
+        self.grpc_connections.dec();
+    }
+
+    /// `reason` is one of a fixed set: `connection_limit`, `anonymous_limit`,
+    /// `handshake_timeout`.
+    pub fn grpc_connection_refused(&self, reason: &'static str) {
+        self.grpc_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }
 

@@ -24,7 +24,7 @@ use crate::index::Published;
 use crate::metrics::Metrics;
 use crate::model::MeshSnapshot;
 use crate::tokens::TokenStore;
-use crate::transport::{self, ServingCertError};
+use crate::transport::{self, ConnectionLimits, ServingCertError};
 use crate::{control_plane_identity, watcher};
 
 /// Default gRPC (identity + discovery) address (CONTRACT: port 15012).
@@ -60,6 +60,55 @@ pub struct ControlPlaneConfig {
     /// Workload addresses assigned by the runner, replacing `spec.address` (empty: the
     /// directory's addresses).
     pub assigned_addresses: config::AddressAssignments,
+    /// Bounds on what gRPC clients can hold.
+    pub limits: GrpcLimits,
+}
+
+/// Bounds on the gRPC listener, which anyone who can reach it may use before proving an
+/// identity. Every default is printed by `palisade control-plane --help`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcLimits {
+    /// Open connections (handshaking ones included); more are closed at once.
+    pub max_connections: usize,
+    /// Open connections without a client certificate (bootstrap); kept below
+    /// `max_connections` so proxies with a certificate always find room.
+    pub max_anonymous_connections: usize,
+    /// TLS handshakes in progress; further clients wait in the listen backlog.
+    pub max_handshakes: usize,
+    /// Time a client gets to finish its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.
+    pub max_concurrent_streams: u32,
+    /// Requests handled at once per connection; more wait for a slot.
+    pub concurrency_per_connection: usize,
+    /// Deadline of a call until its response starts: the whole of a unary call such as
+    /// `Certify`; a discovery stream only until it is accepted, so it may live on.
+    pub request_timeout: Duration,
+    /// Streams the client reset before they were accepted, allowed to wait at once before
+    /// the connection gets GOAWAY (CVE-2023-44487, rapid reset).
+    pub max_pending_reset_streams: usize,
+    /// Streams the server had to reset because of the client's protocol errors, over a
+    /// connection's life, before it gets GOAWAY (CVE-2025-8671, "MadeYouReset").
+    pub max_local_error_resets: usize,
+    /// Largest `Identity` request message (a CSR is under 1 KiB).
+    pub max_identity_message: usize,
+}
+
+impl Default for GrpcLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_anonymous_connections: 1024,
+            max_handshakes: 256,
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 100,
+            concurrency_per_connection: 32,
+            request_timeout: Duration::from_secs(30),
+            max_pending_reset_streams: 20,
+            max_local_error_resets: 100,
+            max_identity_message: 16 * 1024,
+        }
+    }
 }
 
 /// Why the control plane did not start.
@@ -269,10 +318,18 @@ pub async fn start(
 
     let (tls_tx, tls_rx) = watch::channel(cert.config);
     let (conn_tx, conn_rx) = mpsc::channel(INCOMING_BUFFER);
+    let limits = &config.limits;
     tracker.spawn(transport::accept_loop(
         grpc_listener,
         tls_rx,
         conn_tx,
+        ConnectionLimits::new(
+            limits.max_connections,
+            limits.max_anonymous_connections,
+            limits.max_handshakes,
+            limits.handshake_timeout,
+        ),
+        Arc::clone(&metrics),
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -299,10 +356,20 @@ pub async fn start(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     };
+    // tonic hands hyper `None` for every HTTP/2 guard it is not given, which turns off
+    // hyper's own defaults (stream and reset limits): each is set here.
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(IdentityServer::new(identity_service))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .timeout(limits.request_timeout)
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
+        .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
+        .add_service(
+            IdentityServer::new(identity_service)
+                .max_decoding_message_size(limits.max_identity_message),
+        )
         .add_service(DiscoveryServer::new(discovery_service));
     let ready = Arc::new(AtomicBool::new(false));
     {
@@ -364,6 +431,7 @@ pub async fn start(
         default_authorization = ?s.default_authorization,
         certificate_lifetime_secs = s.certificate_lifetime.as_secs(),
         watch = config.watch,
+        limits = ?config.limits,
         "control plane serving"
     );
     Ok(ControlPlane {

@@ -32,6 +32,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod raw_h2;
+
 use crate::{
     ControlPlane, ControlPlaneConfig, StartError, TokenError, TokenStore, control_plane_identity,
 };
@@ -149,6 +151,26 @@ pub async fn connect(
     Ok(channel)
 }
 
+/// A raw TLS connection (ALPN h2) to `addr`, for tests that write HTTP/2 frames
+/// themselves ([`raw_h2`]); the server must present `server_identity` chained to `bundle`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    bundle: &TrustBundle,
+    server_identity: SpiffeId,
+    creds: Option<&Credentials>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TestError> {
+    let config = Arc::new(client_config(creds, bundle, server_identity, &[ALPN_H2])?);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        connector.connect(placeholder_server_name(), tcp).await
+    };
+    tokio::time::timeout(TIMEOUT, connect)
+        .await
+        .map_err(|_| TestError::Other(format!("timed out connecting to {addr}")))?
+        .map_err(TestError::Io)
+}
+
 /// Options of [`TestControlPlane::start_with`].
 #[derive(Debug, Clone)]
 pub struct TestOptions {
@@ -158,6 +180,8 @@ pub struct TestOptions {
     pub admin: bool,
     /// Watch the directory.
     pub watch: bool,
+    /// Bounds on the gRPC listener.
+    pub limits: crate::GrpcLimits,
 }
 
 impl Default for TestOptions {
@@ -166,6 +190,7 @@ impl Default for TestOptions {
             trust_domain: TRUST_DOMAIN.to_owned(),
             admin: true,
             watch: false,
+            limits: crate::GrpcLimits::default(),
         }
     }
 }
@@ -216,6 +241,7 @@ impl TestControlPlane {
                 admin_addr: options.admin.then_some(loopback),
                 watch: options.watch,
                 assigned_addresses: Default::default(),
+                limits: options.limits.clone(),
             },
             shutdown.clone(),
         )
@@ -276,6 +302,15 @@ impl TestControlPlane {
         )
         .await
         .map_err(|_| TestError::Other("timed out connecting to the control plane".into()))?
+    }
+
+    /// A raw TLS connection to the gRPC port, presenting `creds` if given.
+    pub async fn tls(
+        &self,
+        creds: Option<&Credentials>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TestError> {
+        let id = control_plane_identity(self.ca.trust_domain());
+        tls_connect(self.addr(), &self.ca.bundle().clone(), id, creds).await
     }
 
     /// Obtains a certificate for a workload with its bootstrap token, as a proxy's first

@@ -13,7 +13,7 @@ use palisade_certs::{CaError, CertificateAuthority, SpiffeId, TlsError};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
@@ -21,9 +21,6 @@ use tonic::transport::server::Connected;
 use crate::index::Published;
 use crate::metrics::Metrics;
 
-/// A client that has not finished its handshake by then is dropped, so half-open
-/// connections cannot pile up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Retry delay after a failed renewal of the serving certificate.
@@ -46,6 +43,55 @@ pub struct PeerInfo {
 pub(crate) struct TlsConnection {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Its places under the connection caps, given back when tonic drops the connection.
+    _slots: ConnectionSlots,
+}
+
+/// Caps on what clients of the gRPC listener can hold before they prove anything: the port
+/// is reachable without a certificate, so every count an outsider can grow is bounded here.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionLimits {
+    /// Open connections, handshaking ones included; one more is closed at once.
+    connections: Arc<Semaphore>,
+    /// Connections whose client presented no certificate (bootstrap `Certify` only); one
+    /// more is closed after its handshake. Kept below `connections`, so proxies holding a
+    /// mesh certificate keep room when certificate-less clients fill theirs.
+    anonymous: Arc<Semaphore>,
+    /// TLS handshakes in progress; at the cap the listener stops accepting until one ends,
+    /// so further clients wait in the kernel's backlog instead of in memory.
+    handshakes: Arc<Semaphore>,
+    /// A client that has not finished its handshake by then is dropped, so half-open
+    /// connections cannot pile up.
+    handshake_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn new(
+        connections: usize,
+        anonymous: usize,
+        handshakes: usize,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(connections)),
+            anonymous: Arc::new(Semaphore::new(anonymous)),
+            handshakes: Arc::new(Semaphore::new(handshakes.max(1))),
+            handshake_timeout,
+        }
+    }
+}
+
+/// The permits a connection holds; dropping it frees them.
+struct ConnectionSlots {
+    _connection: OwnedSemaphorePermit,
+    _anonymous: Option<OwnedSemaphorePermit>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnectionSlots {
+    fn drop(&mut self) {
+        self.metrics.grpc_connection_closed();
+    }
 }
 
 impl Connected for TlsConnection {
@@ -98,14 +144,26 @@ impl AsyncWrite for TlsConnection {
 
 /// Accepts TCP connections and completes TLS handshakes, each in its own task, sending
 /// finished connections to tonic. New handshakes use the latest server configuration.
+/// Connections over the caps of `limits` are closed and counted.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     incoming: mpsc::Sender<io::Result<TlsConnection>>,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     loop {
+        // Waiting here leaves further clients in the kernel's bounded backlog.
+        let handshake = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = Arc::clone(&limits.handshakes).acquire_owned() => match permit {
+                Ok(p) => p,
+                // Never closed; stop accepting if it were.
+                Err(_) => return,
+            },
+        };
         let (tcp, remote_addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -119,34 +177,72 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
+        let Ok(connection) = Arc::clone(&limits.connections).try_acquire_owned() else {
+            // Dropping the socket closes it: the client sees the refusal at once.
+            metrics.grpc_connection_refused("connection_limit");
+            tracing::debug!(peer = %remote_addr, "gRPC connection refused: connection limit reached");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.borrow()));
         let incoming = incoming.clone();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
+        let metrics = Arc::clone(&metrics);
         tracker.spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let handshake_result =
+                tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                result = handshake => match result {
+                result = handshake_result => match result {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %remote_addr, error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {
+                        metrics.grpc_connection_refused("handshake_timeout");
                         tracing::debug!(peer = %remote_addr, "TLS handshake timed out");
                         return;
                     }
                 },
             };
+            drop(handshake);
             let identity =
                 palisade_certs::tls::peer_identity(stream.get_ref().1.peer_certificates());
+            let anonymous = if identity.is_none() {
+                match Arc::clone(&limits.anonymous).try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        metrics.grpc_connection_refused("anonymous_limit");
+                        tracing::debug!(
+                            peer = %remote_addr,
+                            "gRPC connection without a client certificate refused: limit reached"
+                        );
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            metrics.grpc_connection_opened();
+            let slots = ConnectionSlots {
+                _connection: connection,
+                _anonymous: anonymous,
+                metrics,
+            };
             let info = PeerInfo {
                 remote_addr,
                 identity,
             };
             // Fails only once tonic has stopped accepting; the connection is then dropped.
-            let _ = incoming.send(Ok(TlsConnection { stream, info })).await;
+            let _ = incoming
+                .send(Ok(TlsConnection {
+                    stream,
+                    info,
+                    _slots: slots,
+                }))
+                .await;
         });
     }
 }

@@ -10,6 +10,7 @@ mod control_plane {
     mod config;
     mod discovery;
     mod identity;
+    mod limits;
     mod policy;
     mod reload;
     mod support;

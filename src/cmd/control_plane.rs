@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use palisade_control_plane::{ControlPlaneConfig, TokenStore};
+use palisade_control_plane::{ControlPlaneConfig, GrpcLimits, TokenStore};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `palisade control-plane`.
@@ -32,6 +33,89 @@ pub struct ControlPlaneArgs {
     /// Do not watch the config directory for changes.
     #[arg(long)]
     pub no_watch: bool,
+    /// gRPC: open connections at most (handshaking ones included); more are closed at once.
+    #[arg(long, env = "PALISADE_GRPC_MAX_CONNECTIONS", default_value_t = GrpcLimits::default().max_connections)]
+    pub grpc_max_connections: usize,
+    /// gRPC: open connections without a client certificate (bootstrap) at most; keep it
+    /// below --grpc-max-connections so proxies with a certificate always find room.
+    #[arg(long, env = "PALISADE_GRPC_MAX_ANONYMOUS_CONNECTIONS", default_value_t = GrpcLimits::default().max_anonymous_connections)]
+    pub grpc_max_anonymous_connections: usize,
+    /// gRPC: TLS handshakes in progress at most; further clients wait in the listen backlog.
+    #[arg(long, env = "PALISADE_GRPC_MAX_HANDSHAKES", default_value_t = GrpcLimits::default().max_handshakes)]
+    pub grpc_max_handshakes: usize,
+    /// gRPC: seconds a client gets to finish its TLS handshake.
+    #[arg(long, env = "PALISADE_GRPC_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = GrpcLimits::default().handshake_timeout.as_secs())]
+    pub grpc_handshake_timeout_seconds: u64,
+    /// gRPC: HTTP/2 concurrent streams per connection.
+    #[arg(long, env = "PALISADE_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = GrpcLimits::default().max_concurrent_streams)]
+    pub grpc_max_concurrent_streams: u32,
+    /// gRPC: requests handled at once per connection; more wait for a slot.
+    #[arg(long, env = "PALISADE_GRPC_CONCURRENCY_PER_CONNECTION", default_value_t = GrpcLimits::default().concurrency_per_connection)]
+    pub grpc_concurrency_per_connection: usize,
+    /// gRPC: seconds a call may take until its response starts (all of a Certify call; a
+    /// discovery stream lives on once accepted).
+    #[arg(long, env = "PALISADE_GRPC_REQUEST_TIMEOUT_SECONDS", default_value_t = GrpcLimits::default().request_timeout.as_secs())]
+    pub grpc_request_timeout_seconds: u64,
+    /// gRPC: streams reset by the client before being accepted that may wait at once before
+    /// the connection gets GOAWAY (rapid reset, CVE-2023-44487).
+    #[arg(long, env = "PALISADE_GRPC_MAX_PENDING_RESET_STREAMS", default_value_t = GrpcLimits::default().max_pending_reset_streams)]
+    pub grpc_max_pending_reset_streams: usize,
+    /// gRPC: streams the server had to reset for a client's protocol errors, per connection,
+    /// before it gets GOAWAY (MadeYouReset, CVE-2025-8671).
+    #[arg(long, env = "PALISADE_GRPC_MAX_LOCAL_ERROR_RESETS", default_value_t = GrpcLimits::default().max_local_error_resets)]
+    pub grpc_max_local_error_resets: usize,
+    /// gRPC: largest Identity (Certify) request message, in bytes.
+    #[arg(long, env = "PALISADE_GRPC_MAX_IDENTITY_MESSAGE", default_value_t = GrpcLimits::default().max_identity_message)]
+    pub grpc_max_identity_message: usize,
+}
+
+impl ControlPlaneArgs {
+    /// The gRPC limits the flags ask for; a zero would refuse every client or hang them.
+    fn limits(&self) -> anyhow::Result<GrpcLimits> {
+        let counts = [
+            ("--grpc-max-connections", self.grpc_max_connections),
+            (
+                "--grpc-max-anonymous-connections",
+                self.grpc_max_anonymous_connections,
+            ),
+            ("--grpc-max-handshakes", self.grpc_max_handshakes),
+            (
+                "--grpc-concurrency-per-connection",
+                self.grpc_concurrency_per_connection,
+            ),
+            (
+                "--grpc-max-identity-message",
+                self.grpc_max_identity_message,
+            ),
+            (
+                "--grpc-handshake-timeout-seconds",
+                self.grpc_handshake_timeout_seconds as usize,
+            ),
+            (
+                "--grpc-request-timeout-seconds",
+                self.grpc_request_timeout_seconds as usize,
+            ),
+            (
+                "--grpc-max-concurrent-streams",
+                self.grpc_max_concurrent_streams as usize,
+            ),
+        ];
+        if let Some((flag, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            anyhow::bail!("{flag} must be at least 1");
+        }
+        Ok(GrpcLimits {
+            max_connections: self.grpc_max_connections,
+            max_anonymous_connections: self.grpc_max_anonymous_connections,
+            max_handshakes: self.grpc_max_handshakes,
+            handshake_timeout: Duration::from_secs(self.grpc_handshake_timeout_seconds),
+            max_concurrent_streams: self.grpc_max_concurrent_streams,
+            concurrency_per_connection: self.grpc_concurrency_per_connection,
+            request_timeout: Duration::from_secs(self.grpc_request_timeout_seconds),
+            max_pending_reset_streams: self.grpc_max_pending_reset_streams,
+            max_local_error_resets: self.grpc_max_local_error_resets,
+            max_identity_message: self.grpc_max_identity_message,
+        })
+    }
 }
 
 /// Runs the control plane until SIGINT/SIGTERM.
@@ -39,6 +123,7 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
     let snapshot = palisade_control_plane::load_dir(&args.config)?;
     let ca = crate::cmd::ca::load(&args.ca_dir, snapshot.settings().trust_domain.clone())?;
     let tokens = TokenStore::load(&args.tokens)?;
+    let limits = args.limits()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,6 +138,7 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
             admin_addr: Some(args.admin_addr),
             watch: !args.no_watch,
             assigned_addresses: Default::default(),
+            limits,
         };
         let cp = palisade_control_plane::start(config, shutdown.clone()).await?;
         tracing::info!(grpc = %cp.grpc_addr(), admin = ?cp.admin_addr(), identity = %cp.identity(), "control plane serving");

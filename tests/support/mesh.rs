@@ -269,6 +269,7 @@ impl MeshBuilder {
                 admin_addr: Some(block.addr(CONTROL_PLANE_HOST, 15014)),
                 watch: self.watch,
                 assigned_addresses: Default::default(),
+                limits: Default::default(),
             },
             shutdown.clone(),
         )

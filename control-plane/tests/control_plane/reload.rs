@@ -86,6 +86,7 @@ async fn start_refuses_a_ca_of_another_trust_domain() {
             admin_addr: None,
             watch: false,
             assigned_addresses: Default::default(),
+            limits: Default::default(),
         },
         CancellationToken::new(),
     )

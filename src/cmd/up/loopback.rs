@@ -56,6 +56,7 @@ async fn up(settings: Settings, snapshot: MeshSnapshot) -> anyhow::Result<ExitCo
             admin_addr: Some(settings.control_plane_admin),
             watch: true,
             assigned_addresses: Default::default(),
+            limits: Default::default(),
         },
         shutdown.clone(),
     )

@@ -502,6 +502,7 @@ fn start(
         admin_addr: Some(plan.control_plane_admin_addr()),
         watch: true,
         assigned_addresses: plan.assigned.clone(),
+        limits: Default::default(),
     };
     let (anchors, control_plane) = spawn_service(
         &node_ns,
