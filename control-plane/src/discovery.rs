@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::index::{Published, ResourceType, Versioned};
+use crate::logsafe::{MAX_KEPT_BYTES, Untrusted, is_dns_label, truncated};
 use crate::metrics::Metrics;
 use crate::model::{NamespacedName, Workload};
 use crate::transport::PeerInfo;
@@ -280,15 +281,33 @@ impl StreamTask {
                 Status::invalid_argument("the first request of a stream must carry the node"),
             ));
         };
+        // Names are DNS labels in every configuration: anything else names no workload and
+        // is refused before it can reach a log line.
+        if !is_dns_label(&node.namespace) || !is_dns_label(&node.workload) {
+            tracing::warn!(
+                namespace = %Untrusted(&node.namespace),
+                workload = %Untrusted(&node.workload),
+                identity = %self.identity,
+                peer = %self.remote,
+                "discovery refused: the node's names are not DNS-1123 labels"
+            );
+            return Err(StreamEnd::new(
+                "invalid_argument",
+                Status::invalid_argument(
+                    "the node's namespace and workload must be DNS-1123 labels",
+                ),
+            ));
+        }
+        let proxy_version = truncated(&node.proxy_version, MAX_KEPT_BYTES);
         let key = NamespacedName::new(&node.namespace, &node.workload);
         let published = Arc::clone(&self.state.borrow_and_update());
         self.check_workload(&published, &key)?;
-        let _registration = self.register(&key, &node.proxy_version);
+        let _registration = self.register(&key, proxy_version);
         tracing::info!(
             workload = %key,
             identity = %self.identity,
             peer = %self.remote,
-            proxy_version = %node.proxy_version,
+            proxy_version = %Untrusted(proxy_version),
             "proxy connected"
         );
         let mut published = published;
@@ -383,7 +402,7 @@ impl StreamTask {
     ) -> Result<(), StreamEnd> {
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             // A newer proxy may ask for types this control plane does not know yet.
-            tracing::warn!(workload = %key, type_url = %req.type_url, "ignoring a request for an unknown type");
+            tracing::warn!(workload = %key, type_url = %Untrusted(&req.type_url), "ignoring a request for an unknown type");
             return Ok(());
         };
         if req.response_nonce.is_empty() {
@@ -402,7 +421,7 @@ impl StreamTask {
             .filter(|s| s.nonce == req.response_nonce)
         else {
             // Answers an older response; the latest one's answer is still to come.
-            tracing::debug!(workload = %key, %ty, nonce = %req.response_nonce, "ignoring a stale nonce");
+            tracing::debug!(workload = %key, %ty, nonce = %Untrusted(&req.response_nonce), "ignoring a stale nonce");
             return Ok(());
         };
         match req.error_detail {
@@ -411,18 +430,19 @@ impl StreamTask {
                     workload = %key,
                     r#type = %ty,
                     version = %sent.version,
-                    reason = %detail.message,
+                    reason = %Untrusted(&detail.message),
                     "proxy rejected a snapshot (NACK)"
                 );
                 state.status.last_nack = Some(Nack {
                     version: sent.version.clone(),
-                    message: detail.message,
+                    message: truncated(&detail.message, MAX_KEPT_BYTES).to_owned(),
                 });
                 self.metrics.nacked(ty);
             }
             None => {
-                tracing::debug!(workload = %key, %ty, version = %req.version_info, "ACK");
-                state.status.acked_version = Some(req.version_info);
+                tracing::debug!(workload = %key, %ty, version = %Untrusted(&req.version_info), "ACK");
+                state.status.acked_version =
+                    Some(truncated(&req.version_info, MAX_KEPT_BYTES).to_owned());
                 self.metrics.acked(ty);
             }
         }

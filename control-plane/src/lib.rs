@@ -22,6 +22,7 @@ pub mod config;
 mod discovery;
 mod identity;
 pub mod index;
+mod logsafe;
 mod metrics;
 pub mod model;
 pub mod policy;
