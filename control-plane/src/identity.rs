@@ -5,6 +5,10 @@
 //! never taken from the request: the caller proves which workload it is (bootstrap token,
 //! or a still-valid certificate of the same identity), and the CSR must ask for exactly
 //! that workload's identity.
+//!
+//! A bootstrap token proves it once per certificate lifetime: while a certificate issued
+//! with it (or renewed from one) is valid, the token is refused, since its holder renews
+//! over mTLS ([`TokenLedger`]). Failed bootstrap attempts are limited per peer address.
 
 use std::sync::{Arc, RwLock};
 
@@ -12,18 +16,22 @@ use palisade_certs::{CaError, CertificateAuthority};
 use palisade_proto::v1::identity_server::Identity;
 use palisade_proto::v1::{CertifyRequest, CertifyResponse};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::index::Published;
+use crate::logsafe::{Untrusted, is_dns_label};
 use crate::metrics::Metrics;
-use crate::tokens::TokenStore;
-use crate::transport::PeerInfo;
+use crate::model::NamespacedName;
+use crate::tokens::{TokenLedger, TokenStore};
+use crate::transport::{PeerInfo, unix_now};
 
 /// The identity service.
 pub(crate) struct IdentityService {
     pub ca: Arc<CertificateAuthority>,
     pub state: watch::Receiver<Arc<Published>>,
     pub tokens: Arc<RwLock<Arc<TokenStore>>>,
+    pub ledger: Arc<TokenLedger>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -45,43 +53,26 @@ impl IdentityService {
         peer: Option<&PeerInfo>,
         req: &CertifyRequest,
     ) -> Result<CertifyResponse, Refusal> {
-        let who = format!("{}/{}", req.namespace, req.workload);
-        if req.namespace.is_empty() || req.workload.is_empty() {
+        // Names are checked before anything else uses them, so every message below (and
+        // the log lines that quote them) holds only DNS labels.
+        if !is_dns_label(&req.namespace) || !is_dns_label(&req.workload) {
             return Err(Refusal::new(
                 "invalid_argument",
-                Status::invalid_argument("workload and namespace are required"),
+                Status::invalid_argument(
+                    "namespace and workload must be DNS-1123 labels (lower-case letters, \
+                     digits and '-', at most 63 characters)",
+                ),
             ));
         }
+        let key = NamespacedName::new(&req.namespace, &req.workload);
         let published = Arc::clone(&self.state.borrow());
         let lifetime = published.snapshot.settings().certificate_lifetime;
-        let workload = if req.token.is_empty() {
-            // Renewal: the connection's certificate must already be this workload's.
-            let Some(peer_id) = peer.and_then(|p| p.identity.as_ref()) else {
-                return Err(Refusal::new(
-                    "unauthenticated",
-                    Status::unauthenticated(format!(
-                        "no bootstrap token and no client certificate: cannot prove the \
-                         identity of {who}"
-                    )),
-                ));
-            };
-            let Some(workload) = published.snapshot.workload(&req.namespace, &req.workload) else {
-                return Err(Refusal::new(
-                    "not_found",
-                    Status::not_found(format!("workload {who} is not part of the mesh")),
-                ));
-            };
-            if *peer_id != workload.identity {
-                return Err(Refusal::new(
-                    "permission_denied",
-                    Status::permission_denied(format!(
-                        "the client certificate ({peer_id}) is not the identity of {who} ({})",
-                        workload.identity
-                    )),
-                ));
-            }
-            workload
-        } else {
+        let bootstrap = !req.token.is_empty();
+        let workload = if bootstrap {
+            let peer_ip = peer.map(|p| p.remote_addr.ip());
+            self.ledger.admit(peer_ip, Instant::now()).map_err(|e| {
+                Refusal::new("rate_limited", Status::resource_exhausted(e.to_string()))
+            })?;
             let valid = self
                 .tokens
                 .read()
@@ -90,42 +81,89 @@ impl IdentityService {
             if !valid {
                 return Err(Refusal::new(
                     "unauthenticated",
-                    Status::unauthenticated(format!("bootstrap token rejected for {who}")),
+                    Status::unauthenticated(format!("bootstrap token rejected for {key}")),
                 ));
             }
             let Some(workload) = published.snapshot.workload(&req.namespace, &req.workload) else {
                 return Err(Refusal::new(
                     "not_found",
-                    Status::not_found(format!("workload {who} is not part of the mesh")),
+                    Status::not_found(format!("workload {key} is not part of the mesh")),
                 ));
             };
+            self.ledger
+                .claim(&key, &req.token, unix_now())
+                .map_err(|e| {
+                    Refusal::new("token_in_use", Status::unauthenticated(e.to_string()))
+                })?;
             workload
-        };
-        let issued = self
-            .ca
-            .sign_csr(&req.csr_pem, &workload.identity, lifetime)
-            .map_err(|e| match e {
-                CaError::IdentityMismatch { .. } => Refusal::new(
+        } else {
+            // Renewal: the connection's certificate must already be this workload's.
+            let Some(peer_id) = peer.and_then(|p| p.identity.as_ref()) else {
+                return Err(Refusal::new(
+                    "unauthenticated",
+                    Status::unauthenticated(format!(
+                        "no bootstrap token and no client certificate: cannot prove the \
+                         identity of {key}"
+                    )),
+                ));
+            };
+            let Some(workload) = published.snapshot.workload(&req.namespace, &req.workload) else {
+                return Err(Refusal::new(
+                    "not_found",
+                    Status::not_found(format!("workload {key} is not part of the mesh")),
+                ));
+            };
+            if *peer_id != workload.identity {
+                return Err(Refusal::new(
                     "permission_denied",
                     Status::permission_denied(format!(
-                        "asking for another workload's SPIFFE ID is refused: {e}"
+                        "the client certificate ({peer_id}) is not the identity of {key} ({})",
+                        workload.identity
                     )),
-                ),
-                CaError::BadCsr(_) => {
-                    Refusal::new("invalid_argument", Status::invalid_argument(e.to_string()))
+                ));
+            }
+            workload
+        };
+        let issued = match self.ca.sign_csr(&req.csr_pem, &workload.identity, lifetime) {
+            Ok(issued) => issued,
+            Err(e) => {
+                if bootstrap {
+                    self.ledger.release(&key);
                 }
-                other => {
-                    tracing::error!(workload = %who, error = %other, "cannot sign a certificate");
-                    Refusal::new(
-                        "internal",
-                        Status::internal(format!("cannot sign: {other}")),
-                    )
-                }
-            })?;
+                return Err(match e {
+                    CaError::IdentityMismatch { .. } => Refusal::new(
+                        "permission_denied",
+                        Status::permission_denied(format!(
+                            "asking for another workload's SPIFFE ID is refused: {e}"
+                        )),
+                    ),
+                    // The CSR parser's words may quote the CSR: escaped.
+                    CaError::BadCsr(_) => Refusal::new(
+                        "invalid_argument",
+                        Status::invalid_argument(Untrusted(&e.to_string()).to_string()),
+                    ),
+                    other => {
+                        tracing::error!(workload = %key, error = %other, "cannot sign a certificate");
+                        Refusal::new(
+                            "internal",
+                            Status::internal(format!("cannot sign: {other}")),
+                        )
+                    }
+                });
+            }
+        };
+        let current_token = self
+            .tokens
+            .read()
+            .ok()
+            .and_then(|t| t.get(&req.namespace, &req.workload).map(str::to_owned));
+        self.ledger
+            .issued(&key, current_token.as_deref(), issued.not_after);
         tracing::info!(
-            workload = %who,
+            workload = %key,
             identity = %issued.spiffe_id,
-            renewal = req.token.is_empty(),
+            peer = ?peer.map(|p| p.remote_addr),
+            bootstrap_token_used = bootstrap,
             not_after = %palisade_certs::ca::fmt_unix(issued.not_after),
             "issued a workload certificate"
         );
@@ -155,10 +193,18 @@ impl Identity for IdentityService {
             }
             Err(refusal) => {
                 self.metrics.certify_refused(refusal.reason);
+                if !req.token.is_empty() && refusal.reason != "rate_limited" {
+                    // Every failed bootstrap spends the address's budget: guessing tokens,
+                    // or retrying one that is in use, soon meets `rate_limited`.
+                    self.ledger
+                        .failed(peer.as_ref().map(|p| p.remote_addr.ip()), Instant::now());
+                }
                 tracing::warn!(
-                    workload = %format!("{}/{}", req.namespace, req.workload),
+                    namespace = %Untrusted(&req.namespace),
+                    workload = %Untrusted(&req.workload),
                     peer = ?peer.as_ref().map(|p| p.remote_addr),
-                    reason = refusal.status.message(),
+                    bootstrap_token_used = !req.token.is_empty(),
+                    reason = %Untrusted(refusal.status.message()),
                     "certificate request refused"
                 );
                 Err(refusal.status)

@@ -23,7 +23,7 @@ use crate::identity::IdentityService;
 use crate::index::Published;
 use crate::metrics::Metrics;
 use crate::model::MeshSnapshot;
-use crate::tokens::TokenStore;
+use crate::tokens::{TokenLedger, TokenStore};
 use crate::transport::{self, ConnectionLimits, ServingCertError};
 use crate::{control_plane_identity, watcher};
 
@@ -347,6 +347,7 @@ pub async fn start(
         ca: Arc::clone(&config.ca),
         state: state_rx.clone(),
         tokens: Arc::clone(&shared.tokens),
+        ledger: Arc::new(TokenLedger::default()),
         metrics: Arc::clone(&metrics),
     };
     let discovery_service = DiscoveryService {

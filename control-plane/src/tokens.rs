@@ -4,9 +4,14 @@
 //! File format: one `<namespace>/<workload> <token>` per line; `#` starts a comment line;
 //! blank lines are ignored. The file is written with mode 0600.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -201,6 +206,206 @@ impl TokenStore {
     }
 }
 
+// === impl TokenLedger ===
+
+/// Failed bootstrap attempts a peer address may make in a burst.
+pub(crate) const FAILED_ATTEMPT_BURST: u32 = 10;
+/// One failed attempt is forgiven per this long.
+pub(crate) const FAILED_ATTEMPT_REFILL: Duration = Duration::from_secs(6);
+/// A token in use becomes good again this long before its newest certificate expires. A
+/// proxy renews over mTLS only while its certificate has more than 5 s left and falls back
+/// to its token after that (it cannot present an expiring certificate safely); the wider
+/// margin here leaves room for clock differences. A live proxy renews at 70% of the
+/// lifetime, so for it the token never becomes good again.
+pub(crate) const REUSE_MARGIN_SECS: i64 = 10;
+/// Peer addresses tracked at most; beyond, new addresses share one budget.
+pub(crate) const MAX_TRACKED_PEERS: usize = 4096;
+
+/// Why a bootstrap token may not be used now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TokenUseError {
+    /// A certificate issued with this token (or renewed from one) is still valid: its
+    /// holder renews over mTLS, so a second bootstrap is someone else with the token.
+    #[error(
+        "the bootstrap token of {workload} was used already and a certificate issued with it \
+         is valid until {until}; its holder renews over mTLS"
+    )]
+    InUse {
+        /// The workload.
+        workload: NamespacedName,
+        /// `notAfter` of the newest such certificate, formatted.
+        until: String,
+    },
+    /// This address failed too many bootstrap attempts lately.
+    #[error("too many failed bootstrap attempts from {peer}; retry in {retry_secs}s")]
+    RateLimited {
+        /// The peer address.
+        peer: String,
+        /// Seconds until one more attempt is allowed.
+        retry_secs: u64,
+    },
+}
+
+/// Who used which token and until when its certificates live, and a failure budget per
+/// peer address. Tokens are then good for one bootstrap per certificate lifetime: a sidecar
+/// renews over mTLS while it runs, and a restarted one may bootstrap again once its last
+/// certificate has expired. Kept in memory: a restarted control plane starts afresh.
+#[derive(Debug, Default)]
+pub(crate) struct TokenLedger {
+    /// Per workload: digest of the token used and the newest `notAfter` issued from it.
+    uses: Mutex<HashMap<NamespacedName, (Digest, i64)>>,
+    peers: Mutex<PeerBudgets>,
+}
+
+type Digest = [u8; 32];
+
+fn digest(token: &str) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl TokenLedger {
+    /// Refuses a peer address whose failure budget is spent.
+    pub fn admit(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), TokenUseError> {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = peers.bucket(peer, now);
+        if bucket.available(now) >= 1.0 {
+            return Ok(());
+        }
+        let wait = bucket.until_one(now);
+        Err(TokenUseError::RateLimited {
+            peer: peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string()),
+            retry_secs: wait.as_secs().max(1),
+        })
+    }
+
+    /// Charges one failed attempt to `peer`.
+    pub fn failed(&self, peer: Option<IpAddr>, now: Instant) {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers.bucket(peer, now).spend(now);
+    }
+
+    /// Claims `token` (already verified) for `workload`: refused while a certificate issued
+    /// from an earlier use of the same token is valid at `now_unix`. The claim holds until
+    /// [`issued`](Self::issued) or [`release`](Self::release), so two concurrent requests
+    /// cannot both bootstrap.
+    pub fn claim(
+        &self,
+        workload: &NamespacedName,
+        token: &str,
+        now_unix: i64,
+    ) -> Result<(), TokenUseError> {
+        let d = digest(token);
+        let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((used, until)) = uses.get(workload)
+            && *used == d
+            && until.saturating_sub(REUSE_MARGIN_SECS) > now_unix
+        {
+            return Err(TokenUseError::InUse {
+                workload: workload.clone(),
+                until: crate::tokens::fmt_until(*until),
+            });
+        }
+        // Held as "in use forever" until the certificate is issued or the request fails.
+        uses.insert(workload.clone(), (d, i64::MAX));
+        Ok(())
+    }
+
+    /// Gives back a claim whose request failed before a certificate was issued.
+    pub fn release(&self, workload: &NamespacedName) {
+        let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
+        if uses
+            .get(workload)
+            .is_some_and(|(_, until)| *until == i64::MAX)
+        {
+            uses.remove(workload);
+        }
+    }
+
+    /// Records a certificate issued to `workload` (bootstrap or renewal) valid until
+    /// `not_after`, which keeps its token in use until then. `current` is the workload's
+    /// token now, so a renewal seen first (after a restart of the control plane) locks it too.
+    pub fn issued(&self, workload: &NamespacedName, current: Option<&str>, not_after: i64) {
+        let mut uses = self.uses.lock().unwrap_or_else(PoisonError::into_inner);
+        match uses.get_mut(workload) {
+            Some((_, until)) if *until == i64::MAX => *until = not_after,
+            Some((_, until)) => *until = (*until).max(not_after),
+            None => {
+                if let Some(token) = current {
+                    uses.insert(workload.clone(), (digest(token), not_after));
+                }
+            }
+        }
+    }
+}
+
+fn fmt_until(unix: i64) -> String {
+    if unix == i64::MAX {
+        "its bootstrap completes".to_owned()
+    } else {
+        palisade_certs::ca::fmt_unix(unix)
+    }
+}
+
+/// A token bucket of failed attempts.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(now: Instant) -> Self {
+        Self {
+            tokens: f64::from(FAILED_ATTEMPT_BURST),
+            at: now,
+        }
+    }
+
+    fn available(&self, now: Instant) -> f64 {
+        let refilled = now.saturating_duration_since(self.at).as_secs_f64()
+            / FAILED_ATTEMPT_REFILL.as_secs_f64();
+        (self.tokens + refilled).min(f64::from(FAILED_ATTEMPT_BURST))
+    }
+
+    fn spend(&mut self, now: Instant) {
+        self.tokens = (self.available(now) - 1.0).max(-1.0);
+        self.at = now;
+    }
+
+    fn until_one(&self, now: Instant) -> Duration {
+        let missing = (1.0 - self.available(now)).max(0.0);
+        FAILED_ATTEMPT_REFILL.mul_f64(missing)
+    }
+}
+
+/// Budgets by peer address, bounded in size.
+#[derive(Debug, Default)]
+struct PeerBudgets {
+    by_ip: HashMap<IpAddr, Bucket>,
+    /// Shared by addresses that find the table full, and by unknown addresses.
+    overflow: Option<Bucket>,
+}
+
+impl PeerBudgets {
+    fn bucket(&mut self, peer: Option<IpAddr>, now: Instant) -> &mut Bucket {
+        let Some(ip) = peer else {
+            return self.overflow.get_or_insert_with(|| Bucket::full(now));
+        };
+        if !self.by_ip.contains_key(&ip) && self.by_ip.len() >= MAX_TRACKED_PEERS {
+            // Forget addresses whose budget has refilled: they owe nothing.
+            let burst = f64::from(FAILED_ATTEMPT_BURST);
+            self.by_ip.retain(|_, b| b.available(now) < burst);
+        }
+        if !self.by_ip.contains_key(&ip) && self.by_ip.len() >= MAX_TRACKED_PEERS {
+            return self.overflow.get_or_insert_with(|| Bucket::full(now));
+        }
+        self.by_ip.entry(ip).or_insert_with(|| Bucket::full(now))
+    }
+}
+
 /// Compares secrets without a timing side channel: both are hashed to equal-length digests
 /// (hiding the length too), which are compared without early exit. ring's own helper is
 /// deprecated for external use.
@@ -291,5 +496,67 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_eq!(TokenStore::load(&path).unwrap(), store);
+    }
+
+    #[test]
+    fn a_token_is_good_again_once_its_certificates_expire() {
+        let ledger = TokenLedger::default();
+        let w = NamespacedName::new("shop", "search");
+        ledger.claim(&w, "secret-token-0123", 1_000).unwrap();
+        // A concurrent second bootstrap is refused while the first is in flight.
+        assert!(ledger.claim(&w, "secret-token-0123", 1_000).is_err());
+        ledger.issued(&w, Some("secret-token-0123"), 2_000);
+        assert!(matches!(
+            ledger.claim(&w, "secret-token-0123", 1_989),
+            Err(TokenUseError::InUse { .. })
+        ));
+        // A renewal extends it.
+        ledger.issued(&w, Some("secret-token-0123"), 3_000);
+        assert!(ledger.claim(&w, "secret-token-0123", 2_500).is_err());
+        // About to expire (the proxy's own fallback), or expired: a restarted sidecar may
+        // bootstrap again.
+        ledger
+            .claim(&w, "secret-token-0123", 3_000 - REUSE_MARGIN_SECS)
+            .unwrap();
+        // Failed before issuing: released.
+        ledger.release(&w);
+        ledger.claim(&w, "secret-token-0123", 3_000).unwrap();
+        // A new token for the workload (the operator rotated it) is not the used one.
+        ledger.issued(&w, None, 9_000);
+        ledger.claim(&w, "another-token-4567", 3_001).unwrap();
+        // A renewal seen first (control plane restarted) locks the current token.
+        let p = NamespacedName::new("shop", "payments");
+        ledger.issued(&p, Some("payments-token-89ab"), 5_000);
+        assert!(ledger.claim(&p, "payments-token-89ab", 4_000).is_err());
+    }
+
+    #[test]
+    fn failure_budgets_refill_and_the_table_stays_bounded() {
+        let ledger = TokenLedger::default();
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..FAILED_ATTEMPT_BURST {
+            ledger.admit(Some(ip), t0).unwrap();
+            ledger.failed(Some(ip), t0);
+        }
+        assert!(matches!(
+            ledger.admit(Some(ip), t0),
+            Err(TokenUseError::RateLimited { .. })
+        ));
+        // Another address is not affected; time refills the first.
+        ledger.admit(Some("10.0.0.2".parse().unwrap()), t0).unwrap();
+        ledger.admit(Some(ip), t0 + FAILED_ATTEMPT_REFILL).unwrap();
+
+        // Many addresses, each failing once: the table never grows past its bound.
+        for i in 0..(MAX_TRACKED_PEERS as u32 + 500) {
+            let peer = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            ledger.failed(Some(peer), t0);
+        }
+        let peers = ledger.peers.lock().unwrap();
+        assert!(
+            peers.by_ip.len() <= MAX_TRACKED_PEERS,
+            "{}",
+            peers.by_ip.len()
+        );
     }
 }

@@ -23,7 +23,9 @@ use crate::support::{metric, skip, timed};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_cannot_obtain_another_workloads_identity() {
     const TEST: &str = "a_workload_cannot_obtain_another_workloads_identity";
-    let mesh = mesh::shop(TEST).start().await;
+    // No sidecar for search: its bootstrap token stays unused for this test to present
+    // (a used token is refused while its certificate lives).
+    let mesh = mesh::shop(TEST).without_sidecar("search").start().await;
     // The real Identity service over TLS, verified as the control plane's SPIFFE ID, with
     // no client certificate: exactly how a proxy bootstraps.
     let channel = timed(
@@ -84,13 +86,28 @@ async fn a_workload_cannot_obtain_another_workloads_identity() {
             csr_pem: csr,
             workload: "search".into(),
             namespace: "shop".into(),
-            token: search_token,
+            token: search_token.clone(),
         }),
     )
     .await
     .unwrap()
     .into_inner();
     assert_eq!(issued.spiffe_id, search_id.as_str());
+
+    // Once used, the token is refused while the certificate issued with it lives.
+    let (_, csr) = csr_for(&search_id).unwrap();
+    let status = timed(
+        "certify",
+        identity.certify(CertifyRequest {
+            csr_pem: csr,
+            workload: "search".into(),
+            namespace: "shop".into(),
+            token: search_token,
+        }),
+    )
+    .await
+    .expect_err("a used bootstrap token was accepted again");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     let cp = admin_get(mesh.cp_admin(), "/metrics").await.text();
     let refusals = "palisade_identity_refusals_total";

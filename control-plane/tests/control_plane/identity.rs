@@ -197,3 +197,108 @@ async fn workload_removed_from_the_mesh_is_not_found() {
     drop(client);
     cp.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_bootstrap_token_is_refused_while_its_certificate_lives() {
+    let cp = start_shop().await;
+    let (creds, _) = cp.certify("shop", "search").await.unwrap();
+    let id = identity("cluster.local", "shop", "search").unwrap();
+    let token = cp.token("shop", "search").unwrap().to_owned();
+
+    // Someone else holding the token (read from a file, a log, a process listing) asks for
+    // the same identity with a key of their own.
+    let mut stranger = IdentityClient::new(cp.channel(None).await.unwrap());
+    let (_, csr) = csr_for(&id).unwrap();
+    let status = timed(
+        "second bootstrap",
+        stranger.certify(request("shop", "search", csr, &token)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("was used already"), "{status:?}");
+
+    // The holder renews over mTLS, and its token stays refused.
+    let mut holder = IdentityClient::new(cp.channel(Some(&creds)).await.unwrap());
+    let (_, csr) = csr_for(&id).unwrap();
+    timed("renew", holder.certify(request("shop", "search", csr, "")))
+        .await
+        .unwrap();
+    let (_, csr) = csr_for(&id).unwrap();
+    let status = timed(
+        "bootstrap after renewal",
+        stranger.certify(request("shop", "search", csr, &token)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        cp.control_plane
+            .metrics_text()
+            .contains("palisade_identity_refusals_total{reason=\"token_in_use\"} 2")
+    );
+    // A failed bootstrap does not use the token up: another workload's first one works.
+    let payments = identity("cluster.local", "shop", "payments").unwrap();
+    let (_, bad) = csr_for(&id).unwrap();
+    let ptoken = cp.token("shop", "payments").unwrap().to_owned();
+    timed(
+        "bootstrap with the wrong CSR",
+        stranger.certify(request("shop", "payments", bad, &ptoken)),
+    )
+    .await
+    .unwrap_err();
+    let (_, csr) = csr_for(&payments).unwrap();
+    timed(
+        "bootstrap",
+        stranger.certify(request("shop", "payments", csr, &ptoken)),
+    )
+    .await
+    .unwrap();
+    drop((stranger, holder));
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_bootstrap_attempts_are_rate_limited_per_peer_address() {
+    let cp = start_shop().await;
+    let id = identity("cluster.local", "shop", "search").unwrap();
+    let mut client = IdentityClient::new(cp.channel(None).await.unwrap());
+    // Guessing: every wrong token is refused, until the address's budget is spent.
+    let mut guesses = 0;
+    let limited = loop {
+        assert!(guesses < 100, "never rate limited");
+        let (_, csr) = csr_for(&id).unwrap();
+        let guess = format!("{guesses:064x}");
+        let status = timed(
+            "guess",
+            client.certify(request("shop", "search", csr, &guess)),
+        )
+        .await
+        .unwrap_err();
+        guesses += 1;
+        if status.code() == Code::ResourceExhausted {
+            break status;
+        }
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    };
+    assert_eq!(guesses, 11, "the burst is 10 failures");
+    assert!(
+        limited
+            .message()
+            .contains("too many failed bootstrap attempts from 127.0.0.1"),
+        "{limited:?}"
+    );
+    // Even the right token is refused from there now, without being checked.
+    let (_, csr) = csr_for(&id).unwrap();
+    let token = cp.token("shop", "search").unwrap().to_owned();
+    let status = timed(
+        "right token",
+        client.certify(request("shop", "search", csr, &token)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Renewal over mTLS is not a bootstrap and is not limited.
+    drop(client);
+    cp.stop().await.unwrap();
+}
