@@ -54,3 +54,8 @@ mod init;
 /// that skip the mesh refused, egress by SNI, Host and address, non-TCP dropped.
 #[path = "e2e/capture.rs"]
 mod capture;
+
+/// The control plane as a process under attack: forged log lines, thousands of held streams
+/// and connections within a memory bound.
+#[path = "e2e/control_plane_limits.rs"]
+mod control_plane_limits;
