@@ -43,8 +43,8 @@ pub(super) fn run(settings: Settings, snapshot: MeshSnapshot) -> anyhow::Result<
 async fn up(settings: Settings, snapshot: MeshSnapshot) -> anyhow::Result<ExitCode> {
     let state = StateDir::create(0o700)?;
     let (ca, material, tokens) = credentials(&snapshot)?;
-    material.write_to(&state.path().join("ca"))?;
-    tokens.write_to(&state.path().join("tokens"))?;
+    state.write_ca(&material)?;
+    state.write_tokens(&tokens)?;
 
     let shutdown = CancellationToken::new();
     let cp = palisade_control_plane::start(

@@ -155,60 +155,112 @@ fn credentials(
 }
 
 /// A directory for the CA and tokens of this run, removed when the mesh stops.
-struct StateDir(PathBuf);
+///
+/// Made as `mkdtemp(3)` does, through `tempfile`: a new directory with an unpredictable name
+/// (`palisade-up-<pid>-<random>`), created exclusively with `mode`, never one that existed;
+/// so no other user can have placed files or symlinks in it beforehand. Its secret files
+/// are created exclusively too ([`StateDir::write_new`]).
+struct StateDir(tempfile::TempDir);
 
 impl StateDir {
-    /// `<temp dir>/palisade-up-<pid>`, fresh (one left by an earlier process of the same pid
-    /// is replaced), with `mode`.
+    const PREFIX: &str = "palisade-up-";
+
+    /// A fresh directory in the system's temporary directory, with `mode`.
     fn create(mode: u32) -> anyhow::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        let temp = std::env::temp_dir();
-        Self::remove_stale(&temp);
-        let path = temp.join(format!("{}{}", Self::PREFIX, std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("cannot remove the old {}", path.display()))?;
-        }
-        std::fs::DirBuilder::new()
-            .mode(mode)
-            .create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self(path))
+        Self::create_in(&std::env::temp_dir(), mode)
+    }
+
+    fn create_in(parent: &Path, mode: u32) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}{}-", Self::PREFIX, std::process::id()))
+            .permissions(std::fs::Permissions::from_mode(mode))
+            .tempdir_in(parent)
+            .with_context(|| format!("cannot create a state directory in {}", parent.display()))?;
+        // The mode given at creation passed through the umask: set it exactly.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", dir.path().display()))?;
+        let owner = std::fs::symlink_metadata(dir.path())
+            .with_context(|| format!("cannot read {}", dir.path().display()))?
+            .uid();
+        Self::remove_stale(parent, owner);
+        Ok(Self(dir))
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
-    const PREFIX: &str = "palisade-up-";
+    /// Creates `name` in the directory with `mode` and `contents`: refused if anything
+    /// (a file, a symlink) is already there, so it is never written through a symlink.
+    fn write_new(&self, name: &str, contents: &str, mode: u32) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path().join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(contents.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
 
-    /// Removes the directories of killed earlier runs (their pid is gone): their tokens
-    /// are secrets of meshes that no longer run.
-    fn remove_stale(temp: &Path) {
+    /// Writes the CA's files into a new `ca/` subdirectory (keys 0600, certificates 0644).
+    fn write_ca(&self, material: &CaMaterial) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.path().join("ca");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let files = [
+            ("ca/root-cert.pem", &material.root_cert_pem, 0o644),
+            ("ca/root-key.pem", &material.root_key_pem, 0o600),
+            ("ca/ca-cert.pem", &material.ca_cert_pem, 0o644),
+            ("ca/ca-key.pem", &material.ca_key_pem, 0o600),
+            ("ca/cert-chain.pem", &material.cert_chain_pem, 0o644),
+        ];
+        for (name, contents, mode) in files {
+            self.write_new(name, contents, mode)?;
+        }
+        Ok(dir)
+    }
+
+    /// Writes the bootstrap tokens to a new `tokens` file, 0600.
+    fn write_tokens(&self, tokens: &TokenStore) -> anyhow::Result<PathBuf> {
+        self.write_new("tokens", &tokens.to_file_string(), 0o600)
+    }
+
+    /// Removes the directories of killed earlier runs (their pid is gone) owned by `owner`:
+    /// their tokens are secrets of meshes that no longer run. Symlinks and other users'
+    /// directories are left alone.
+    fn remove_stale(temp: &Path, owner: u32) {
+        use std::os::unix::fs::MetadataExt;
         let Ok(entries) = std::fs::read_dir(temp) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
+            // `palisade-up-<pid>-<random>`, or `palisade-up-<pid>` from older versions.
             let Some(pid) = name
                 .to_str()
                 .and_then(|n| n.strip_prefix(Self::PREFIX))
+                .map(|rest| rest.split_once('-').map_or(rest, |(pid, _)| pid))
                 .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|p| p.parse::<u32>().ok())
             else {
                 continue;
             };
-            if !palisade_proxy::netns::pid_alive(pid) && entry.file_type().is_ok_and(|t| t.is_dir())
-            {
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() && meta.uid() == owner && !palisade_proxy::netns::pid_alive(pid) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -310,6 +362,75 @@ fn resolve_authority(snapshot: &MeshSnapshot, authority: &str) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_state_directory_is_fresh_private_and_unpredictable() {
+        let parent = tempfile::tempdir().unwrap();
+        // Another local user prepares the name an older version used, as a symlink to a
+        // directory of theirs, hoping the mesh's secrets land there.
+        let theirs = parent.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        let predictable = parent
+            .path()
+            .join(format!("{}{}", StateDir::PREFIX, std::process::id()));
+        std::os::unix::fs::symlink(&theirs, &predictable).unwrap();
+
+        let a = StateDir::create_in(parent.path(), 0o700).unwrap();
+        let b = StateDir::create_in(parent.path(), 0o700).unwrap();
+        assert_ne!(a.path(), predictable);
+        assert_ne!(a.path(), b.path(), "names are not predictable");
+        assert!(!std::fs::symlink_metadata(a.path()).unwrap().is_symlink());
+        assert_eq!(mode(a.path()), 0o700);
+        assert_eq!(
+            mode(&StateDir::create_in(parent.path(), 0o750).unwrap().0.keep()),
+            0o750
+        );
+        a.write_tokens(&TokenStore::new()).unwrap();
+        a.write_ca(
+            &CertificateAuthority::generate(
+                palisade_certs::TrustDomain::new("cluster.local").unwrap(),
+                &CaOptions::default(),
+            )
+            .unwrap()
+            .1,
+        )
+        .unwrap();
+        assert_eq!(mode(&a.path().join("tokens")), 0o600);
+        assert_eq!(mode(&a.path().join("ca")), 0o700);
+        assert_eq!(mode(&a.path().join("ca/ca-key.pem")), 0o600);
+        assert_eq!(mode(&a.path().join("ca/root-key.pem")), 0o600);
+        // Nothing reached their directory, and their symlink was not followed or removed.
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+        assert!(
+            std::fs::symlink_metadata(&predictable)
+                .unwrap()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn secret_files_are_never_written_through_a_symlink() {
+        let parent = tempfile::tempdir().unwrap();
+        let state = StateDir::create_in(parent.path(), 0o700).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), "theirs").unwrap();
+        std::os::unix::fs::symlink(outside.path(), state.path().join("tokens")).unwrap();
+        let err = state.write_tokens(&TokenStore::new()).unwrap_err();
+        assert!(format!("{err:#}").contains("tokens"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(outside.path()).unwrap(), "theirs");
+        // And a file is never replaced.
+        state.write_new("once", "a", 0o600).unwrap();
+        assert!(state.write_new("once", "b", 0o600).is_err());
+    }
 
     fn shop() -> MeshSnapshot {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ecommerce");
