@@ -131,6 +131,9 @@ pub(crate) struct DiscoveryService {
     pub state: watch::Receiver<Arc<Published>>,
     pub metrics: Arc<Metrics>,
     pub registry: ProxyRegistry,
+    /// A stream is ended with UNAVAILABLE at this age; the proxy reconnects, presenting its
+    /// current certificate (its connection has had GOAWAY by then).
+    pub max_age: Duration,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -168,7 +171,7 @@ impl Discovery for DiscoveryService {
         let shutdown = self.shutdown.clone();
         // The node is validated inside the task, after the response headers have gone out:
         // a client that waits for them before sending its first request still works.
-        self.tracker.spawn(stream.run(shutdown));
+        self.tracker.spawn(stream.run(shutdown, self.max_age));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -241,12 +244,16 @@ impl Drop for Registration {
 }
 
 impl StreamTask {
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self, shutdown: CancellationToken, max_age: Duration) {
         let tx = self.tx.clone();
         let result = tokio::select! {
             _ = shutdown.cancelled() => Err(StreamEnd::new(
                 "shutdown",
                 Status::unavailable("the control plane is shutting down"),
+            )),
+            _ = tokio::time::sleep(max_age) => Err(StreamEnd::new(
+                "max_age",
+                Status::unavailable("the stream reached its maximum age; reconnect"),
             )),
             r = self.serve() => r,
         };

@@ -92,6 +92,10 @@ pub struct GrpcLimits {
     pub max_local_error_resets: usize,
     /// Largest `Identity` request message (a CSR is under 1 KiB).
     pub max_identity_message: usize,
+    /// Age at which a connection is sent GOAWAY (no new streams), and at which a discovery
+    /// stream is ended (the proxy reconnects): so no connection outlives the client
+    /// certificate it was verified with by more than twice this, nor holds a place forever.
+    pub max_connection_age: Duration,
 }
 
 impl Default for GrpcLimits {
@@ -107,6 +111,7 @@ impl Default for GrpcLimits {
             max_pending_reset_streams: 20,
             max_local_error_resets: 100,
             max_identity_message: 16 * 1024,
+            max_connection_age: Duration::from_secs(3600),
         }
     }
 }
@@ -354,6 +359,7 @@ pub async fn start(
         state: state_rx,
         metrics: Arc::clone(&metrics),
         registry: shared.proxies.clone(),
+        max_age: limits.max_connection_age,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     };
@@ -367,6 +373,9 @@ pub async fn start(
         .timeout(limits.request_timeout)
         .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
         .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
+        // Without a grace period: tonic's grace skips the GOAWAY and only cuts the
+        // connection later; long streams end themselves instead (discovery `max_age`).
+        .max_connection_age(limits.max_connection_age)
         .add_service(
             IdentityServer::new(identity_service)
                 .max_decoding_message_size(limits.max_identity_message),

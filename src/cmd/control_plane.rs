@@ -64,6 +64,10 @@ pub struct ControlPlaneArgs {
     /// before it gets GOAWAY (MadeYouReset, CVE-2025-8671).
     #[arg(long, env = "PALISADE_GRPC_MAX_LOCAL_ERROR_RESETS", default_value_t = GrpcLimits::default().max_local_error_resets)]
     pub grpc_max_local_error_resets: usize,
+    /// gRPC: seconds after which a connection gets GOAWAY and a discovery stream is ended
+    /// (proxies reconnect), so none outlives its client certificate by much.
+    #[arg(long, env = "PALISADE_GRPC_MAX_CONNECTION_AGE_SECONDS", default_value_t = GrpcLimits::default().max_connection_age.as_secs())]
+    pub grpc_max_connection_age_seconds: u64,
     /// gRPC: largest Identity (Certify) request message, in bytes.
     #[arg(long, env = "PALISADE_GRPC_MAX_IDENTITY_MESSAGE", default_value_t = GrpcLimits::default().max_identity_message)]
     pub grpc_max_identity_message: usize,
@@ -96,6 +100,10 @@ impl ControlPlaneArgs {
                 self.grpc_request_timeout_seconds as usize,
             ),
             (
+                "--grpc-max-connection-age-seconds",
+                self.grpc_max_connection_age_seconds as usize,
+            ),
+            (
                 "--grpc-max-concurrent-streams",
                 self.grpc_max_concurrent_streams as usize,
             ),
@@ -114,6 +122,7 @@ impl ControlPlaneArgs {
             max_pending_reset_streams: self.grpc_max_pending_reset_streams,
             max_local_error_resets: self.grpc_max_local_error_resets,
             max_identity_message: self.grpc_max_identity_message,
+            max_connection_age: Duration::from_secs(self.grpc_max_connection_age_seconds),
         })
     }
 }

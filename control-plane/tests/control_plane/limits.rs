@@ -369,3 +369,48 @@ async fn clients_that_never_finish_the_handshake_are_dropped() {
     );
     cp.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_get_goaway_at_their_maximum_age() {
+    let cp = start(GrpcLimits {
+        max_connection_age: Duration::from_secs(1),
+        ..GrpcLimits::default()
+    })
+    .await;
+    // A client that connects and then just stays.
+    let tls = cp.tls(None).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    raw_h2::write_all(&mut wr, &raw_h2::preface())
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move { raw_h2::read_until_goaway(&mut rd, ack_tx).await });
+    let writer = tokio::spawn(async move {
+        while let Some(ack) = ack_rx.recv().await {
+            if raw_h2::write_all(&mut wr, &ack).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (goaway, _) = timed("GOAWAY at the connection's maximum age", reader)
+        .await
+        .unwrap();
+    assert!(goaway.is_some(), "the connection ended without GOAWAY");
+    writer.abort();
+
+    // A discovery stream, which never ends by itself, is ended at that age too.
+    let (creds, _) = cp.certify("shop", "search").await.unwrap();
+    let mut client = palisade_proto::v1::discovery_client::DiscoveryClient::new(
+        cp.channel(Some(&creds)).await.unwrap(),
+    );
+    let first = subscribe(
+        palisade_proto::v1::SERVICES_TYPE_URL,
+        Some(("shop", "search")),
+    );
+    let mut stream = ProxyStream::open(&mut client, first).await.unwrap();
+    let status = stream.end().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("maximum age"), "{status:?}");
+    drop((stream, client));
+    cp.stop().await.unwrap();
+}
