@@ -414,3 +414,39 @@ async fn connections_get_goaway_at_their_maximum_age() {
     drop((stream, client));
     cp.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn handshakes_over_the_cap_wait_for_a_free_place() {
+    let cp = start(GrpcLimits {
+        max_handshakes: 1,
+        ..GrpcLimits::default()
+    })
+    .await;
+    // A client that connects and never starts TLS takes the only handshake place...
+    let idle = timed("connect", tokio::net::TcpStream::connect(cp.addr()))
+        .await
+        .unwrap();
+    // ...so the next handshake is not served meanwhile (it waits in the listen backlog, the
+    // server holds nothing for it)...
+    let waiting = tokio::spawn({
+        let addr = cp.addr();
+        let bundle = cp.bundle();
+        let id = palisade_control_plane::control_plane_identity(cp.ca.trust_domain());
+        async move { palisade_control_plane::test_util::tls_connect(addr, &bundle, id, None).await }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a handshake past the cap was served"
+        );
+    }
+    // ...and is served once the place is free.
+    drop(idle);
+    timed("the waiting handshake", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    cp.stop().await.unwrap();
+}
