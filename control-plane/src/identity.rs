@@ -199,14 +199,23 @@ impl Identity for IdentityService {
                     self.ledger
                         .failed(peer.as_ref().map(|p| p.remote_addr.ip()), Instant::now());
                 }
-                tracing::warn!(
-                    namespace = %Untrusted(&req.namespace),
-                    workload = %Untrusted(&req.workload),
-                    peer = ?peer.as_ref().map(|p| p.remote_addr),
-                    bootstrap_token_used = !req.token.is_empty(),
-                    reason = %Untrusted(refusal.status.message()),
-                    "certificate request refused"
-                );
+                if refusal.reason == "rate_limited" {
+                    // Counted; one line per refused attempt would let the address that is
+                    // being limited fill the log instead.
+                    tracing::debug!(
+                        peer = ?peer.as_ref().map(|p| p.remote_addr),
+                        "bootstrap attempt refused: rate limited"
+                    );
+                } else {
+                    tracing::warn!(
+                        namespace = %Untrusted(&req.namespace),
+                        workload = %Untrusted(&req.workload),
+                        peer = ?peer.as_ref().map(|p| p.remote_addr),
+                        bootstrap_token_used = !req.token.is_empty(),
+                        reason = %Untrusted(refusal.status.message()),
+                        "certificate request refused"
+                    );
+                }
                 Err(refusal.status)
             }
         }
