@@ -129,10 +129,11 @@ impl ControlPlaneArgs {
 
 /// Runs the control plane until SIGINT/SIGTERM.
 pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
+    // Flags first: a bad value is a one-line error before any file is read.
+    let limits = args.limits()?;
     let snapshot = palisade_control_plane::load_dir(&args.config)?;
     let ca = crate::cmd::ca::load(&args.ca_dir, snapshot.settings().trust_domain.clone())?;
     let tokens = TokenStore::load(&args.tokens)?;
-    let limits = args.limits()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
