@@ -66,16 +66,19 @@ pub(crate) struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// The caps, from the configured counts.
     pub fn new(
         connections: usize,
         anonymous: usize,
         handshakes: usize,
         handshake_timeout: Duration,
     ) -> Self {
+        // `Semaphore::new` panics past its maximum: a huge flag value means "no limit".
+        let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         Self {
-            connections: Arc::new(Semaphore::new(connections)),
-            anonymous: Arc::new(Semaphore::new(anonymous)),
-            handshakes: Arc::new(Semaphore::new(handshakes.max(1))),
+            connections: permits(connections),
+            anonymous: permits(anonymous),
+            handshakes: permits(handshakes.max(1)),
             handshake_timeout,
         }
     }
