@@ -392,7 +392,8 @@ pub struct Source {
 /// Within an operation every present field must match.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Operation {
-    /// Host (authority), case-insensitive; a value without a port also matches host:port.
+    /// The authority the app receives, case-insensitive, as Istio reads it: an exact host
+    /// does not match its host:port form; "example.com:" as a prefix matches any port.
     #[prost(message, repeated, tag = "1")]
     pub hosts: ::prost::alloc::vec::Vec<StringMatch>,
     #[prost(message, repeated, tag = "2")]

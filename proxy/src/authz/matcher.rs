@@ -1,6 +1,7 @@
 //! Compiled matchers: string matches, hosts, IP blocks. Each is parsed once when a snapshot
 //! is converted, so matching a request compares bytes and never allocates.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use palisade_proto::v1::{self, string_match::Kind};
@@ -88,11 +89,6 @@ impl StringMatcher {
     }
 }
 
-/// Whether an authority-like value ends in `:<digits>` (outside IPv6 brackets).
-pub(crate) fn has_port(value: &str) -> bool {
-    split_port(value).is_some()
-}
-
 /// Splits `host:port` into (`host`, `port`); `None` if there is no port.
 pub(crate) fn split_port(authority: &str) -> Option<(&str, &str)> {
     let (host, port) = authority.rsplit_once(':')?;
@@ -102,33 +98,35 @@ pub(crate) fn split_port(authority: &str) -> Option<(&str, &str)> {
     (digits && host_ok).then_some((host, port))
 }
 
-/// A `hosts` entry: case-insensitive against the authority; a value without a port also
-/// matches the authority with its port stripped (`example.com` matches `example.com:8080`).
+/// A `hosts` entry, as Istio reads it: Istio's string match forms against the whole
+/// authority, case-insensitively. An exact host does not match its `host:port` form
+/// (`example.com` does not match `example.com:8080`); `example.com:*` (a prefix) matches
+/// it on any port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HostMatcher {
-    pattern: StringMatcher,
-    also_without_port: bool,
-}
+pub(crate) struct HostMatcher(StringMatcher);
 
 impl HostMatcher {
     pub(crate) fn compile(m: &v1::StringMatch) -> Result<Self, InvalidMatch> {
-        let pattern = StringMatcher::compile(m, true)?;
-        let also_without_port = match &m.kind {
-            Some(Kind::Exact(s)) | Some(Kind::Suffix(s)) => !has_port(s),
-            // A prefix already matches "host:port"; presence matches anything.
-            Some(Kind::Prefix(_)) | Some(Kind::Presence(_)) | None => false,
-        };
-        Ok(Self {
-            pattern,
-            also_without_port,
-        })
+        StringMatcher::compile(m, true).map(Self)
     }
 
-    /// `host_only` is the authority without its port, if it had one.
-    pub(crate) fn matches(&self, authority: &str, host_only: Option<&str>) -> bool {
-        self.pattern.matches_ignore_case(authority.as_bytes())
-            || (self.also_without_port
-                && host_only.is_some_and(|h| self.pattern.matches_ignore_case(h.as_bytes())))
+    /// `authority` is the canonical authority ([`canonical_authority`]).
+    pub(crate) fn matches(&self, authority: &str) -> bool {
+        self.0.matches_ignore_case(authority.as_bytes())
+    }
+}
+
+/// The authority the app receives, as `hosts` rules see it: the host's trailing dot is
+/// dropped (`example.com.:80` is `example.com:80`), the port is kept; letter case does not
+/// matter to the matchers. Borrows unless there is a dot to drop.
+pub(crate) fn canonical_authority(authority: &str) -> Cow<'_, str> {
+    let (host, port) = match split_port(authority) {
+        Some((host, _)) => (host, &authority[host.len()..]),
+        None => (authority, ""),
+    };
+    match host.strip_suffix('.') {
+        Some(stripped) if !stripped.is_empty() => Cow::Owned(format!("{stripped}{port}")),
+        _ => Cow::Borrowed(authority),
     }
 }
 
@@ -224,20 +222,34 @@ mod tests {
     }
 
     #[test]
-    fn hosts_are_case_insensitive_and_port_tolerant() {
+    fn hosts_are_case_insensitive_and_exact_about_ports() {
         let h = |k| HostMatcher::compile(&sm(k)).unwrap();
         let exact = h(Kind::Exact("Search.Shop".into()));
-        assert!(exact.matches("search.shop", None));
-        assert!(exact.matches("SEARCH.SHOP:8080", Some("SEARCH.SHOP")));
-        assert!(!exact.matches("search.shop.evil:8080", Some("search.shop.evil")));
+        assert!(exact.matches("search.shop"));
+        assert!(exact.matches("SEARCH.SHOP"));
+        // Istio: an exact host does not match its host:port form.
+        assert!(!exact.matches("search.shop:8080"));
+        assert!(!exact.matches("search.shop.evil"));
+        let any_port = h(Kind::Prefix("search.shop:".into()));
+        assert!(any_port.matches("Search.Shop:8080"));
+        assert!(!any_port.matches("search.shop"));
         let with_port = h(Kind::Exact("search.shop:8080".into()));
-        assert!(with_port.matches("search.shop:8080", Some("search.shop")));
-        assert!(!with_port.matches("search.shop:9090", Some("search.shop")));
-        assert!(!with_port.matches("search.shop", None));
+        assert!(with_port.matches("search.shop:8080"));
+        assert!(!with_port.matches("search.shop:9090"));
+        assert!(!with_port.matches("search.shop"));
         let suffix = h(Kind::Suffix(".shop".into()));
-        assert!(suffix.matches("a.SHOP:80", Some("a.SHOP")));
-        let prefix = h(Kind::Prefix("search.".into()));
-        assert!(prefix.matches("search.shop:8080", Some("search.shop")));
+        assert!(suffix.matches("a.SHOP"));
+        assert!(!suffix.matches("a.shop:80"));
+    }
+
+    #[test]
+    fn canonical_authority_drops_the_trailing_dot_only() {
+        assert_eq!(canonical_authority("a.shop"), "a.shop");
+        assert_eq!(canonical_authority("a.shop."), "a.shop");
+        assert_eq!(canonical_authority("A.Shop.:8080"), "A.Shop:8080");
+        assert_eq!(canonical_authority("[::1]:80"), "[::1]:80");
+        assert_eq!(canonical_authority("."), ".");
+        assert!(matches!(canonical_authority("a:1"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub use matcher::InvalidMatch;
 pub use path::{PathError, normalize_path, normalized};
 
 use compile::{Condition, IpAttr, Operation, Pattern, Policy, Rule, Source, StrAttr};
-use matcher::{IpNet, StringMatcher, split_port};
+use matcher::{IpNet, StringMatcher, canonical_authority};
 
 use crate::model::SnapshotError;
 
@@ -112,7 +112,8 @@ pub struct RequestAttrs<'a> {
 pub struct HttpAttrs<'a> {
     /// Method, e.g. `GET` (gRPC: `POST`).
     pub method: &'a str,
-    /// Authority (`Host` / `:authority`), possibly with a port.
+    /// The authority the app receives (`Host` / `:authority`), port kept if present;
+    /// `hosts` rules compare it case-insensitively, without a trailing dot on the host.
     pub host: &'a str,
     /// The raw path, which may carry a query; normalised before matching.
     pub path: &'a str,
@@ -262,9 +263,8 @@ struct Ctx<'a> {
 
 struct HttpCtx<'a> {
     method: &'a str,
-    authority: &'a str,
-    /// The authority without its port, if it had one.
-    host_only: Option<&'a str>,
+    /// The canonical authority ([`matcher::canonical_authority`]).
+    authority: Cow<'a, str>,
     /// `None` when no rule looks at paths.
     path: Option<Result<Cow<'a, str>, PathError>>,
     headers: &'a http::HeaderMap,
@@ -284,8 +284,7 @@ impl<'a> Ctx<'a> {
             sni: req.sni,
             http: req.http.map(|h| HttpCtx {
                 method: h.method,
-                authority: h.host,
-                host_only: split_port(h.host).map(|(host, _)| host),
+                authority: canonical_authority(h.host),
                 path: uses_paths.then(|| normalized(h.path)),
                 headers: h.headers,
             }),
@@ -357,9 +356,9 @@ impl Operation {
             // any were already refused by `Rule::matches`.
             return true;
         };
-        let host = |m: &matcher::HostMatcher, authority: &str| m.matches(authority, h.host_only);
-        if !(any_of(&self.hosts, Some(h.authority), host)
-            && none_of(&self.not_hosts, Some(h.authority), host)
+        let host = |m: &matcher::HostMatcher, authority: &str| m.matches(authority);
+        if !(any_of(&self.hosts, Some(&h.authority), host)
+            && none_of(&self.not_hosts, Some(&h.authority), host)
             && any_of(&self.methods, Some(h.method), str_match)
             && none_of(&self.not_methods, Some(h.method), str_match))
         {

@@ -805,14 +805,32 @@ fn operation_fields() {
     };
     check_allow(&[
         (
-            "host exact, request has port",
+            "host exact does not match its host:port form (Istio)",
             op(|o| o.hosts = vec![exact("search.shop")]),
             get("/"),
+            false,
+        ),
+        (
+            "host:* matches any port",
+            op(|o| o.hosts = vec![prefix("search.shop:")]),
+            get("/").host("Search.Shop:9999"),
+            true,
+        ),
+        (
+            "host:* does not match the bare host",
+            op(|o| o.hosts = vec![prefix("search.shop:")]),
+            get("/").host("search.shop"),
+            false,
+        ),
+        (
+            "host trailing dot is dropped",
+            op(|o| o.hosts = vec![exact("search.shop:8080")]),
+            get("/").host("SEARCH.shop.:8080"),
             true,
         ),
         (
             "host case-insensitive",
-            op(|o| o.hosts = vec![exact("SEARCH.Shop")]),
+            op(|o| o.hosts = vec![exact("SEARCH.Shop:8080")]),
             get("/"),
             true,
         ),
@@ -837,8 +855,14 @@ fn operation_fields() {
         (
             "host suffix",
             op(|o| o.hosts = vec![suffix(".shop")]),
-            get("/").host("Search.SHOP:8080"),
+            get("/").host("Search.SHOP"),
             true,
+        ),
+        (
+            "host suffix does not match host:port",
+            op(|o| o.hosts = vec![suffix(".shop")]),
+            get("/").host("Search.SHOP:8080"),
+            false,
         ),
         (
             "host prefix",
@@ -854,9 +878,15 @@ fn operation_fields() {
         ),
         (
             "not_hosts",
-            op(|o| o.not_hosts = vec![exact("search.shop")]),
+            op(|o| o.not_hosts = vec![exact("search.shop:8080")]),
             get("/"),
             false,
+        ),
+        (
+            "not_hosts exact host leaves its host:port form alone (Istio)",
+            op(|o| o.not_hosts = vec![exact("search.shop")]),
+            get("/"),
+            true,
         ),
         (
             "not_hosts other",
