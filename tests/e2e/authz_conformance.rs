@@ -1086,6 +1086,49 @@ fn istio_compat_cases() -> Vec<Case> {
                 Deny("prod/only-bare-host", Some(0)),
             )
         },
+        // --- 16: a header sent several times ------------------------------------------------------
+        Case {
+            default: "allow",
+            ..case(
+                "16: DENY notValues sees the joined value (prod + dev is not prod)",
+                vec![deny_api(
+                    "prod-only",
+                    "when: [{key: \"request.headers[x-env]\", notValues: [\"prod\"]}]",
+                )],
+                &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+                Deny("prod/prod-only", Some(0)),
+            )
+        },
+        Case {
+            default: "allow",
+            ..case(
+                "16: DENY values match any single value",
+                vec![deny_api(
+                    "no-dev",
+                    "when: [{key: \"request.headers[x-env]\", values: [\"dev\"]}]",
+                )],
+                &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+                Deny("prod/no-dev", Some(0)),
+            )
+        },
+        case(
+            "16: ALLOW values see only the joined value",
+            vec![allow_api(
+                "env-prod",
+                "when: [{key: \"request.headers[x-env]\", values: [\"prod\"]}]",
+            )],
+            &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+            Deny("default-deny", None),
+        ),
+        case(
+            "16: ALLOW values match the joined value",
+            vec![allow_api(
+                "env-joined",
+                "when: [{key: \"request.headers[x-env]\", values: [\"prod,dev\"]}]",
+            )],
+            &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+            Allow("prod/env-joined", Some(0)),
+        ),
     ]
 }
 

@@ -20,6 +20,9 @@
 //!   and AUDIT rules those fields are ignored, so the rule matches on the rest (Istio).
 //! - **A path that cannot be normalised** ([`PathError`]): `paths`/`not_paths` never match
 //!   in an ALLOW rule and always match in DENY and AUDIT rules.
+//! - **A header sent several times**: `request.headers[...]` conditions see the values
+//!   joined with `,` (Istio); each single value is also tried where that can only refuse
+//!   more (see `header_condition`).
 //!
 //! Hot path: matchers are compiled when the snapshot is converted; [`Authorizer::decide`]
 //! allocates only to normalise a path that needs it, and for the rare AUDIT match
@@ -382,7 +385,7 @@ impl Operation {
 }
 
 impl Condition {
-    fn matches(&self, ctx: &Ctx<'_>) -> bool {
+    fn matches(&self, ctx: &Ctx<'_>, mode: Mode) -> bool {
         match self {
             Condition::Header {
                 name,
@@ -393,14 +396,7 @@ impl Condition {
                     // Connection level, DENY/AUDIT only (ALLOW refused in `Rule::matches`).
                     return true;
                 };
-                let any_value_matches = |list: &[StringMatcher]| {
-                    h.headers
-                        .get_all(name)
-                        .iter()
-                        .any(|v| list.iter().any(|m| m.matches(v.as_bytes())))
-                };
-                (values.is_empty() || any_value_matches(values))
-                    && (not_values.is_empty() || !any_value_matches(not_values))
+                header_condition(h.headers, name, values, not_values, mode)
             }
             Condition::Str {
                 attr,
@@ -436,6 +432,58 @@ impl Condition {
     }
 }
 
+/// A `request.headers[name]` condition. As Istio documents it, a header sent several times
+/// is seen as its values joined with `,` (what `values` and `not_values` compare). Splitting
+/// a value over several lines must never walk around a policy, so each single value is also
+/// tried where that can only refuse more: in DENY and AUDIT rules the condition matches if
+/// the joined value or any single one does; in ALLOW rules `not_values` must exclude the
+/// joined value and every single one. An absent header matches no `values` and every
+/// `not_values`.
+fn header_condition(
+    headers: &http::HeaderMap,
+    name: &http::HeaderName,
+    values: &[StringMatcher],
+    not_values: &[StringMatcher],
+    mode: Mode,
+) -> bool {
+    let mut all = headers.get_all(name).iter();
+    let Some(first) = all.next() else {
+        return values.is_empty();
+    };
+    let any = |list: &[StringMatcher], v: &[u8]| list.iter().any(|m| m.matches(v));
+    let rest: Vec<&[u8]> = all.map(http::HeaderValue::as_bytes).collect();
+    // One value (the common case): no copy.
+    let joined: Cow<'_, [u8]> = if rest.is_empty() {
+        Cow::Borrowed(first.as_bytes())
+    } else {
+        let mut j = first.as_bytes().to_vec();
+        for v in &rest {
+            j.push(b',');
+            j.extend_from_slice(v);
+        }
+        Cow::Owned(j)
+    };
+    let singles = || std::iter::once(first.as_bytes()).chain(rest.iter().copied());
+    let several = !rest.is_empty();
+    let (positive, negative) = if mode.unknown_matches() {
+        (
+            values.is_empty()
+                || any(values, &joined)
+                || (several && singles().any(|v| any(values, v))),
+            not_values.is_empty()
+                || !any(not_values, &joined)
+                || (several && singles().any(|v| !any(not_values, v))),
+        )
+    } else {
+        (
+            values.is_empty() || any(values, &joined),
+            not_values.is_empty()
+                || !(any(not_values, &joined) || (several && singles().any(|v| any(not_values, v)))),
+        )
+    };
+    positive && negative
+}
+
 impl Rule {
     fn matches(&self, ctx: &Ctx<'_>, mode: Mode) -> bool {
         // Fail closed (CONTRACT): without a verified identity no ALLOW rule that asks who
@@ -454,7 +502,7 @@ impl Rule {
         let source = |s: &Source| !(fail_closed && s.asks_identity()) && s.matches(ctx);
         (self.from.is_empty() || self.from.iter().any(source))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(ctx, mode)))
-            && self.when.iter().all(|c| c.matches(ctx))
+            && self.when.iter().all(|c| c.matches(ctx, mode))
     }
 }
 

@@ -1101,6 +1101,76 @@ fn unnormalisable_paths_are_never_allowed_by_a_path_rule() {
 
 // === conditions ===
 
+/// Issue 11 item 16: a header sent several times, as an attacker would split it.
+#[test]
+fn duplicate_headers_are_joined_and_never_walk_around_a_deny() {
+    let hdr = "request.headers[x-env]";
+    let twice = || get("/").header("x-env", "prod").header("x-env", "dev");
+    check_deny(&[
+        // "DENY unless x-env is prod": `prod` plus `dev` is "prod,dev", not "prod".
+        (
+            "not_values, split value",
+            when(hdr, vec![], vec![exact("prod")]),
+            twice(),
+            true,
+        ),
+        (
+            "not_values prefix, one line outside it",
+            when(hdr, vec![], vec![prefix("prod")]),
+            get("/").header("x-env", "prod-a").header("x-env", "x"),
+            true,
+        ),
+        (
+            "not_values, every line inside it",
+            when(hdr, vec![], vec![prefix("prod")]),
+            get("/").header("x-env", "prod-a").header("x-env", "prod-b"),
+            false,
+        ),
+        // "DENY x-env: dev": one line of several is enough.
+        ("values, one single value", when(hdr, vec![exact("dev")], vec![]), twice(), true),
+        (
+            "values, the joined value",
+            when(hdr, vec![exact("prod,dev")], vec![]),
+            twice(),
+            true,
+        ),
+        (
+            "values, neither",
+            when(hdr, vec![exact("test")], vec![]),
+            twice(),
+            false,
+        ),
+        ("values, absent", when(hdr, vec![exact("dev")], vec![]), get("/"), false),
+    ]);
+    check_allow(&[
+        ("values, joined only", when(hdr, vec![exact("prod")], vec![]), twice(), false),
+        (
+            "values, the joined value",
+            when(hdr, vec![exact("prod,dev")], vec![]),
+            twice(),
+            true,
+        ),
+        (
+            "not_values exclude any single value",
+            when(hdr, vec![], vec![exact("dev")]),
+            twice(),
+            false,
+        ),
+        (
+            "not_values exclude the joined value",
+            when(hdr, vec![], vec![exact("prod,dev")]),
+            twice(),
+            false,
+        ),
+        (
+            "not_values, neither",
+            when(hdr, vec![], vec![exact("test")]),
+            twice(),
+            true,
+        ),
+    ]);
+}
+
 #[test]
 fn conditions() {
     let hdr = |k: &str| format!("request.headers[{k}]");
@@ -1118,8 +1188,14 @@ fn conditions() {
             false,
         ),
         (
-            "header any of several values",
+            "header sent twice is seen joined with ',' (Istio)",
             when(&hdr("x-team"), vec![exact("blue")], vec![]),
+            get("/").header("x-team", "red").header("x-team", "blue"),
+            false,
+        ),
+        (
+            "header sent twice matches its joined value",
+            when(&hdr("x-team"), vec![exact("red,blue")], vec![]),
             get("/").header("x-team", "red").header("x-team", "blue"),
             true,
         ),
