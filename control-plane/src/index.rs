@@ -344,6 +344,7 @@ fn string_match_proto(m: &StringMatch) -> pb::StringMatch {
             StringMatch::Prefix(v) => Kind::Prefix(v.clone()),
             StringMatch::Suffix(v) => Kind::Suffix(v.clone()),
             StringMatch::Presence => Kind::Presence(true),
+            StringMatch::Template(t) => Kind::PathTemplate(t.clone()),
         }),
     }
 }

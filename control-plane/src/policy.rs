@@ -24,6 +24,9 @@ pub enum StringMatch {
     Suffix(String),
     /// `*`: any value, when the attribute is present.
     Presence,
+    /// A path template holding `{*}` or `{**}` (`paths`/`notPaths` only), validated as
+    /// Istio does.
+    Template(String),
 }
 
 impl fmt::Display for StringMatch {
@@ -33,6 +36,7 @@ impl fmt::Display for StringMatch {
             StringMatch::Prefix(v) => write!(f, "{v}*"),
             StringMatch::Suffix(v) => write!(f, "*{v}"),
             StringMatch::Presence => f.write_str("*"),
+            StringMatch::Template(t) => f.write_str(t),
         }
     }
 }

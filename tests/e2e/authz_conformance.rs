@@ -1129,6 +1129,76 @@ fn istio_compat_cases() -> Vec<Case> {
             &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
             Allow("prod/env-joined", Some(0)),
         ),
+        // --- 17: path templates ------------------------------------------------------------------
+        case(
+            "17: {*} matches one segment",
+            vec![allow_api(
+                "orders",
+                "to: [{operation: {paths: [\"/users/{*}/orders\"]}}]",
+            )],
+            &["--from", WEB, "--path", "/users/7/orders?page=2"],
+            Allow("prod/orders", Some(0)),
+        ),
+        case(
+            "17: {*} does not match two segments",
+            vec![allow_api(
+                "orders",
+                "to: [{operation: {paths: [\"/users/{*}/orders\"]}}]",
+            )],
+            &["--from", WEB, "--path", "/users/7/x/orders"],
+            Deny("default-deny", None),
+        ),
+        case(
+            "17: {**} followed by a literal segment",
+            vec![allow_api(
+                "meta",
+                "to: [{operation: {paths: [\"/files/{**}/meta\"]}}]",
+            )],
+            &["--from", WEB, "--path", "/files/a/b/meta"],
+            Allow("prod/meta", Some(0)),
+        ),
+        Case {
+            default: "allow",
+            ..case(
+                "17: DENY {**} sees the normalised path",
+                vec![deny_api(
+                    "no-admin-tree",
+                    "to: [{operation: {paths: [\"/admin/{**}\"]}}]",
+                )],
+                &["--from", WEB, "--path", "/public/../%61dmin/users"],
+                Deny("prod/no-admin-tree", Some(0)),
+            )
+        },
+        Case {
+            default: "allow",
+            ..case(
+                "17: DENY notPaths template",
+                vec![deny_api(
+                    "public-only",
+                    "to: [{operation: {notPaths: [\"/public/{**}\"]}}]",
+                )],
+                &["--from", WEB, "--path", "/private/x"],
+                Deny("prod/public-only", Some(0)),
+            )
+        },
+        case(
+            "17: {**} not last is rejected",
+            vec![allow_api(
+                "bad-template",
+                "to: [{operation: {paths: [\"/{**}/x/{*}\"]}}]",
+            )],
+            &[],
+            Expect::Invalid("paths[0]"),
+        ),
+        case(
+            "17: {*} beside other characters is rejected",
+            vec![allow_api(
+                "bad-template",
+                "to: [{operation: {notPaths: [\"/files/{*}.txt\"]}}]",
+            )],
+            &[],
+            Expect::Invalid("notPaths[0]"),
+        ),
     ]
 }
 

@@ -103,10 +103,7 @@ fn match_form(value: &str) -> Result<StringMatch, String> {
     } else {
         StringMatch::Exact(value.to_owned())
     };
-    let inner = match &form {
-        StringMatch::Exact(v) | StringMatch::Prefix(v) | StringMatch::Suffix(v) => v.as_str(),
-        StringMatch::Presence => "",
-    };
+    let inner = match_text(&form);
     if inner.contains('*') {
         return Err(format!(
             "{value:?}: '*' is only allowed alone, at the start or at the end (Istio's match \
@@ -119,7 +116,10 @@ fn match_form(value: &str) -> Result<StringMatch, String> {
 /// The text a match compares, if any.
 fn match_text(m: &StringMatch) -> &str {
     match m {
-        StringMatch::Exact(v) | StringMatch::Prefix(v) | StringMatch::Suffix(v) => v,
+        StringMatch::Exact(v)
+        | StringMatch::Prefix(v)
+        | StringMatch::Suffix(v)
+        | StringMatch::Template(v) => v,
         StringMatch::Presence => "",
     }
 }
@@ -151,7 +151,8 @@ fn principal(value: &str) -> Result<StringMatch, String> {
                 ));
             }
         }
-        StringMatch::Presence => {}
+        // `match_form` never makes a template.
+        StringMatch::Presence | StringMatch::Template(_) => {}
     }
     Ok(form)
 }
@@ -172,7 +173,8 @@ fn namespace(value: &str) -> Result<StringMatch, String> {
                 ));
             }
         }
-        StringMatch::Presence => {}
+        // `match_form` never makes a template.
+        StringMatch::Presence | StringMatch::Template(_) => {}
     }
     Ok(form)
 }
@@ -202,11 +204,53 @@ fn method(value: &str) -> Result<StringMatch, String> {
     Ok(form)
 }
 
+/// RFC 3986 pchar: what a literal segment of a path template is made of (Envoy's URI
+/// templates, which Istio uses; `%` stands for its escapes).
+fn is_pchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~%!$&'()+,;:@=".contains(c)
+}
+
+/// A path holding `{` or `}`: an Istio path template, checked as Istio does. `{*}` is one
+/// segment, `{**}` any number and must be the last operator; both are whole segments; every
+/// other segment is a non-empty pchar literal (so no `*` beside them).
+fn path_template(value: &str) -> Result<StringMatch, String> {
+    let bad = |why: &str| Err(format!("{value:?} is not a valid path template: {why}"));
+    if !value.contains("{*}") && !value.contains("{**}") {
+        return bad(
+            "'{' and '}' are only allowed in the operators {*} (one segment) and {**} (any \
+             number of segments)",
+        );
+    }
+    let Some(body) = value.strip_prefix('/') else {
+        return bad("paths start with '/'");
+    };
+    let body = body.strip_suffix('/').unwrap_or(body);
+    let mut seen_any = false;
+    for segment in body.split('/') {
+        match segment {
+            "{*}" | "{**}" if seen_any => return bad("{**} must be the last operator"),
+            "{**}" => seen_any = true,
+            "{*}" => {}
+            s if s.contains(['{', '}']) => {
+                return bad(&format!(
+                    "segment {s:?}: an operator must be a whole segment, {{*}} or {{**}}"
+                ));
+            }
+            s if s.is_empty() || !s.chars().all(is_pchar) => {
+                return bad(&format!(
+                    "segment {s:?} must be a non-empty literal of letters, digits and \
+                     -._~%!$&'()+,;:@= ('*' is not allowed beside {{*}} and {{**}})"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(StringMatch::Template(value.to_owned()))
+}
+
 fn path(value: &str) -> Result<StringMatch, String> {
-    if value.contains("{*}") || value.contains("{**}") {
-        return Err(format!(
-            "{value:?}: Istio path templates ({{*}}, {{**}}) are not supported by Palisade; {REJECTED}"
-        ));
+    if value.contains(['{', '}']) {
+        return path_template(value);
     }
     let form = match_form(value)?;
     match &form {
@@ -783,8 +827,38 @@ mod tests {
     fn paths_hosts_methods_ports() {
         assert_eq!(path("/api/*"), Ok(StringMatch::Prefix("/api/".into())));
         assert_eq!(path("*.html"), Ok(StringMatch::Suffix(".html".into())));
-        assert!(path("/a/{*}/b").is_err());
-        assert!(path("/a/{**}").is_err());
+        assert_eq!(
+            path("/a/{*}/b"),
+            Ok(StringMatch::Template("/a/{*}/b".into()))
+        );
+        assert_eq!(path("/a/{**}"), Ok(StringMatch::Template("/a/{**}".into())));
+        assert!(path("/a/{**}/b").is_ok());
+        assert!(path("/{*}/foo/").is_ok());
+        // Istio's own list of malformed templates.
+        for bad in [
+            "/foo/{**}buzz/bar",
+            "/{*}/foo/{}/bar",
+            "/foo/{*}/bar/*",
+            "/foo/{*}/bar/**/buzz",
+            "/foo/{buzz}/bar",
+            "/{buzz}",
+            "/foo/{buzz}/bar/{**}",
+            "/foo/{buzz=*}/bar/{**}",
+            "/{*}/foo/{buzz=**}/bar",
+            "/{*}/foo/{**}bar",
+            "/{*}/foo/{*}.txt",
+            "/{*}/foo/{temp",
+            "/{*}/foo/temp}/bar",
+            "/{*}/foo/temp}/*",
+            "/{**}/foo/temp/{*}/bar",
+            "/{**}/{**}",
+            "/{**}/foo/temp/{**}/bar",
+            "/{*}/foo/?abc",
+            "{*}/foo",
+            "/{*}//foo",
+        ] {
+            assert!(path(bad).is_err(), "{bad:?}");
+        }
         assert!(path("admin").is_err());
         assert!(path("/a?b=c").is_err());
         assert_eq!(

@@ -426,10 +426,11 @@ pub struct Condition {
     #[prost(message, repeated, tag = "3")]
     pub not_values: ::prost::alloc::vec::Vec<StringMatch>,
 }
-/// Istio's string match forms: "exact", "prefix\*", "*suffix", "*" (any, presence).
+/// Istio's string match forms: "exact", "prefix\*", "*suffix", "*" (any, presence), and
+/// path templates.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StringMatch {
-    #[prost(oneof = "string_match::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "string_match::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: ::core::option::Option<string_match::Kind>,
 }
 /// Nested message and enum types in `StringMatch`.
@@ -445,6 +446,12 @@ pub mod string_match {
         /// Matches any value, including the empty string, when the attribute is present.
         #[prost(bool, tag = "4")]
         Presence(bool),
+        /// Only in `paths` and `not_paths`: an Envoy URI template, as Istio reads a path holding
+        /// `{*}` (exactly one non-empty segment) or `{**}` (any run of characters, `/`
+        /// included; the last operator), e.g. "/users/{\*}/orders/{\*\*}". Every other segment is
+        /// a literal of RFC 3986 pchar characters.
+        #[prost(string, tag = "5")]
+        PathTemplate(::prost::alloc::string::String),
     }
 }
 /// Which destinations outside the mesh a workload may reach (with REGISTRY_ONLY).

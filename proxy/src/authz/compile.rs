@@ -273,8 +273,10 @@ fn operation(o: &v1::Operation) -> FieldResult<Operation> {
         not_ports: ports(&o.not_ports, "not_ports")?,
         methods: strings(&o.methods, "methods")?,
         not_methods: strings(&o.not_methods, "not_methods")?,
-        paths: strings(&o.paths, "paths")?,
-        not_paths: strings(&o.not_paths, "not_paths")?,
+        paths: list(&o.paths, "paths", |m| Ok(StringMatcher::compile_path(m)?))?,
+        not_paths: list(&o.not_paths, "not_paths", |m| {
+            Ok(StringMatcher::compile_path(m)?)
+        })?,
     })
 }
 
@@ -290,6 +292,7 @@ fn exact_or_any<T>(
         Some(Kind::Prefix(_)) | Some(Kind::Suffix(_)) => {
             Err(InvalidMatch::ExactOnly { attribute }.into())
         }
+        Some(Kind::PathTemplate(_)) => Err(InvalidMatch::TemplateOutsidePaths.into()),
         None => Err(InvalidMatch::NoKind.into()),
     }
 }

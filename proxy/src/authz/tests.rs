@@ -26,6 +26,11 @@ fn suffix(s: &str) -> v1::StringMatch {
         kind: Some(Kind::Suffix(s.into())),
     }
 }
+fn template(s: &str) -> v1::StringMatch {
+    v1::StringMatch {
+        kind: Some(Kind::PathTemplate(s.into())),
+    }
+}
 fn any() -> v1::StringMatch {
     v1::StringMatch {
         kind: Some(Kind::Presence(true)),
@@ -1097,6 +1102,62 @@ fn unnormalisable_paths_are_never_allowed_by_a_path_rule() {
         })],
     )]);
     assert!(a.evaluate(&get("/a%zz").attrs(), true).allowed);
+}
+
+/// Issue 11 item 17: `{*}` and `{**}` in paths and not_paths, on normalised paths.
+#[test]
+fn path_templates_in_paths_and_not_paths() {
+    let paths = |t: &str| {
+        to(v1::Operation {
+            paths: vec![template(t)],
+            ..Default::default()
+        })
+    };
+    let not_paths = |t: &str| {
+        to(v1::Operation {
+            not_paths: vec![template(t)],
+            ..Default::default()
+        })
+    };
+    check_allow(&[
+        ("one segment", paths("/users/{*}/orders"), get("/users/7/orders"), true),
+        ("one segment only", paths("/users/{*}/orders"), get("/users/7/x/orders"), false),
+        ("empty segment", paths("/users/{*}/orders"), get("/users//orders"), false),
+        ("query ignored", paths("/users/{*}"), get("/users/7?a=/b"), true),
+        ("any tail", paths("/files/{**}"), get("/files/a/b/c.txt"), true),
+        ("any tail, none", paths("/files/{**}"), get("/files/"), true),
+        ("any tail, no slash", paths("/files/{**}"), get("/files"), false),
+        ("not_paths", not_paths("/admin/{**}"), get("/admin/users"), false),
+        ("not_paths other", not_paths("/admin/{**}"), get("/public/users"), true),
+    ]);
+    check_deny(&[
+        (
+            "dot segments resolved first",
+            paths("/admin/{*}/delete"),
+            get("/public/../admin/7/delete"),
+            true,
+        ),
+        ("encoded unreserved decoded first", paths("/admin/{**}"), get("/%61dmin/x"), true),
+        ("other path", paths("/admin/{**}"), get("/public/x"), false),
+    ]);
+    // A template anywhere else is refused by name.
+    let bad = v1::AuthorizationSnapshot {
+        policies: vec![allow(
+            "p",
+            vec![to(v1::Operation {
+                hosts: vec![template("/{*}")],
+                ..Default::default()
+            })],
+        )],
+    };
+    let e = Authorizer::try_from(&bad).unwrap_err();
+    assert_eq!(e.field, "rules[0].to[0].hosts[0]", "{e}");
+    let malformed = v1::AuthorizationSnapshot {
+        policies: vec![deny("p", vec![paths("/{**}/x/{*}")])],
+    };
+    let e = Authorizer::try_from(&malformed).unwrap_err();
+    assert_eq!(e.field, "rules[0].to[0].paths[0]", "{e}");
+    assert!(e.message.contains("last operator"), "{e}");
 }
 
 // === conditions ===
