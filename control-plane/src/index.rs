@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use palisade_certs::TrustBundle;
+use palisade_certs::{TrustBundle, TrustDomain};
 use palisade_proto::v1 as pb;
 use pb::discovery_response::Resources;
 use prost::Message;
@@ -322,7 +322,7 @@ pub(crate) fn authorization_snapshot(
     pb::AuthorizationSnapshot {
         policies: snapshot
             .authorization_policies_for(workload)
-            .map(authorization_policy_proto)
+            .map(|p| authorization_policy_proto(p, &snapshot.settings().trust_domain))
             .collect(),
     }
 }
@@ -357,9 +357,12 @@ fn ports_proto(ports: &[u16]) -> Vec<u32> {
     ports.iter().map(|p| u32::from(*p)).collect()
 }
 
-fn source_proto(s: &SourceMatch) -> pb::Source {
+fn source_proto(s: &SourceMatch, td: &TrustDomain) -> pb::Source {
     let blocks = |b: &[crate::policy::IpBlock]| b.iter().map(ToString::to_string).collect();
+    let accounts = |a: &[crate::policy::ServiceAccount]| a.iter().map(|a| a.principal(td)).collect();
     pb::Source {
+        service_accounts: accounts(&s.service_accounts),
+        not_service_accounts: accounts(&s.not_service_accounts),
         principals: matches_proto(&s.principals),
         not_principals: matches_proto(&s.not_principals),
         namespaces: matches_proto(&s.namespaces),
@@ -390,16 +393,19 @@ fn condition_proto(c: &Condition) -> pb::Condition {
     }
 }
 
-fn rule_proto(r: &Rule) -> pb::Rule {
+fn rule_proto(r: &Rule, td: &TrustDomain) -> pb::Rule {
     pb::Rule {
-        from: r.from.iter().map(source_proto).collect(),
+        from: r.from.iter().map(|s| source_proto(s, td)).collect(),
         to: r.to.iter().map(operation_proto).collect(),
         when: r.when.iter().map(condition_proto).collect(),
     }
 }
 
 /// One policy on the wire.
-pub(crate) fn authorization_policy_proto(p: &AuthorizationPolicy) -> pb::AuthorizationPolicy {
+pub(crate) fn authorization_policy_proto(
+    p: &AuthorizationPolicy,
+    td: &TrustDomain,
+) -> pb::AuthorizationPolicy {
     pb::AuthorizationPolicy {
         namespace: p.namespace.clone(),
         name: p.name.clone(),
@@ -408,7 +414,7 @@ pub(crate) fn authorization_policy_proto(p: &AuthorizationPolicy) -> pb::Authori
             Action::Deny => pb::Action::Deny,
             Action::Audit => pb::Action::Audit,
         } as i32,
-        rules: p.rules.iter().map(rule_proto).collect(),
+        rules: p.rules.iter().map(|r| rule_proto(r, td)).collect(),
     }
 }
 

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use palisade_certs::TrustDomain;
+
 use crate::model::{NamespacedName, Source, Workload};
 
 /// One of Istio's string match forms.
@@ -108,10 +110,37 @@ pub struct SourceMatch {
     pub namespaces: Vec<StringMatch>,
     /// Negated `namespaces`.
     pub not_namespaces: Vec<StringMatch>,
+    /// Peer service accounts (`serviceAccounts`), meaning the principals
+    /// `<trust-domain>/ns/<namespace>/sa/<name>` of the mesh's trust domain.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// Negated `service_accounts`.
+    pub not_service_accounts: Vec<ServiceAccount>,
     /// Peer addresses.
     pub ip_blocks: Vec<IpBlock>,
     /// Negated `ip_blocks`.
     pub not_ip_blocks: Vec<IpBlock>,
+}
+
+/// A `serviceAccounts` entry, written `<namespace>/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceAccount {
+    /// Namespace.
+    pub namespace: String,
+    /// Service account name.
+    pub name: String,
+}
+
+impl ServiceAccount {
+    /// The principal it stands for in `trust_domain` (Istio's form, no `spiffe://`).
+    pub fn principal(&self, trust_domain: &TrustDomain) -> String {
+        format!("{trust_domain}/ns/{}/sa/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// `rules[].to[].operation`: within one, every non-empty field must match.

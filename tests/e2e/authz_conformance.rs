@@ -1199,6 +1199,176 @@ fn istio_compat_cases() -> Vec<Case> {
             &[],
             Expect::Invalid("notPaths[0]"),
         ),
+        // --- 18: serviceAccounts -------------------------------------------------------------------
+        case(
+            "18: serviceAccounts admit the account",
+            vec![allow_api(
+                "sa-web",
+                "from: [{source: {serviceAccounts: [\"prod/web\"]}}]",
+            )],
+            &["--from", WEB],
+            Allow("prod/sa-web", Some(0)),
+        ),
+        case(
+            "18: serviceAccounts are principals of the mesh's trust domain",
+            vec![allow_api(
+                "sa-web",
+                "from: [{source: {serviceAccounts: [\"prod/web\"]}}]",
+            )],
+            &["--from", "spiffe://partner.example/ns/prod/sa/web"],
+            Deny("default-deny", None),
+        ),
+        case(
+            "18: serviceAccounts AND principals in one source",
+            vec![allow_api(
+                "sa-and-principal",
+                "from: [{source: {serviceAccounts: [\"prod/web\"], principals: [\"*/sa/api\"]}}]",
+            )],
+            &["--from", WEB],
+            Deny("default-deny", None),
+        ),
+        case(
+            "18: notServiceAccounts exclude the account",
+            vec![allow_api(
+                "not-sa-web",
+                "from: [{source: {notServiceAccounts: [\"prod/web\"]}}]",
+            )],
+            &["--from", WEB],
+            Deny("default-deny", None),
+        ),
+        case(
+            "18: notServiceAccounts admit another account",
+            vec![allow_api(
+                "not-sa-web",
+                "from: [{source: {notServiceAccounts: [\"prod/web\"]}}]",
+            )],
+            &["--from", API],
+            Allow("prod/not-sa-web", Some(0)),
+        ),
+        case(
+            "18: ALLOW serviceAccounts never admit plaintext",
+            vec![allow_api(
+                "sa-web",
+                "from: [{source: {serviceAccounts: [\"prod/web\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Deny("default-deny", None),
+        ),
+        case(
+            "18: ALLOW notServiceAccounts never admit plaintext (fail closed)",
+            vec![allow_api(
+                "not-sa-db",
+                "from: [{source: {notServiceAccounts: [\"data/db\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Deny("default-deny", None),
+        ),
+        Case {
+            default: "allow",
+            ..case(
+                "18: DENY notServiceAccounts deny plaintext",
+                vec![deny_api(
+                    "only-web",
+                    "from: [{source: {notServiceAccounts: [\"prod/web\"]}}]",
+                )],
+                &["--source-ip", "127.0.0.1"],
+                Deny("prod/only-web", Some(0)),
+            )
+        },
+        case(
+            "18: a service account without its namespace is rejected",
+            vec![allow_api(
+                "sa-bare",
+                "from: [{source: {serviceAccounts: [\"web\"]}}]",
+            )],
+            &[],
+            Expect::Invalid("serviceAccounts[0]"),
+        ),
+        case(
+            "18: a wildcard service account is rejected",
+            vec![allow_api(
+                "sa-glob",
+                "from: [{source: {notServiceAccounts: [\"prod/*\"]}}]",
+            )],
+            &[],
+            Expect::Invalid("notServiceAccounts[0]"),
+        ),
+        // --- 19: address fields match plaintext callers; identity fields fail closed ---------------
+        case(
+            "19: ipBlocks admit a plaintext caller",
+            vec![allow_api(
+                "loopback",
+                "from: [{source: {ipBlocks: [\"127.0.0.0/8\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Allow("prod/loopback", Some(0)),
+        ),
+        case(
+            "19: notIpBlocks admit a plaintext caller outside them",
+            vec![allow_api(
+                "not-lan",
+                "from: [{source: {notIpBlocks: [\"10.0.0.0/8\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Allow("prod/not-lan", Some(0)),
+        ),
+        case(
+            "19: notIpBlocks exclude a plaintext caller inside them",
+            vec![allow_api(
+                "not-loopback",
+                "from: [{source: {notIpBlocks: [\"127.0.0.0/8\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Deny("default-deny", None),
+        ),
+        Case {
+            default: "allow",
+            ..case(
+                "19: DENY ipBlocks deny a plaintext caller",
+                vec![deny_api(
+                    "no-loopback",
+                    "from: [{source: {ipBlocks: [\"127.0.0.0/8\"]}}]",
+                )],
+                &["--source-ip", "127.0.0.1"],
+                Deny("prod/no-loopback", Some(0)),
+            )
+        },
+        case(
+            "19: ipBlocks with namespaces never admit plaintext",
+            vec![allow_api(
+                "loopback-prod",
+                "from: [{source: {ipBlocks: [\"127.0.0.0/8\"], namespaces: [\"prod\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Deny("default-deny", None),
+        ),
+        case(
+            "19: ipBlocks with notNamespaces never admit plaintext",
+            vec![allow_api(
+                "loopback-not-data",
+                "from: [{source: {ipBlocks: [\"127.0.0.0/8\"], notNamespaces: [\"data\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Deny("default-deny", None),
+        ),
+        case(
+            "19: ipBlocks with notPrincipals never admit plaintext",
+            vec![allow_api(
+                "loopback-not-db",
+                "from: [{source: {ipBlocks: [\"127.0.0.0/8\"], notPrincipals: [\"cluster.local/ns/data/sa/db\"]}}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Deny("default-deny", None),
+        ),
+        case(
+            "19: ipBlocks admit a verified caller too",
+            vec![allow_api(
+                "loopback",
+                "from: [{source: {ipBlocks: [\"127.0.0.0/8\"]}}]",
+            )],
+            &["--from", DB, "--source-ip", "127.0.0.1"],
+            Allow("prod/loopback", Some(0)),
+        ),
     ]
 }
 

@@ -15,11 +15,11 @@ use super::resources::{
     AuthorizationPolicyDoc, ConditionSpec, EgressPolicyDoc, OperationSpec, PortText, PortValue,
     RuleSpec, SelectorSpec, SourceSpec, Unsupported,
 };
-use super::validate::{check_metadata, dns1123_label};
+use super::validate::{check_metadata, dns1123_label, dns1123_subdomain};
 use super::{ConfigError, DocCtx};
 use crate::policy::{
     Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, IpBlock,
-    OperationMatch, Rule, Selector, SourceMatch, StringMatch, max_prefix,
+    OperationMatch, Rule, Selector, ServiceAccount, SourceMatch, StringMatch, max_prefix,
 };
 
 /// The tail of every "not supported" message.
@@ -177,6 +177,26 @@ fn namespace(value: &str) -> Result<StringMatch, String> {
         StringMatch::Presence | StringMatch::Template(_) => {}
     }
     Ok(form)
+}
+
+/// Istio's limit on `serviceAccounts` values, which keeps a policy's size bounded.
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+
+/// A `serviceAccounts` value: `<namespace>/<name>`, exact (Istio allows no wildcard here).
+fn service_account(value: &str) -> Result<ServiceAccount, String> {
+    const FORM: &str = "expected <namespace>/<service account>";
+    if value.contains('*') {
+        return Err(format!("{value:?}: wildcards are not allowed in service accounts ({FORM})"));
+    }
+    let Some((namespace, name)) = value.split_once('/') else {
+        return Err(format!("{value:?}: {FORM}"));
+    };
+    dns1123_label(namespace).map_err(|why| format!("{value:?}: namespace {namespace:?} {why}"))?;
+    dns1123_subdomain(name).map_err(|why| format!("{value:?}: service account {name:?} {why}"))?;
+    Ok(ServiceAccount {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
 }
 
 fn host(value: &str) -> Result<StringMatch, String> {
@@ -351,7 +371,6 @@ fn list<T, U>(
 fn source(e: &mut Errors<'_>, at: &str, s: &SourceSpec) -> SourceMatch {
     const JWT: &str = "JWT request authentication is not implemented";
     const XFF: &str = "remote addresses from X-Forwarded-For are not implemented";
-    const SA: &str = "use principals: <trust-domain>/ns/<namespace>/sa/<account>";
     reject_unsupported(
         e,
         &format!("{at}.requestPrincipals"),
@@ -371,13 +390,18 @@ fn source(e: &mut Errors<'_>, at: &str, s: &SourceSpec) -> SourceMatch {
         &s.not_remote_ip_blocks,
         XFF,
     );
-    reject_unsupported(e, &format!("{at}.serviceAccounts"), &s.service_accounts, SA);
-    reject_unsupported(
-        e,
-        &format!("{at}.notServiceAccounts"),
-        &s.not_service_accounts,
-        SA,
-    );
+    let accounts = |e: &mut Errors<'_>, field: &str, values: &Option<Vec<String>>| {
+        let field = format!("{at}.{field}");
+        if values.as_ref().is_some_and(|v| v.len() > MAX_SERVICE_ACCOUNTS) {
+            e.push(
+                &field,
+                format!("may not hold more than {MAX_SERVICE_ACCOUNTS} values (as in Istio)"),
+            );
+        }
+        list(e, &field, values, |v| service_account(v))
+    };
+    let service_accounts = accounts(e, "serviceAccounts", &s.service_accounts);
+    let not_service_accounts = accounts(e, "notServiceAccounts", &s.not_service_accounts);
     let m = SourceMatch {
         principals: list(e, &format!("{at}.principals"), &s.principals, |v| {
             principal(v)
@@ -391,6 +415,8 @@ fn source(e: &mut Errors<'_>, at: &str, s: &SourceSpec) -> SourceMatch {
         not_namespaces: list(e, &format!("{at}.notNamespaces"), &s.not_namespaces, |v| {
             namespace(v)
         }),
+        service_accounts,
+        not_service_accounts,
         ip_blocks: list(e, &format!("{at}.ipBlocks"), &s.ip_blocks, |v| ip_block(v)),
         not_ip_blocks: list(e, &format!("{at}.notIpBlocks"), &s.not_ip_blocks, |v| {
             ip_block(v)
@@ -801,6 +827,21 @@ mod tests {
             "",
         ] {
             assert!(principal(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn service_accounts_are_namespace_slash_name() {
+        assert_eq!(
+            service_account("shop/frontend"),
+            Ok(ServiceAccount {
+                namespace: "shop".into(),
+                name: "frontend".into()
+            })
+        );
+        assert!(service_account("shop/sa.v2").is_ok());
+        for bad in ["frontend", "shop/*", "*/frontend", "shop/", "/frontend", "Shop/a", "a/b/c", ""] {
+            assert!(service_account(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -388,6 +388,12 @@ pub struct Source {
     pub ip_blocks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, repeated, tag = "6")]
     pub not_ip_blocks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// `serviceAccounts` (`<namespace>/<name>`), already written as the principals they stand
+    /// for in the mesh's trust domain ("cluster.local/ns/a/sa/b"), compared exactly.
+    #[prost(string, repeated, tag = "7")]
+    pub service_accounts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "8")]
+    pub not_service_accounts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Within an operation every present field must match.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -34,6 +34,9 @@ pub enum InvalidPolicy {
     /// `request.headers[...]` with an invalid header name.
     #[error("{0:?} is not a valid header name")]
     HeaderName(String),
+    /// An empty principal where a service account was expected.
+    #[error("is empty (expected a principal, <trust-domain>/ns/<namespace>/sa/<name>)")]
+    EmptyPrincipal,
     /// A condition with neither `values` nor `not_values`.
     #[error("a condition needs values or not_values")]
     EmptyCondition,
@@ -78,6 +81,9 @@ pub(crate) struct Source {
     pub(crate) not_principals: Box<[StringMatcher]>,
     pub(crate) namespaces: Box<[StringMatcher]>,
     pub(crate) not_namespaces: Box<[StringMatcher]>,
+    /// `serviceAccounts` as the exact principals they stand for.
+    pub(crate) service_accounts: Box<[StringMatcher]>,
+    pub(crate) not_service_accounts: Box<[StringMatcher]>,
     pub(crate) ip_blocks: Box<[IpNet]>,
     pub(crate) not_ip_blocks: Box<[IpNet]>,
 }
@@ -203,6 +209,17 @@ fn strings(items: &[v1::StringMatch], field: &str) -> FieldResult<Box<[StringMat
     list(items, field, |m| Ok(StringMatcher::compile(m, false)?))
 }
 
+/// Principals written out in full (`serviceAccounts`), compared exactly.
+fn principals(items: &[String], field: &str) -> FieldResult<Box<[StringMatcher]>> {
+    list(items, field, |p| {
+        if p.is_empty() {
+            Err(InvalidPolicy::EmptyPrincipal)
+        } else {
+            Ok(StringMatcher::Exact(p.as_bytes().into()))
+        }
+    })
+}
+
 fn ports(items: &[u32], field: &str) -> FieldResult<Box<[u16]>> {
     list(items, field, |p| {
         u16::try_from(*p)
@@ -257,6 +274,8 @@ fn source(s: &v1::Source) -> FieldResult<Source> {
         not_principals: strings(&s.not_principals, "not_principals")?,
         namespaces: strings(&s.namespaces, "namespaces")?,
         not_namespaces: strings(&s.not_namespaces, "not_namespaces")?,
+        service_accounts: principals(&s.service_accounts, "service_accounts")?,
+        not_service_accounts: principals(&s.not_service_accounts, "not_service_accounts")?,
         ip_blocks: blocks(&s.ip_blocks, "ip_blocks")?,
         not_ip_blocks: blocks(&s.not_ip_blocks, "not_ip_blocks")?,
     })

@@ -11,7 +11,8 @@
 //! never lets a request in:
 //! - **No verified identity** (plaintext caller): in an ALLOW rule, a `from` entry naming
 //!   principals or namespaces, or a `source.principal`/`source.namespace` condition, never
-//!   matches, negated or not (CONTRACT: Palisade fails closed where Istio fails open);
+//!   matches, negated or not (CONTRACT: Palisade fails closed where Istio fails open); the
+//!   same holds for `serviceAccounts`/`notServiceAccounts`;
 //!   `ipBlocks`/`notIpBlocks` match the peer address of every caller. In DENY and AUDIT rules the
 //!   attribute is simply absent, as in Istio: positive fields do not match it, negated ones
 //!   do (`notPrincipals: ["*"]` denies plaintext).
@@ -328,13 +329,15 @@ fn pattern_in<T: Copy, V: Copy>(
 }
 
 impl Source {
-    /// Whether it names identities (principals or namespaces, negated or not), which a
-    /// caller without a verified identity never satisfies in an ALLOW rule.
+    /// Whether it names identities (principals, namespaces or service accounts, negated or
+    /// not), which a caller without a verified identity never satisfies in an ALLOW rule.
     fn asks_identity(&self) -> bool {
         !(self.principals.is_empty()
             && self.not_principals.is_empty()
             && self.namespaces.is_empty()
-            && self.not_namespaces.is_empty())
+            && self.not_namespaces.is_empty()
+            && self.service_accounts.is_empty()
+            && self.not_service_accounts.is_empty())
     }
 
     fn matches(&self, ctx: &Ctx<'_>) -> bool {
@@ -342,6 +345,8 @@ impl Source {
             && none_of(&self.not_principals, ctx.principal, str_match)
             && any_of(&self.namespaces, ctx.namespace, str_match)
             && none_of(&self.not_namespaces, ctx.namespace, str_match)
+            && any_of(&self.service_accounts, ctx.principal, str_match)
+            && none_of(&self.not_service_accounts, ctx.principal, str_match)
             && (self.ip_blocks.is_empty() || ip_in(&self.ip_blocks, ctx.source_ip))
             && (self.not_ip_blocks.is_empty() || !ip_in(&self.not_ip_blocks, ctx.source_ip))
     }

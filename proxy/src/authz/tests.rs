@@ -1160,6 +1160,59 @@ fn path_templates_in_paths_and_not_paths() {
     assert!(e.message.contains("last operator"), "{e}");
 }
 
+/// Issue 11 items 18 and 19: `serviceAccounts` are principals of the trust domain, and like
+/// every identity field they fail closed for a caller without one; address fields do not.
+#[test]
+fn service_accounts_and_plaintext_callers() {
+    let sa = |list: &[&str], not: &[&str]| {
+        from(v1::Source {
+            service_accounts: list.iter().map(|s| s.to_string()).collect(),
+            not_service_accounts: not.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    };
+    let frontend = "cluster.local/ns/shop/sa/frontend";
+    let search = "spiffe://cluster.local/ns/shop/sa/search";
+    check_allow(&[
+        ("service account", sa(&[frontend], &[]), get("/"), true),
+        ("other service account", sa(&[frontend], &[]), get("/").caller(search), false),
+        (
+            "other trust domain",
+            sa(&[frontend], &[]),
+            get("/").caller("spiffe://other.td/ns/shop/sa/frontend"),
+            false,
+        ),
+        ("not service account", sa(&[], &[frontend]), get("/"), false),
+        ("not service account, other", sa(&[], &[frontend]), get("/").caller(search), true),
+        ("plaintext, serviceAccounts", sa(&[frontend], &[]), get("/").plaintext(), false),
+        ("plaintext, notServiceAccounts", sa(&[], &[frontend]), get("/").plaintext(), false),
+        (
+            "plaintext, ipBlocks",
+            from(v1::Source {
+                ip_blocks: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
+            get("/").plaintext(),
+            true,
+        ),
+        (
+            "plaintext, notIpBlocks",
+            from(v1::Source {
+                not_ip_blocks: vec!["192.168.0.0/16".into()],
+                ..Default::default()
+            }),
+            get("/").plaintext(),
+            true,
+        ),
+    ]);
+    check_deny(&[
+        ("service account", sa(&[frontend], &[]), get("/"), true),
+        ("plaintext, serviceAccounts", sa(&[frontend], &[]), get("/").plaintext(), false),
+        // As notPrincipals: an absent identity is not the named one.
+        ("plaintext, notServiceAccounts", sa(&[], &[frontend]), get("/").plaintext(), true),
+    ]);
+}
+
 // === conditions ===
 
 /// Issue 11 item 16: a header sent several times, as an attacker would split it.
