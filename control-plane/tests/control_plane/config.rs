@@ -274,9 +274,9 @@ fn invalid_configurations_are_reported_with_file_document_and_field() {
             vec![AP, "spec.rules[0].from[0].source.notRemoteIpBlocks: not supported", "X-Forwarded-For"],
         ),
         case(
-            "serviceAccounts",
-            authz_source("{serviceAccounts: [shop/frontend]}"),
-            vec![AP, "spec.rules[0].from[0].source.serviceAccounts: not supported", "use principals"],
+            "serviceAccounts without a namespace",
+            authz_source("{serviceAccounts: [shop/frontend, frontend]}"),
+            vec![AP, "spec.rules[0].from[0].source.serviceAccounts[1]: \"frontend\": expected <namespace>/<service account>"],
         ),
         case(
             "provider",
