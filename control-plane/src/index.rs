@@ -415,6 +415,7 @@ pub(crate) fn authorization_policy_proto(
             Action::Audit => pb::Action::Audit,
         } as i32,
         rules: p.rules.iter().map(|r| rule_proto(r, td)).collect(),
+        dry_run: p.dry_run,
     }
 }
 

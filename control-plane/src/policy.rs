@@ -251,6 +251,9 @@ pub struct AuthorizationPolicy {
     pub action: Action,
     /// A request matches the policy if it matches any rule; none: it matches nothing.
     pub rules: Vec<Rule>,
+    /// `istio.io/dry-run` (or `palisade.dev/dry-run`) is `"true"`: evaluated, counted and
+    /// logged as a would-be decision, never enforced.
+    pub dry_run: bool,
     /// Where it was defined.
     pub source: Source,
 }

@@ -102,6 +102,8 @@ struct Case {
     expect: Expect,
     /// Policies that must be listed as AUDIT matches.
     audits: Vec<&'static str>,
+    /// The dry-run outcome `authz check` must report: (would-be decision, policy), or none.
+    dry_run: Option<(&'static str, &'static str)>,
 }
 
 fn case(name: &'static str, policies: Vec<String>, args: &[&'static str], expect: Expect) -> Case {
@@ -112,7 +114,14 @@ fn case(name: &'static str, policies: Vec<String>, args: &[&'static str], expect
         args: args.to_vec(),
         expect,
         audits: Vec::new(),
+        dry_run: None,
     }
+}
+
+/// `doc` with one annotation added to its metadata (the documents here name their
+/// namespace last in a flow mapping).
+fn annotated(doc: String, key: &str, value: &str) -> String {
+    doc.replacen("}\nspec:", &format!(", annotations: {{{key}: \"{value}\"}}}}\nspec:"), 1)
 }
 
 fn cases() -> Vec<Case> {
@@ -1033,6 +1042,7 @@ fn cases() -> Vec<Case> {
 /// `127.0.0.0/8`, which is all the address rules here distinguish.
 fn istio_compat_cases() -> Vec<Case> {
     use Expect::{Allow, Deny};
+    let from_web = "from: [{source: {principals: [\"cluster.local/ns/prod/sa/web\"]}}]";
     vec![
         // --- 15: hosts as Istio reads them ---------------------------------------------------
         case(
@@ -1369,6 +1379,92 @@ fn istio_compat_cases() -> Vec<Case> {
             &["--from", DB, "--source-ip", "127.0.0.1"],
             Allow("prod/loopback", Some(0)),
         ),
+        // --- 14: dry-run policies ----------------------------------------------------------------
+        Case {
+            dry_run: Some(("DENY", "prod/dry-no-admin")),
+            ..case(
+                "14: a dry-run DENY is reported, never enforced",
+                vec![
+                    allow_api("allow-web", from_web),
+                    annotated(
+                        deny_api(
+                            "dry-no-admin",
+                            "to: [{operation: {paths: [\"/admin/*\"]}}]",
+                        ),
+                        "istio.io/dry-run",
+                        "true",
+                    ),
+                ],
+                &["--from", WEB, "--path", "/admin/users"],
+                Allow("prod/allow-web", Some(0)),
+            )
+        },
+        Case {
+            dry_run: Some(("ALLOW", "prod/allow-web")),
+            ..case(
+                "14: a dry-run DENY that does not match agrees with the decision",
+                vec![
+                    allow_api("allow-web", from_web),
+                    annotated(
+                        deny_api(
+                            "dry-no-admin",
+                            "to: [{operation: {paths: [\"/admin/*\"]}}]",
+                        ),
+                        "istio.io/dry-run",
+                        "true",
+                    ),
+                ],
+                &["--from", WEB, "--path", "/public"],
+                Allow("prod/allow-web", Some(0)),
+            )
+        },
+        Case {
+            dry_run: Some(("ALLOW", "prod/dry-allow-web")),
+            ..case(
+                "14: a dry-run ALLOW (palisade.dev) never allows",
+                vec![annotated(
+                    allow_api("dry-allow-web", from_web),
+                    "palisade.dev/dry-run",
+                    "true",
+                )],
+                &["--from", WEB],
+                Deny("default-deny", None),
+            )
+        },
+        Case {
+            default: "allow",
+            dry_run: Some(("DENY", "default-deny")),
+            ..case(
+                "14: a dry-run ALLOW reports what it would refuse",
+                vec![annotated(
+                    allow_api("dry-allow-web", from_web),
+                    "istio.io/dry-run",
+                    "true",
+                )],
+                &["--from", API],
+                Allow("default-allow", None),
+            )
+        },
+        case(
+            "14: dry-run \"false\" is enforced",
+            vec![annotated(
+                deny_api("no-admin", "to: [{operation: {paths: [\"/admin/*\"]}}]"),
+                "istio.io/dry-run",
+                "false",
+            )],
+            &["--from", WEB, "--path", "/admin/users"],
+            Deny("prod/no-admin", Some(0)),
+        ),
+        case(
+            "14: a dry-run value other than true/false is rejected",
+            vec![annotated(
+                deny_api("no-admin", "to: [{operation: {paths: [\"/admin/*\"]}}]"),
+                "istio.io/dry-run",
+                "yes",
+            )],
+            &[],
+            Expect::Invalid("metadata.annotations[istio.io/dry-run]"),
+        ),
     ]
 }
 
@@ -1420,16 +1516,24 @@ fn authorization_conformance() {
                             .as_array()
                             .map(|a| a.iter().filter_map(|x| x["policy"].as_str()).collect())
                             .unwrap_or_default();
+                        let dry_run = v["dry_run"].as_object().map(|d| {
+                            (
+                                d["decision"].as_str().unwrap_or_default(),
+                                d["policy"].as_str().unwrap_or_default(),
+                            )
+                        });
                         if code != Some(want_code)
                             || v["decision"] != if allow { "ALLOW" } else { "DENY" }
                             || v["policy"] != *label
                             || got_rule != *rule
                             || audits != c.audits
+                            || dry_run != c.dry_run
                         {
                             Some(format!(
-                                "expected {:?} audits {:?}, got exit {code:?}: {}",
+                                "expected {:?} audits {:?} dry run {:?}, got exit {code:?}: {}",
                                 c.expect,
                                 c.audits,
+                                c.dry_run,
                                 stdout.trim()
                             ))
                         } else {

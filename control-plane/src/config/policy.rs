@@ -601,6 +601,7 @@ pub(crate) fn authorization_policy(
         errors,
         count: 0,
     };
+    let dry_run = dry_run(&mut e, &doc.metadata.annotations);
     reject_unsupported(
         &mut e,
         "spec.targetRef",
@@ -664,8 +665,40 @@ pub(crate) fn authorization_policy(
         selector,
         action,
         rules,
+        dry_run,
         source: ctx.source(),
     })
+}
+
+/// The annotations that put a policy in dry-run mode: Istio's, and Palisade's own.
+const DRY_RUN_ANNOTATIONS: [&str; 2] = ["istio.io/dry-run", "palisade.dev/dry-run"];
+
+/// Whether the policy is a dry run. Each annotation must read `"true"` or `"false"`; when
+/// both are set they must agree.
+fn dry_run(e: &mut Errors<'_>, annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    let mut found: Option<(&str, bool)> = None;
+    for key in DRY_RUN_ANNOTATIONS {
+        let Some(value) = annotations.get(key) else {
+            continue;
+        };
+        let field = format!("metadata.annotations[{key}]");
+        let on = match value.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                e.push(&field, format!("{other:?} is not valid (expected \"true\" or \"false\")"));
+                continue;
+            }
+        };
+        match found {
+            Some((first, was)) if was != on => e.push(
+                &field,
+                format!("says {on} but metadata.annotations[{first}] says {was}"),
+            ),
+            _ => found = Some((key, on)),
+        }
+    }
+    found.is_some_and(|(_, on)| on)
 }
 
 /// An EgressPolicy host: a DNS name, `*.suffix` or an IP literal.

@@ -129,6 +129,7 @@ fn istio_documents_load_unchanged_and_compile_field_for_field() {
         namespace: "shop".into(),
         name: "search-readers".into(),
         action: pb::Action::Allow as i32,
+        dry_run: false,
         rules: vec![
             pb::Rule {
                 from: vec![
@@ -209,6 +210,7 @@ fn istio_documents_load_unchanged_and_compile_field_for_field() {
         namespace: "shop".into(),
         name: "deny-delete".into(),
         action: pb::Action::Deny as i32,
+        dry_run: false,
         rules: vec![pb::Rule {
             to: vec![pb::Operation {
                 methods: vec![exact("DELETE")],

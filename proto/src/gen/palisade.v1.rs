@@ -356,6 +356,10 @@ pub struct AuthorizationPolicy {
     /// A request matches the policy if it matches any rule. No rules: matches nothing.
     #[prost(message, repeated, tag = "4")]
     pub rules: ::prost::alloc::vec::Vec<Rule>,
+    /// Istio's `istio.io/dry-run: "true"` (or `palisade.dev/dry-run`): the policy is
+    /// evaluated, counted and logged as a would-be decision, never enforced.
+    #[prost(bool, tag = "5")]
+    pub dry_run: bool,
 }
 /// All present parts must match (from AND to AND when); an absent part matches anything.
 #[derive(Clone, PartialEq, ::prost::Message)]

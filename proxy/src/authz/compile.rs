@@ -60,6 +60,8 @@ pub(crate) struct Policy {
     pub(crate) name: Arc<str>,
     pub(crate) action: Action,
     pub(crate) rules: Box<[Rule]>,
+    /// Evaluated and recorded, never enforced (`istio.io/dry-run`).
+    pub(crate) dry_run: bool,
 }
 
 /// One rule: `from` AND `to` AND `when`; an empty part matches anything.
@@ -188,6 +190,7 @@ pub(crate) fn policy(p: &v1::AuthorizationPolicy) -> Result<Policy, (String, Inv
         name: format!("{}/{}", p.namespace, p.name).into(),
         action,
         rules,
+        dry_run: p.dry_run,
     })
 }
 

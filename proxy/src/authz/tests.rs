@@ -42,6 +42,7 @@ fn policy(name: &str, action: v1::Action, rules: Vec<v1::Rule>) -> v1::Authoriza
         namespace: "shop".into(),
         name: name.into(),
         action: action as i32,
+        dry_run: false,
         rules,
     }
 }
@@ -341,7 +342,7 @@ fn audit_never_changes_the_decision_and_lists_every_match() {
         let d = a.evaluate(&get("/").attrs(), default_allow);
         assert_eq!(d.allowed, default_allow);
         assert_eq!(
-            d.audits,
+            d.audits.matched,
             vec![
                 Matched {
                     policy: "shop/a1".into(),
@@ -366,7 +367,7 @@ fn audit_never_changes_the_decision_and_lists_every_match() {
     with_deny.push(audit("a", vec![v1::Rule::default()]));
     let d = authorizer(with_deny).evaluate(&get("/").attrs(), true);
     assert!(!d.allowed);
-    assert_eq!(d.audits.len(), 1);
+    assert_eq!(d.audits.matched.len(), 1);
     assert_eq!(authorizer(vec![audit("a", vec![])]).len(), 1);
 }
 
@@ -793,10 +794,10 @@ fn plaintext_in_deny_rules_is_an_absent_identity_as_in_istio() {
         vec![src(|s| s.not_principals = vec![any()])],
     )]);
     assert_eq!(
-        a.evaluate(&get("/").plaintext().attrs(), true).audits.len(),
+        a.evaluate(&get("/").plaintext().attrs(), true).audits.matched.len(),
         1
     );
-    assert!(a.evaluate(&get("/").attrs(), true).audits.is_empty());
+    assert!(a.evaluate(&get("/").attrs(), true).audits.matched.is_empty());
 }
 
 // === operation fields ===
@@ -1211,6 +1212,85 @@ fn service_accounts_and_plaintext_callers() {
         // As notPrincipals: an absent identity is not the named one.
         ("plaintext, notServiceAccounts", sa(&[], &[frontend]), get("/").plaintext(), true),
     ]);
+}
+
+/// Issue 11 item 14: dry-run policies are evaluated and reported, never enforced.
+#[test]
+fn dry_run_policies_are_evaluated_and_never_enforced() {
+    let dry = |mut p: v1::AuthorizationPolicy| {
+        p.dry_run = true;
+        p
+    };
+    let admin = || {
+        to(v1::Operation {
+            paths: vec![prefix("/admin")],
+            ..Default::default()
+        })
+    };
+    // A dry-run DENY on /admin: the request still passes, the would-be denial is reported.
+    let a = authorizer(vec![
+        allow("all", vec![v1::Rule::default()]),
+        dry(deny("no-admin", vec![admin()])),
+    ]);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a.dry_run_policies().count(), 1);
+    let d = a.evaluate(&get("/admin/x").attrs(), false);
+    assert!(d.allowed, "{}", d.explain());
+    assert_eq!(d.decided_by, DecidedBy::Allow(Matched { policy: "shop/all".into(), rule: 0 }));
+    let dry_run = d.audits.dry_run.clone().expect("a dry-run outcome");
+    assert!(!dry_run.allowed);
+    assert_eq!(dry_run.policy_label(), "shop/no-admin");
+    assert_eq!(
+        dry_run.matched,
+        vec![(Action::Deny, Matched { policy: "shop/no-admin".into(), rule: 0 })]
+    );
+    assert!(
+        d.explain().ends_with(
+            "; DRY-RUN would DENY by shop/no-admin rule 0 (dry-run matches: DENY shop/no-admin rule 0)"
+        ),
+        "{}",
+        d.explain()
+    );
+    // Elsewhere the dry run agrees with the real decision, and says so.
+    let d = a.evaluate(&get("/public").attrs(), false);
+    let dry_run = d.audits.dry_run.expect("a dry-run outcome");
+    assert!(dry_run.allowed && dry_run.matched.is_empty());
+    assert_eq!(dry_run.policy_label(), "shop/all");
+
+    // A dry-run ALLOW where none exists: the default still decides; everything it does not
+    // match would be denied.
+    let a = authorizer(vec![dry(allow(
+        "frontend-only",
+        vec![from(v1::Source {
+            principals: vec![exact("cluster.local/ns/shop/sa/frontend")],
+            ..Default::default()
+        })],
+    ))]);
+    let d = a.evaluate(&get("/").caller("spiffe://cluster.local/ns/shop/sa/search").attrs(), true);
+    assert!(d.allowed);
+    assert_eq!(d.decided_by, DecidedBy::DefaultAllow);
+    let dry_run = d.audits.dry_run.expect("a dry-run outcome");
+    assert_eq!(dry_run.decided_by, DecidedBy::NoAllowMatched);
+    assert!(!dry_run.allowed);
+    let d = a.evaluate(&get("/").attrs(), false);
+    assert!(!d.allowed, "a dry-run ALLOW never allows");
+    assert_eq!(d.decided_by, DecidedBy::DefaultDeny);
+    assert!(d.audits.dry_run.expect("outcome").allowed);
+
+    // A real DENY stays the answer of the dry run too; a dry-run AUDIT is listed.
+    let a = authorizer(vec![
+        deny("real", vec![v1::Rule::default()]),
+        dry(audit("watch", vec![v1::Rule::default()])),
+    ]);
+    let d = a.evaluate(&get("/").attrs(), true);
+    assert!(!d.allowed && d.audits.matched.is_empty());
+    let dry_run = d.audits.dry_run.expect("outcome");
+    assert_eq!(dry_run.policy_label(), "shop/real");
+    assert_eq!(dry_run.matched[0].0, Action::Audit);
+
+    // Without dry-run policies nothing extra is computed.
+    let a = authorizer(vec![allow("all", vec![v1::Rule::default()])]);
+    assert!(a.evaluate(&get("/").attrs(), false).audits.is_empty());
 }
 
 // === conditions ===
@@ -1674,8 +1754,8 @@ fn tcp_deny_rules_ignore_http_fields() {
             ..Default::default()
         })],
     )]);
-    assert_eq!(a.evaluate(&tcp().attrs(), true).audits.len(), 1);
-    assert!(a.evaluate(&get("/").attrs(), true).audits.is_empty());
+    assert_eq!(a.evaluate(&tcp().attrs(), true).audits.matched.len(), 1);
+    assert!(a.evaluate(&get("/").attrs(), true).audits.matched.is_empty());
 }
 
 // === conversion errors ===
