@@ -1556,3 +1556,271 @@ fn authorization_conformance() {
     );
     eprintln!("authorization conformance: {} cases passed", cases.len());
 }
+
+// === the same cases through a running sidecar ===
+
+/// What one case sends: caller identity, method, path, authority and headers, read from
+/// the `authz check` arguments it is decided with.
+struct LiveRequest {
+    from: Option<String>,
+    method: String,
+    path: String,
+    authority: String,
+    headers: Vec<(String, String)>,
+}
+
+impl LiveRequest {
+    /// `None` for a case that cannot be sent as a real request: another workload, another
+    /// port, or a caller of a foreign trust domain (the sidecar refuses its handshake first).
+    fn from_args(args: &[&str]) -> Option<Self> {
+        let mut req = LiveRequest {
+            from: None,
+            method: "GET".into(),
+            path: "/".into(),
+            authority: "api.prod:8080".into(),
+            headers: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = (*it.next()?).to_owned();
+            match *flag {
+                "--from" if value.starts_with("spiffe://cluster.local/") => req.from = Some(value),
+                "--method" => req.method = value,
+                "--path" => req.path = value,
+                "--source-ip" if value.starts_with("127.") => {}
+                "--header" => {
+                    let (k, v) = value.split_once('=')?;
+                    if k.eq_ignore_ascii_case("host") {
+                        req.authority = v.to_owned();
+                    } else {
+                        req.headers.push((k.to_owned(), v.to_owned()));
+                    }
+                }
+                _ => return None,
+            }
+        }
+        Some(req)
+    }
+}
+
+/// Sends `req` to the sidecar's inbound port: over mTLS with a certificate for its caller
+/// (HTTP/2, SNI for app port 8080), or as plaintext HTTP/1.1 for a caller without one (the
+/// mesh is PERMISSIVE). Returns the HTTP status.
+async fn send_live(
+    inbound: std::net::SocketAddr,
+    ca: &palisade_certs::CertificateAuthority,
+    server: &palisade_certs::SpiffeId,
+    req: &LiveRequest,
+) -> Result<u16, String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut builder = http::Request::builder().method(req.method.as_str());
+    for (k, v) in &req.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let io = tokio::net::TcpStream::connect(inbound)
+        .await
+        .map_err(|e| format!("connect {inbound}: {e}"))?;
+    let status = match &req.from {
+        Some(from) => {
+            let id = palisade_certs::SpiffeId::parse(from).map_err(|e| e.to_string())?;
+            let creds = crate::support::tls::issue(ca, &id);
+            let config = palisade_certs::tls::client_config(
+                Some(&creds),
+                ca.bundle(),
+                server.clone(),
+                &[palisade_certs::ALPN_H2],
+            )
+            .map_err(|e| e.to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(crate::support::tls::sni(8080), io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let request = builder
+                .uri(format!("http://{}{}", req.authority, req.path))
+                .body(Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let resp = send.send_request(request).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            status
+        }
+        None => {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let request = builder
+                .uri(req.path.as_str())
+                .header("host", req.authority.as_str())
+                .body(Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let resp = send.send_request(request).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            status
+        }
+    };
+    Ok(status)
+}
+
+/// Issue 11: `palisade authz check` and a running sidecar agree on every new case. Each
+/// case's configuration (PERMISSIVE, so plaintext callers reach the sidecar) is decided by
+/// `authz check` and loaded by a real `palisade proxy --static-config` for `prod/api`; the
+/// case's request is then sent through that sidecar to an app that answers 200, over mTLS
+/// with a certificate for the case's caller, or as plaintext for a caller without one.
+/// Dry-run cases must also show up in the sidecar's `palisade_proxy_authz_dry_run_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_agrees_with_authz_check() {
+    use crate::support::apps::{self, App};
+    use crate::support::clients::try_admin_get;
+    use crate::support::procs::ChildGuard;
+    use crate::support::{Block, READY_TIMEOUT, metric, poll, timed};
+    use palisade_certs::{CaOptions, CertificateAuthority, SpiffeId, TrustDomain};
+
+    let block = Block::next();
+    let dir = tempfile::tempdir().unwrap();
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let (ca, material) = CertificateAuthority::generate(td, &CaOptions::default()).unwrap();
+    let anchors = dir.path().join("roots.pem");
+    std::fs::write(&anchors, &material.root_cert_pem).unwrap();
+    let api = SpiffeId::parse(API).unwrap();
+    let (leaf, key) = ca.issue(&api, std::time::Duration::from_secs(3600)).unwrap();
+    let (cert, key_file) = (dir.path().join("api.crt"), dir.path().join("api.key"));
+    std::fs::write(&cert, palisade_certs::ca::chain_to_pem(&leaf.leaf, &leaf.chain)).unwrap();
+    std::fs::write(&key_file, key.private_key_pem()).unwrap();
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let app_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    apps::start(
+        block.addr(1, 8080),
+        App::Counting(app_hits.clone()),
+        shutdown.clone(),
+    )
+    .await;
+
+    let cases: Vec<Case> = istio_compat_cases()
+        .into_iter()
+        .filter(|c| !matches!(c.expect, Expect::Invalid(_)))
+        .collect();
+    let mut failures = Vec::new();
+    let mut sent = 0;
+    for (i, c) in cases.iter().enumerate() {
+        let Some(req) = LiveRequest::from_args(&c.args) else {
+            eprintln!("not sent through the sidecar (not a loopback request to prod/api): {}", c.name);
+            continue;
+        };
+        let host = u8::try_from(10 + i).expect("fewer than 245 cases");
+        let config = dir.path().join(format!("case-{i}"));
+        std::fs::create_dir(&config).unwrap();
+        let mesh = base_mesh(c.default).replacen(
+            "defaultAuthorization:",
+            "mtls: {mode: PERMISSIVE}, defaultAuthorization:",
+            1,
+        );
+        std::fs::write(config.join("mesh.yaml"), mesh).unwrap();
+        std::fs::write(config.join("policies.yaml"), c.policies.join("---\n")).unwrap();
+
+        // What `authz check` says about this very configuration.
+        let config_arg = config.to_str().unwrap().to_owned();
+        let mut args = vec!["authz", "check", "--output", "json", "--config", &config_arg];
+        args.extend(["--to", "prod/api"]);
+        args.extend(c.args.iter().copied());
+        let out = Command::new(palisade_bin()).args(&args).output().unwrap();
+        let checked = match out.status.code() {
+            Some(0) => true,
+            Some(3) => false,
+            other => panic!("{}: authz check exit {other:?}: {}", c.name, String::from_utf8_lossy(&out.stderr)),
+        };
+
+        let (inbound, admin) = (block.addr(host, 15006), block.addr(host, 15000));
+        let flags: Vec<String> = [
+            "proxy",
+            "--workload",
+            "api",
+            "--namespace",
+            "prod",
+            "--service-account",
+            "api",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--trust-anchors".into(),
+            anchors.display().to_string(),
+            "--static-config".into(),
+            config_arg.clone(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key_file.display().to_string(),
+            "--inbound".into(),
+            inbound.to_string(),
+            "--outbound".into(),
+            block.addr(host, 15001).to_string(),
+            "--admin".into(),
+            admin.to_string(),
+            "--app-host".into(),
+            block.ip(1).to_string(),
+            "--worker-threads".into(),
+            "1".into(),
+        ])
+        .collect();
+        let proxy = ChildGuard::palisade(&format!("api-{i}"), &flags, dir.path());
+        poll(READY_TIMEOUT, std::time::Duration::from_millis(50), "sidecar ready", || async {
+            try_admin_get(admin, "/ready")
+                .await
+                .filter(|r| r.status == 200)
+                .map(|_| ())
+        })
+        .await;
+
+        let status = timed("the case's request", send_live(inbound, &ca, &api, &req)).await;
+        sent += 1;
+        let live = match status {
+            Ok(200) => Some(true),
+            Ok(403) => Some(false),
+            _ => None,
+        };
+        let want = matches!(c.expect, Expect::Allow(..));
+        if live != Some(checked) || checked != want {
+            failures.push(format!(
+                "{}: sidecar answered {status:?}, authz check {}, expected {}\n{}",
+                c.name,
+                if checked { "ALLOW" } else { "DENY" },
+                if want { "ALLOW" } else { "DENY" },
+                proxy.log_text()
+            ));
+        }
+        if let Some((would, policy)) = c.dry_run {
+            let metrics = try_admin_get(admin, "/metrics").await.map(|r| r.text()).unwrap_or_default();
+            let would = would.to_ascii_lowercase();
+            let count = metric(
+                &metrics,
+                "palisade_proxy_authz_dry_run_total",
+                &[&format!("policy=\"{policy}\""), &format!("would=\"{would}\"")],
+            );
+            if count < 1.0 {
+                failures.push(format!(
+                    "{}: no dry-run sample policy={policy} would={would} in\n{metrics}",
+                    c.name
+                ));
+            }
+        }
+        drop(proxy);
+    }
+    shutdown.cancel();
+    assert!(sent >= 30, "only {sent} cases were sent through the sidecar");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} cases disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("sidecar agrees with authz check on {sent} cases");
+}
