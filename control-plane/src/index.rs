@@ -359,7 +359,8 @@ fn ports_proto(ports: &[u16]) -> Vec<u32> {
 
 fn source_proto(s: &SourceMatch, td: &TrustDomain) -> pb::Source {
     let blocks = |b: &[crate::policy::IpBlock]| b.iter().map(ToString::to_string).collect();
-    let accounts = |a: &[crate::policy::ServiceAccount]| a.iter().map(|a| a.principal(td)).collect();
+    let accounts =
+        |a: &[crate::policy::ServiceAccount]| a.iter().map(|a| a.principal(td)).collect();
     pb::Source {
         service_accounts: accounts(&s.service_accounts),
         not_service_accounts: accounts(&s.not_service_accounts),

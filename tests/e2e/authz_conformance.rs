@@ -121,7 +121,11 @@ fn case(name: &'static str, policies: Vec<String>, args: &[&'static str], expect
 /// `doc` with one annotation added to its metadata (the documents here name their
 /// namespace last in a flow mapping).
 fn annotated(doc: String, key: &str, value: &str) -> String {
-    doc.replacen("}\nspec:", &format!(", annotations: {{{key}: \"{value}\"}}}}\nspec:"), 1)
+    doc.replacen(
+        "}\nspec:",
+        &format!(", annotations: {{{key}: \"{value}\"}}}}\nspec:"),
+        1,
+    )
 }
 
 fn cases() -> Vec<Case> {
@@ -1105,7 +1109,14 @@ fn istio_compat_cases() -> Vec<Case> {
                     "prod-only",
                     "when: [{key: \"request.headers[x-env]\", notValues: [\"prod\"]}]",
                 )],
-                &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+                &[
+                    "--from",
+                    WEB,
+                    "--header",
+                    "x-env=prod",
+                    "--header",
+                    "x-env=dev",
+                ],
                 Deny("prod/prod-only", Some(0)),
             )
         },
@@ -1117,7 +1128,14 @@ fn istio_compat_cases() -> Vec<Case> {
                     "no-dev",
                     "when: [{key: \"request.headers[x-env]\", values: [\"dev\"]}]",
                 )],
-                &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+                &[
+                    "--from",
+                    WEB,
+                    "--header",
+                    "x-env=prod",
+                    "--header",
+                    "x-env=dev",
+                ],
                 Deny("prod/no-dev", Some(0)),
             )
         },
@@ -1127,7 +1145,14 @@ fn istio_compat_cases() -> Vec<Case> {
                 "env-prod",
                 "when: [{key: \"request.headers[x-env]\", values: [\"prod\"]}]",
             )],
-            &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+            &[
+                "--from",
+                WEB,
+                "--header",
+                "x-env=prod",
+                "--header",
+                "x-env=dev",
+            ],
             Deny("default-deny", None),
         ),
         case(
@@ -1136,7 +1161,14 @@ fn istio_compat_cases() -> Vec<Case> {
                 "env-joined",
                 "when: [{key: \"request.headers[x-env]\", values: [\"prod,dev\"]}]",
             )],
-            &["--from", WEB, "--header", "x-env=prod", "--header", "x-env=dev"],
+            &[
+                "--from",
+                WEB,
+                "--header",
+                "x-env=prod",
+                "--header",
+                "x-env=dev",
+            ],
             Allow("prod/env-joined", Some(0)),
         ),
         // --- 17: path templates ------------------------------------------------------------------
@@ -1387,10 +1419,7 @@ fn istio_compat_cases() -> Vec<Case> {
                 vec![
                     allow_api("allow-web", from_web),
                     annotated(
-                        deny_api(
-                            "dry-no-admin",
-                            "to: [{operation: {paths: [\"/admin/*\"]}}]",
-                        ),
+                        deny_api("dry-no-admin", "to: [{operation: {paths: [\"/admin/*\"]}}]"),
                         "istio.io/dry-run",
                         "true",
                     ),
@@ -1406,10 +1435,7 @@ fn istio_compat_cases() -> Vec<Case> {
                 vec![
                     allow_api("allow-web", from_web),
                     annotated(
-                        deny_api(
-                            "dry-no-admin",
-                            "to: [{operation: {paths: [\"/admin/*\"]}}]",
-                        ),
+                        deny_api("dry-no-admin", "to: [{operation: {paths: [\"/admin/*\"]}}]"),
                         "istio.io/dry-run",
                         "true",
                     ),
@@ -1645,7 +1671,10 @@ async fn send_live(
                 .uri(format!("http://{}{}", req.authority, req.path))
                 .body(Empty::<bytes::Bytes>::new())
                 .map_err(|e| e.to_string())?;
-            let resp = send.send_request(request).await.map_err(|e| e.to_string())?;
+            let resp = send
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let _ = resp.into_body().collect().await;
             status
@@ -1660,7 +1689,10 @@ async fn send_live(
                 .header("host", req.authority.as_str())
                 .body(Empty::<bytes::Bytes>::new())
                 .map_err(|e| e.to_string())?;
-            let resp = send.send_request(request).await.map_err(|e| e.to_string())?;
+            let resp = send
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let _ = resp.into_body().collect().await;
             status
@@ -1690,9 +1722,15 @@ async fn sidecar_agrees_with_authz_check() {
     let anchors = dir.path().join("roots.pem");
     std::fs::write(&anchors, &material.root_cert_pem).unwrap();
     let api = SpiffeId::parse(API).unwrap();
-    let (leaf, key) = ca.issue(&api, std::time::Duration::from_secs(3600)).unwrap();
+    let (leaf, key) = ca
+        .issue(&api, std::time::Duration::from_secs(3600))
+        .unwrap();
     let (cert, key_file) = (dir.path().join("api.crt"), dir.path().join("api.key"));
-    std::fs::write(&cert, palisade_certs::ca::chain_to_pem(&leaf.leaf, &leaf.chain)).unwrap();
+    std::fs::write(
+        &cert,
+        palisade_certs::ca::chain_to_pem(&leaf.leaf, &leaf.chain),
+    )
+    .unwrap();
     std::fs::write(&key_file, key.private_key_pem()).unwrap();
 
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -1712,7 +1750,10 @@ async fn sidecar_agrees_with_authz_check() {
     let mut sent = 0;
     for (i, c) in cases.iter().enumerate() {
         let Some(req) = LiveRequest::from_args(&c.args) else {
-            eprintln!("not sent through the sidecar (not a loopback request to prod/api): {}", c.name);
+            eprintln!(
+                "not sent through the sidecar (not a loopback request to prod/api): {}",
+                c.name
+            );
             continue;
         };
         let host = u8::try_from(10 + i).expect("fewer than 245 cases");
@@ -1728,14 +1769,25 @@ async fn sidecar_agrees_with_authz_check() {
 
         // What `authz check` says about this very configuration.
         let config_arg = config.to_str().unwrap().to_owned();
-        let mut args = vec!["authz", "check", "--output", "json", "--config", &config_arg];
+        let mut args = vec![
+            "authz",
+            "check",
+            "--output",
+            "json",
+            "--config",
+            &config_arg,
+        ];
         args.extend(["--to", "prod/api"]);
         args.extend(c.args.iter().copied());
         let out = Command::new(palisade_bin()).args(&args).output().unwrap();
         let checked = match out.status.code() {
             Some(0) => true,
             Some(3) => false,
-            other => panic!("{}: authz check exit {other:?}: {}", c.name, String::from_utf8_lossy(&out.stderr)),
+            other => panic!(
+                "{}: authz check exit {other:?}: {}",
+                c.name,
+                String::from_utf8_lossy(&out.stderr)
+            ),
         };
 
         let (inbound, admin) = (block.addr(host, 15006), block.addr(host, 15000));
@@ -1772,12 +1824,17 @@ async fn sidecar_agrees_with_authz_check() {
         ])
         .collect();
         let proxy = ChildGuard::palisade(&format!("api-{i}"), &flags, dir.path());
-        poll(READY_TIMEOUT, std::time::Duration::from_millis(50), "sidecar ready", || async {
-            try_admin_get(admin, "/ready")
-                .await
-                .filter(|r| r.status == 200)
-                .map(|_| ())
-        })
+        poll(
+            READY_TIMEOUT,
+            std::time::Duration::from_millis(50),
+            "sidecar ready",
+            || async {
+                try_admin_get(admin, "/ready")
+                    .await
+                    .filter(|r| r.status == 200)
+                    .map(|_| ())
+            },
+        )
         .await;
 
         let status = timed("the case's request", send_live(inbound, &ca, &api, &req)).await;
@@ -1798,12 +1855,18 @@ async fn sidecar_agrees_with_authz_check() {
             ));
         }
         if let Some((would, policy)) = c.dry_run {
-            let metrics = try_admin_get(admin, "/metrics").await.map(|r| r.text()).unwrap_or_default();
+            let metrics = try_admin_get(admin, "/metrics")
+                .await
+                .map(|r| r.text())
+                .unwrap_or_default();
             let would = would.to_ascii_lowercase();
             let count = metric(
                 &metrics,
                 "palisade_proxy_authz_dry_run_total",
-                &[&format!("policy=\"{policy}\""), &format!("would=\"{would}\"")],
+                &[
+                    &format!("policy=\"{policy}\""),
+                    &format!("would=\"{would}\""),
+                ],
             );
             if count < 1.0 {
                 failures.push(format!(
@@ -1815,7 +1878,10 @@ async fn sidecar_agrees_with_authz_check() {
         drop(proxy);
     }
     shutdown.cancel();
-    assert!(sent >= 30, "only {sent} cases were sent through the sidecar");
+    assert!(
+        sent >= 30,
+        "only {sent} cases were sent through the sidecar"
+    );
     assert!(
         failures.is_empty(),
         "{} of {sent} cases disagree:\n{}",

@@ -186,7 +186,9 @@ const MAX_SERVICE_ACCOUNTS: usize = 16;
 fn service_account(value: &str) -> Result<ServiceAccount, String> {
     const FORM: &str = "expected <namespace>/<service account>";
     if value.contains('*') {
-        return Err(format!("{value:?}: wildcards are not allowed in service accounts ({FORM})"));
+        return Err(format!(
+            "{value:?}: wildcards are not allowed in service accounts ({FORM})"
+        ));
     }
     let Some((namespace, name)) = value.split_once('/') else {
         return Err(format!("{value:?}: {FORM}"));
@@ -392,7 +394,10 @@ fn source(e: &mut Errors<'_>, at: &str, s: &SourceSpec) -> SourceMatch {
     );
     let accounts = |e: &mut Errors<'_>, field: &str, values: &Option<Vec<String>>| {
         let field = format!("{at}.{field}");
-        if values.as_ref().is_some_and(|v| v.len() > MAX_SERVICE_ACCOUNTS) {
+        if values
+            .as_ref()
+            .is_some_and(|v| v.len() > MAX_SERVICE_ACCOUNTS)
+        {
             e.push(
                 &field,
                 format!("may not hold more than {MAX_SERVICE_ACCOUNTS} values (as in Istio)"),
@@ -686,7 +691,10 @@ fn dry_run(e: &mut Errors<'_>, annotations: &std::collections::BTreeMap<String, 
             "true" => true,
             "false" => false,
             other => {
-                e.push(&field, format!("{other:?} is not valid (expected \"true\" or \"false\")"));
+                e.push(
+                    &field,
+                    format!("{other:?} is not valid (expected \"true\" or \"false\")"),
+                );
                 continue;
             }
         };
@@ -873,7 +881,16 @@ mod tests {
             })
         );
         assert!(service_account("shop/sa.v2").is_ok());
-        for bad in ["frontend", "shop/*", "*/frontend", "shop/", "/frontend", "Shop/a", "a/b/c", ""] {
+        for bad in [
+            "frontend",
+            "shop/*",
+            "*/frontend",
+            "shop/",
+            "/frontend",
+            "Shop/a",
+            "a/b/c",
+            "",
+        ] {
             assert!(service_account(bad).is_err(), "{bad:?}");
         }
     }

@@ -173,7 +173,9 @@ impl PathTemplate {
                     }
                 }
                 s if s.contains(['{', '}']) => {
-                    return Err(bad("'{' and '}' are only allowed in whole {*} or {**} segments"));
+                    return Err(bad(
+                        "'{' and '}' are only allowed in whole {*} or {**} segments",
+                    ));
                 }
                 s if s.is_empty() || !s.bytes().all(is_pchar) => {
                     return Err(bad(
@@ -446,7 +448,13 @@ mod tests {
         ] {
             assert!(PathTemplate::parse(bad).is_err(), "{bad:?}");
         }
-        for good in ["/{*}/foo", "/{*}/foo/", "/foo/{**}/bar", "/foo/bar/{**}", "/a=b/{*}"] {
+        for good in [
+            "/{*}/foo",
+            "/{*}/foo/",
+            "/foo/{**}/bar",
+            "/foo/bar/{**}",
+            "/a=b/{*}",
+        ] {
             assert!(PathTemplate::parse(good).is_ok(), "{good:?}");
         }
         let template = v1::StringMatch {

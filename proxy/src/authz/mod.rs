@@ -106,11 +106,11 @@ impl TryFrom<&v1::AuthorizationSnapshot> for Authorizer {
         let uses_paths = [&deny, &allow, &audit, &dry_deny, &dry_allow, &dry_audit]
             .iter()
             .any(|ps| {
-            ps.iter()
-                .flat_map(|p| p.rules.iter())
-                .flat_map(|r| r.to.iter())
-                .any(Operation::has_path_fields)
-        });
+                ps.iter()
+                    .flat_map(|p| p.rules.iter())
+                    .flat_map(|r| r.to.iter())
+                    .any(Operation::has_path_fields)
+            });
         Ok(Self {
             allow_names: allow.iter().map(|p| p.name.clone()).collect(),
             deny: deny.into(),
@@ -617,7 +617,8 @@ fn header_condition(
         (
             values.is_empty() || any(values, &joined),
             not_values.is_empty()
-                || !(any(not_values, &joined) || (several && singles().any(|v| any(not_values, v)))),
+                || !(any(not_values, &joined)
+                    || (several && singles().any(|v| any(not_values, v)))),
         )
     };
     positive && negative
@@ -694,8 +695,8 @@ impl Authorizer {
             DecidedBy::Allow(_) | DecidedBy::DefaultAllow => true,
             DecidedBy::Deny(_) | DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => false,
         };
-        let dry_run = (!self.dry.is_empty())
-            .then(|| self.dry_run(&ctx, &decided_by, default_allow));
+        let dry_run =
+            (!self.dry.is_empty()).then(|| self.dry_run(&ctx, &decided_by, default_allow));
         Decision {
             allowed,
             decided_by,

@@ -794,10 +794,18 @@ fn plaintext_in_deny_rules_is_an_absent_identity_as_in_istio() {
         vec![src(|s| s.not_principals = vec![any()])],
     )]);
     assert_eq!(
-        a.evaluate(&get("/").plaintext().attrs(), true).audits.matched.len(),
+        a.evaluate(&get("/").plaintext().attrs(), true)
+            .audits
+            .matched
+            .len(),
         1
     );
-    assert!(a.evaluate(&get("/").attrs(), true).audits.matched.is_empty());
+    assert!(
+        a.evaluate(&get("/").attrs(), true)
+            .audits
+            .matched
+            .is_empty()
+    );
 }
 
 // === operation fields ===
@@ -1121,15 +1129,55 @@ fn path_templates_in_paths_and_not_paths() {
         })
     };
     check_allow(&[
-        ("one segment", paths("/users/{*}/orders"), get("/users/7/orders"), true),
-        ("one segment only", paths("/users/{*}/orders"), get("/users/7/x/orders"), false),
-        ("empty segment", paths("/users/{*}/orders"), get("/users//orders"), false),
-        ("query ignored", paths("/users/{*}"), get("/users/7?a=/b"), true),
-        ("any tail", paths("/files/{**}"), get("/files/a/b/c.txt"), true),
+        (
+            "one segment",
+            paths("/users/{*}/orders"),
+            get("/users/7/orders"),
+            true,
+        ),
+        (
+            "one segment only",
+            paths("/users/{*}/orders"),
+            get("/users/7/x/orders"),
+            false,
+        ),
+        (
+            "empty segment",
+            paths("/users/{*}/orders"),
+            get("/users//orders"),
+            false,
+        ),
+        (
+            "query ignored",
+            paths("/users/{*}"),
+            get("/users/7?a=/b"),
+            true,
+        ),
+        (
+            "any tail",
+            paths("/files/{**}"),
+            get("/files/a/b/c.txt"),
+            true,
+        ),
         ("any tail, none", paths("/files/{**}"), get("/files/"), true),
-        ("any tail, no slash", paths("/files/{**}"), get("/files"), false),
-        ("not_paths", not_paths("/admin/{**}"), get("/admin/users"), false),
-        ("not_paths other", not_paths("/admin/{**}"), get("/public/users"), true),
+        (
+            "any tail, no slash",
+            paths("/files/{**}"),
+            get("/files"),
+            false,
+        ),
+        (
+            "not_paths",
+            not_paths("/admin/{**}"),
+            get("/admin/users"),
+            false,
+        ),
+        (
+            "not_paths other",
+            not_paths("/admin/{**}"),
+            get("/public/users"),
+            true,
+        ),
     ]);
     check_deny(&[
         (
@@ -1138,7 +1186,12 @@ fn path_templates_in_paths_and_not_paths() {
             get("/public/../admin/7/delete"),
             true,
         ),
-        ("encoded unreserved decoded first", paths("/admin/{**}"), get("/%61dmin/x"), true),
+        (
+            "encoded unreserved decoded first",
+            paths("/admin/{**}"),
+            get("/%61dmin/x"),
+            true,
+        ),
         ("other path", paths("/admin/{**}"), get("/public/x"), false),
     ]);
     // A template anywhere else is refused by name.
@@ -1176,7 +1229,12 @@ fn service_accounts_and_plaintext_callers() {
     let search = "spiffe://cluster.local/ns/shop/sa/search";
     check_allow(&[
         ("service account", sa(&[frontend], &[]), get("/"), true),
-        ("other service account", sa(&[frontend], &[]), get("/").caller(search), false),
+        (
+            "other service account",
+            sa(&[frontend], &[]),
+            get("/").caller(search),
+            false,
+        ),
         (
             "other trust domain",
             sa(&[frontend], &[]),
@@ -1184,9 +1242,24 @@ fn service_accounts_and_plaintext_callers() {
             false,
         ),
         ("not service account", sa(&[], &[frontend]), get("/"), false),
-        ("not service account, other", sa(&[], &[frontend]), get("/").caller(search), true),
-        ("plaintext, serviceAccounts", sa(&[frontend], &[]), get("/").plaintext(), false),
-        ("plaintext, notServiceAccounts", sa(&[], &[frontend]), get("/").plaintext(), false),
+        (
+            "not service account, other",
+            sa(&[], &[frontend]),
+            get("/").caller(search),
+            true,
+        ),
+        (
+            "plaintext, serviceAccounts",
+            sa(&[frontend], &[]),
+            get("/").plaintext(),
+            false,
+        ),
+        (
+            "plaintext, notServiceAccounts",
+            sa(&[], &[frontend]),
+            get("/").plaintext(),
+            false,
+        ),
         (
             "plaintext, ipBlocks",
             from(v1::Source {
@@ -1208,9 +1281,19 @@ fn service_accounts_and_plaintext_callers() {
     ]);
     check_deny(&[
         ("service account", sa(&[frontend], &[]), get("/"), true),
-        ("plaintext, serviceAccounts", sa(&[frontend], &[]), get("/").plaintext(), false),
+        (
+            "plaintext, serviceAccounts",
+            sa(&[frontend], &[]),
+            get("/").plaintext(),
+            false,
+        ),
         // As notPrincipals: an absent identity is not the named one.
-        ("plaintext, notServiceAccounts", sa(&[], &[frontend]), get("/").plaintext(), true),
+        (
+            "plaintext, notServiceAccounts",
+            sa(&[], &[frontend]),
+            get("/").plaintext(),
+            true,
+        ),
     ]);
 }
 
@@ -1236,13 +1319,25 @@ fn dry_run_policies_are_evaluated_and_never_enforced() {
     assert_eq!(a.dry_run_policies().count(), 1);
     let d = a.evaluate(&get("/admin/x").attrs(), false);
     assert!(d.allowed, "{}", d.explain());
-    assert_eq!(d.decided_by, DecidedBy::Allow(Matched { policy: "shop/all".into(), rule: 0 }));
+    assert_eq!(
+        d.decided_by,
+        DecidedBy::Allow(Matched {
+            policy: "shop/all".into(),
+            rule: 0
+        })
+    );
     let dry_run = d.audits.dry_run.clone().expect("a dry-run outcome");
     assert!(!dry_run.allowed);
     assert_eq!(dry_run.policy_label(), "shop/no-admin");
     assert_eq!(
         dry_run.matched,
-        vec![(Action::Deny, Matched { policy: "shop/no-admin".into(), rule: 0 })]
+        vec![(
+            Action::Deny,
+            Matched {
+                policy: "shop/no-admin".into(),
+                rule: 0
+            }
+        )]
     );
     assert!(
         d.explain().ends_with(
@@ -1266,7 +1361,12 @@ fn dry_run_policies_are_evaluated_and_never_enforced() {
             ..Default::default()
         })],
     ))]);
-    let d = a.evaluate(&get("/").caller("spiffe://cluster.local/ns/shop/sa/search").attrs(), true);
+    let d = a.evaluate(
+        &get("/")
+            .caller("spiffe://cluster.local/ns/shop/sa/search")
+            .attrs(),
+        true,
+    );
     assert!(d.allowed);
     assert_eq!(d.decided_by, DecidedBy::DefaultAllow);
     let dry_run = d.audits.dry_run.expect("a dry-run outcome");
@@ -1321,7 +1421,12 @@ fn duplicate_headers_are_joined_and_never_walk_around_a_deny() {
             false,
         ),
         // "DENY x-env: dev": one line of several is enough.
-        ("values, one single value", when(hdr, vec![exact("dev")], vec![]), twice(), true),
+        (
+            "values, one single value",
+            when(hdr, vec![exact("dev")], vec![]),
+            twice(),
+            true,
+        ),
         (
             "values, the joined value",
             when(hdr, vec![exact("prod,dev")], vec![]),
@@ -1334,10 +1439,20 @@ fn duplicate_headers_are_joined_and_never_walk_around_a_deny() {
             twice(),
             false,
         ),
-        ("values, absent", when(hdr, vec![exact("dev")], vec![]), get("/"), false),
+        (
+            "values, absent",
+            when(hdr, vec![exact("dev")], vec![]),
+            get("/"),
+            false,
+        ),
     ]);
     check_allow(&[
-        ("values, joined only", when(hdr, vec![exact("prod")], vec![]), twice(), false),
+        (
+            "values, joined only",
+            when(hdr, vec![exact("prod")], vec![]),
+            twice(),
+            false,
+        ),
         (
             "values, the joined value",
             when(hdr, vec![exact("prod,dev")], vec![]),
@@ -1755,7 +1870,12 @@ fn tcp_deny_rules_ignore_http_fields() {
         })],
     )]);
     assert_eq!(a.evaluate(&tcp().attrs(), true).audits.matched.len(), 1);
-    assert!(a.evaluate(&get("/").attrs(), true).audits.matched.is_empty());
+    assert!(
+        a.evaluate(&get("/").attrs(), true)
+            .audits
+            .matched
+            .is_empty()
+    );
 }
 
 // === conversion errors ===
