@@ -25,8 +25,8 @@ use crate::model::{
     OutboundTrafficPolicy, Protocol, Service, Workload,
 };
 use crate::policy::{
-    Action, AuthorizationPolicy, Condition, EgressHost, EgressPolicy, OperationMatch, Rule,
-    SourceMatch, StringMatch,
+    Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, OperationMatch,
+    Rule, SourceMatch, StringMatch,
 };
 
 /// A resource type of the discovery stream.
@@ -386,7 +386,26 @@ fn operation_proto(o: &OperationMatch) -> pb::Operation {
     }
 }
 
-fn condition_proto(c: &Condition) -> pb::Condition {
+fn condition_proto(c: &Condition, td: &TrustDomain) -> pb::Condition {
+    if c.key == ConditionKey::SourceServiceAccount {
+        // `ns/sa` values (exact, checked by the loader) become the principals they name.
+        let principals = |ms: &[StringMatch]| {
+            ms.iter()
+                .map(|m| match m {
+                    StringMatch::Exact(v) => {
+                        let (ns, sa) = v.split_once('/').unwrap_or(("", v));
+                        StringMatch::Exact(format!("{td}/ns/{ns}/sa/{sa}"))
+                    }
+                    other => other.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        return pb::Condition {
+            key: ConditionKey::SourcePrincipal.to_string(),
+            values: matches_proto(&principals(&c.values)),
+            not_values: matches_proto(&principals(&c.not_values)),
+        };
+    }
     pb::Condition {
         key: c.key.to_string(),
         values: matches_proto(&c.values),
@@ -398,7 +417,7 @@ fn rule_proto(r: &Rule, td: &TrustDomain) -> pb::Rule {
     pb::Rule {
         from: r.from.iter().map(|s| source_proto(s, td)).collect(),
         to: r.to.iter().map(operation_proto).collect(),
-        when: r.when.iter().map(condition_proto).collect(),
+        when: r.when.iter().map(|c| condition_proto(c, td)).collect(),
     }
 }
 

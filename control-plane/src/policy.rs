@@ -175,6 +175,9 @@ pub enum ConditionKey {
     SourceNamespace,
     /// `source.principal`: the peer identity, Istio style.
     SourcePrincipal,
+    /// `source.serviceAccount`: `<namespace>/<name>` of the peer identity, in the mesh's
+    /// trust domain (sent to proxies as `source.principal` with full principals).
+    SourceServiceAccount,
     /// `destination.ip`: the address the connection was sent to.
     DestinationIp,
     /// `destination.port`: the app port.
@@ -191,6 +194,7 @@ impl fmt::Display for ConditionKey {
             ConditionKey::SourceIp => f.write_str("source.ip"),
             ConditionKey::SourceNamespace => f.write_str("source.namespace"),
             ConditionKey::SourcePrincipal => f.write_str("source.principal"),
+            ConditionKey::SourceServiceAccount => f.write_str("source.serviceAccount"),
             ConditionKey::DestinationIp => f.write_str("destination.ip"),
             ConditionKey::DestinationPort => f.write_str("destination.port"),
             ConditionKey::ConnectionSni => f.write_str("connection.sni"),

@@ -1335,6 +1335,24 @@ fn istio_compat_cases() -> Vec<Case> {
             &[],
             Expect::Invalid("notServiceAccounts[0]"),
         ),
+        case(
+            "18: source.serviceAccount condition",
+            vec![allow_api(
+                "sa-cond",
+                "when: [{key: source.serviceAccount, values: [\"prod/web\"]}]",
+            )],
+            &["--from", WEB],
+            Allow("prod/sa-cond", Some(0)),
+        ),
+        case(
+            "18: source.serviceAccount notValues never admit plaintext",
+            vec![allow_api(
+                "sa-cond",
+                "when: [{key: source.serviceAccount, notValues: [\"data/db\"]}]",
+            )],
+            &["--source-ip", "127.0.0.1"],
+            Deny("default-deny", None),
+        ),
         // --- 19: address fields match plaintext callers; identity fields fail closed ---------------
         case(
             "19: ipBlocks admit a plaintext caller",

@@ -463,12 +463,13 @@ fn operation(e: &mut Errors<'_>, at: &str, o: &OperationSpec) -> OperationMatch 
 /// The key of a `when` condition.
 fn condition_key(key: &str) -> Result<ConditionKey, String> {
     const SUPPORTED: &str = "supported keys: request.headers[<name>], source.ip, \
-                             source.namespace, source.principal, destination.ip, \
-                             destination.port, connection.sni";
+                             source.namespace, source.principal, source.serviceAccount, \
+                             destination.ip, destination.port, connection.sni";
     Ok(match key {
         "source.ip" => ConditionKey::SourceIp,
         "source.namespace" => ConditionKey::SourceNamespace,
         "source.principal" => ConditionKey::SourcePrincipal,
+        "source.serviceAccount" => ConditionKey::SourceServiceAccount,
         "destination.ip" => ConditionKey::DestinationIp,
         "destination.port" => ConditionKey::DestinationPort,
         "connection.sni" => ConditionKey::ConnectionSni,
@@ -515,6 +516,9 @@ fn condition_value(key: &ConditionKey, value: &str) -> Result<StringMatch, Strin
             port(&PortText::Text(value.to_owned())).map(|p| StringMatch::Exact(p.to_string()))
         }
         ConditionKey::SourcePrincipal => principal(value),
+        ConditionKey::SourceServiceAccount => {
+            service_account(value).map(|a| StringMatch::Exact(a.to_string()))
+        }
         ConditionKey::SourceNamespace => namespace(value),
         ConditionKey::ConnectionSni => sni(value),
         ConditionKey::RequestHeader(_) => match_form(value),
@@ -973,6 +977,16 @@ mod tests {
             Ok(ConditionKey::RequestHeader("x-tenant".into()))
         );
         assert_eq!(condition_key("source.ip"), Ok(ConditionKey::SourceIp));
+        assert_eq!(
+            condition_key("source.serviceAccount"),
+            Ok(ConditionKey::SourceServiceAccount)
+        );
+        assert_eq!(
+            condition_value(&ConditionKey::SourceServiceAccount, "shop/web"),
+            Ok(StringMatch::Exact("shop/web".into()))
+        );
+        assert!(condition_value(&ConditionKey::SourceServiceAccount, "web").is_err());
+        assert!(condition_value(&ConditionKey::SourceServiceAccount, "shop/*").is_err());
         for bad in [
             "request.headers[]",
             "request.headers[:authority]",
