@@ -1892,6 +1892,19 @@ async fn sidecar_agrees_with_authz_check() {
                     c.name
                 ));
             }
+            // A would-be decision that differs from the enforced one is logged as such.
+            let differs = (would == "allow") != want;
+            if differs
+                && !proxy
+                    .log_text()
+                    .contains("by dry-run policies (not enforced)")
+            {
+                failures.push(format!(
+                    "{}: no dry-run log line in\n{}",
+                    c.name,
+                    proxy.log_text()
+                ));
+            }
         }
         drop(proxy);
     }
