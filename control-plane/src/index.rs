@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use palisade_certs::TrustBundle;
+use palisade_certs::{TrustBundle, TrustDomain};
 use palisade_proto::v1 as pb;
 use pb::discovery_response::Resources;
 use prost::Message;
@@ -25,8 +25,8 @@ use crate::model::{
     OutboundTrafficPolicy, Protocol, Service, Workload,
 };
 use crate::policy::{
-    Action, AuthorizationPolicy, Condition, EgressHost, EgressPolicy, OperationMatch, Rule,
-    SourceMatch, StringMatch,
+    Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, OperationMatch,
+    Rule, SourceMatch, StringMatch,
 };
 
 /// A resource type of the discovery stream.
@@ -322,7 +322,7 @@ pub(crate) fn authorization_snapshot(
     pb::AuthorizationSnapshot {
         policies: snapshot
             .authorization_policies_for(workload)
-            .map(authorization_policy_proto)
+            .map(|p| authorization_policy_proto(p, &snapshot.settings().trust_domain))
             .collect(),
     }
 }
@@ -344,6 +344,7 @@ fn string_match_proto(m: &StringMatch) -> pb::StringMatch {
             StringMatch::Prefix(v) => Kind::Prefix(v.clone()),
             StringMatch::Suffix(v) => Kind::Suffix(v.clone()),
             StringMatch::Presence => Kind::Presence(true),
+            StringMatch::Template(t) => Kind::PathTemplate(t.clone()),
         }),
     }
 }
@@ -356,9 +357,13 @@ fn ports_proto(ports: &[u16]) -> Vec<u32> {
     ports.iter().map(|p| u32::from(*p)).collect()
 }
 
-fn source_proto(s: &SourceMatch) -> pb::Source {
+fn source_proto(s: &SourceMatch, td: &TrustDomain) -> pb::Source {
     let blocks = |b: &[crate::policy::IpBlock]| b.iter().map(ToString::to_string).collect();
+    let accounts =
+        |a: &[crate::policy::ServiceAccount]| a.iter().map(|a| a.principal(td)).collect();
     pb::Source {
+        service_accounts: accounts(&s.service_accounts),
+        not_service_accounts: accounts(&s.not_service_accounts),
         principals: matches_proto(&s.principals),
         not_principals: matches_proto(&s.not_principals),
         namespaces: matches_proto(&s.namespaces),
@@ -381,7 +386,26 @@ fn operation_proto(o: &OperationMatch) -> pb::Operation {
     }
 }
 
-fn condition_proto(c: &Condition) -> pb::Condition {
+fn condition_proto(c: &Condition, td: &TrustDomain) -> pb::Condition {
+    if c.key == ConditionKey::SourceServiceAccount {
+        // `ns/sa` values (exact, checked by the loader) become the principals they name.
+        let principals = |ms: &[StringMatch]| {
+            ms.iter()
+                .map(|m| match m {
+                    StringMatch::Exact(v) => {
+                        let (ns, sa) = v.split_once('/').unwrap_or(("", v));
+                        StringMatch::Exact(format!("{td}/ns/{ns}/sa/{sa}"))
+                    }
+                    other => other.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        return pb::Condition {
+            key: ConditionKey::SourcePrincipal.to_string(),
+            values: matches_proto(&principals(&c.values)),
+            not_values: matches_proto(&principals(&c.not_values)),
+        };
+    }
     pb::Condition {
         key: c.key.to_string(),
         values: matches_proto(&c.values),
@@ -389,16 +413,19 @@ fn condition_proto(c: &Condition) -> pb::Condition {
     }
 }
 
-fn rule_proto(r: &Rule) -> pb::Rule {
+fn rule_proto(r: &Rule, td: &TrustDomain) -> pb::Rule {
     pb::Rule {
-        from: r.from.iter().map(source_proto).collect(),
+        from: r.from.iter().map(|s| source_proto(s, td)).collect(),
         to: r.to.iter().map(operation_proto).collect(),
-        when: r.when.iter().map(condition_proto).collect(),
+        when: r.when.iter().map(|c| condition_proto(c, td)).collect(),
     }
 }
 
 /// One policy on the wire.
-pub(crate) fn authorization_policy_proto(p: &AuthorizationPolicy) -> pb::AuthorizationPolicy {
+pub(crate) fn authorization_policy_proto(
+    p: &AuthorizationPolicy,
+    td: &TrustDomain,
+) -> pb::AuthorizationPolicy {
     pb::AuthorizationPolicy {
         namespace: p.namespace.clone(),
         name: p.name.clone(),
@@ -407,7 +434,8 @@ pub(crate) fn authorization_policy_proto(p: &AuthorizationPolicy) -> pb::Authori
             Action::Deny => pb::Action::Deny,
             Action::Audit => pb::Action::Audit,
         } as i32,
-        rules: p.rules.iter().map(rule_proto).collect(),
+        rules: p.rules.iter().map(|r| rule_proto(r, td)).collect(),
+        dry_run: p.dry_run,
     }
 }
 

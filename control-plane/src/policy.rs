@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use palisade_certs::TrustDomain;
+
 use crate::model::{NamespacedName, Source, Workload};
 
 /// One of Istio's string match forms.
@@ -24,6 +26,9 @@ pub enum StringMatch {
     Suffix(String),
     /// `*`: any value, when the attribute is present.
     Presence,
+    /// A path template holding `{*}` or `{**}` (`paths`/`notPaths` only), validated as
+    /// Istio does.
+    Template(String),
 }
 
 impl fmt::Display for StringMatch {
@@ -33,6 +38,7 @@ impl fmt::Display for StringMatch {
             StringMatch::Prefix(v) => write!(f, "{v}*"),
             StringMatch::Suffix(v) => write!(f, "*{v}"),
             StringMatch::Presence => f.write_str("*"),
+            StringMatch::Template(t) => f.write_str(t),
         }
     }
 }
@@ -104,10 +110,37 @@ pub struct SourceMatch {
     pub namespaces: Vec<StringMatch>,
     /// Negated `namespaces`.
     pub not_namespaces: Vec<StringMatch>,
+    /// Peer service accounts (`serviceAccounts`), meaning the principals
+    /// `<trust-domain>/ns/<namespace>/sa/<name>` of the mesh's trust domain.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// Negated `service_accounts`.
+    pub not_service_accounts: Vec<ServiceAccount>,
     /// Peer addresses.
     pub ip_blocks: Vec<IpBlock>,
     /// Negated `ip_blocks`.
     pub not_ip_blocks: Vec<IpBlock>,
+}
+
+/// A `serviceAccounts` entry, written `<namespace>/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceAccount {
+    /// Namespace.
+    pub namespace: String,
+    /// Service account name.
+    pub name: String,
+}
+
+impl ServiceAccount {
+    /// The principal it stands for in `trust_domain` (Istio's form, no `spiffe://`).
+    pub fn principal(&self, trust_domain: &TrustDomain) -> String {
+        format!("{trust_domain}/ns/{}/sa/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// `rules[].to[].operation`: within one, every non-empty field must match.
@@ -142,6 +175,9 @@ pub enum ConditionKey {
     SourceNamespace,
     /// `source.principal`: the peer identity, Istio style.
     SourcePrincipal,
+    /// `source.serviceAccount`: `<namespace>/<name>` of the peer identity, in the mesh's
+    /// trust domain (sent to proxies as `source.principal` with full principals).
+    SourceServiceAccount,
     /// `destination.ip`: the address the connection was sent to.
     DestinationIp,
     /// `destination.port`: the app port.
@@ -158,6 +194,7 @@ impl fmt::Display for ConditionKey {
             ConditionKey::SourceIp => f.write_str("source.ip"),
             ConditionKey::SourceNamespace => f.write_str("source.namespace"),
             ConditionKey::SourcePrincipal => f.write_str("source.principal"),
+            ConditionKey::SourceServiceAccount => f.write_str("source.serviceAccount"),
             ConditionKey::DestinationIp => f.write_str("destination.ip"),
             ConditionKey::DestinationPort => f.write_str("destination.port"),
             ConditionKey::ConnectionSni => f.write_str("connection.sni"),
@@ -218,6 +255,9 @@ pub struct AuthorizationPolicy {
     pub action: Action,
     /// A request matches the policy if it matches any rule; none: it matches nothing.
     pub rules: Vec<Rule>,
+    /// `istio.io/dry-run` (or `palisade.dev/dry-run`) is `"true"`: evaluated, counted and
+    /// logged as a would-be decision, never enforced.
+    pub dry_run: bool,
     /// Where it was defined.
     pub source: Source,
 }

@@ -29,6 +29,7 @@ fn snapshot(rules: usize) -> v1::AuthorizationSnapshot {
         namespace: "shop".into(),
         name: "deny-admin".into(),
         action: v1::Action::Deny as i32,
+        dry_run: false,
         rules: vec![v1::Rule {
             to: vec![v1::Operation {
                 paths: vec![m(Kind::Prefix("/admin".into()))],
@@ -66,6 +67,7 @@ fn snapshot(rules: usize) -> v1::AuthorizationSnapshot {
             namespace: "shop".into(),
             name: format!("api-{p:03}"),
             action: v1::Action::Allow as i32,
+            dry_run: false,
             rules,
         });
     }

@@ -291,6 +291,7 @@ mod tests {
                     namespace: "shop".into(),
                     name: "p".into(),
                     action: action as i32,
+                    dry_run: false,
                     rules: vec![],
                 }],
             }),

@@ -151,6 +151,9 @@ impl TryFrom<&v1::EgressSnapshot> for EgressRules {
                     Some(Kind::Presence(false)) => {
                         return Err(err(field, "presence: false is not a match".into()));
                     }
+                    Some(Kind::PathTemplate(_)) => {
+                        return Err(err(field, "a path template is not a host".into()));
+                    }
                     None => return Err(err(field, "string match has no kind".into())),
                 };
                 hosts.push(host);

@@ -8,7 +8,7 @@ use std::fmt;
 use palisade_certs::SpiffeId;
 
 use crate::authz::{Decision, normalized};
-use crate::metrics::{AuthzLabels, Direction, Metrics};
+use crate::metrics::{AuthzLabels, Direction, DryRunLabels, Metrics};
 
 /// The `tracing` target of every decision line.
 pub const LOG_TARGET: &str = "palisade::authz";
@@ -90,15 +90,19 @@ impl fmt::Display for Source<'_> {
     }
 }
 
-/// Counts and logs one decision: its denial, its AUDIT matches, and (with `log_allows`) its
-/// ALLOW.
+/// Counts and logs one decision: its denial, its AUDIT matches, its dry-run outcome, and
+/// (with `log_allows`) its ALLOW.
+///
+/// A dry-run outcome is counted for every decision on a workload that dry-run policies
+/// select (`palisade_proxy_authz_dry_run_total{policy, would}`), and logged at INFO when a
+/// dry-run policy matched or it differs from the real decision.
 pub fn record<P: AsRef<str>>(
     metrics: &Metrics,
     log_allows: bool,
     subject: &Subject<'_>,
     decision: &Decision<P>,
 ) {
-    for audit in &decision.audits {
+    for audit in &decision.audits.matched {
         let policy = audit.policy.as_ref();
         metrics.authz_audit(&subject.labels(policy));
         tracing::info!(
@@ -112,6 +116,31 @@ pub fn record<P: AsRef<str>>(
             rule = %audit.rule,
             "{} matched an AUDIT policy", subject.kind()
         );
+    }
+    if let Some(dry_run) = &decision.audits.dry_run {
+        let would = if dry_run.allowed { "allow" } else { "deny" };
+        let policy = dry_run.policy_label();
+        metrics.authz_dry_run(&DryRunLabels {
+            direction: subject.direction,
+            policy: policy.clone(),
+            would,
+        });
+        if !dry_run.matched.is_empty() || dry_run.allowed != decision.allowed {
+            tracing::info!(
+                target: LOG_TARGET,
+                source = %Source(subject.source),
+                destination = %subject.destination,
+                method = %subject.method.unwrap_or("-"),
+                path = %LogPath(subject.path),
+                decision = %dry_run.explain(),
+                enforced = %if decision.allowed { "allow" } else { "deny" },
+                policy = %policy,
+                would = %would,
+                "{} would be {} by dry-run policies (not enforced)",
+                subject.kind(),
+                if dry_run.allowed { "allowed" } else { "denied" }
+            );
+        }
     }
     if decision.allowed {
         if log_allows {

@@ -81,6 +81,18 @@ pub struct AuthzLabels {
     pub destination: String,
 }
 
+/// Labels of the dry-run counter: every value comes from configuration, never from a caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DryRunLabels {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// The policy that would have decided with the dry-run policies enforced
+    /// (`namespace/name`, `default-deny` or `default-allow`).
+    pub policy: String,
+    /// `allow` or `deny`.
+    pub would: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirectionLabels {
     direction: Direction,
@@ -163,6 +175,7 @@ pub struct Metrics {
     discovery_reconnects: Counter,
     authz_denials: Family<AuthzLabels, Counter>,
     authz_audits: Family<AuthzLabels, Counter>,
+    authz_dry_run: Family<DryRunLabels, Counter>,
     captured: Family<DirectionLabels, Counter>,
     capture_refused: Family<RefusalLabels, Counter>,
     detections: Family<DetectionLabels, Counter>,
@@ -268,6 +281,14 @@ impl Metrics {
             "AUDIT policy matches, by direction, policy, source identity and destination",
             authz_audits.clone(),
         );
+        let authz_dry_run = Family::<DryRunLabels, Counter>::default();
+        registry.register(
+            "authz_dry_run",
+            "Decisions of workloads that dry-run policies select, as they would have been with \
+             those policies enforced, by direction, would-be deciding policy and would-be \
+             decision (allow or deny)",
+            authz_dry_run.clone(),
+        );
         let captured = Family::<DirectionLabels, Counter>::default();
         registry.register(
             "captured_connections",
@@ -315,6 +336,7 @@ impl Metrics {
             discovery_reconnects,
             authz_denials,
             authz_audits,
+            authz_dry_run,
         }
     }
 
@@ -388,6 +410,11 @@ impl Metrics {
     /// Records an AUDIT policy match.
     pub fn authz_audit(&self, labels: &AuthzLabels) {
         self.authz_audits.get_or_create(labels).inc();
+    }
+
+    /// Records the would-be decision of dry-run policies.
+    pub fn authz_dry_run(&self, labels: &DryRunLabels) {
+        self.authz_dry_run.get_or_create(labels).inc();
     }
 
     /// Records a connection that arrived through the capture rules.

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use palisade_certs::SpiffeId;
 use palisade_control_plane::model::Protocol;
-use palisade_proxy::authz::{Authorizer, DecidedBy, HttpAttrs, RequestAttrs};
+use palisade_proxy::authz::{Authorizer, DecidedBy, DryRun, HttpAttrs, RequestAttrs};
 
 /// Exit status of a denied request.
 const EXIT_DENY: u8 = 3;
@@ -61,6 +61,25 @@ pub enum Output {
     Text,
     /// One JSON object for scripts.
     Json,
+}
+
+/// What dry-run policies would have decided, shown like the decision itself.
+fn dry_run_json(d: &DryRun) -> serde_json::Value {
+    let rule = match &d.decided_by {
+        DecidedBy::Deny(m) | DecidedBy::Allow(m) => Some(m.rule),
+        _ => None,
+    };
+    serde_json::json!({
+        "decision": if d.allowed { "ALLOW" } else { "DENY" },
+        "policy": d.policy_label(),
+        "rule": rule,
+        "explanation": d.explain(),
+        "matched": d.matched.iter().map(|(action, m)| serde_json::json!({
+            "policy": m.policy,
+            "rule": m.rule,
+            "action": action,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Runs an `authz` subcommand.
@@ -178,7 +197,8 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "policy": policy,
             "rule": rule,
             "explanation": decision.explain(),
-            "audits": decision.audits.iter().map(|a| serde_json::json!({"policy": a.policy, "rule": a.rule})).collect::<Vec<_>>(),
+            "audits": decision.audits.matched.iter().map(|a| serde_json::json!({"policy": a.policy, "rule": a.rule})).collect::<Vec<_>>(),
+            "dry_run": decision.audits.dry_run.as_ref().map(dry_run_json),
             "request": {
                 "from": source.as_ref().map(|s| s.to_string()),
                 "to": format!("{namespace}/{name}"),
@@ -207,7 +227,13 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         args.path,
         if grpc { " [gRPC]" } else { "" },
     );
-    println!("  {}", decision.explain());
+    // The explanation lists AUDIT matches and, on a line of its own, the dry-run outcome.
+    let mut shown = decision.clone();
+    let dry_run = shown.audits.dry_run.take();
+    println!("  {}", shown.explain());
+    if let Some(d) = dry_run {
+        println!("  {}", d.explain());
+    }
     Ok(if decision.allowed {
         ExitCode::SUCCESS
     } else {

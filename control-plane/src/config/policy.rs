@@ -15,11 +15,11 @@ use super::resources::{
     AuthorizationPolicyDoc, ConditionSpec, EgressPolicyDoc, OperationSpec, PortText, PortValue,
     RuleSpec, SelectorSpec, SourceSpec, Unsupported,
 };
-use super::validate::{check_metadata, dns1123_label};
+use super::validate::{check_metadata, dns1123_label, dns1123_subdomain};
 use super::{ConfigError, DocCtx};
 use crate::policy::{
     Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, IpBlock,
-    OperationMatch, Rule, Selector, SourceMatch, StringMatch, max_prefix,
+    OperationMatch, Rule, Selector, ServiceAccount, SourceMatch, StringMatch, max_prefix,
 };
 
 /// The tail of every "not supported" message.
@@ -103,10 +103,7 @@ fn match_form(value: &str) -> Result<StringMatch, String> {
     } else {
         StringMatch::Exact(value.to_owned())
     };
-    let inner = match &form {
-        StringMatch::Exact(v) | StringMatch::Prefix(v) | StringMatch::Suffix(v) => v.as_str(),
-        StringMatch::Presence => "",
-    };
+    let inner = match_text(&form);
     if inner.contains('*') {
         return Err(format!(
             "{value:?}: '*' is only allowed alone, at the start or at the end (Istio's match \
@@ -119,7 +116,10 @@ fn match_form(value: &str) -> Result<StringMatch, String> {
 /// The text a match compares, if any.
 fn match_text(m: &StringMatch) -> &str {
     match m {
-        StringMatch::Exact(v) | StringMatch::Prefix(v) | StringMatch::Suffix(v) => v,
+        StringMatch::Exact(v)
+        | StringMatch::Prefix(v)
+        | StringMatch::Suffix(v)
+        | StringMatch::Template(v) => v,
         StringMatch::Presence => "",
     }
 }
@@ -151,7 +151,8 @@ fn principal(value: &str) -> Result<StringMatch, String> {
                 ));
             }
         }
-        StringMatch::Presence => {}
+        // `match_form` never makes a template.
+        StringMatch::Presence | StringMatch::Template(_) => {}
     }
     Ok(form)
 }
@@ -172,9 +173,32 @@ fn namespace(value: &str) -> Result<StringMatch, String> {
                 ));
             }
         }
-        StringMatch::Presence => {}
+        // `match_form` never makes a template.
+        StringMatch::Presence | StringMatch::Template(_) => {}
     }
     Ok(form)
+}
+
+/// Istio's limit on `serviceAccounts` values, which keeps a policy's size bounded.
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+
+/// A `serviceAccounts` value: `<namespace>/<name>`, exact (Istio allows no wildcard here).
+fn service_account(value: &str) -> Result<ServiceAccount, String> {
+    const FORM: &str = "expected <namespace>/<service account>";
+    if value.contains('*') {
+        return Err(format!(
+            "{value:?}: wildcards are not allowed in service accounts ({FORM})"
+        ));
+    }
+    let Some((namespace, name)) = value.split_once('/') else {
+        return Err(format!("{value:?}: {FORM}"));
+    };
+    dns1123_label(namespace).map_err(|why| format!("{value:?}: namespace {namespace:?} {why}"))?;
+    dns1123_subdomain(name).map_err(|why| format!("{value:?}: service account {name:?} {why}"))?;
+    Ok(ServiceAccount {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
 }
 
 fn host(value: &str) -> Result<StringMatch, String> {
@@ -202,11 +226,53 @@ fn method(value: &str) -> Result<StringMatch, String> {
     Ok(form)
 }
 
+/// RFC 3986 pchar: what a literal segment of a path template is made of (Envoy's URI
+/// templates, which Istio uses; `%` stands for its escapes).
+fn is_pchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~%!$&'()+,;:@=".contains(c)
+}
+
+/// A path holding `{` or `}`: an Istio path template, checked as Istio does. `{*}` is one
+/// segment, `{**}` any number and must be the last operator; both are whole segments; every
+/// other segment is a non-empty pchar literal (so no `*` beside them).
+fn path_template(value: &str) -> Result<StringMatch, String> {
+    let bad = |why: &str| Err(format!("{value:?} is not a valid path template: {why}"));
+    if !value.contains("{*}") && !value.contains("{**}") {
+        return bad(
+            "'{' and '}' are only allowed in the operators {*} (one segment) and {**} (any \
+             number of segments)",
+        );
+    }
+    let Some(body) = value.strip_prefix('/') else {
+        return bad("paths start with '/'");
+    };
+    let body = body.strip_suffix('/').unwrap_or(body);
+    let mut seen_any = false;
+    for segment in body.split('/') {
+        match segment {
+            "{*}" | "{**}" if seen_any => return bad("{**} must be the last operator"),
+            "{**}" => seen_any = true,
+            "{*}" => {}
+            s if s.contains(['{', '}']) => {
+                return bad(&format!(
+                    "segment {s:?}: an operator must be a whole segment, {{*}} or {{**}}"
+                ));
+            }
+            s if s.is_empty() || !s.chars().all(is_pchar) => {
+                return bad(&format!(
+                    "segment {s:?} must be a non-empty literal of letters, digits and \
+                     -._~%!$&'()+,;:@= ('*' is not allowed beside {{*}} and {{**}})"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(StringMatch::Template(value.to_owned()))
+}
+
 fn path(value: &str) -> Result<StringMatch, String> {
-    if value.contains("{*}") || value.contains("{**}") {
-        return Err(format!(
-            "{value:?}: Istio path templates ({{*}}, {{**}}) are not supported by Palisade; {REJECTED}"
-        ));
+    if value.contains(['{', '}']) {
+        return path_template(value);
     }
     let form = match_form(value)?;
     match &form {
@@ -307,7 +373,6 @@ fn list<T, U>(
 fn source(e: &mut Errors<'_>, at: &str, s: &SourceSpec) -> SourceMatch {
     const JWT: &str = "JWT request authentication is not implemented";
     const XFF: &str = "remote addresses from X-Forwarded-For are not implemented";
-    const SA: &str = "use principals: <trust-domain>/ns/<namespace>/sa/<account>";
     reject_unsupported(
         e,
         &format!("{at}.requestPrincipals"),
@@ -327,13 +392,21 @@ fn source(e: &mut Errors<'_>, at: &str, s: &SourceSpec) -> SourceMatch {
         &s.not_remote_ip_blocks,
         XFF,
     );
-    reject_unsupported(e, &format!("{at}.serviceAccounts"), &s.service_accounts, SA);
-    reject_unsupported(
-        e,
-        &format!("{at}.notServiceAccounts"),
-        &s.not_service_accounts,
-        SA,
-    );
+    let accounts = |e: &mut Errors<'_>, field: &str, values: &Option<Vec<String>>| {
+        let field = format!("{at}.{field}");
+        if values
+            .as_ref()
+            .is_some_and(|v| v.len() > MAX_SERVICE_ACCOUNTS)
+        {
+            e.push(
+                &field,
+                format!("may not hold more than {MAX_SERVICE_ACCOUNTS} values (as in Istio)"),
+            );
+        }
+        list(e, &field, values, |v| service_account(v))
+    };
+    let service_accounts = accounts(e, "serviceAccounts", &s.service_accounts);
+    let not_service_accounts = accounts(e, "notServiceAccounts", &s.not_service_accounts);
     let m = SourceMatch {
         principals: list(e, &format!("{at}.principals"), &s.principals, |v| {
             principal(v)
@@ -347,6 +420,8 @@ fn source(e: &mut Errors<'_>, at: &str, s: &SourceSpec) -> SourceMatch {
         not_namespaces: list(e, &format!("{at}.notNamespaces"), &s.not_namespaces, |v| {
             namespace(v)
         }),
+        service_accounts,
+        not_service_accounts,
         ip_blocks: list(e, &format!("{at}.ipBlocks"), &s.ip_blocks, |v| ip_block(v)),
         not_ip_blocks: list(e, &format!("{at}.notIpBlocks"), &s.not_ip_blocks, |v| {
             ip_block(v)
@@ -388,12 +463,13 @@ fn operation(e: &mut Errors<'_>, at: &str, o: &OperationSpec) -> OperationMatch 
 /// The key of a `when` condition.
 fn condition_key(key: &str) -> Result<ConditionKey, String> {
     const SUPPORTED: &str = "supported keys: request.headers[<name>], source.ip, \
-                             source.namespace, source.principal, destination.ip, \
-                             destination.port, connection.sni";
+                             source.namespace, source.principal, source.serviceAccount, \
+                             destination.ip, destination.port, connection.sni";
     Ok(match key {
         "source.ip" => ConditionKey::SourceIp,
         "source.namespace" => ConditionKey::SourceNamespace,
         "source.principal" => ConditionKey::SourcePrincipal,
+        "source.serviceAccount" => ConditionKey::SourceServiceAccount,
         "destination.ip" => ConditionKey::DestinationIp,
         "destination.port" => ConditionKey::DestinationPort,
         "connection.sni" => ConditionKey::ConnectionSni,
@@ -440,6 +516,9 @@ fn condition_value(key: &ConditionKey, value: &str) -> Result<StringMatch, Strin
             port(&PortText::Text(value.to_owned())).map(|p| StringMatch::Exact(p.to_string()))
         }
         ConditionKey::SourcePrincipal => principal(value),
+        ConditionKey::SourceServiceAccount => {
+            service_account(value).map(|a| StringMatch::Exact(a.to_string()))
+        }
         ConditionKey::SourceNamespace => namespace(value),
         ConditionKey::ConnectionSni => sni(value),
         ConditionKey::RequestHeader(_) => match_form(value),
@@ -531,6 +610,7 @@ pub(crate) fn authorization_policy(
         errors,
         count: 0,
     };
+    let dry_run = dry_run(&mut e, &doc.metadata.annotations);
     reject_unsupported(
         &mut e,
         "spec.targetRef",
@@ -594,8 +674,43 @@ pub(crate) fn authorization_policy(
         selector,
         action,
         rules,
+        dry_run,
         source: ctx.source(),
     })
+}
+
+/// The annotations that put a policy in dry-run mode: Istio's, and Palisade's own.
+const DRY_RUN_ANNOTATIONS: [&str; 2] = ["istio.io/dry-run", "palisade.dev/dry-run"];
+
+/// Whether the policy is a dry run. Each annotation must read `"true"` or `"false"`; when
+/// both are set they must agree.
+fn dry_run(e: &mut Errors<'_>, annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    let mut found: Option<(&str, bool)> = None;
+    for key in DRY_RUN_ANNOTATIONS {
+        let Some(value) = annotations.get(key) else {
+            continue;
+        };
+        let field = format!("metadata.annotations[{key}]");
+        let on = match value.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                e.push(
+                    &field,
+                    format!("{other:?} is not valid (expected \"true\" or \"false\")"),
+                );
+                continue;
+            }
+        };
+        match found {
+            Some((first, was)) if was != on => e.push(
+                &field,
+                format!("says {on} but metadata.annotations[{first}] says {was}"),
+            ),
+            _ => found = Some((key, on)),
+        }
+    }
+    found.is_some_and(|(_, on)| on)
 }
 
 /// An EgressPolicy host: a DNS name, `*.suffix` or an IP literal.
@@ -761,6 +876,30 @@ mod tests {
     }
 
     #[test]
+    fn service_accounts_are_namespace_slash_name() {
+        assert_eq!(
+            service_account("shop/frontend"),
+            Ok(ServiceAccount {
+                namespace: "shop".into(),
+                name: "frontend".into()
+            })
+        );
+        assert!(service_account("shop/sa.v2").is_ok());
+        for bad in [
+            "frontend",
+            "shop/*",
+            "*/frontend",
+            "shop/",
+            "/frontend",
+            "Shop/a",
+            "a/b/c",
+            "",
+        ] {
+            assert!(service_account(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn ip_blocks_are_canonical() {
         assert_eq!(ip_block("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(ip_block("10.1.2.3").unwrap().to_string(), "10.1.2.3");
@@ -783,8 +922,38 @@ mod tests {
     fn paths_hosts_methods_ports() {
         assert_eq!(path("/api/*"), Ok(StringMatch::Prefix("/api/".into())));
         assert_eq!(path("*.html"), Ok(StringMatch::Suffix(".html".into())));
-        assert!(path("/a/{*}/b").is_err());
-        assert!(path("/a/{**}").is_err());
+        assert_eq!(
+            path("/a/{*}/b"),
+            Ok(StringMatch::Template("/a/{*}/b".into()))
+        );
+        assert_eq!(path("/a/{**}"), Ok(StringMatch::Template("/a/{**}".into())));
+        assert!(path("/a/{**}/b").is_ok());
+        assert!(path("/{*}/foo/").is_ok());
+        // Istio's own list of malformed templates.
+        for bad in [
+            "/foo/{**}buzz/bar",
+            "/{*}/foo/{}/bar",
+            "/foo/{*}/bar/*",
+            "/foo/{*}/bar/**/buzz",
+            "/foo/{buzz}/bar",
+            "/{buzz}",
+            "/foo/{buzz}/bar/{**}",
+            "/foo/{buzz=*}/bar/{**}",
+            "/{*}/foo/{buzz=**}/bar",
+            "/{*}/foo/{**}bar",
+            "/{*}/foo/{*}.txt",
+            "/{*}/foo/{temp",
+            "/{*}/foo/temp}/bar",
+            "/{*}/foo/temp}/*",
+            "/{**}/foo/temp/{*}/bar",
+            "/{**}/{**}",
+            "/{**}/foo/temp/{**}/bar",
+            "/{*}/foo/?abc",
+            "{*}/foo",
+            "/{*}//foo",
+        ] {
+            assert!(path(bad).is_err(), "{bad:?}");
+        }
         assert!(path("admin").is_err());
         assert!(path("/a?b=c").is_err());
         assert_eq!(
@@ -808,6 +977,16 @@ mod tests {
             Ok(ConditionKey::RequestHeader("x-tenant".into()))
         );
         assert_eq!(condition_key("source.ip"), Ok(ConditionKey::SourceIp));
+        assert_eq!(
+            condition_key("source.serviceAccount"),
+            Ok(ConditionKey::SourceServiceAccount)
+        );
+        assert_eq!(
+            condition_value(&ConditionKey::SourceServiceAccount, "shop/web"),
+            Ok(StringMatch::Exact("shop/web".into()))
+        );
+        assert!(condition_value(&ConditionKey::SourceServiceAccount, "web").is_err());
+        assert!(condition_value(&ConditionKey::SourceServiceAccount, "shop/*").is_err());
         for bad in [
             "request.headers[]",
             "request.headers[:authority]",

@@ -282,9 +282,9 @@ pub(crate) struct SourceSpec {
     #[serde(default)]
     pub not_remote_ip_blocks: Unsupported,
     #[serde(default)]
-    pub service_accounts: Unsupported,
+    pub service_accounts: Option<Vec<String>>,
     #[serde(default)]
-    pub not_service_accounts: Unsupported,
+    pub not_service_accounts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

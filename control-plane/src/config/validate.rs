@@ -568,7 +568,7 @@ pub(crate) fn dns1123_label(s: &str) -> Result<(), &'static str> {
     if ok { Ok(()) } else { Err(WHY) }
 }
 
-fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
+pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
     const WHY: &str = "is not a DNS-1123 subdomain (dot-separated lower-case labels, at most \
                        253 characters)";
     if s.is_empty() || s.len() > 253 || s.split('.').any(|l| dns1123_label(l).is_err()) {

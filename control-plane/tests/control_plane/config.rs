@@ -274,9 +274,9 @@ fn invalid_configurations_are_reported_with_file_document_and_field() {
             vec![AP, "spec.rules[0].from[0].source.notRemoteIpBlocks: not supported", "X-Forwarded-For"],
         ),
         case(
-            "serviceAccounts",
-            authz_source("{serviceAccounts: [shop/frontend]}"),
-            vec![AP, "spec.rules[0].from[0].source.serviceAccounts: not supported", "use principals"],
+            "serviceAccounts without a namespace",
+            authz_source("{serviceAccounts: [shop/frontend, frontend]}"),
+            vec![AP, "spec.rules[0].from[0].source.serviceAccounts[1]: \"frontend\": expected <namespace>/<service account>"],
         ),
         case(
             "provider",
@@ -374,9 +374,9 @@ fn invalid_configurations_are_reported_with_file_document_and_field() {
             vec![AP, "spec.rules[0].to[0].operation.paths[0]: an empty value is not allowed"],
         ),
         case(
-            "Istio path template",
-            authz_operation("{paths: [\"/api/{*}/items\"]}"),
-            vec![AP, "spec.rules[0].to[0].operation.paths[0]:", "Istio path templates", "not supported"],
+            "malformed Istio path template",
+            authz_operation("{paths: [\"/api/{**}/items/{*}\"]}"),
+            vec![AP, "spec.rules[0].to[0].operation.paths[0]:", "not a valid path template", "{**} must be the last operator"],
         ),
         case(
             "path without a leading slash",

@@ -76,6 +76,8 @@ spec:
         notNamespaces: ["*-sandbox"]
         ipBlocks: ["10.1.2.3/8", "127.0.1.1"]
         notIpBlocks: ["10.9.0.0/16"]
+        serviceAccounts: ["shop/frontend"]
+        notServiceAccounts: ["ops/banned"]
     - source:
         principals: ["*"]
     to:
@@ -127,6 +129,7 @@ fn istio_documents_load_unchanged_and_compile_field_for_field() {
         namespace: "shop".into(),
         name: "search-readers".into(),
         action: pb::Action::Allow as i32,
+        dry_run: false,
         rules: vec![
             pb::Rule {
                 from: vec![
@@ -140,6 +143,8 @@ fn istio_documents_load_unchanged_and_compile_field_for_field() {
                         not_namespaces: vec![suffix("-sandbox")],
                         ip_blocks: vec!["10.0.0.0/8".into(), "127.0.1.1".into()],
                         not_ip_blocks: vec!["10.9.0.0/16".into()],
+                        service_accounts: vec!["cluster.local/ns/shop/sa/frontend".into()],
+                        not_service_accounts: vec!["cluster.local/ns/ops/sa/banned".into()],
                     },
                     pb::Source {
                         principals: vec![presence()],
@@ -205,6 +210,7 @@ fn istio_documents_load_unchanged_and_compile_field_for_field() {
         namespace: "shop".into(),
         name: "deny-delete".into(),
         action: pb::Action::Deny as i32,
+        dry_run: false,
         rules: vec![pb::Rule {
             to: vec![pb::Operation {
                 methods: vec![exact("DELETE")],

@@ -356,6 +356,10 @@ pub struct AuthorizationPolicy {
     /// A request matches the policy if it matches any rule. No rules: matches nothing.
     #[prost(message, repeated, tag = "4")]
     pub rules: ::prost::alloc::vec::Vec<Rule>,
+    /// Istio's `istio.io/dry-run: "true"` (or `palisade.dev/dry-run`): the policy is
+    /// evaluated, counted and logged as a would-be decision, never enforced.
+    #[prost(bool, tag = "5")]
+    pub dry_run: bool,
 }
 /// All present parts must match (from AND to AND when); an absent part matches anything.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -388,11 +392,18 @@ pub struct Source {
     pub ip_blocks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, repeated, tag = "6")]
     pub not_ip_blocks: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// `serviceAccounts` (`<namespace>/<name>`), already written as the principals they stand
+    /// for in the mesh's trust domain ("cluster.local/ns/a/sa/b"), compared exactly.
+    #[prost(string, repeated, tag = "7")]
+    pub service_accounts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "8")]
+    pub not_service_accounts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Within an operation every present field must match.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Operation {
-    /// Host (authority), case-insensitive; a value without a port also matches host:port.
+    /// The authority the app receives, case-insensitive, as Istio reads it: an exact host
+    /// does not match its host:port form; "example.com:" as a prefix matches any port.
     #[prost(message, repeated, tag = "1")]
     pub hosts: ::prost::alloc::vec::Vec<StringMatch>,
     #[prost(message, repeated, tag = "2")]
@@ -425,10 +436,11 @@ pub struct Condition {
     #[prost(message, repeated, tag = "3")]
     pub not_values: ::prost::alloc::vec::Vec<StringMatch>,
 }
-/// Istio's string match forms: "exact", "prefix\*", "*suffix", "*" (any, presence).
+/// Istio's string match forms: "exact", "prefix\*", "*suffix", "*" (any, presence), and
+/// path templates.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StringMatch {
-    #[prost(oneof = "string_match::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "string_match::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: ::core::option::Option<string_match::Kind>,
 }
 /// Nested message and enum types in `StringMatch`.
@@ -444,6 +456,12 @@ pub mod string_match {
         /// Matches any value, including the empty string, when the attribute is present.
         #[prost(bool, tag = "4")]
         Presence(bool),
+        /// Only in `paths` and `not_paths`: an Envoy URI template, as Istio reads a path holding
+        /// `{*}` (exactly one non-empty segment) or `{**}` (any run of characters, `/`
+        /// included; the last operator), e.g. "/users/{\*}/orders/{\*\*}". Every other segment is
+        /// a literal of RFC 3986 pchar characters.
+        #[prost(string, tag = "5")]
+        PathTemplate(::prost::alloc::string::String),
     }
 }
 /// Which destinations outside the mesh a workload may reach (with REGISTRY_ONLY).

@@ -34,6 +34,9 @@ pub enum InvalidPolicy {
     /// `request.headers[...]` with an invalid header name.
     #[error("{0:?} is not a valid header name")]
     HeaderName(String),
+    /// An empty principal where a service account was expected.
+    #[error("is empty (expected a principal, <trust-domain>/ns/<namespace>/sa/<name>)")]
+    EmptyPrincipal,
     /// A condition with neither `values` nor `not_values`.
     #[error("a condition needs values or not_values")]
     EmptyCondition,
@@ -57,6 +60,8 @@ pub(crate) struct Policy {
     pub(crate) name: Arc<str>,
     pub(crate) action: Action,
     pub(crate) rules: Box<[Rule]>,
+    /// Evaluated and recorded, never enforced (`istio.io/dry-run`).
+    pub(crate) dry_run: bool,
 }
 
 /// One rule: `from` AND `to` AND `when`; an empty part matches anything.
@@ -78,6 +83,9 @@ pub(crate) struct Source {
     pub(crate) not_principals: Box<[StringMatcher]>,
     pub(crate) namespaces: Box<[StringMatcher]>,
     pub(crate) not_namespaces: Box<[StringMatcher]>,
+    /// `serviceAccounts` as the exact principals they stand for.
+    pub(crate) service_accounts: Box<[StringMatcher]>,
+    pub(crate) not_service_accounts: Box<[StringMatcher]>,
     pub(crate) ip_blocks: Box<[IpNet]>,
     pub(crate) not_ip_blocks: Box<[IpNet]>,
 }
@@ -182,6 +190,7 @@ pub(crate) fn policy(p: &v1::AuthorizationPolicy) -> Result<Policy, (String, Inv
         name: format!("{}/{}", p.namespace, p.name).into(),
         action,
         rules,
+        dry_run: p.dry_run,
     })
 }
 
@@ -201,6 +210,17 @@ fn list<T, U>(
 
 fn strings(items: &[v1::StringMatch], field: &str) -> FieldResult<Box<[StringMatcher]>> {
     list(items, field, |m| Ok(StringMatcher::compile(m, false)?))
+}
+
+/// Principals written out in full (`serviceAccounts`), compared exactly.
+fn principals(items: &[String], field: &str) -> FieldResult<Box<[StringMatcher]>> {
+    list(items, field, |p| {
+        if p.is_empty() {
+            Err(InvalidPolicy::EmptyPrincipal)
+        } else {
+            Ok(StringMatcher::Exact(p.as_bytes().into()))
+        }
+    })
 }
 
 fn ports(items: &[u32], field: &str) -> FieldResult<Box<[u16]>> {
@@ -257,6 +277,8 @@ fn source(s: &v1::Source) -> FieldResult<Source> {
         not_principals: strings(&s.not_principals, "not_principals")?,
         namespaces: strings(&s.namespaces, "namespaces")?,
         not_namespaces: strings(&s.not_namespaces, "not_namespaces")?,
+        service_accounts: principals(&s.service_accounts, "service_accounts")?,
+        not_service_accounts: principals(&s.not_service_accounts, "not_service_accounts")?,
         ip_blocks: blocks(&s.ip_blocks, "ip_blocks")?,
         not_ip_blocks: blocks(&s.not_ip_blocks, "not_ip_blocks")?,
     })
@@ -273,8 +295,10 @@ fn operation(o: &v1::Operation) -> FieldResult<Operation> {
         not_ports: ports(&o.not_ports, "not_ports")?,
         methods: strings(&o.methods, "methods")?,
         not_methods: strings(&o.not_methods, "not_methods")?,
-        paths: strings(&o.paths, "paths")?,
-        not_paths: strings(&o.not_paths, "not_paths")?,
+        paths: list(&o.paths, "paths", |m| Ok(StringMatcher::compile_path(m)?))?,
+        not_paths: list(&o.not_paths, "not_paths", |m| {
+            Ok(StringMatcher::compile_path(m)?)
+        })?,
     })
 }
 
@@ -290,6 +314,7 @@ fn exact_or_any<T>(
         Some(Kind::Prefix(_)) | Some(Kind::Suffix(_)) => {
             Err(InvalidMatch::ExactOnly { attribute }.into())
         }
+        Some(Kind::PathTemplate(_)) => Err(InvalidMatch::TemplateOutsidePaths.into()),
         None => Err(InvalidMatch::NoKind.into()),
     }
 }

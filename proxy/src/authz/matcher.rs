@@ -1,6 +1,7 @@
 //! Compiled matchers: string matches, hosts, IP blocks. Each is parsed once when a snapshot
 //! is converted, so matching a request compares bytes and never allocates.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use palisade_proto::v1::{self, string_match::Kind};
@@ -20,6 +21,17 @@ pub enum InvalidMatch {
     /// Not a port number.
     #[error("{0} is not a port (1-65535)")]
     BadPort(String),
+    /// A path template outside `paths`/`not_paths`.
+    #[error("a path template is only allowed in paths and not_paths")]
+    TemplateOutsidePaths,
+    /// A malformed path template.
+    #[error("path template {template:?}: {reason}")]
+    PathTemplate {
+        /// The template as written.
+        template: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The attribute takes exact values (or presence) only.
     #[error("{attribute} takes exact values (or \"*\") only, not a prefix or suffix match")]
     ExactOnly {
@@ -39,6 +51,8 @@ pub(crate) enum StringMatcher {
     Suffix(Box<[u8]>),
     /// Any value, when the attribute is present.
     Presence,
+    /// A path template (`paths`/`not_paths` only).
+    Template(PathTemplate),
 }
 
 impl StringMatcher {
@@ -58,7 +72,16 @@ impl StringMatcher {
             Some(Kind::Suffix(s)) => Ok(Self::Suffix(bytes(s))),
             Some(Kind::Presence(true)) => Ok(Self::Presence),
             Some(Kind::Presence(false)) => Err(InvalidMatch::PresenceFalse),
+            Some(Kind::PathTemplate(_)) => Err(InvalidMatch::TemplateOutsidePaths),
             None => Err(InvalidMatch::NoKind),
+        }
+    }
+
+    /// Compiles a `paths`/`not_paths` entry, where path templates are allowed.
+    pub(crate) fn compile_path(m: &v1::StringMatch) -> Result<Self, InvalidMatch> {
+        match &m.kind {
+            Some(Kind::PathTemplate(t)) => PathTemplate::parse(t).map(Self::Template),
+            _ => Self::compile(m, false),
         }
     }
 
@@ -69,6 +92,7 @@ impl StringMatcher {
             Self::Prefix(p) => value.starts_with(p),
             Self::Suffix(p) => value.ends_with(p),
             Self::Presence => true,
+            Self::Template(t) => t.matches(value),
         }
     }
 
@@ -84,13 +108,126 @@ impl StringMatcher {
                 .checked_sub(p.len())
                 .is_some_and(|start| value[start..].eq_ignore_ascii_case(p)),
             Self::Presence => true,
+            // Never compiled for a case-insensitive attribute (`compile` refuses templates).
+            Self::Template(t) => t.matches(value),
         }
     }
 }
 
-/// Whether an authority-like value ends in `:<digits>` (outside IPv6 brackets).
-pub(crate) fn has_port(value: &str) -> bool {
-    split_port(value).is_some()
+/// One piece of a [`PathTemplate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    /// Bytes that must be there as written (segments and their `/`).
+    Literal(Box<[u8]>),
+    /// `{*}`: one or more pchar characters, never `/`.
+    One,
+    /// `{**}`: any run of pchar characters and `/` (the last operator).
+    Any,
+}
+
+/// A path template as Envoy's URI template matcher (which Istio uses) reads it: `{*}`
+/// matches one non-empty segment, `{**}` any run of characters including `/`, and only
+/// literals may follow `{**}`. The whole normalised path must match. Parsed with Istio's
+/// validation: operators are whole segments, `{**}` is the last operator, every other
+/// segment is a non-empty literal of RFC 3986 pchar characters (no `*`, `{`, `}`, `?`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PathTemplate(Box<[Piece]>);
+
+/// RFC 3986 pchar, as Envoy's URI templates define a literal (`%` stands for its escapes).
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b)
+}
+
+impl PathTemplate {
+    /// Parses and validates a template such as `/users/{*}/orders/{**}`.
+    pub(crate) fn parse(text: &str) -> Result<Self, InvalidMatch> {
+        let bad = |reason| InvalidMatch::PathTemplate {
+            template: text.to_owned(),
+            reason,
+        };
+        if !text.contains("{*}") && !text.contains("{**}") {
+            return Err(bad("holds neither {*} nor {**}"));
+        }
+        let Some(body) = text.strip_prefix('/') else {
+            return Err(bad("must start with '/'"));
+        };
+        // A trailing '/' is a literal of its own; the segments lie between.
+        let (body, trailing_slash) = match body.strip_suffix('/') {
+            Some(b) => (b, true),
+            None => (body, false),
+        };
+        let mut pieces = Vec::new();
+        let mut literal: Vec<u8> = Vec::new();
+        let mut seen_any = false;
+        for segment in body.split('/') {
+            literal.push(b'/');
+            match segment {
+                "{*}" | "{**}" if seen_any => return Err(bad("{**} must be the last operator")),
+                "{*}" | "{**}" => {
+                    pieces.push(Piece::Literal(std::mem::take(&mut literal).into()));
+                    if segment == "{**}" {
+                        seen_any = true;
+                        pieces.push(Piece::Any);
+                    } else {
+                        pieces.push(Piece::One);
+                    }
+                }
+                s if s.contains(['{', '}']) => {
+                    return Err(bad(
+                        "'{' and '}' are only allowed in whole {*} or {**} segments",
+                    ));
+                }
+                s if s.is_empty() || !s.bytes().all(is_pchar) => {
+                    return Err(bad(
+                        "every other segment must be a non-empty literal of letters, digits and                          -._~%!$&'()+,;:@= (no '*')",
+                    ));
+                }
+                s => literal.extend_from_slice(s.as_bytes()),
+            }
+        }
+        if trailing_slash {
+            literal.push(b'/');
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Literal(literal.into()));
+        }
+        Ok(Self(pieces.into()))
+    }
+
+    /// Whether the whole (normalised, query-less) path matches.
+    pub(crate) fn matches(&self, path: &[u8]) -> bool {
+        let mut rest = path;
+        for (i, piece) in self.0.iter().enumerate() {
+            match piece {
+                Piece::Literal(l) => match rest.strip_prefix(&**l) {
+                    Some(r) => rest = r,
+                    None => return false,
+                },
+                // Greedy is exact: pchar has no '/', and what follows `{*}` starts with one.
+                Piece::One => {
+                    let n = rest.iter().take_while(|b| is_pchar(**b)).count();
+                    if n == 0 {
+                        return false;
+                    }
+                    rest = &rest[n..];
+                }
+                Piece::Any => {
+                    let tail: &[u8] = match self.0.get(i + 1..) {
+                        Some([]) | None => b"",
+                        Some([Piece::Literal(l)]) => l,
+                        // `parse` never puts an operator after `{**}`.
+                        Some(_) => return false,
+                    };
+                    return rest.len() >= tail.len()
+                        && rest.ends_with(tail)
+                        && rest[..rest.len() - tail.len()]
+                            .iter()
+                            .all(|b| is_pchar(*b) || *b == b'/');
+                }
+            }
+        }
+        rest.is_empty()
+    }
 }
 
 /// Splits `host:port` into (`host`, `port`); `None` if there is no port.
@@ -102,33 +239,35 @@ pub(crate) fn split_port(authority: &str) -> Option<(&str, &str)> {
     (digits && host_ok).then_some((host, port))
 }
 
-/// A `hosts` entry: case-insensitive against the authority; a value without a port also
-/// matches the authority with its port stripped (`example.com` matches `example.com:8080`).
+/// A `hosts` entry, as Istio reads it: Istio's string match forms against the whole
+/// authority, case-insensitively. An exact host does not match its `host:port` form
+/// (`example.com` does not match `example.com:8080`); `example.com:*` (a prefix) matches
+/// it on any port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HostMatcher {
-    pattern: StringMatcher,
-    also_without_port: bool,
-}
+pub(crate) struct HostMatcher(StringMatcher);
 
 impl HostMatcher {
     pub(crate) fn compile(m: &v1::StringMatch) -> Result<Self, InvalidMatch> {
-        let pattern = StringMatcher::compile(m, true)?;
-        let also_without_port = match &m.kind {
-            Some(Kind::Exact(s)) | Some(Kind::Suffix(s)) => !has_port(s),
-            // A prefix already matches "host:port"; presence matches anything.
-            Some(Kind::Prefix(_)) | Some(Kind::Presence(_)) | None => false,
-        };
-        Ok(Self {
-            pattern,
-            also_without_port,
-        })
+        StringMatcher::compile(m, true).map(Self)
     }
 
-    /// `host_only` is the authority without its port, if it had one.
-    pub(crate) fn matches(&self, authority: &str, host_only: Option<&str>) -> bool {
-        self.pattern.matches_ignore_case(authority.as_bytes())
-            || (self.also_without_port
-                && host_only.is_some_and(|h| self.pattern.matches_ignore_case(h.as_bytes())))
+    /// `authority` is the canonical authority ([`canonical_authority`]).
+    pub(crate) fn matches(&self, authority: &str) -> bool {
+        self.0.matches_ignore_case(authority.as_bytes())
+    }
+}
+
+/// The authority the app receives, as `hosts` rules see it: the host's trailing dot is
+/// dropped (`example.com.:80` is `example.com:80`), the port is kept; letter case does not
+/// matter to the matchers. Borrows unless there is a dot to drop.
+pub(crate) fn canonical_authority(authority: &str) -> Cow<'_, str> {
+    let (host, port) = match split_port(authority) {
+        Some((host, _)) => (host, &authority[host.len()..]),
+        None => (authority, ""),
+    };
+    match host.strip_suffix('.') {
+        Some(stripped) if !stripped.is_empty() => Cow::Owned(format!("{stripped}{port}")),
+        _ => Cow::Borrowed(authority),
     }
 }
 
@@ -224,20 +363,108 @@ mod tests {
     }
 
     #[test]
-    fn hosts_are_case_insensitive_and_port_tolerant() {
+    fn hosts_are_case_insensitive_and_exact_about_ports() {
         let h = |k| HostMatcher::compile(&sm(k)).unwrap();
         let exact = h(Kind::Exact("Search.Shop".into()));
-        assert!(exact.matches("search.shop", None));
-        assert!(exact.matches("SEARCH.SHOP:8080", Some("SEARCH.SHOP")));
-        assert!(!exact.matches("search.shop.evil:8080", Some("search.shop.evil")));
+        assert!(exact.matches("search.shop"));
+        assert!(exact.matches("SEARCH.SHOP"));
+        // Istio: an exact host does not match its host:port form.
+        assert!(!exact.matches("search.shop:8080"));
+        assert!(!exact.matches("search.shop.evil"));
+        let any_port = h(Kind::Prefix("search.shop:".into()));
+        assert!(any_port.matches("Search.Shop:8080"));
+        assert!(!any_port.matches("search.shop"));
         let with_port = h(Kind::Exact("search.shop:8080".into()));
-        assert!(with_port.matches("search.shop:8080", Some("search.shop")));
-        assert!(!with_port.matches("search.shop:9090", Some("search.shop")));
-        assert!(!with_port.matches("search.shop", None));
+        assert!(with_port.matches("search.shop:8080"));
+        assert!(!with_port.matches("search.shop:9090"));
+        assert!(!with_port.matches("search.shop"));
         let suffix = h(Kind::Suffix(".shop".into()));
-        assert!(suffix.matches("a.SHOP:80", Some("a.SHOP")));
-        let prefix = h(Kind::Prefix("search.".into()));
-        assert!(prefix.matches("search.shop:8080", Some("search.shop")));
+        assert!(suffix.matches("a.SHOP"));
+        assert!(!suffix.matches("a.shop:80"));
+    }
+
+    #[test]
+    fn canonical_authority_drops_the_trailing_dot_only() {
+        assert_eq!(canonical_authority("a.shop"), "a.shop");
+        assert_eq!(canonical_authority("a.shop."), "a.shop");
+        assert_eq!(canonical_authority("A.Shop.:8080"), "A.Shop:8080");
+        assert_eq!(canonical_authority("[::1]:80"), "[::1]:80");
+        assert_eq!(canonical_authority("."), ".");
+        assert!(matches!(canonical_authority("a:1"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn path_templates_match_as_envoy_reads_them() {
+        let t = |s: &str| PathTemplate::parse(s).unwrap();
+        // The examples of Istio's documentation.
+        let one = t("/foo/{*}");
+        assert!(one.matches(b"/foo/bar"));
+        assert!(!one.matches(b"/foo/bar/baz"));
+        assert!(!one.matches(b"/foo/"));
+        assert!(!one.matches(b"/foo"));
+        let any_slash = t("/foo/{**}/");
+        assert!(any_slash.matches(b"/foo/bar/"));
+        assert!(any_slash.matches(b"/foo//"));
+        assert!(any_slash.matches(b"/foo/bar/baz/"));
+        assert!(!any_slash.matches(b"/foo/bar"));
+        let both = t("/foo/{*}/bar/{**}");
+        assert!(both.matches(b"/foo/buzz/bar/"));
+        assert!(both.matches(b"/foo/buzz/bar/baz"));
+        assert!(both.matches(b"/foo/buzz/bar/baz/qux"));
+        assert!(!both.matches(b"/foo/buzz/bar"));
+        assert!(!both.matches(b"/foo/a/b/bar/baz"));
+        let middle = t("/api/{**}/admin");
+        assert!(middle.matches(b"/api/v1/x/admin"));
+        assert!(middle.matches(b"/api//admin"));
+        assert!(!middle.matches(b"/api/v1/admin/x"));
+        let first = t("/{*}/admin");
+        assert!(first.matches(b"/tenant-1/admin"));
+        assert!(!first.matches(b"//admin"));
+        // Characters outside pchar never match an operator (as Envoy's regex).
+        assert!(!one.matches(b"/foo/a*b"));
+        assert!(t("/{**}").matches(b"/"));
+        assert!(t("/{**}").matches(b"/any/thing"));
+    }
+
+    #[test]
+    fn malformed_path_templates_are_rejected_as_istio_does() {
+        for bad in [
+            "/foo/{**}buzz/bar",
+            "/{*}/foo/{}/bar",
+            "/foo/{*}/bar/*",
+            "/foo/{*}/bar/**/buzz",
+            "/foo/{buzz}/bar/{**}",
+            "/foo/{buzz=*}/bar/{**}",
+            "/{*}/foo/{**}bar",
+            "/{*}/foo/{*}.txt",
+            "/{*}/foo/{temp",
+            "/{*}/foo/temp}/bar",
+            "/{**}/foo/temp/{*}/bar",
+            "/{**}/{**}",
+            "/{*}/foo/?abc",
+            "/{*}//foo",
+            "{*}/foo",
+            "/foo/bar",
+        ] {
+            assert!(PathTemplate::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "/{*}/foo",
+            "/{*}/foo/",
+            "/foo/{**}/bar",
+            "/foo/bar/{**}",
+            "/a=b/{*}",
+        ] {
+            assert!(PathTemplate::parse(good).is_ok(), "{good:?}");
+        }
+        let template = v1::StringMatch {
+            kind: Some(Kind::PathTemplate("/{*}".into())),
+        };
+        assert_eq!(
+            StringMatcher::compile(&template, false),
+            Err(InvalidMatch::TemplateOutsidePaths)
+        );
+        assert!(StringMatcher::compile_path(&template).is_ok());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Authorization: the compiled AuthorizationPolicies of one workload and the per-request
 //! decision, in Istio's semantics (CONTRACT, "AuthorizationPolicy"). Pure: no I/O, no clock.
 //!
+//! Dry-run policies (`istio.io/dry-run: "true"` or `palisade.dev/dry-run: "true"`) are
+//! compiled and evaluated like the others but never enforced: [`Audits::dry_run`] says what
+//! the decision would have been with them enforced too, for metrics and logs.
+//!
 //! Order of evaluation: any matching DENY policy denies (the first in policy order names
 //! the decision); else, if any ALLOW policy exists, the request must match one; else the
 //! mesh default applies. AUDIT policies never change the decision; every one that matches
@@ -11,7 +15,8 @@
 //! never lets a request in:
 //! - **No verified identity** (plaintext caller): in an ALLOW rule, a `from` entry naming
 //!   principals or namespaces, or a `source.principal`/`source.namespace` condition, never
-//!   matches, negated or not (CONTRACT: Palisade fails closed where Istio fails open);
+//!   matches, negated or not (CONTRACT: Palisade fails closed where Istio fails open); the
+//!   same holds for `serviceAccounts`/`notServiceAccounts`;
 //!   `ipBlocks`/`notIpBlocks` match the peer address of every caller. In DENY and AUDIT rules the
 //!   attribute is simply absent, as in Istio: positive fields do not match it, negated ones
 //!   do (`notPrincipals: ["*"]` denies plaintext).
@@ -20,6 +25,9 @@
 //!   and AUDIT rules those fields are ignored, so the rule matches on the rest (Istio).
 //! - **A path that cannot be normalised** ([`PathError`]): `paths`/`not_paths` never match
 //!   in an ALLOW rule and always match in DENY and AUDIT rules.
+//! - **A header sent several times**: `request.headers[...]` conditions see the values
+//!   joined with `,` (Istio); each single value is also tried where that can only refuse
+//!   more (see `header_condition`).
 //!
 //! Hot path: matchers are compiled when the snapshot is converted; [`Authorizer::decide`]
 //! allocates only to normalise a path that needs it, and for the rare AUDIT match
@@ -45,7 +53,7 @@ pub use matcher::InvalidMatch;
 pub use path::{PathError, normalize_path, normalized};
 
 use compile::{Condition, IpAttr, Operation, Pattern, Policy, Rule, Source, StrAttr};
-use matcher::{IpNet, StringMatcher, split_port};
+use matcher::{IpNet, StringMatcher, canonical_authority};
 
 use crate::model::SnapshotError;
 
@@ -55,36 +63,64 @@ pub struct Authorizer {
     deny: Box<[Policy]>,
     allow: Box<[Policy]>,
     audit: Box<[Policy]>,
+    /// Dry-run policies (`istio.io/dry-run: "true"`), by action: evaluated and recorded in
+    /// [`Audits::dry_run`], never enforced.
+    dry: DryRunPolicies,
     /// Names of the ALLOW policies, for [`Decision::explain`] (shared, never copied).
     allow_names: Arc<[Arc<str>]>,
     /// Whether any rule looks at paths, so clean requests skip normalisation entirely.
     uses_paths: bool,
 }
 
+/// The dry-run policies of a workload, by action.
+#[derive(Debug, Default)]
+struct DryRunPolicies {
+    deny: Box<[Policy]>,
+    allow: Box<[Policy]>,
+    audit: Box<[Policy]>,
+}
+
+impl DryRunPolicies {
+    fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+    }
+}
+
 impl TryFrom<&v1::AuthorizationSnapshot> for Authorizer {
     type Error = SnapshotError;
     fn try_from(snapshot: &v1::AuthorizationSnapshot) -> Result<Self, SnapshotError> {
         let (mut deny, mut allow, mut audit) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut dry_deny, mut dry_allow, mut dry_audit) = (Vec::new(), Vec::new(), Vec::new());
         for (i, p) in snapshot.policies.iter().enumerate() {
             let compiled =
                 compile::policy(p).map_err(|(field, e)| compile::snapshot_error(p, i, field, e))?;
-            match compiled.action {
-                Action::Deny => deny.push(compiled),
-                Action::Allow => allow.push(compiled),
-                Action::Audit => audit.push(compiled),
+            match (compiled.action, compiled.dry_run) {
+                (Action::Deny, false) => deny.push(compiled),
+                (Action::Allow, false) => allow.push(compiled),
+                (Action::Audit, false) => audit.push(compiled),
+                (Action::Deny, true) => dry_deny.push(compiled),
+                (Action::Allow, true) => dry_allow.push(compiled),
+                (Action::Audit, true) => dry_audit.push(compiled),
             }
         }
-        let uses_paths = [&deny, &allow, &audit].iter().any(|ps| {
-            ps.iter()
-                .flat_map(|p| p.rules.iter())
-                .flat_map(|r| r.to.iter())
-                .any(Operation::has_path_fields)
-        });
+        let uses_paths = [&deny, &allow, &audit, &dry_deny, &dry_allow, &dry_audit]
+            .iter()
+            .any(|ps| {
+                ps.iter()
+                    .flat_map(|p| p.rules.iter())
+                    .flat_map(|r| r.to.iter())
+                    .any(Operation::has_path_fields)
+            });
         Ok(Self {
             allow_names: allow.iter().map(|p| p.name.clone()).collect(),
             deny: deny.into(),
             allow: allow.into(),
             audit: audit.into(),
+            dry: DryRunPolicies {
+                deny: dry_deny.into(),
+                allow: dry_allow.into(),
+                audit: dry_audit.into(),
+            },
             uses_paths,
         })
     }
@@ -112,7 +148,8 @@ pub struct RequestAttrs<'a> {
 pub struct HttpAttrs<'a> {
     /// Method, e.g. `GET` (gRPC: `POST`).
     pub method: &'a str,
-    /// Authority (`Host` / `:authority`), possibly with a port.
+    /// The authority the app receives (`Host` / `:authority`), port kept if present;
+    /// `hosts` rules compare it case-insensitively, without a trailing dot on the host.
     pub host: &'a str,
     /// The raw path, which may carry a query; normalised before matching.
     pub path: &'a str,
@@ -153,9 +190,103 @@ pub struct Decision<P = String> {
     pub allowed: bool,
     /// What decided.
     pub decided_by: DecidedBy<P>,
-    /// Every AUDIT policy that matched, in policy order.
-    pub audits: Vec<Matched<P>>,
+    /// What is recorded without changing `allowed`: AUDIT matches and dry-run outcomes.
+    pub audits: Audits<P>,
     allow_policies: Arc<[Arc<str>]>,
+}
+
+/// The record-only side of a decision: nothing here changes whether a request proceeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audits<P = String> {
+    /// Every AUDIT policy that matched, in policy order.
+    pub matched: Vec<Matched<P>>,
+    /// When dry-run policies select the workload: what they would have decided.
+    pub dry_run: Option<DryRun<P>>,
+}
+
+impl<P> Audits<P> {
+    /// Whether there is nothing to record.
+    pub fn is_empty(&self) -> bool {
+        self.matched.is_empty() && self.dry_run.is_none()
+    }
+}
+
+/// What the decision would have been with the dry-run policies enforced alongside the
+/// others (Istio's `istio.io/dry-run` annotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRun<P = String> {
+    /// Whether the request would have proceeded.
+    pub allowed: bool,
+    /// What would have decided.
+    pub decided_by: DecidedBy<P>,
+    /// Every dry-run policy that matched, with its action: DENY, then ALLOW, then AUDIT,
+    /// each in policy order.
+    pub matched: Vec<(Action, Matched<P>)>,
+}
+
+impl<P: AsRef<str>> DryRun<P> {
+    /// The policy that would have decided, as [`Decision::policy_label`] names it.
+    pub fn policy_label(&self) -> String {
+        label(&self.decided_by)
+    }
+
+    /// One line, e.g. `DRY-RUN would DENY by shop/new-deny rule 0 (dry-run matches:
+    /// shop/new-deny rule 0)`.
+    pub fn explain(&self) -> String {
+        let verdict = if self.allowed { "ALLOW" } else { "DENY" };
+        let mut line = match &self.decided_by {
+            DecidedBy::Deny(m) | DecidedBy::Allow(m) => format!(
+                "DRY-RUN would {verdict} by {} rule {}",
+                m.policy.as_ref(),
+                m.rule
+            ),
+            DecidedBy::NoAllowMatched => {
+                "DRY-RUN would DENY: no ALLOW policy, dry-run ones included, matched".into()
+            }
+            DecidedBy::DefaultAllow => "DRY-RUN would ALLOW by default".into(),
+            DecidedBy::DefaultDeny => "DRY-RUN would DENY by default".into(),
+        };
+        for (i, (action, m)) in self.matched.iter().enumerate() {
+            let sep = if i == 0 { " (dry-run matches: " } else { ", " };
+            let _ = write!(
+                line,
+                "{sep}{} {} rule {}",
+                action_name(*action),
+                m.policy.as_ref(),
+                m.rule
+            );
+        }
+        if !self.matched.is_empty() {
+            line.push(')');
+        }
+        line
+    }
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Allow => "ALLOW",
+        Action::Deny => "DENY",
+        Action::Audit => "AUDIT",
+    }
+}
+
+fn label<P: AsRef<str>>(decided_by: &DecidedBy<P>) -> String {
+    match decided_by {
+        DecidedBy::Deny(m) | DecidedBy::Allow(m) => m.policy.as_ref().to_owned(),
+        DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => "default-deny".into(),
+        DecidedBy::DefaultAllow => "default-allow".into(),
+    }
+}
+
+fn owned_by<P: AsRef<str>>(decided_by: &DecidedBy<P>) -> DecidedBy {
+    match decided_by {
+        DecidedBy::Deny(m) => DecidedBy::Deny(m.to_owned_match()),
+        DecidedBy::Allow(m) => DecidedBy::Allow(m.to_owned_match()),
+        DecidedBy::NoAllowMatched => DecidedBy::NoAllowMatched,
+        DecidedBy::DefaultAllow => DecidedBy::DefaultAllow,
+        DecidedBy::DefaultDeny => DecidedBy::DefaultDeny,
+    }
 }
 
 impl<P: AsRef<str>> Matched<P> {
@@ -170,17 +301,26 @@ impl<P: AsRef<str>> Matched<P> {
 impl Decision<&str> {
     /// The owned form, e.g. to keep beyond the authorizer's life.
     pub fn into_owned(self) -> Decision {
-        let decided_by = match &self.decided_by {
-            DecidedBy::Deny(m) => DecidedBy::Deny(m.to_owned_match()),
-            DecidedBy::Allow(m) => DecidedBy::Allow(m.to_owned_match()),
-            DecidedBy::NoAllowMatched => DecidedBy::NoAllowMatched,
-            DecidedBy::DefaultAllow => DecidedBy::DefaultAllow,
-            DecidedBy::DefaultDeny => DecidedBy::DefaultDeny,
-        };
         Decision {
             allowed: self.allowed,
-            decided_by,
-            audits: self.audits.iter().map(Matched::to_owned_match).collect(),
+            decided_by: owned_by(&self.decided_by),
+            audits: Audits {
+                matched: self
+                    .audits
+                    .matched
+                    .iter()
+                    .map(Matched::to_owned_match)
+                    .collect(),
+                dry_run: self.audits.dry_run.as_ref().map(|d| DryRun {
+                    allowed: d.allowed,
+                    decided_by: owned_by(&d.decided_by),
+                    matched: d
+                        .matched
+                        .iter()
+                        .map(|(a, m)| (*a, m.to_owned_match()))
+                        .collect(),
+                }),
+            },
             allow_policies: self.allow_policies,
         }
     }
@@ -189,11 +329,7 @@ impl Decision<&str> {
 impl<P: AsRef<str>> Decision<P> {
     /// The deciding policy as `ns/name`, or `default-deny` / `default-allow`.
     pub fn policy_label(&self) -> String {
-        match &self.decided_by {
-            DecidedBy::Deny(m) | DecidedBy::Allow(m) => m.policy.as_ref().to_owned(),
-            DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => "default-deny".into(),
-            DecidedBy::DefaultAllow => "default-allow".into(),
-        }
+        label(&self.decided_by)
     }
 
     /// The index of the deciding rule, when a policy decided.
@@ -223,9 +359,12 @@ impl<P: AsRef<str>> Decision<P> {
                 workload, MeshConfig defaultAuthorization: deny)"
                 .into(),
         };
-        for (i, a) in self.audits.iter().enumerate() {
+        for (i, a) in self.audits.matched.iter().enumerate() {
             let sep = if i == 0 { "; AUDIT by " } else { ", " };
             let _ = write!(line, "{sep}{} rule {}", a.policy.as_ref(), a.rule);
+        }
+        if let Some(dry_run) = &self.audits.dry_run {
+            let _ = write!(line, "; {}", dry_run.explain());
         }
         line
     }
@@ -262,9 +401,8 @@ struct Ctx<'a> {
 
 struct HttpCtx<'a> {
     method: &'a str,
-    authority: &'a str,
-    /// The authority without its port, if it had one.
-    host_only: Option<&'a str>,
+    /// The canonical authority ([`matcher::canonical_authority`]).
+    authority: Cow<'a, str>,
     /// `None` when no rule looks at paths.
     path: Option<Result<Cow<'a, str>, PathError>>,
     headers: &'a http::HeaderMap,
@@ -284,8 +422,7 @@ impl<'a> Ctx<'a> {
             sni: req.sni,
             http: req.http.map(|h| HttpCtx {
                 method: h.method,
-                authority: h.host,
-                host_only: split_port(h.host).map(|(host, _)| host),
+                authority: canonical_authority(h.host),
                 path: uses_paths.then(|| normalized(h.path)),
                 headers: h.headers,
             }),
@@ -326,13 +463,15 @@ fn pattern_in<T: Copy, V: Copy>(
 }
 
 impl Source {
-    /// Whether it names identities (principals or namespaces, negated or not), which a
-    /// caller without a verified identity never satisfies in an ALLOW rule.
+    /// Whether it names identities (principals, namespaces or service accounts, negated or
+    /// not), which a caller without a verified identity never satisfies in an ALLOW rule.
     fn asks_identity(&self) -> bool {
         !(self.principals.is_empty()
             && self.not_principals.is_empty()
             && self.namespaces.is_empty()
-            && self.not_namespaces.is_empty())
+            && self.not_namespaces.is_empty()
+            && self.service_accounts.is_empty()
+            && self.not_service_accounts.is_empty())
     }
 
     fn matches(&self, ctx: &Ctx<'_>) -> bool {
@@ -340,6 +479,8 @@ impl Source {
             && none_of(&self.not_principals, ctx.principal, str_match)
             && any_of(&self.namespaces, ctx.namespace, str_match)
             && none_of(&self.not_namespaces, ctx.namespace, str_match)
+            && any_of(&self.service_accounts, ctx.principal, str_match)
+            && none_of(&self.not_service_accounts, ctx.principal, str_match)
             && (self.ip_blocks.is_empty() || ip_in(&self.ip_blocks, ctx.source_ip))
             && (self.not_ip_blocks.is_empty() || !ip_in(&self.not_ip_blocks, ctx.source_ip))
     }
@@ -357,9 +498,9 @@ impl Operation {
             // any were already refused by `Rule::matches`.
             return true;
         };
-        let host = |m: &matcher::HostMatcher, authority: &str| m.matches(authority, h.host_only);
-        if !(any_of(&self.hosts, Some(h.authority), host)
-            && none_of(&self.not_hosts, Some(h.authority), host)
+        let host = |m: &matcher::HostMatcher, authority: &str| m.matches(authority);
+        if !(any_of(&self.hosts, Some(&h.authority), host)
+            && none_of(&self.not_hosts, Some(&h.authority), host)
             && any_of(&self.methods, Some(h.method), str_match)
             && none_of(&self.not_methods, Some(h.method), str_match))
         {
@@ -383,7 +524,7 @@ impl Operation {
 }
 
 impl Condition {
-    fn matches(&self, ctx: &Ctx<'_>) -> bool {
+    fn matches(&self, ctx: &Ctx<'_>, mode: Mode) -> bool {
         match self {
             Condition::Header {
                 name,
@@ -394,14 +535,7 @@ impl Condition {
                     // Connection level, DENY/AUDIT only (ALLOW refused in `Rule::matches`).
                     return true;
                 };
-                let any_value_matches = |list: &[StringMatcher]| {
-                    h.headers
-                        .get_all(name)
-                        .iter()
-                        .any(|v| list.iter().any(|m| m.matches(v.as_bytes())))
-                };
-                (values.is_empty() || any_value_matches(values))
-                    && (not_values.is_empty() || !any_value_matches(not_values))
+                header_condition(h.headers, name, values, not_values, mode)
             }
             Condition::Str {
                 attr,
@@ -437,6 +571,59 @@ impl Condition {
     }
 }
 
+/// A `request.headers[name]` condition. As Istio documents it, a header sent several times
+/// is seen as its values joined with `,` (what `values` and `not_values` compare). Splitting
+/// a value over several lines must never walk around a policy, so each single value is also
+/// tried where that can only refuse more: in DENY and AUDIT rules the condition matches if
+/// the joined value or any single one does; in ALLOW rules `not_values` must exclude the
+/// joined value and every single one. An absent header matches no `values` and every
+/// `not_values`.
+fn header_condition(
+    headers: &http::HeaderMap,
+    name: &http::HeaderName,
+    values: &[StringMatcher],
+    not_values: &[StringMatcher],
+    mode: Mode,
+) -> bool {
+    let mut all = headers.get_all(name).iter();
+    let Some(first) = all.next() else {
+        return values.is_empty();
+    };
+    let any = |list: &[StringMatcher], v: &[u8]| list.iter().any(|m| m.matches(v));
+    let rest: Vec<&[u8]> = all.map(http::HeaderValue::as_bytes).collect();
+    // One value (the common case): no copy.
+    let joined: Cow<'_, [u8]> = if rest.is_empty() {
+        Cow::Borrowed(first.as_bytes())
+    } else {
+        let mut j = first.as_bytes().to_vec();
+        for v in &rest {
+            j.push(b',');
+            j.extend_from_slice(v);
+        }
+        Cow::Owned(j)
+    };
+    let singles = || std::iter::once(first.as_bytes()).chain(rest.iter().copied());
+    let several = !rest.is_empty();
+    let (positive, negative) = if mode.unknown_matches() {
+        (
+            values.is_empty()
+                || any(values, &joined)
+                || (several && singles().any(|v| any(values, v))),
+            not_values.is_empty()
+                || !any(not_values, &joined)
+                || (several && singles().any(|v| !any(not_values, v))),
+        )
+    } else {
+        (
+            values.is_empty() || any(values, &joined),
+            not_values.is_empty()
+                || !(any(not_values, &joined)
+                    || (several && singles().any(|v| any(not_values, v)))),
+        )
+    };
+    positive && negative
+}
+
 impl Rule {
     fn matches(&self, ctx: &Ctx<'_>, mode: Mode) -> bool {
         // Fail closed (CONTRACT): without a verified identity no ALLOW rule that asks who
@@ -455,7 +642,7 @@ impl Rule {
         let source = |s: &Source| !(fail_closed && s.asks_identity()) && s.matches(ctx);
         (self.from.is_empty() || self.from.iter().any(source))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(ctx, mode)))
-            && self.when.iter().all(|c| c.matches(ctx))
+            && self.when.iter().all(|c| c.matches(ctx, mode))
     }
 }
 
@@ -479,7 +666,7 @@ impl Authorizer {
     /// unless the path needs normalising or an AUDIT policy matches (the data path).
     pub fn decide(&self, req: &RequestAttrs<'_>, default_allow: bool) -> Decision<&str> {
         let ctx = Ctx::new(req, self.uses_paths);
-        let audits = self
+        let matched = self
             .audit
             .iter()
             .filter_map(|p| p.first_match(&ctx, Mode::DenyOrAudit))
@@ -508,22 +695,76 @@ impl Authorizer {
             DecidedBy::Allow(_) | DecidedBy::DefaultAllow => true,
             DecidedBy::Deny(_) | DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => false,
         };
+        let dry_run =
+            (!self.dry.is_empty()).then(|| self.dry_run(&ctx, &decided_by, default_allow));
         Decision {
             allowed,
             decided_by,
-            audits,
+            audits: Audits { matched, dry_run },
             allow_policies: self.allow_names.clone(),
+        }
+    }
+
+    /// The decision with the dry-run policies enforced too, given the real one.
+    fn dry_run<'s>(
+        &'s self,
+        ctx: &Ctx<'_>,
+        real: &DecidedBy<&'s str>,
+        default_allow: bool,
+    ) -> DryRun<&'s str> {
+        let matches = |ps: &'s [Policy], mode: Mode| {
+            ps.iter()
+                .filter_map(move |p| p.first_match(ctx, mode).map(|m| (p.action, m)))
+        };
+        let matched: Vec<(Action, Matched<&str>)> = matches(&self.dry.deny, Mode::DenyOrAudit)
+            .chain(matches(&self.dry.allow, Mode::Allow))
+            .chain(matches(&self.dry.audit, Mode::DenyOrAudit))
+            .collect();
+        let first = |action: Action| {
+            matched
+                .iter()
+                .find(|(a, _)| *a == action)
+                .map(|(_, m)| m.clone())
+        };
+        let decided_by = match (real, first(Action::Deny)) {
+            (DecidedBy::Deny(m), _) => DecidedBy::Deny(m.clone()),
+            (_, Some(m)) => DecidedBy::Deny(m),
+            (DecidedBy::Allow(m), None) => DecidedBy::Allow(m.clone()),
+            (_, None) => match first(Action::Allow) {
+                Some(m) => DecidedBy::Allow(m),
+                None if !(self.allow.is_empty() && self.dry.allow.is_empty()) => {
+                    DecidedBy::NoAllowMatched
+                }
+                None if default_allow => DecidedBy::DefaultAllow,
+                None => DecidedBy::DefaultDeny,
+            },
+        };
+        DryRun {
+            allowed: matches!(decided_by, DecidedBy::Allow(_) | DecidedBy::DefaultAllow),
+            decided_by,
+            matched,
         }
     }
 
     /// Whether no policy selects the workload.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.dry.is_empty()
     }
 
-    /// Number of policies.
+    /// Number of enforced policies (dry-run ones are counted by
+    /// [`Authorizer::dry_run_policies`]).
     pub fn len(&self) -> usize {
         self.deny.len() + self.allow.len() + self.audit.len()
+    }
+
+    /// Every dry-run policy as (`namespace/name`, action, number of rules).
+    pub fn dry_run_policies(&self) -> impl Iterator<Item = (&str, Action, usize)> {
+        self.dry
+            .deny
+            .iter()
+            .chain(self.dry.allow.iter())
+            .chain(self.dry.audit.iter())
+            .map(|p| (&*p.name, p.action, p.rules.len()))
     }
 
     /// Every policy as (`namespace/name`, action, number of rules), DENY, ALLOW, then AUDIT.

@@ -26,6 +26,11 @@ fn suffix(s: &str) -> v1::StringMatch {
         kind: Some(Kind::Suffix(s.into())),
     }
 }
+fn template(s: &str) -> v1::StringMatch {
+    v1::StringMatch {
+        kind: Some(Kind::PathTemplate(s.into())),
+    }
+}
 fn any() -> v1::StringMatch {
     v1::StringMatch {
         kind: Some(Kind::Presence(true)),
@@ -37,6 +42,7 @@ fn policy(name: &str, action: v1::Action, rules: Vec<v1::Rule>) -> v1::Authoriza
         namespace: "shop".into(),
         name: name.into(),
         action: action as i32,
+        dry_run: false,
         rules,
     }
 }
@@ -336,7 +342,7 @@ fn audit_never_changes_the_decision_and_lists_every_match() {
         let d = a.evaluate(&get("/").attrs(), default_allow);
         assert_eq!(d.allowed, default_allow);
         assert_eq!(
-            d.audits,
+            d.audits.matched,
             vec![
                 Matched {
                     policy: "shop/a1".into(),
@@ -361,7 +367,7 @@ fn audit_never_changes_the_decision_and_lists_every_match() {
     with_deny.push(audit("a", vec![v1::Rule::default()]));
     let d = authorizer(with_deny).evaluate(&get("/").attrs(), true);
     assert!(!d.allowed);
-    assert_eq!(d.audits.len(), 1);
+    assert_eq!(d.audits.matched.len(), 1);
     assert_eq!(authorizer(vec![audit("a", vec![])]).len(), 1);
 }
 
@@ -788,10 +794,18 @@ fn plaintext_in_deny_rules_is_an_absent_identity_as_in_istio() {
         vec![src(|s| s.not_principals = vec![any()])],
     )]);
     assert_eq!(
-        a.evaluate(&get("/").plaintext().attrs(), true).audits.len(),
+        a.evaluate(&get("/").plaintext().attrs(), true)
+            .audits
+            .matched
+            .len(),
         1
     );
-    assert!(a.evaluate(&get("/").attrs(), true).audits.is_empty());
+    assert!(
+        a.evaluate(&get("/").attrs(), true)
+            .audits
+            .matched
+            .is_empty()
+    );
 }
 
 // === operation fields ===
@@ -805,14 +819,32 @@ fn operation_fields() {
     };
     check_allow(&[
         (
-            "host exact, request has port",
+            "host exact does not match its host:port form (Istio)",
             op(|o| o.hosts = vec![exact("search.shop")]),
             get("/"),
+            false,
+        ),
+        (
+            "host:* matches any port",
+            op(|o| o.hosts = vec![prefix("search.shop:")]),
+            get("/").host("Search.Shop:9999"),
+            true,
+        ),
+        (
+            "host:* does not match the bare host",
+            op(|o| o.hosts = vec![prefix("search.shop:")]),
+            get("/").host("search.shop"),
+            false,
+        ),
+        (
+            "host trailing dot is dropped",
+            op(|o| o.hosts = vec![exact("search.shop:8080")]),
+            get("/").host("SEARCH.shop.:8080"),
             true,
         ),
         (
             "host case-insensitive",
-            op(|o| o.hosts = vec![exact("SEARCH.Shop")]),
+            op(|o| o.hosts = vec![exact("SEARCH.Shop:8080")]),
             get("/"),
             true,
         ),
@@ -837,8 +869,14 @@ fn operation_fields() {
         (
             "host suffix",
             op(|o| o.hosts = vec![suffix(".shop")]),
-            get("/").host("Search.SHOP:8080"),
+            get("/").host("Search.SHOP"),
             true,
+        ),
+        (
+            "host suffix does not match host:port",
+            op(|o| o.hosts = vec![suffix(".shop")]),
+            get("/").host("Search.SHOP:8080"),
+            false,
         ),
         (
             "host prefix",
@@ -854,9 +892,15 @@ fn operation_fields() {
         ),
         (
             "not_hosts",
-            op(|o| o.not_hosts = vec![exact("search.shop")]),
+            op(|o| o.not_hosts = vec![exact("search.shop:8080")]),
             get("/"),
             false,
+        ),
+        (
+            "not_hosts exact host leaves its host:port form alone (Istio)",
+            op(|o| o.not_hosts = vec![exact("search.shop")]),
+            get("/"),
+            true,
         ),
         (
             "not_hosts other",
@@ -1069,7 +1113,372 @@ fn unnormalisable_paths_are_never_allowed_by_a_path_rule() {
     assert!(a.evaluate(&get("/a%zz").attrs(), true).allowed);
 }
 
+/// Issue 11 item 17: `{*}` and `{**}` in paths and not_paths, on normalised paths.
+#[test]
+fn path_templates_in_paths_and_not_paths() {
+    let paths = |t: &str| {
+        to(v1::Operation {
+            paths: vec![template(t)],
+            ..Default::default()
+        })
+    };
+    let not_paths = |t: &str| {
+        to(v1::Operation {
+            not_paths: vec![template(t)],
+            ..Default::default()
+        })
+    };
+    check_allow(&[
+        (
+            "one segment",
+            paths("/users/{*}/orders"),
+            get("/users/7/orders"),
+            true,
+        ),
+        (
+            "one segment only",
+            paths("/users/{*}/orders"),
+            get("/users/7/x/orders"),
+            false,
+        ),
+        (
+            "empty segment",
+            paths("/users/{*}/orders"),
+            get("/users//orders"),
+            false,
+        ),
+        (
+            "query ignored",
+            paths("/users/{*}"),
+            get("/users/7?a=/b"),
+            true,
+        ),
+        (
+            "any tail",
+            paths("/files/{**}"),
+            get("/files/a/b/c.txt"),
+            true,
+        ),
+        ("any tail, none", paths("/files/{**}"), get("/files/"), true),
+        (
+            "any tail, no slash",
+            paths("/files/{**}"),
+            get("/files"),
+            false,
+        ),
+        (
+            "not_paths",
+            not_paths("/admin/{**}"),
+            get("/admin/users"),
+            false,
+        ),
+        (
+            "not_paths other",
+            not_paths("/admin/{**}"),
+            get("/public/users"),
+            true,
+        ),
+    ]);
+    check_deny(&[
+        (
+            "dot segments resolved first",
+            paths("/admin/{*}/delete"),
+            get("/public/../admin/7/delete"),
+            true,
+        ),
+        (
+            "encoded unreserved decoded first",
+            paths("/admin/{**}"),
+            get("/%61dmin/x"),
+            true,
+        ),
+        ("other path", paths("/admin/{**}"), get("/public/x"), false),
+    ]);
+    // A template anywhere else is refused by name.
+    let bad = v1::AuthorizationSnapshot {
+        policies: vec![allow(
+            "p",
+            vec![to(v1::Operation {
+                hosts: vec![template("/{*}")],
+                ..Default::default()
+            })],
+        )],
+    };
+    let e = Authorizer::try_from(&bad).unwrap_err();
+    assert_eq!(e.field, "rules[0].to[0].hosts[0]", "{e}");
+    let malformed = v1::AuthorizationSnapshot {
+        policies: vec![deny("p", vec![paths("/{**}/x/{*}")])],
+    };
+    let e = Authorizer::try_from(&malformed).unwrap_err();
+    assert_eq!(e.field, "rules[0].to[0].paths[0]", "{e}");
+    assert!(e.message.contains("last operator"), "{e}");
+}
+
+/// Issue 11 items 18 and 19: `serviceAccounts` are principals of the trust domain, and like
+/// every identity field they fail closed for a caller without one; address fields do not.
+#[test]
+fn service_accounts_and_plaintext_callers() {
+    let sa = |list: &[&str], not: &[&str]| {
+        from(v1::Source {
+            service_accounts: list.iter().map(|s| s.to_string()).collect(),
+            not_service_accounts: not.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    };
+    let frontend = "cluster.local/ns/shop/sa/frontend";
+    let search = "spiffe://cluster.local/ns/shop/sa/search";
+    check_allow(&[
+        ("service account", sa(&[frontend], &[]), get("/"), true),
+        (
+            "other service account",
+            sa(&[frontend], &[]),
+            get("/").caller(search),
+            false,
+        ),
+        (
+            "other trust domain",
+            sa(&[frontend], &[]),
+            get("/").caller("spiffe://other.td/ns/shop/sa/frontend"),
+            false,
+        ),
+        ("not service account", sa(&[], &[frontend]), get("/"), false),
+        (
+            "not service account, other",
+            sa(&[], &[frontend]),
+            get("/").caller(search),
+            true,
+        ),
+        (
+            "plaintext, serviceAccounts",
+            sa(&[frontend], &[]),
+            get("/").plaintext(),
+            false,
+        ),
+        (
+            "plaintext, notServiceAccounts",
+            sa(&[], &[frontend]),
+            get("/").plaintext(),
+            false,
+        ),
+        (
+            "plaintext, ipBlocks",
+            from(v1::Source {
+                ip_blocks: vec!["10.0.0.0/8".into()],
+                ..Default::default()
+            }),
+            get("/").plaintext(),
+            true,
+        ),
+        (
+            "plaintext, notIpBlocks",
+            from(v1::Source {
+                not_ip_blocks: vec!["192.168.0.0/16".into()],
+                ..Default::default()
+            }),
+            get("/").plaintext(),
+            true,
+        ),
+    ]);
+    check_deny(&[
+        ("service account", sa(&[frontend], &[]), get("/"), true),
+        (
+            "plaintext, serviceAccounts",
+            sa(&[frontend], &[]),
+            get("/").plaintext(),
+            false,
+        ),
+        // As notPrincipals: an absent identity is not the named one.
+        (
+            "plaintext, notServiceAccounts",
+            sa(&[], &[frontend]),
+            get("/").plaintext(),
+            true,
+        ),
+    ]);
+}
+
+/// Issue 11 item 14: dry-run policies are evaluated and reported, never enforced.
+#[test]
+fn dry_run_policies_are_evaluated_and_never_enforced() {
+    let dry = |mut p: v1::AuthorizationPolicy| {
+        p.dry_run = true;
+        p
+    };
+    let admin = || {
+        to(v1::Operation {
+            paths: vec![prefix("/admin")],
+            ..Default::default()
+        })
+    };
+    // A dry-run DENY on /admin: the request still passes, the would-be denial is reported.
+    let a = authorizer(vec![
+        allow("all", vec![v1::Rule::default()]),
+        dry(deny("no-admin", vec![admin()])),
+    ]);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a.dry_run_policies().count(), 1);
+    let d = a.evaluate(&get("/admin/x").attrs(), false);
+    assert!(d.allowed, "{}", d.explain());
+    assert_eq!(
+        d.decided_by,
+        DecidedBy::Allow(Matched {
+            policy: "shop/all".into(),
+            rule: 0
+        })
+    );
+    let dry_run = d.audits.dry_run.clone().expect("a dry-run outcome");
+    assert!(!dry_run.allowed);
+    assert_eq!(dry_run.policy_label(), "shop/no-admin");
+    assert_eq!(
+        dry_run.matched,
+        vec![(
+            Action::Deny,
+            Matched {
+                policy: "shop/no-admin".into(),
+                rule: 0
+            }
+        )]
+    );
+    assert!(
+        d.explain().ends_with(
+            "; DRY-RUN would DENY by shop/no-admin rule 0 (dry-run matches: DENY shop/no-admin rule 0)"
+        ),
+        "{}",
+        d.explain()
+    );
+    // Elsewhere the dry run agrees with the real decision, and says so.
+    let d = a.evaluate(&get("/public").attrs(), false);
+    let dry_run = d.audits.dry_run.expect("a dry-run outcome");
+    assert!(dry_run.allowed && dry_run.matched.is_empty());
+    assert_eq!(dry_run.policy_label(), "shop/all");
+
+    // A dry-run ALLOW where none exists: the default still decides; everything it does not
+    // match would be denied.
+    let a = authorizer(vec![dry(allow(
+        "frontend-only",
+        vec![from(v1::Source {
+            principals: vec![exact("cluster.local/ns/shop/sa/frontend")],
+            ..Default::default()
+        })],
+    ))]);
+    let d = a.evaluate(
+        &get("/")
+            .caller("spiffe://cluster.local/ns/shop/sa/search")
+            .attrs(),
+        true,
+    );
+    assert!(d.allowed);
+    assert_eq!(d.decided_by, DecidedBy::DefaultAllow);
+    let dry_run = d.audits.dry_run.expect("a dry-run outcome");
+    assert_eq!(dry_run.decided_by, DecidedBy::NoAllowMatched);
+    assert!(!dry_run.allowed);
+    let d = a.evaluate(&get("/").attrs(), false);
+    assert!(!d.allowed, "a dry-run ALLOW never allows");
+    assert_eq!(d.decided_by, DecidedBy::DefaultDeny);
+    assert!(d.audits.dry_run.expect("outcome").allowed);
+
+    // A real DENY stays the answer of the dry run too; a dry-run AUDIT is listed.
+    let a = authorizer(vec![
+        deny("real", vec![v1::Rule::default()]),
+        dry(audit("watch", vec![v1::Rule::default()])),
+    ]);
+    let d = a.evaluate(&get("/").attrs(), true);
+    assert!(!d.allowed && d.audits.matched.is_empty());
+    let dry_run = d.audits.dry_run.expect("outcome");
+    assert_eq!(dry_run.policy_label(), "shop/real");
+    assert_eq!(dry_run.matched[0].0, Action::Audit);
+
+    // Without dry-run policies nothing extra is computed.
+    let a = authorizer(vec![allow("all", vec![v1::Rule::default()])]);
+    assert!(a.evaluate(&get("/").attrs(), false).audits.is_empty());
+}
+
 // === conditions ===
+
+/// Issue 11 item 16: a header sent several times, as an attacker would split it.
+#[test]
+fn duplicate_headers_are_joined_and_never_walk_around_a_deny() {
+    let hdr = "request.headers[x-env]";
+    let twice = || get("/").header("x-env", "prod").header("x-env", "dev");
+    check_deny(&[
+        // "DENY unless x-env is prod": `prod` plus `dev` is "prod,dev", not "prod".
+        (
+            "not_values, split value",
+            when(hdr, vec![], vec![exact("prod")]),
+            twice(),
+            true,
+        ),
+        (
+            "not_values prefix, one line outside it",
+            when(hdr, vec![], vec![prefix("prod")]),
+            get("/").header("x-env", "prod-a").header("x-env", "x"),
+            true,
+        ),
+        (
+            "not_values, every line inside it",
+            when(hdr, vec![], vec![prefix("prod")]),
+            get("/").header("x-env", "prod-a").header("x-env", "prod-b"),
+            false,
+        ),
+        // "DENY x-env: dev": one line of several is enough.
+        (
+            "values, one single value",
+            when(hdr, vec![exact("dev")], vec![]),
+            twice(),
+            true,
+        ),
+        (
+            "values, the joined value",
+            when(hdr, vec![exact("prod,dev")], vec![]),
+            twice(),
+            true,
+        ),
+        (
+            "values, neither",
+            when(hdr, vec![exact("test")], vec![]),
+            twice(),
+            false,
+        ),
+        (
+            "values, absent",
+            when(hdr, vec![exact("dev")], vec![]),
+            get("/"),
+            false,
+        ),
+    ]);
+    check_allow(&[
+        (
+            "values, joined only",
+            when(hdr, vec![exact("prod")], vec![]),
+            twice(),
+            false,
+        ),
+        (
+            "values, the joined value",
+            when(hdr, vec![exact("prod,dev")], vec![]),
+            twice(),
+            true,
+        ),
+        (
+            "not_values exclude any single value",
+            when(hdr, vec![], vec![exact("dev")]),
+            twice(),
+            false,
+        ),
+        (
+            "not_values exclude the joined value",
+            when(hdr, vec![], vec![exact("prod,dev")]),
+            twice(),
+            false,
+        ),
+        (
+            "not_values, neither",
+            when(hdr, vec![], vec![exact("test")]),
+            twice(),
+            true,
+        ),
+    ]);
+}
 
 #[test]
 fn conditions() {
@@ -1088,8 +1497,14 @@ fn conditions() {
             false,
         ),
         (
-            "header any of several values",
+            "header sent twice is seen joined with ',' (Istio)",
             when(&hdr("x-team"), vec![exact("blue")], vec![]),
+            get("/").header("x-team", "red").header("x-team", "blue"),
+            false,
+        ),
+        (
+            "header sent twice matches its joined value",
+            when(&hdr("x-team"), vec![exact("red,blue")], vec![]),
             get("/").header("x-team", "red").header("x-team", "blue"),
             true,
         ),
@@ -1454,8 +1869,13 @@ fn tcp_deny_rules_ignore_http_fields() {
             ..Default::default()
         })],
     )]);
-    assert_eq!(a.evaluate(&tcp().attrs(), true).audits.len(), 1);
-    assert!(a.evaluate(&get("/").attrs(), true).audits.is_empty());
+    assert_eq!(a.evaluate(&tcp().attrs(), true).audits.matched.len(), 1);
+    assert!(
+        a.evaluate(&get("/").attrs(), true)
+            .audits
+            .matched
+            .is_empty()
+    );
 }
 
 // === conversion errors ===

@@ -59,6 +59,7 @@ pub fn policy(name: &str, action: v1::Action, rules: Vec<v1::Rule>) -> v1::Autho
         namespace: "shop".into(),
         name: name.into(),
         action: action as i32,
+        dry_run: false,
         rules,
     }
 }
