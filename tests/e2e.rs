@@ -54,3 +54,8 @@ mod init;
 /// that skip the mesh refused, egress by SNI, Host and address, non-TCP dropped.
 #[path = "e2e/capture.rs"]
 mod capture;
+
+/// Authorization bypasses closed: opaque tunnels to HTTP ports, ambiguous authorities,
+/// odd SNI, CONNECT and `OPTIONS *` inbound, path normalisation options, generic 502 bodies.
+#[path = "e2e/bypass.rs"]
+mod bypass;

@@ -9,8 +9,11 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use palisade_certs::SpiffeId;
-use palisade_control_plane::model::Protocol;
-use palisade_proxy::authz::{Authorizer, DecidedBy, HttpAttrs, RequestAttrs};
+use palisade_control_plane::model::{PathNormalization as CpPathNormalization, Protocol};
+use palisade_proxy::authz::{
+    Authorizer, DecidedBy, HttpAttrs, PathNormalization, PathOptions, RequestAttrs,
+    normalize_request,
+};
 
 /// Exit status of a denied request.
 const EXIT_DENY: u8 = 3;
@@ -149,6 +152,29 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| format!("{name}.{namespace}:{port}"))
     });
 
+    // The sidecar normalises the path (MeshConfig pathNormalization) before authorization,
+    // and refuses with 400 what it cannot or may not normalise.
+    let settings = snapshot.settings();
+    let path_options = PathOptions {
+        normalization: match settings.path_normalization {
+            CpPathNormalization::Base => PathNormalization::Base,
+            CpPathNormalization::MergeSlashes => PathNormalization::MergeSlashes,
+            CpPathNormalization::DecodeAndMergeSlashes => PathNormalization::DecodeAndMergeSlashes,
+        },
+        reject_escaped_slashes: settings.reject_escaped_slashes,
+    };
+    let path = match normalize_request(&args.path, &path_options) {
+        Ok(path) => path.into_owned(),
+        Err(e) => {
+            println!(
+                "DENY   {method} {} to {namespace}/{name}:{port}: refused with 400 before \
+                 authorization: {e}",
+                args.path
+            );
+            return Ok(ExitCode::from(EXIT_DENY));
+        }
+    };
+
     let compiled = palisade_control_plane::authorization_for(&snapshot, &namespace, &name)?;
     let authorizer = Authorizer::try_from(&compiled)
         .with_context(|| format!("policies selecting {namespace}/{name}"))?;
@@ -161,7 +187,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         http: Some(HttpAttrs {
             method: &method,
             host: &host,
-            path: &args.path,
+            path: &path,
             headers: &headers,
         }),
     };
