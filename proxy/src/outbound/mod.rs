@@ -8,10 +8,11 @@
 //! level), or directly to a destination outside the mesh. A Service port declared HTTP,
 //! HTTP/2 or gRPC is refused (403, `x-palisade-denied-by: tunnel-to-http-port`, counted as a
 //! denial): its requests must be authorized one by one, and the peer refuses such a tunnel
-//! too. Destinations outside the mesh, tunnelled or
-//! plain HTTP, pass only with the outbound policy ALLOW_ANY or an EgressPolicy allowing
-//! their host and port; otherwise they are refused (403, `outbound-registry-only`), counted
-//! and logged like an inbound denial.
+//! too.
+//!
+//! Destinations outside the mesh, tunnelled or plain HTTP, pass only with the outbound
+//! policy ALLOW_ANY or an EgressPolicy allowing their host and port; otherwise they are
+//! refused (403, `outbound-registry-only`), counted and logged like an inbound denial.
 //!
 //! Connections the capture rules redirected here (`palisade init`) are served by
 //! [`captured`]: their original destination, not what the app wrote, decides where they go.
