@@ -18,6 +18,10 @@ use palisade_proxy::authz::{
 /// Exit status of a denied request.
 const EXIT_DENY: u8 = 3;
 
+/// The `policy` of a request the sidecar refuses (400) before authorization because its
+/// path cannot be normalised or holds an encoded slash the mesh refuses.
+const PATH_REFUSED: &str = "path-refused";
+
 /// Authorization tools.
 #[derive(Debug, Subcommand)]
 pub enum AuthzCommand {
@@ -166,11 +170,28 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let path = match normalize_request(&args.path, &path_options) {
         Ok(path) => path.into_owned(),
         Err(e) => {
-            println!(
-                "DENY   {method} {} to {namespace}/{name}:{port}: refused with 400 before \
-                 authorization: {e}",
-                args.path
-            );
+            let explanation = format!("refused with 400 before authorization: {e}");
+            if let Output::Json = args.output {
+                let value = serde_json::json!({
+                    "decision": "DENY",
+                    "policy": PATH_REFUSED,
+                    "rule": null,
+                    "explanation": explanation,
+                    "audits": [],
+                    "request": {
+                        "to": format!("{namespace}/{name}"),
+                        "port": port,
+                        "method": method,
+                        "path": args.path,
+                    },
+                });
+                println!("{value}");
+            } else {
+                println!(
+                    "DENY   {method} {} to {namespace}/{name}:{port}\n  {explanation}",
+                    args.path
+                );
+            }
             return Ok(ExitCode::from(EXIT_DENY));
         }
     };
