@@ -59,3 +59,7 @@ mod capture;
 /// and connections within a memory bound.
 #[path = "e2e/control_plane_limits.rs"]
 mod control_plane_limits;
+/// Authorization bypasses closed: opaque tunnels to HTTP ports, ambiguous authorities,
+/// odd SNI, CONNECT and `OPTIONS *` inbound, path normalisation options, generic 502 bodies.
+#[path = "e2e/bypass.rs"]
+mod bypass;

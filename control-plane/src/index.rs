@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::model::{
     DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
-    OutboundTrafficPolicy, Protocol, Service, Workload,
+    OutboundTrafficPolicy, PathNormalization, Protocol, Service, Workload,
 };
 use crate::policy::{
     Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, OperationMatch,
@@ -546,6 +546,14 @@ pub(crate) fn mesh_proto(s: &MeshSettings) -> pb::MeshSettings {
         } as i32,
         hide_denial_reasons: s.hide_denial_reasons,
         certificate_lifetime_seconds: s.certificate_lifetime.as_secs(),
+        path_normalization: match s.path_normalization {
+            PathNormalization::Base => pb::PathNormalization::Base,
+            PathNormalization::MergeSlashes => pb::PathNormalization::MergeSlashes,
+            PathNormalization::DecodeAndMergeSlashes => {
+                pb::PathNormalization::DecodeAndMergeSlashes
+            }
+        } as i32,
+        allow_escaped_slashes: !s.reject_escaped_slashes,
     }
 }
 

@@ -112,6 +112,19 @@ pub enum OutboundTrafficPolicy {
     AllowAny,
 }
 
+/// MeshConfig `pathNormalization.normalization`: Istio's `ProxyPathNormalization` types
+/// that Palisade offers (`DEFAULT` reads as `BASE`; `NONE` is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathNormalization {
+    /// RFC 3986 normalisation, `\` read as `/`.
+    #[default]
+    Base,
+    /// `BASE`, then runs of `/` merged.
+    MergeSlashes,
+    /// `%2F`/`%5C` decoded, then `MERGE_SLASHES`.
+    DecodeAndMergeSlashes,
+}
+
 /// What happens to a request no ALLOW policy covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DefaultAuthorization {
@@ -139,6 +152,10 @@ pub struct MeshSettings {
     pub certificate_lifetime: Duration,
     /// Whether denials omit the deciding policy's name.
     pub hide_denial_reasons: bool,
+    /// How request paths are normalised before authorization.
+    pub path_normalization: PathNormalization,
+    /// Whether paths with `%2F`/`%5C` are refused (400) under `BASE` and `MERGE_SLASHES`.
+    pub reject_escaped_slashes: bool,
 }
 
 /// Default trust domain (CONTRACT: Identity).
@@ -158,6 +175,8 @@ impl Default for MeshSettings {
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
             certificate_lifetime: DEFAULT_CERTIFICATE_LIFETIME,
             hide_denial_reasons: false,
+            path_normalization: PathNormalization::default(),
+            reject_escaped_slashes: true,
         }
     }
 }

@@ -2,9 +2,11 @@
 //! place a request's URI is rebuilt around it for the next hop.
 //!
 //! The authority comes from the URI (absolute form, or HTTP/2 `:authority`, which hyper
-//! puts in the URI), else from the `Host` header. It is taken as sent: no lower-casing, no
-//! trailing-dot or default-port handling; whoever matches on it (authorization, Service
-//! lookup) keeps its own rules for that.
+//! puts in the URI) and from the `Host` header. It is canonical, so authorization, Service
+//! lookup and the app all read the same value: host lower-cased, one trailing dot removed,
+//! the port as a decimal number. Anything that leaves room for two readings is refused
+//! ([`AuthorityError`], answered 400): a second `Host` line, a `Host` that differs from the
+//! URI's authority (absolute form, or h2 `:authority`), and userinfo (`user@host`).
 
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Uri, header};
@@ -24,6 +26,20 @@ pub enum AuthorityError {
     /// The value, as sent, does not parse as `host[:port]`.
     #[error("invalid authority {0:?}")]
     Malformed(String),
+    /// More than one `Host` header.
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// The URI's authority (absolute form or `:authority`) and the `Host` header differ.
+    #[error("the request target names {uri:?} and the Host header {host:?}")]
+    Conflict {
+        /// The URI's authority, canonical.
+        uri: String,
+        /// The `Host` header's, canonical.
+        host: String,
+    },
+    /// The authority carries userinfo (`user@host`), which HTTP forbids (RFC 9110 4.2.4).
+    #[error("authority {0:?} carries userinfo")]
+    Userinfo(String),
 }
 
 impl From<AuthorityError> for Failure {
@@ -33,22 +49,81 @@ impl From<AuthorityError> for Failure {
             AuthorityError::NotText(raw) | AuthorityError::Malformed(raw) => {
                 Failure::BadAuthority(raw)
             }
+            e @ (AuthorityError::DuplicateHost
+            | AuthorityError::Conflict { .. }
+            | AuthorityError::Userinfo(_)) => Failure::AmbiguousAuthority(e.to_string()),
         }
     }
 }
 
-/// The authority of a request: the URI's, else the `Host` header's.
+/// The canonical authority of a request: the URI's and the `Host` header's, which must
+/// agree when both are present.
 pub fn of(uri: &Uri, headers: &HeaderMap) -> Result<Authority, AuthorityError> {
-    if let Some(authority) = uri.authority() {
-        // Already parsed by hyper; cloning shares its bytes.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(AuthorityError::DuplicateHost);
+    }
+    let from_host = match host {
+        Some(value) => {
+            let text = value
+                .to_str()
+                .map_err(|_| AuthorityError::NotText(format!("{value:?}")))?;
+            let parsed = text
+                .parse::<Authority>()
+                .map_err(|_| AuthorityError::Malformed(text.to_owned()))?;
+            Some(canonical(&parsed)?)
+        }
+        None => None,
+    };
+    let from_uri = uri.authority().map(canonical).transpose()?;
+    match (from_uri, from_host) {
+        (Some(uri), Some(host)) if uri != host => Err(AuthorityError::Conflict {
+            uri: uri.to_string(),
+            host: host.to_string(),
+        }),
+        (Some(authority), _) | (None, Some(authority)) => Ok(authority),
+        (None, None) => Err(AuthorityError::Missing),
+    }
+}
+
+/// `host[:port]` with the host lower-cased and one trailing dot removed, the port as a
+/// decimal number in 1..=65535; userinfo and empty hosts refused.
+pub fn canonical(authority: &Authority) -> Result<Authority, AuthorityError> {
+    let raw = authority.as_str();
+    if raw.contains('@') {
+        return Err(AuthorityError::Userinfo(raw.to_owned()));
+    }
+    let malformed = || AuthorityError::Malformed(raw.to_owned());
+    let full_host = authority.host();
+    // Without userinfo the text is `host` then nothing or `:port`; the http crate leaves a
+    // port that is not a number unchecked, so it is read here.
+    let port_text = raw.get(full_host.len()..).ok_or_else(malformed)?;
+    let port = match port_text.strip_prefix(':') {
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => Some(
+            digits
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(malformed)?,
+        ),
+        None if port_text.is_empty() => None,
+        _ => return Err(malformed()),
+    };
+    let host = full_host.strip_suffix('.').unwrap_or(full_host);
+    if host.is_empty() || host.ends_with('.') {
+        return Err(malformed());
+    }
+    let mut text = host.to_ascii_lowercase();
+    if let Some(port) = port {
+        text.push(':');
+        text.push_str(&port.to_string());
+    }
+    if text == raw {
+        // Already canonical: cloning shares its bytes.
         return Ok(authority.clone());
     }
-    let host = headers.get(header::HOST).ok_or(AuthorityError::Missing)?;
-    let text = host
-        .to_str()
-        .map_err(|_| AuthorityError::NotText(format!("{host:?}")))?;
-    text.parse::<Authority>()
-        .map_err(|_| AuthorityError::Malformed(text.to_owned()))
+    text.parse().map_err(|_| malformed())
 }
 
 /// The URI a request is sent on with: `http://<authority>` and its path and query (`/` if
@@ -86,12 +161,49 @@ mod tests {
     }
 
     #[test]
-    fn the_uri_authority_wins_over_the_host_header() {
-        let a = of_request("http://search.shop:7000/x", Some(b"search.shop:8080"));
+    fn the_uri_authority_and_the_host_header_must_agree() {
+        let a = of_request("http://search.shop:7000/x", Some(b"search.shop:7000"));
+        assert_eq!(host_port(a), ("search.shop".into(), Some(7000)));
+        // Equal once canonical.
+        let a = of_request("http://Search.Shop.:7000/x", Some(b"search.shop:07000"));
         assert_eq!(host_port(a), ("search.shop".into(), Some(7000)));
         // Absolute form without a Host header (HTTP/2 `:authority` arrives the same way).
         let a = of_request("http://payments.shop/", None);
         assert_eq!(host_port(a), ("payments.shop".into(), None));
+        assert_eq!(
+            of_request("http://search.shop:7000/x", Some(b"admin.shop:7000")),
+            Err(AuthorityError::Conflict {
+                uri: "search.shop:7000".into(),
+                host: "admin.shop:7000".into()
+            })
+        );
+        assert!(matches!(
+            of_request("http://search.shop/", Some(b"search.shop:80")),
+            Err(AuthorityError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_host_line_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::HOST, HeaderValue::from_static("search.shop"));
+        headers.append(header::HOST, HeaderValue::from_static("search.shop"));
+        assert_eq!(
+            of(&"/".parse().unwrap(), &headers),
+            Err(AuthorityError::DuplicateHost)
+        );
+    }
+
+    #[test]
+    fn userinfo_is_refused_in_the_uri_and_the_host_header() {
+        assert_eq!(
+            of_request("/", Some(b"admin@search.shop")),
+            Err(AuthorityError::Userinfo("admin@search.shop".into()))
+        );
+        assert!(matches!(
+            of_request("http://a:b@search.shop/", None),
+            Err(AuthorityError::Userinfo(_))
+        ));
     }
 
     #[test]
@@ -113,26 +225,37 @@ mod tests {
     }
 
     #[test]
-    fn the_value_is_kept_as_sent() {
-        // Case and a trailing dot are left to whoever matches on the authority.
+    fn the_value_is_canonical() {
         let a = of_request("/", Some(b"Search.Shop.:8080")).unwrap();
-        assert_eq!(a.as_str(), "Search.Shop.:8080");
-        assert_eq!(a.host(), "Search.Shop.");
+        assert_eq!(a.as_str(), "search.shop:8080");
+        let a = of_request("/", Some(b"[FD00::1]:081")).unwrap();
+        assert_eq!(a.as_str(), "[fd00::1]:81");
+        let a = of_request("/", Some(b"search.shop")).unwrap();
+        assert_eq!(a.as_str(), "search.shop");
     }
 
     #[test]
     fn bad_values_are_malformed_and_carry_the_text() {
-        for bad in ["bad host:1", "", "[::1", "a/b", "a:1:2"] {
+        for bad in [
+            "bad host:1",
+            "",
+            "[::1",
+            "a/b",
+            "a:1:2",
+            "search.shop:port",
+            "search.shop:0",
+            "search.shop:65536",
+            "search.shop:",
+            ".",
+            "a..",
+            ":80",
+        ] {
             assert_eq!(
                 of_request("/", Some(bad.as_bytes())),
                 Err(AuthorityError::Malformed(bad.to_owned())),
                 "{bad:?}"
             );
         }
-        // The http crate checks a port's digits only when asked for it: such a value is
-        // accepted, with no port (as before this parser; hardening is a later change).
-        let lax = of_request("/", Some(b"search.shop:port")).unwrap();
-        assert_eq!((lax.host(), lax.port_u16()), ("search.shop", None));
         let not_text = of_request("/", Some(b"caf\xe9.shop"));
         assert_eq!(
             not_text,
@@ -147,6 +270,10 @@ mod tests {
 
     #[test]
     fn errors_map_to_the_existing_failures() {
+        assert!(matches!(
+            Failure::from(AuthorityError::DuplicateHost),
+            Failure::AmbiguousAuthority(_)
+        ));
         assert!(matches!(
             Failure::from(AuthorityError::Missing),
             Failure::NoDestination

@@ -33,8 +33,26 @@ pub fn streamed(body: Incoming) -> ProxyBody {
     Either::Left(body)
 }
 
-/// Removes hop-by-hop headers (RFC 9110 section 7.6.1), including any named in `Connection`.
+/// The `x-palisade-denied-by` value (and metric `policy` label) of an opaque tunnel refused
+/// because its port is declared HTTP or gRPC: such a port is reached only as HTTP, where each
+/// request is authorized and rewritten.
+pub const TUNNEL_TO_HTTP_PORT: &str = "tunnel-to-http-port";
+
+/// Headers a `Connection` option can never remove: the proxy itself reads or sets them
+/// (the authority, body framing, gRPC detection, the verified caller identity), so letting
+/// a caller drop them would make the proxy and the app see different requests.
+const NEVER_HOP_BY_HOP: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    XFCC,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1), including any named in `Connection`
+/// except the end-to-end headers the proxy relies on (`NEVER_HOP_BY_HOP`).
 /// `te: trailers` survives because gRPC over HTTP/2 requires it.
+///
+/// Inbound calls this before authorization, so policies match the headers the app receives.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -42,6 +60,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -102,6 +121,23 @@ pub enum Failure {
     /// The authority is malformed.
     #[error("invalid authority {0:?}")]
     BadAuthority(String),
+    /// The request names its authority twice, differently, or with userinfo.
+    #[error("ambiguous authority: {0}")]
+    AmbiguousAuthority(String),
+    /// The path cannot be normalised, or holds what the mesh's path options refuse.
+    #[error("path refused: {0}")]
+    BadPath(#[from] crate::authz::PathError),
+    /// A method (or request form) an inbound HTTP port never forwards: `CONNECT`, and the
+    /// asterisk form of `OPTIONS *`.
+    #[error("{0} is not forwarded to the app")]
+    MethodNotAllowed(String),
+    /// An opaque tunnel (`CONNECT`) to a port declared HTTP or gRPC, whose requests must be
+    /// authorized one by one.
+    #[error("{destination} is an HTTP port: tunnels are refused, send HTTP requests")]
+    TunnelRefused {
+        /// The Service port asked for.
+        destination: String,
+    },
     /// The peer sidecar could not be reached or refused us (TLS, identity, connect).
     #[error("upstream sidecar {peer} unavailable: {reason}")]
     PeerUnavailable {
@@ -137,7 +173,12 @@ impl Failure {
             Failure::Denied { .. } => (StatusCode::FORBIDDEN, 7),
             Failure::UnknownDestination { .. } => (StatusCode::FORBIDDEN, 7),
             Failure::PlaintextRefused => (StatusCode::FORBIDDEN, 7),
-            Failure::NoDestination | Failure::BadAuthority(_) => (StatusCode::BAD_REQUEST, 3),
+            Failure::TunnelRefused { .. } => (StatusCode::FORBIDDEN, 7),
+            Failure::NoDestination
+            | Failure::BadAuthority(_)
+            | Failure::AmbiguousAuthority(_)
+            | Failure::BadPath(_) => (StatusCode::BAD_REQUEST, 3),
+            Failure::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, 12),
             Failure::PeerUnavailable { .. } | Failure::AppUnavailable { .. } => {
                 (StatusCode::BAD_GATEWAY, 14)
             }
@@ -153,10 +194,14 @@ impl Failure {
             Failure::Denied { by, .. } => Some(by),
             Failure::UnknownDestination { .. } => Some(OUTBOUND_REGISTRY_ONLY),
             Failure::PlaintextRefused => Some(MTLS_STRICT),
+            Failure::TunnelRefused { .. } => Some(TUNNEL_TO_HTTP_PORT),
             // Listed, not `_`: a new policy-like failure must decide here whether it names
             // what denied it.
             Failure::NoDestination
             | Failure::BadAuthority(_)
+            | Failure::AmbiguousAuthority(_)
+            | Failure::BadPath(_)
+            | Failure::MethodNotAllowed(_)
             | Failure::PeerUnavailable { .. }
             | Failure::AppUnavailable { .. }
             | Failure::UnknownPort(_)
@@ -166,13 +211,25 @@ impl Failure {
 
     /// The response the caller sees: for gRPC, HTTP 200 with `grpc-status` (trailers-only);
     /// otherwise the HTTP status with a one-line text body.
+    ///
+    /// Failures to reach something say only that: addresses, identities and error chains
+    /// help an attacker map the mesh, so they go to the log (the `Display` of the failure),
+    /// never into the response.
     pub fn into_response(self, grpc: bool) -> Response<ProxyBody> {
         let (status, grpc_code) = self.parts();
         let message = match &self {
             Failure::Denied { hide: true, .. } => "denied by policy".to_owned(),
+            Failure::PeerUnavailable { .. } | Failure::AppUnavailable { .. } => {
+                "upstream unavailable".to_owned()
+            }
+            Failure::NotReady(_) => "proxy not ready".to_owned(),
             other => other.to_string(),
         };
         let mut builder = Response::builder();
+        if matches!(self, Failure::MethodNotAllowed(_)) {
+            // RFC 9110 section 15.5.6: a 405 lists what is allowed.
+            builder = builder.header(header::ALLOW, ALLOWED_METHODS);
+        }
         if let Some(by) = self.denied_by() {
             builder = builder.header(DENIED_BY, by);
         }
@@ -196,6 +253,9 @@ impl Failure {
         })
     }
 }
+
+/// The `Allow` header of a 405 from an inbound HTTP port: every method but `CONNECT`.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 /// Percent-encodes a grpc-message value as the gRPC HTTP/2 spec asks (outside 0x20..=0x7E, and `%`).
 fn percent_encode_grpc(message: &str) -> String {
@@ -298,6 +358,71 @@ mod tests {
         assert_eq!(g.status(), StatusCode::OK);
         assert_eq!(g.headers()["grpc-status"], "7");
         assert_eq!(g.headers()[DENIED_BY], "mtls-strict");
+    }
+
+    #[test]
+    fn connection_never_removes_what_the_proxy_reads() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static(
+                "host, content-length, Content-Type, x-forwarded-client-cert, x-drop",
+            ),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("search.shop"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(XFCC, HeaderValue::from_static("By=a;URI=b"));
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::HOST], "search.shop");
+        assert_eq!(h[header::CONTENT_LENGTH], "0");
+        assert_eq!(h[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(h[XFCC], "By=a;URI=b");
+        assert!(h.get("x-drop").is_none());
+    }
+
+    #[tokio::test]
+    async fn unavailability_bodies_name_no_address_identity_or_cause() {
+        use http_body_util::BodyExt;
+        let failures = [
+            Failure::PeerUnavailable {
+                peer: "127.0.0.9:15006 (spiffe://cluster.local/ns/shop/sa/search)".into(),
+                reason: "connect: Connection refused (os error 111)".into(),
+            },
+            Failure::AppUnavailable {
+                port: 8080,
+                reason: "client error (Connect): tcp connect error: 10.0.0.1:8080".into(),
+            },
+        ];
+        for failure in failures {
+            let response = failure.into_response(false);
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"502 Bad Gateway: upstream unavailable\n");
+        }
+        let grpc = Failure::PeerUnavailable {
+            peer: "127.0.0.9:15006".into(),
+            reason: "refused".into(),
+        }
+        .into_response(true);
+        assert_eq!(grpc.headers()["grpc-message"], "upstream unavailable");
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn refused_methods_answer_405_with_allow() {
+        let r = Failure::MethodNotAllowed("CONNECT".into()).into_response(false);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(
+            !r.headers()[header::ALLOW]
+                .to_str()
+                .unwrap()
+                .contains("CONNECT")
+        );
     }
 
     #[test]

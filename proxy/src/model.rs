@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::authz::{PathNormalization, PathOptions};
 use palisade_certs::{SpiffeId, TrustBundle, TrustDomain};
 use palisade_proto::v1;
 
@@ -331,6 +332,8 @@ pub struct MeshSettings {
     pub hide_denial_reasons: bool,
     /// Requested leaf lifetime, seconds.
     pub certificate_lifetime_seconds: u64,
+    /// How request paths are normalised (and escaped slashes treated) before authorization.
+    pub path: PathOptions,
 }
 
 impl TryFrom<&v1::MeshSettings> for MeshSettings {
@@ -372,7 +375,28 @@ impl TryFrom<&v1::MeshSettings> for MeshSettings {
                 ));
             }
         };
+        let normalization = match v1::PathNormalization::try_from(m.path_normalization) {
+            // A control plane that predates the field: Istio's default.
+            Ok(v1::PathNormalization::Unspecified | v1::PathNormalization::Base) => {
+                PathNormalization::Base
+            }
+            Ok(v1::PathNormalization::MergeSlashes) => PathNormalization::MergeSlashes,
+            Ok(v1::PathNormalization::DecodeAndMergeSlashes) => {
+                PathNormalization::DecodeAndMergeSlashes
+            }
+            Err(_) => {
+                return Err(err(
+                    resource,
+                    "path_normalization",
+                    format!("unknown value {}", m.path_normalization),
+                ));
+            }
+        };
         Ok(Self {
+            path: PathOptions {
+                normalization,
+                reject_escaped_slashes: !m.allow_escaped_slashes,
+            },
             trust_domain,
             root_namespace: m.root_namespace.clone(),
             mtls_mode,

@@ -64,13 +64,16 @@ pub enum PeerError {
     Http(#[from] hyper::Error),
 }
 
-/// Parses the target port a client put in the SNI.
+/// Parses the target port a client put in the SNI: only the canonical
+/// `port-<n>.palisade.mesh` (the form [`sni_for`] writes: decimal digits, no sign, no leading
+/// zero, 1..=65535). Any other spelling is refused, so a policy on `connection.sni` sees
+/// exactly one name per port.
 pub fn port_from_sni(sni: &str) -> Option<u16> {
-    sni.strip_prefix("port-")?
-        .strip_suffix(".palisade.mesh")?
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
+    let digits = sni.strip_prefix("port-")?.strip_suffix(".palisade.mesh")?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 fn sni_for(port: u16) -> ServerName<'static> {
@@ -252,5 +255,18 @@ mod tests {
         assert_eq!(port_from_sni("port-0.palisade.mesh"), None);
         assert_eq!(port_from_sni("port-70000.palisade.mesh"), None);
         assert_eq!(port_from_sni("example.com"), None);
+        assert_eq!(port_from_sni("port-65535.palisade.mesh"), Some(65535));
+        for odd in [
+            "port-08080.palisade.mesh",
+            "port-+8080.palisade.mesh",
+            "port-00.palisade.mesh",
+            "port-.palisade.mesh",
+            "port-8080.palisade.mesh.",
+            "port- 8080.palisade.mesh",
+            "port-8080.Palisade.mesh",
+            "port-99999999999999999999.palisade.mesh",
+        ] {
+            assert_eq!(port_from_sni(odd), None, "{odd}");
+        }
     }
 }

@@ -9,11 +9,18 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use palisade_certs::SpiffeId;
-use palisade_control_plane::model::Protocol;
-use palisade_proxy::authz::{Authorizer, DecidedBy, DryRun, HttpAttrs, RequestAttrs};
+use palisade_control_plane::model::{PathNormalization as CpPathNormalization, Protocol};
+use palisade_proxy::authz::{
+    Authorizer, DecidedBy, DryRun, HttpAttrs, PathNormalization, PathOptions, RequestAttrs,
+    normalize_request,
+};
 
 /// Exit status of a denied request.
 const EXIT_DENY: u8 = 3;
+
+/// The `policy` of a request the sidecar refuses (400) before authorization because its
+/// path cannot be normalised or holds an encoded slash the mesh refuses.
+const PATH_REFUSED: &str = "path-refused";
 
 /// Authorization tools.
 #[derive(Debug, Subcommand)]
@@ -168,6 +175,46 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| format!("{name}.{namespace}:{port}"))
     });
 
+    // The sidecar normalises the path (MeshConfig pathNormalization) before authorization,
+    // and refuses with 400 what it cannot or may not normalise.
+    let settings = snapshot.settings();
+    let path_options = PathOptions {
+        normalization: match settings.path_normalization {
+            CpPathNormalization::Base => PathNormalization::Base,
+            CpPathNormalization::MergeSlashes => PathNormalization::MergeSlashes,
+            CpPathNormalization::DecodeAndMergeSlashes => PathNormalization::DecodeAndMergeSlashes,
+        },
+        reject_escaped_slashes: settings.reject_escaped_slashes,
+    };
+    let path = match normalize_request(&args.path, &path_options) {
+        Ok(path) => path.into_owned(),
+        Err(e) => {
+            let explanation = format!("refused with 400 before authorization: {e}");
+            if let Output::Json = args.output {
+                let value = serde_json::json!({
+                    "decision": "DENY",
+                    "policy": PATH_REFUSED,
+                    "rule": null,
+                    "explanation": explanation,
+                    "audits": [],
+                    "request": {
+                        "to": format!("{namespace}/{name}"),
+                        "port": port,
+                        "method": method,
+                        "path": args.path,
+                    },
+                });
+                println!("{value}");
+            } else {
+                println!(
+                    "DENY   {method} {} to {namespace}/{name}:{port}\n  {explanation}",
+                    args.path
+                );
+            }
+            return Ok(ExitCode::from(EXIT_DENY));
+        }
+    };
+
     let compiled = palisade_control_plane::authorization_for(&snapshot, &namespace, &name)?;
     let authorizer = Authorizer::try_from(&compiled)
         .with_context(|| format!("policies selecting {namespace}/{name}"))?;
@@ -180,7 +227,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         http: Some(HttpAttrs {
             method: &method,
             host: &host,
-            path: &args.path,
+            path: &path,
             headers: &headers,
         }),
     };

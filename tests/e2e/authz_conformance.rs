@@ -713,10 +713,10 @@ fn cases() -> Vec<Case> {
             )
         },
         case(
-            "encoded slash is not decoded",
+            "encoded slash is refused before authorization (pathNormalization default)",
             vec![allow_api("a-b", "to: [{operation: {paths: [\"/a/b\"]}}]")],
             &["--path", "/a%2Fb"],
-            Deny("default-deny", None),
+            Deny("path-refused", None),
         ),
         case(
             "double slash is not merged",

@@ -155,6 +155,19 @@ pub(crate) struct MeshConfigSpec {
     pub certificate_lifetime: Option<String>,
     #[serde(default)]
     pub hide_denial_reasons: Option<bool>,
+    #[serde(default)]
+    pub path_normalization: Option<PathNormalizationSpec>,
+}
+
+/// MeshConfig `pathNormalization` (Istio's `ProxyPathNormalization`, plus Palisade's
+/// `rejectEscapedSlashes`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct PathNormalizationSpec {
+    #[serde(default)]
+    pub normalization: Option<String>,
+    #[serde(default)]
+    pub reject_escaped_slashes: Option<bool>,
 }
 
 /// `{mode: ...}` objects of MeshConfig.

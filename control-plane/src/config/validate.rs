@@ -14,8 +14,8 @@ use super::resources::{
 use super::{ConfigError, DocCtx, policy, typed};
 use crate::model::{
     DefaultAuthorization, Endpoint, INBOUND_PORT_ANNOTATION, MeshSettings, MeshSnapshot, MtlsMode,
-    NamespacedName, OutboundTrafficPolicy, PROXY_INBOUND_PORT, Protocol, Service, ServicePort,
-    Source, Workload, WorkloadPort,
+    NamespacedName, OutboundTrafficPolicy, PROXY_INBOUND_PORT, PathNormalization, Protocol,
+    Service, ServicePort, Source, Workload, WorkloadPort,
 };
 use crate::policy::{AuthorizationPolicy, EgressPolicy};
 
@@ -261,6 +261,38 @@ impl Parsed {
         }
         if let Some(hide) = spec.hide_denial_reasons {
             settings.hide_denial_reasons = hide;
+        }
+        if let Some(paths) = spec.path_normalization {
+            match paths.normalization.as_deref() {
+                None | Some("DEFAULT" | "BASE") => {
+                    settings.path_normalization = PathNormalization::Base
+                }
+                Some("MERGE_SLASHES") => {
+                    settings.path_normalization = PathNormalization::MergeSlashes
+                }
+                Some("DECODE_AND_MERGE_SLASHES") => {
+                    settings.path_normalization = PathNormalization::DecodeAndMergeSlashes
+                }
+                Some("NONE") => errors.push(
+                    ctx.error(
+                        Some("spec.pathNormalization.normalization"),
+                        "NONE is not supported: authorization would match paths the app reads \
+                     differently (CVE-2021-31920); use BASE, MERGE_SLASHES or \
+                     DECODE_AND_MERGE_SLASHES"
+                            .to_owned(),
+                    ),
+                ),
+                Some(other) => errors.push(ctx.error(
+                    Some("spec.pathNormalization.normalization"),
+                    format!(
+                        "{other:?} is not valid (expected DEFAULT, BASE, MERGE_SLASHES or \
+                         DECODE_AND_MERGE_SLASHES)"
+                    ),
+                )),
+            }
+            if let Some(reject) = paths.reject_escaped_slashes {
+                settings.reject_escaped_slashes = reject;
+            }
         }
         if errors.len() == before {
             self.mesh_config = Some((ctx.clone(), settings));

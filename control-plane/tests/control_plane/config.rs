@@ -206,6 +206,16 @@ fn invalid_configurations_are_reported_with_file_document_and_field() {
             vec!["spec.mtls.mode: \"strict\" is not valid (expected STRICT or PERMISSIVE)"],
         ),
         case(
+            "path normalisation NONE",
+            vec![("m.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{pathNormalization: {{normalization: NONE}}}}\n"))],
+            vec!["spec.pathNormalization.normalization: NONE is not supported"],
+        ),
+        case(
+            "unknown path normalisation",
+            vec![("m.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{pathNormalization: {{normalization: merge_slashes}}}}\n"))],
+            vec!["spec.pathNormalization.normalization: \"merge_slashes\" is not valid"],
+        ),
+        case(
             "two MeshConfigs",
             vec![
                 ("a.yaml", format!("{HEAD}kind: MeshConfig\nmetadata: {{name: one}}\n")),
@@ -666,6 +676,44 @@ fn defaults_apply_without_mesh_config() {
     assert_eq!(snapshot.settings(), &Default::default());
     assert!(snapshot.settings_source().is_none());
     let _ = (MESH, POLICIES);
+}
+
+#[test]
+fn path_normalization_is_read_from_mesh_config() {
+    use palisade_control_plane::model::PathNormalization;
+    let defaults = palisade_control_plane::model::MeshSettings::default();
+    assert_eq!(defaults.path_normalization, PathNormalization::Base);
+    assert!(defaults.reject_escaped_slashes);
+    for (spec, normalization, reject) in [
+        ("{normalization: DEFAULT}", PathNormalization::Base, true),
+        (
+            "{normalization: BASE, rejectEscapedSlashes: false}",
+            PathNormalization::Base,
+            false,
+        ),
+        (
+            "{normalization: MERGE_SLASHES}",
+            PathNormalization::MergeSlashes,
+            true,
+        ),
+        (
+            "{normalization: DECODE_AND_MERGE_SLASHES}",
+            PathNormalization::DecodeAndMergeSlashes,
+            true,
+        ),
+    ] {
+        let mesh = format!(
+            "{HEAD}kind: MeshConfig\nmetadata: {{name: mesh}}\nspec: {{pathNormalization: {spec}}}\n"
+        );
+        let dir = write_config_dir(&[("m.yaml", &mesh)]).unwrap();
+        let snapshot = load_dir(dir.path()).unwrap();
+        assert_eq!(
+            snapshot.settings().path_normalization,
+            normalization,
+            "{spec}"
+        );
+        assert_eq!(snapshot.settings().reject_escaped_slashes, reject, "{spec}");
+    }
 }
 
 #[test]

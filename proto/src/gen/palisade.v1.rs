@@ -700,6 +700,14 @@ pub struct MeshSettings {
     /// Leaf certificate lifetime in seconds.
     #[prost(uint64, tag = "7")]
     pub certificate_lifetime_seconds: u64,
+    /// How request paths are normalised before authorization (MeshConfig
+    /// pathNormalization.normalization); UNSPECIFIED reads as BASE.
+    #[prost(enumeration = "PathNormalization", tag = "8")]
+    pub path_normalization: i32,
+    /// Whether paths with an encoded '/' or '' (%2F, %5C) are forwarded (MeshConfig
+    /// pathNormalization.rejectEscapedSlashes: false); by default they are refused with 400.
+    #[prost(bool, tag = "9")]
+    pub allow_escaped_slashes: bool,
 }
 /// Application protocol spoken on a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -737,6 +745,41 @@ impl Protocol {
             "PROTOCOL_HTTP2" => Some(Self::Http2),
             "PROTOCOL_GRPC" => Some(Self::Grpc),
             "PROTOCOL_TCP" => Some(Self::Tcp),
+            _ => None,
+        }
+    }
+}
+/// Istio's ProxyPathNormalization types that Palisade offers (NONE is not one of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PathNormalization {
+    Unspecified = 0,
+    Base = 1,
+    MergeSlashes = 2,
+    DecodeAndMergeSlashes = 3,
+}
+impl PathNormalization {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PATH_NORMALIZATION_UNSPECIFIED",
+            Self::Base => "PATH_NORMALIZATION_BASE",
+            Self::MergeSlashes => "PATH_NORMALIZATION_MERGE_SLASHES",
+            Self::DecodeAndMergeSlashes => "PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PATH_NORMALIZATION_UNSPECIFIED" => Some(Self::Unspecified),
+            "PATH_NORMALIZATION_BASE" => Some(Self::Base),
+            "PATH_NORMALIZATION_MERGE_SLASHES" => Some(Self::MergeSlashes),
+            "PATH_NORMALIZATION_DECODE_AND_MERGE_SLASHES" => {
+                Some(Self::DecodeAndMergeSlashes)
+            }
             _ => None,
         }
     }

@@ -50,7 +50,9 @@ use palisade_proto::v1;
 
 pub use compile::{Action, InvalidPolicy};
 pub use matcher::InvalidMatch;
-pub use path::{PathError, normalize_path, normalized};
+pub use path::{
+    PathError, PathNormalization, PathOptions, normalize_path, normalize_request, normalized,
+};
 
 use compile::{Condition, IpAttr, Operation, Pattern, Policy, Rule, Source, StrAttr};
 use matcher::{IpNet, StringMatcher, canonical_authority};

@@ -5,6 +5,20 @@
 //! dot segments are resolved (section 5.2.4). `//` is kept and `%2F` stays encoded, because
 //! merging or decoding them changes which resource many servers address.
 //!
+//! The data path goes further, by MeshConfig `pathNormalization` ([`PathOptions`], applied
+//! by [`normalize_request`] before authorization, and the result is what the app receives):
+//! - `BASE` (the default, Istio's default): the normalisation above.
+//! - `MERGE_SLASHES`: then runs of `/` are merged (`//admin` → `/admin`).
+//! - `DECODE_AND_MERGE_SLASHES`: `%2F` and `%5C` (any case) are first decoded to `/` and
+//!   `\`, then `BASE`, then slashes are merged.
+//!
+//! With `BASE` and `MERGE_SLASHES`, a path holding an encoded `/` or `\` is refused by
+//! default (as Envoy's `REJECT_REQUEST` escaped-slash action): servers disagree on whether
+//! `/a%2Fb` is one segment or two, so no policy can be written that covers both readings.
+//! MeshConfig `pathNormalization.rejectEscapedSlashes: false` keeps them (still encoded).
+//! `NONE` is not offered: the proxy always normalises (Istio's `NONE` is the setting its
+//! own documentation lists as vulnerable to CVE-2021-31920).
+//!
 //! Decisions where the RFC leaves room:
 //! - `..` above the root is clamped (`/../a` → `/a`), as RFC 3986 section 5.2.4 and Envoy
 //!   do; the request still addresses something under the root, so nothing escapes.
@@ -24,6 +38,106 @@ pub enum PathError {
     /// A `%` at this byte offset is not followed by two hex digits.
     #[error("invalid percent-encoding at byte {0}")]
     BadPercentEncoding(usize),
+    /// An encoded `/` or `\` (`%2F`, `%5C`, any case) at this byte offset, refused by the
+    /// mesh's path options.
+    #[error("encoded '/' or '\\' at byte {0} is refused")]
+    EscapedSlash(usize),
+}
+
+/// MeshConfig `pathNormalization.normalization`: how far request paths are normalised
+/// before authorization (Istio's `ProxyPathNormalization` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// RFC 3986 normalisation, `\` read as `/` (Istio's default).
+    #[default]
+    Base,
+    /// `BASE`, then runs of `/` merged into one.
+    MergeSlashes,
+    /// `%2F`/`%5C` decoded, then `MERGE_SLASHES`.
+    DecodeAndMergeSlashes,
+}
+
+/// How the data path normalises request paths (MeshConfig `pathNormalization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PathOptions {
+    /// The normalisation applied.
+    pub normalization: PathNormalization,
+    /// Whether a path with `%2F` or `%5C` is refused (ignored by `DECODE_AND_MERGE_SLASHES`,
+    /// which decodes them).
+    pub reject_escaped_slashes: bool,
+}
+
+impl Default for PathOptions {
+    fn default() -> Self {
+        Self {
+            normalization: PathNormalization::Base,
+            reject_escaped_slashes: true,
+        }
+    }
+}
+
+/// Normalises a request path (without its query) as the mesh's path options say: the path
+/// both authorization and the app see. `Cow::Borrowed` when nothing changes.
+pub fn normalize_request<'a>(
+    raw_path: &'a str,
+    options: &PathOptions,
+) -> Result<Cow<'a, str>, PathError> {
+    let end = raw_path.find(['?', '#']).unwrap_or(raw_path.len());
+    let path = &raw_path[..end];
+    let decode_slashes = options.normalization == PathNormalization::DecodeAndMergeSlashes;
+    let escaped = escaped_slash(path);
+    let decoded: Cow<'a, str> = match escaped {
+        Some(at) if !decode_slashes && options.reject_escaped_slashes => {
+            return Err(PathError::EscapedSlash(at));
+        }
+        Some(_) if decode_slashes => Cow::Owned(decode_slashes_in(path)),
+        _ => Cow::Borrowed(path),
+    };
+    let base = match decoded {
+        Cow::Borrowed(p) => normalized(p)?,
+        Cow::Owned(p) => Cow::Owned(normalized(&p)?.into_owned()),
+    };
+    if options.normalization == PathNormalization::Base || !base.contains("//") {
+        return Ok(base);
+    }
+    let mut merged = String::with_capacity(base.len());
+    for c in base.chars() {
+        if c == '/' && merged.ends_with('/') {
+            continue;
+        }
+        merged.push(c);
+    }
+    Ok(Cow::Owned(merged))
+}
+
+/// The byte offset of the first `%2F` or `%5C` (any case), if any.
+fn escaped_slash(path: &str) -> Option<usize> {
+    let bytes = path.as_bytes();
+    bytes.windows(3).position(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_uppercase()),
+                (b'2', b'F') | (b'5', b'C')
+            )
+    })
+}
+
+/// `%2F` → `/` and `%5C` → `\` (any case); nothing else is decoded here.
+fn decode_slashes_in(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = escaped_slash(rest) {
+        out.push_str(&rest[..at]);
+        out.push(if rest.as_bytes()[at + 1] == b'2' {
+            '/'
+        } else {
+            '\\'
+        });
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Normalises a raw request path (which may carry a query) for policy matching.
@@ -232,6 +346,111 @@ mod tests {
             }
         }
         assert!(checked > 5_000, "only {checked} paths checked");
+    }
+
+    #[test]
+    fn request_paths_follow_the_mesh_options() {
+        use PathNormalization::*;
+        let opts = |normalization, reject_escaped_slashes| PathOptions {
+            normalization,
+            reject_escaped_slashes,
+        };
+        let cases: &[(PathOptions, &str, Result<&str, PathError>)] = &[
+            // BASE (default): `//` and case kept; encoded slashes refused, any case.
+            (PathOptions::default(), "//admin", Ok("//admin")),
+            (PathOptions::default(), "/ADMIN", Ok("/ADMIN")),
+            (PathOptions::default(), "/a/../admin?x=/..", Ok("/admin")),
+            (
+                PathOptions::default(),
+                "/a%2Fb",
+                Err(PathError::EscapedSlash(2)),
+            ),
+            (
+                PathOptions::default(),
+                "/a%2fb",
+                Err(PathError::EscapedSlash(2)),
+            ),
+            (
+                PathOptions::default(),
+                "/x%5Cadmin",
+                Err(PathError::EscapedSlash(2)),
+            ),
+            (
+                PathOptions::default(),
+                "/x%5cadmin",
+                Err(PathError::EscapedSlash(2)),
+            ),
+            // Only the path counts, not the query.
+            (PathOptions::default(), "/a?b=%2F", Ok("/a")),
+            (
+                PathOptions::default(),
+                "/a%zz",
+                Err(PathError::BadPercentEncoding(2)),
+            ),
+            // Opted out: kept encoded (hex upper-cased).
+            (opts(Base, false), "/a%2fb", Ok("/a%2Fb")),
+            // MERGE_SLASHES.
+            (opts(MergeSlashes, true), "//admin", Ok("/admin")),
+            (opts(MergeSlashes, true), "/a///b//", Ok("/a/b/")),
+            (opts(MergeSlashes, true), "/a/.//./b", Ok("/a/b")),
+            (
+                opts(MergeSlashes, true),
+                "/a%2F/b",
+                Err(PathError::EscapedSlash(2)),
+            ),
+            (opts(MergeSlashes, false), "/a%2F%2Fb", Ok("/a%2F%2Fb")),
+            // DECODE_AND_MERGE_SLASHES decodes whatever rejectEscapedSlashes says.
+            (opts(DecodeAndMergeSlashes, true), "/a%2Fb", Ok("/a/b")),
+            (
+                opts(DecodeAndMergeSlashes, true),
+                "/%2F%2fadmin",
+                Ok("/admin"),
+            ),
+            (
+                opts(DecodeAndMergeSlashes, false),
+                "/x%5c..%5Cadmin",
+                Ok("/admin"),
+            ),
+            (
+                opts(DecodeAndMergeSlashes, true),
+                "/a/%2e%2e%2Fadmin",
+                Ok("/admin"),
+            ),
+            // Decoded once: `%252F` is `%25` then `2F`.
+            (
+                opts(DecodeAndMergeSlashes, true),
+                "/a%252Fb",
+                Ok("/a%252Fb"),
+            ),
+        ];
+        for (options, raw, expected) in cases {
+            assert_eq!(
+                normalize_request(raw, options).as_deref(),
+                expected.as_ref().map(|s| *s),
+                "{options:?} {raw:?}"
+            );
+        }
+    }
+
+    /// Whatever the data path forwards is a fixed point of the evaluator's own (BASE)
+    /// normalisation, so authorization matches exactly the path the app receives.
+    #[test]
+    fn forwarded_paths_are_fixed_points_of_base() {
+        for normalization in [
+            PathNormalization::Base,
+            PathNormalization::MergeSlashes,
+            PathNormalization::DecodeAndMergeSlashes,
+        ] {
+            let options = PathOptions {
+                normalization,
+                reject_escaped_slashes: false,
+            };
+            for raw in ["/a//b/../c", "/%2F%2e%2E/x", "\\a%5c%41", "/a/%2f/./b//"] {
+                let once = normalize_request(raw, &options).unwrap();
+                assert_eq!(normalize_path(&once).as_deref(), Ok(&*once), "{raw:?}");
+                assert_eq!(normalize_request(&once, &options).as_deref(), Ok(&*once));
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use http::request;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Version, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use super::{ConnContext, Inbound, Transport, attrs, target};
 use crate::authority::{self, AuthorityError};
-use crate::authz::{HttpAttrs, normalized};
+use crate::authz::{HttpAttrs, PathError, PathOptions, normalize_request};
 use crate::h2;
 use crate::http::{BoxError, Failure, ProxyBody, XFCC, is_grpc, streamed, strip_hop_by_hop};
 use crate::metrics::{Direction, PlaintextStage};
@@ -152,12 +152,11 @@ impl Inbound {
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;
-        // Read once: it picks a plaintext request's port, is what `hosts` rules match, and
-        // is what the app is addressed with. Whether a bad one fails the request is decided
-        // where it is used (below), as each use did on its own before.
+        // Read once, canonical: it picks a plaintext request's port, is what `hosts` rules
+        // match, and is what the app is addressed with.
         let authority = authority::of(req.uri(), req.headers());
         let (port, protocol) = match conn.transport {
-            Transport::Mtls { target_port } => target(&view.workload, target_port)?,
+            Transport::Mtls { target_port } => target(&view.workload, Some(target_port))?,
             Transport::Plaintext { dialled_port } => {
                 // A connection opened in PERMISSIVE mode gets nothing once the mesh is STRICT.
                 if view.settings.mtls_mode != MtlsMode::Permissive {
@@ -179,9 +178,33 @@ impl Inbound {
                 }
             }
         };
-        self.authorize(&view, &req, authz_host(&authority), port, conn)?;
+        // A tunnel or a request for the server itself has no path a policy could match; an
+        // app port is reached by ordinary requests only.
+        if req.method() == Method::CONNECT || req.uri().path() == "*" {
+            return Err(Failure::MethodNotAllowed(format!(
+                "{} {}",
+                req.method(),
+                req.uri()
+            )));
+        }
+        let authority = match authority {
+            Ok(a) => Some(a),
+            // HTTP/1.0 without Host (or h2 without :authority): nothing for `hosts` to match.
+            Err(AuthorityError::Missing) => None,
+            Err(e) => return Err(e.into()),
+        };
+        // The request is rewritten for the app first and authorized as rewritten, so the
+        // policy decides on exactly what the app receives.
         let (mut parts, body) = req.into_parts();
-        to_app_request(&mut parts, authority, protocol, conn.xfcc.as_ref())?;
+        to_app_request(
+            &mut parts,
+            authority.as_ref(),
+            protocol,
+            conn.xfcc.as_ref(),
+            &view.settings.path,
+        )?;
+        let host = authority.as_ref().map_or("", Authority::as_str);
+        self.authorize(&view, &parts, host, port, conn)?;
         let response = self
             .apps
             .get(port, protocol)
@@ -199,24 +222,25 @@ impl Inbound {
         Ok(Response::from_parts(parts, streamed(body)))
     }
 
-    /// Decides one HTTP request; counts and logs denials and audits.
+    /// Decides one HTTP request (as rewritten for the app); counts and logs denials and
+    /// audits.
     fn authorize(
         &self,
         view: &MeshView,
-        req: &Request<Incoming>,
+        req: &request::Parts,
         host: &str,
         port: u16,
         conn: &ConnContext,
     ) -> Result<(), Failure> {
         let path = req
-            .uri()
+            .uri
             .path_and_query()
-            .map_or_else(|| req.uri().path(), PathAndQuery::as_str);
+            .map_or_else(|| req.uri.path(), PathAndQuery::as_str);
         let http = HttpAttrs {
-            method: req.method().as_str(),
+            method: req.method.as_str(),
             host,
             path,
-            headers: req.headers(),
+            headers: &req.headers,
         };
         let decision = view
             .authz
@@ -230,17 +254,6 @@ impl Inbound {
                 hide: view.settings.hide_denial_reasons,
             })
         }
-    }
-}
-
-/// The host `hosts` rules match: the authority as sent; a malformed one too (so a policy
-/// still decides, and may deny, before the app request fails on it), and nothing when there
-/// is none or it is not text.
-fn authz_host(authority: &Result<Authority, AuthorityError>) -> &str {
-    match authority {
-        Ok(a) => a.as_str(),
-        Err(AuthorityError::Malformed(raw)) => raw,
-        Err(AuthorityError::Missing | AuthorityError::NotText(_)) => "",
     }
 }
 
@@ -265,42 +278,41 @@ fn plaintext_target(
     )
 }
 
-/// Rewrites a request from a peer for the app: hop-by-hop headers removed, the caller's
-/// verified identity in `x-forwarded-client-cert` (any value the caller sent is removed, and
-/// a plaintext caller gets none), the URI rebuilt once around the request's authority with
-/// the path that was authorized, and the version the app port speaks.
+/// Rewrites a request from a peer for the app: hop-by-hop headers removed (a `Connection`
+/// option cannot remove `host` or the identity header), the caller's verified identity in
+/// `x-forwarded-client-cert` (any value the caller sent is removed, and a plaintext caller
+/// gets none), the path normalised as the mesh's path options say (or refused), the URI
+/// rebuilt once around the canonical authority, `Host` overwritten with it (HTTP/1) or
+/// removed (HTTP/2, where `:authority` carries it), and the version the app port speaks.
 fn to_app_request(
     parts: &mut request::Parts,
-    authority: Result<Authority, AuthorityError>,
+    authority: Option<&Authority>,
     protocol: Protocol,
     xfcc: Option<&HeaderValue>,
+    paths: &PathOptions,
 ) -> Result<(), Failure> {
-    let authority = match authority {
-        Ok(a) => a,
-        // With no usable Host the app is addressed as `localhost`.
-        Err(AuthorityError::Missing | AuthorityError::NotText(_)) => {
-            Authority::from_static("localhost")
-        }
-        Err(e @ AuthorityError::Malformed(_)) => return Err(e.into()),
-    };
+    // With no authority at all the app is addressed as `localhost`.
+    let authority = authority
+        .cloned()
+        .unwrap_or_else(|| Authority::from_static("localhost"));
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(XFCC);
     if let Some(xfcc) = xfcc {
         parts.headers.insert(XFCC, xfcc.clone());
     }
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    // The app gets the path that was authorized (as Istio's sidecar does), so it cannot
+    // The app gets the path that is authorized (as Istio's sidecar does), so it cannot
     // read `/a/../admin` or `/%61dmin` differently from the policy.
     if let Some(pq) = &uri.path_and_query
-        && let Ok(Cow::Owned(path)) = normalized(pq.as_str())
+        && let Cow::Owned(path) = normalize_request(pq.path(), paths)?
     {
         let rebuilt = match pq.query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        if let Ok(pq) = PathAndQuery::try_from(rebuilt) {
-            uri.path_and_query = Some(pq);
-        }
+        let pq = PathAndQuery::try_from(rebuilt)
+            .map_err(|_| Failure::BadPath(PathError::NotAbsolute))?;
+        uri.path_and_query = Some(pq);
     }
     parts.uri = authority::absolute_uri(uri, &authority)?;
     if protocol.is_http2() {
@@ -308,11 +320,9 @@ fn to_app_request(
         parts.headers.remove(header::HOST);
     } else {
         parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Failure::BadAuthority(authority.to_string()))?;
+        parts.headers.insert(header::HOST, host);
     }
     Ok(())
 }
@@ -389,8 +399,19 @@ mod tests {
         protocol: Protocol,
         xfcc: Option<&HeaderValue>,
     ) -> Result<request::Parts, Failure> {
-        let authority = authority::of(&p.uri, &p.headers);
-        to_app_request(&mut p, authority, protocol, xfcc).map(|()| p)
+        let authority = match authority::of(&p.uri, &p.headers) {
+            Ok(a) => Some(a),
+            Err(AuthorityError::Missing) => None,
+            Err(e) => return Err(e.into()),
+        };
+        to_app_request(
+            &mut p,
+            authority.as_ref(),
+            protocol,
+            xfcc,
+            &PathOptions::default(),
+        )
+        .map(|()| p)
     }
 
     #[test]
@@ -428,14 +449,32 @@ mod tests {
     }
 
     #[test]
-    fn hosts_rules_see_the_authority_as_sent() {
-        let ok = authority::of(&"/".parse().unwrap(), &parts("/", Some("A.shop:1")).headers);
-        assert_eq!(authz_host(&ok), "A.shop:1");
-        assert_eq!(
-            authz_host(&Err(AuthorityError::Malformed("bad host".into()))),
-            "bad host"
+    fn the_app_gets_the_canonical_host_whatever_connection_says() {
+        let mut p = parts("/x", Some("Search.Shop.:8080"));
+        p.headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, x-forwarded-client-cert"),
         );
-        assert_eq!(authz_host(&Err(AuthorityError::Missing)), "");
-        assert_eq!(authz_host(&Err(AuthorityError::NotText("x".into()))), "");
+        let xfcc = HeaderValue::from_static("By=a;URI=b");
+        let p = app_request(p, Protocol::Http1, Some(&xfcc)).unwrap();
+        assert_eq!(p.uri, "http://search.shop:8080/x");
+        assert_eq!(p.headers[header::HOST], "search.shop:8080");
+        assert_eq!(p.headers.get_all(header::HOST).iter().count(), 1);
+        assert_eq!(p.headers[XFCC], "By=a;URI=b");
+    }
+
+    #[test]
+    fn refused_paths_fail_the_request() {
+        let bad = app_request(
+            parts("/a%2Fadmin", Some("search.shop")),
+            Protocol::Http1,
+            None,
+        );
+        assert!(matches!(
+            bad,
+            Err(Failure::BadPath(PathError::EscapedSlash(2)))
+        ));
+        let bad = app_request(parts("/a%zz", Some("search.shop")), Protocol::Http1, None);
+        assert!(matches!(bad, Err(Failure::BadPath(_))));
     }
 }

@@ -75,9 +75,9 @@ pub struct Inbound {
 /// How a connection reached the listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
-    /// mTLS from a peer sidecar. `target_port` comes from SNI; `None` means "the workload's
-    /// only port".
-    Mtls { target_port: Option<u16> },
+    /// mTLS from a peer sidecar. `target_port` comes from the canonical SNI
+    /// `port-<n>.palisade.mesh`; a connection without one is refused.
+    Mtls { target_port: u16 },
     /// Plaintext, accepted in PERMISSIVE mode. `dialled_port` is the app port a captured
     /// connection was for; without it (a caller that dialled 15006 itself) the target port
     /// is chosen per request.
@@ -173,7 +173,13 @@ impl Inbound {
         };
         let (_, session) = stream.get_ref();
         let peer_identity = palisade_certs::tls::peer_identity(session.peer_certificates());
-        let target_port = session.server_name().and_then(port_from_sni);
+        // Only the canonical SNI names a port: a missing or odd one is refused, never
+        // guessed (a policy on `connection.sni` must see the one name of the port).
+        let Some(target_port) = session.server_name().and_then(port_from_sni) else {
+            self.metrics.handshake_failure(Direction::Inbound);
+            tracing::info!(%peer, sni = ?session.server_name(), "inbound mTLS connection refused: SNI is not port-<n>.palisade.mesh");
+            return;
+        };
         let h2 = session.alpn_protocol() == Some(ALPN_H2);
         let tcp = session.alpn_protocol() == Some(ALPN_TCP);
         let sni = session.server_name().map(str::to_owned);
@@ -214,7 +220,7 @@ impl Inbound {
             // The watcher is held for the stream's life: a drain waits for it, up to the
             // deadline.
             let _drain = watcher;
-            self.serve_tcp(stream, &ctx, target_port).await;
+            self.serve_tcp(stream, &ctx, Some(target_port)).await;
             return;
         }
         let codec = if h2 { Codec::Http2 } else { Codec::Http1 };

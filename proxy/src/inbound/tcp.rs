@@ -1,6 +1,12 @@
 //! Opaque TCP on an inbound connection (ALPN `palisade-tcp`): the stream is authorized at
 //! connection level before any byte reaches the app, and re-checked whenever the
 //! configuration changes; a stream the new policies deny is closed ("late rejection").
+//!
+//! Only a port declared TCP is reached this way. A port declared HTTP, HTTP/2 or gRPC is
+//! reached only as HTTP, where each request is authorized and rewritten (normalised path,
+//! verified `x-forwarded-client-cert`); an opaque stream to it would hand the app whatever
+//! bytes the caller chose, so it is refused and counted as a denial
+//! (`tunnel-to-http-port`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,8 +16,9 @@ use tokio::net::TcpStream;
 
 use super::{ConnContext, Inbound, attrs, destination_label, target};
 use crate::enforce::{self, Subject};
+use crate::http::TUNNEL_TO_HTTP_PORT;
 use crate::metrics::Direction;
-use crate::model::MeshView;
+use crate::model::{MeshView, Protocol};
 
 /// How long connecting to the app for an opaque TCP stream may take.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,7 +43,26 @@ impl Inbound {
             return;
         };
         let port = match target(&view.workload, target_port) {
-            Ok((port, _)) => port,
+            Ok((port, Protocol::Tcp)) => port,
+            Ok((port, _)) => {
+                let destination = destination_label(&view, port);
+                let subject = Subject {
+                    direction: Direction::Inbound,
+                    source: conn.peer_identity.as_ref(),
+                    destination: &destination,
+                    method: None,
+                    path: None,
+                };
+                enforce::denial(
+                    &self.metrics,
+                    &subject,
+                    TUNNEL_TO_HTTP_PORT,
+                    None,
+                    "DENY: opaque TCP to a port declared HTTP or gRPC",
+                );
+                let _ = stream.shutdown().await;
+                return;
+            }
             Err(e) => {
                 tracing::info!(peer = %conn.peer_label, error = %e, "inbound TCP refused");
                 return;

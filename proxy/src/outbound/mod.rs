@@ -3,12 +3,16 @@
 //! to an endpoint of that Service and sent over mTLS to its sidecar, which must present the
 //! endpoint's SPIFFE ID.
 //!
-//! `CONNECT host:port` opens an opaque TCP tunnel: to a mesh Service port over a new mTLS
-//! connection with ALPN `palisade-tcp` (the peer authorizes it at connection level), or
-//! directly to a destination outside the mesh. Destinations outside the mesh, tunnelled or
-//! plain HTTP, pass only with the outbound policy ALLOW_ANY or an EgressPolicy allowing
-//! their host and port; otherwise they are refused (403, `outbound-registry-only`), counted
-//! and logged like an inbound denial.
+//! `CONNECT host:port` opens an opaque TCP tunnel: to a mesh Service port declared TCP over
+//! a new mTLS connection with ALPN `palisade-tcp` (the peer authorizes it at connection
+//! level), or directly to a destination outside the mesh. A Service port declared HTTP,
+//! HTTP/2 or gRPC is refused (403, `x-palisade-denied-by: tunnel-to-http-port`, counted as a
+//! denial): its requests must be authorized one by one, and the peer refuses such a tunnel
+//! too.
+//!
+//! Destinations outside the mesh, tunnelled or plain HTTP, pass only with the outbound
+//! policy ALLOW_ANY or an EgressPolicy allowing their host and port; otherwise they are
+//! refused (403, `outbound-registry-only`), counted and logged like an inbound denial.
 //!
 //! Connections the capture rules redirected here (`palisade init`) are served by
 //! [`captured`]: their original destination, not what the app wrote, decides where they go.
@@ -33,14 +37,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::authority;
+use crate::authority::{self, AuthorityError};
 use crate::enforce::{self, Subject};
 use crate::h2;
 use crate::http::{
-    Failure, OUTBOUND_REGISTRY_ONLY, ProxyBody, full, is_grpc, streamed, strip_hop_by_hop,
+    Failure, OUTBOUND_REGISTRY_ONLY, ProxyBody, TUNNEL_TO_HTTP_PORT, full, is_grpc, streamed,
+    strip_hop_by_hop,
 };
 use crate::metrics::{Direction, Metrics};
-use crate::model::{Endpoint, MeshView, OutboundPolicy, Route};
+use crate::model::{Endpoint, MeshView, OutboundPolicy, Protocol, Route};
 use crate::orig_dst::{self, Arrival};
 use crate::pool::{PeerError, PeerKey, PeerPool};
 
@@ -135,8 +140,12 @@ impl Outbound {
         let (response, peer) = match result {
             Ok(ok) => ok,
             Err(failure) => {
-                // Egress refusals were logged with their policy where they were decided.
-                if !matches!(failure, Failure::UnknownDestination { .. }) {
+                // Egress and tunnel refusals were logged with their policy where they were
+                // decided.
+                if !matches!(
+                    failure,
+                    Failure::UnknownDestination { .. } | Failure::TunnelRefused { .. }
+                ) {
                     tracing::info!(direction = "outbound", error = %failure, "request failed");
                 }
                 (failure.into_response(grpc), None)
@@ -166,7 +175,8 @@ impl Outbound {
                 // an authority (HTTP/1.0) by the address the app dialled.
                 let authority = match authority::of(req.uri(), req.headers()) {
                     Ok(a) => a,
-                    Err(_) => authority_of_address(route_address(route))?,
+                    Err(AuthorityError::Missing) => authority_of_address(route_address(route))?,
+                    Err(e) => return Err(e.into()),
                 };
                 return self.send_to_route(req, &authority, route).await;
             }
@@ -175,7 +185,8 @@ impl Outbound {
                 // allowance for `api.example.com:443` says nothing about another port.
                 let host = match authority::of(req.uri(), req.headers()) {
                     Ok(a) => a.host().to_owned(),
-                    Err(_) => original.ip().to_string(),
+                    Err(AuthorityError::Missing) => original.ip().to_string(),
+                    Err(e) => return Err(e.into()),
                 };
                 let authority = authority_of_host(&host, original.port())?;
                 let path = req.uri().path_and_query().map(|pq| pq.as_str());
@@ -251,17 +262,31 @@ impl Outbound {
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;
-        let authority = req
-            .uri()
-            .authority()
-            .cloned()
-            .ok_or(Failure::NoDestination)?;
+        let authority = authority::canonical(req.uri().authority().ok_or(Failure::NoDestination)?)?;
         // CONNECT names host and port (RFC 9110 section 9.3.6); there is no default.
         let port = authority
             .port_u16()
             .ok_or_else(|| Failure::BadAuthority(authority.to_string()))?;
         let upgrade = hyper::upgrade::on(&mut req);
         if let Some(route) = view.services.resolve(authority.host(), port) {
+            if route.protocol != Protocol::Tcp {
+                let destination = format!("{}:{port}", route.service);
+                let subject = Subject {
+                    direction: Direction::Outbound,
+                    source: Some(&view.workload.identity),
+                    destination: &destination,
+                    method: Some(Method::CONNECT.as_str()),
+                    path: None,
+                };
+                enforce::denial(
+                    &self.metrics,
+                    &subject,
+                    TUNNEL_TO_HTTP_PORT,
+                    None,
+                    "DENY: CONNECT to a Service port declared HTTP or gRPC",
+                );
+                return Err(Failure::TunnelRefused { destination });
+            }
             let (key, endpoint) = peer_key(route);
             let upstream = self
                 .pool
@@ -352,6 +377,10 @@ impl Outbound {
         strip_hop_by_hop(&mut parts.headers);
         parts.uri = authority::absolute_uri(std::mem::take(&mut parts.uri), &authority)?;
         parts.version = Version::HTTP_11;
+        // The destination gets the authority the egress decision was made on.
+        let host = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Failure::BadAuthority(authority.to_string()))?;
+        parts.headers.insert(header::HOST, host);
         let response = self
             .passthrough
             .request(Request::from_parts(parts, streamed(body)))

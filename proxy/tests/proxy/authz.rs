@@ -198,9 +198,12 @@ async fn a_policy_push_applies_to_open_connections_at_once() {
 #[tokio::test]
 async fn the_app_receives_the_normalised_path_it_was_authorized_for() {
     let mesh = Mesh::start(MeshOptions::default()).await;
-    let r = mesh.get(HOST, "/x/../%61dmin/./a%2fb?q=%2e").await;
+    let r = mesh.get(HOST, "/x/../%61dmin/./a%7eb?q=%2e").await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.body(), "/admin/a%2Fb?q=%2e");
+    assert_eq!(r.body(), "/admin/a~b?q=%2e");
+    // An encoded slash is refused by default (MeshConfig pathNormalization).
+    let r = mesh.get(HOST, "/x/a%2fb").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     mesh.stop().await;
 }
 

@@ -117,6 +117,7 @@ pub fn mesh_settings(
         } as i32,
         hide_denial_reasons: hide,
         certificate_lifetime_seconds: 3600,
+        ..Default::default()
     }))
 }
 
