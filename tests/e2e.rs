@@ -54,3 +54,8 @@ mod init;
 /// that skip the mesh refused, egress by SNI, Host and address, non-TCP dropped.
 #[path = "e2e/capture.rs"]
 mod capture;
+
+/// Data-path resource bounds: certificate expiry, streams, app pool, timeouts, connection
+/// caps, bounded metric labels, and a load test against one sidecar process.
+#[path = "e2e/limits.rs"]
+mod limits;

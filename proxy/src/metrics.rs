@@ -77,7 +77,9 @@ pub struct AuthzLabels {
     pub policy: String,
     /// The caller's SPIFFE ID, or `unauthenticated`.
     pub source: String,
-    /// Inbound: `<workload namespace>/<workload name>:<port>`; outbound: `host:port`.
+    /// Inbound: `<workload namespace>/<workload name>:<port>` (a port the workload
+    /// declares); outbound: `external` for a destination outside the mesh (the host the app
+    /// named goes to the log line only, never into a label).
     pub destination: String,
 }
 
@@ -131,9 +133,17 @@ struct DetectionLabels {
     timed_out: &'static str,
 }
 
+/// Labels of connections the proxy refused or closed on its own; `reason` is one of a fixed
+/// set (`listener-limit`, `peer-limit`, `max-age`, `idle`, `peer-certificate-expired`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnReasonLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpdateLabels {
-    type_url: String,
+    type_url: &'static str,
     result: &'static str,
 }
 
@@ -153,6 +163,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily<DirectionLabels>,
     connections: Family<DirectionLabels, Counter>,
+    connections_refused: Family<ConnReasonLabels, Counter>,
+    connections_closed: Family<ConnReasonLabels, Counter>,
     handshake_failures: Family<DirectionLabels, Counter>,
     plaintext_refused: Family<PlaintextLabels, Counter>,
     cert_expiry: Gauge,
@@ -204,6 +216,20 @@ impl Metrics {
             "connections",
             "Connections accepted, by direction",
             connections.clone(),
+        );
+        let connections_refused = Family::<ConnReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept or after the handshake because a limit was reached, \
+             by direction and reason (listener-limit, peer-limit)",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ConnReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the proxy closed on its own, by direction and reason (max-age, idle, \
+             peer-certificate-expired)",
+            connections_closed.clone(),
         );
         let handshake_failures = Family::<DirectionLabels, Counter>::default();
         registry.register(
@@ -305,6 +331,8 @@ impl Metrics {
             requests,
             latency,
             connections,
+            connections_refused,
+            connections_closed,
             handshake_failures,
             plaintext_refused,
             cert_expiry,
@@ -336,6 +364,20 @@ impl Metrics {
     pub fn connection(&self, direction: Direction) {
         self.connections
             .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Records a connection refused because a limit was reached (`reason` is a fixed name).
+    pub fn connection_refused(&self, direction: Direction, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ConnReasonLabels { direction, reason })
+            .inc();
+    }
+
+    /// Records a connection the proxy closed on its own (`reason` is a fixed name).
+    pub fn connection_closed(&self, direction: Direction, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ConnReasonLabels { direction, reason })
             .inc();
     }
 
@@ -371,7 +413,13 @@ impl Metrics {
 
     /// Records a snapshot ACK (`accepted`) or NACK.
     pub fn discovery_update(&self, type_url: &str, accepted: bool) {
-        let short = type_url.rsplit('.').next().unwrap_or(type_url).to_owned();
+        // Only the known types get a series of their own: the label is never a value the
+        // other side made up.
+        let short: &'static str = palisade_proto::v1::ALL_TYPE_URLS
+            .iter()
+            .find(|known| **known == type_url)
+            .and_then(|known| known.rsplit('.').next())
+            .unwrap_or("unknown");
         self.discovery_updates
             .get_or_create(&UpdateLabels {
                 type_url: short,

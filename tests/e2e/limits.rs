@@ -1,0 +1,719 @@
+//! Data-path resource bounds, attacked as a workload holding a mesh certificate (or the app
+//! itself) would: connections outliving the caller's certificate, stream floods, app
+//! connection floods, stalled bodies and heads, connection floods per listener and per
+//! peer, metric label floods, and a bounded load test against one sidecar process.
+//!
+//! Sidecars here are configured statically (the same snapshot conversion the control plane
+//! uses) from a small mesh: `client` ({block}.1, no ports) and `server` ({block}.2, HTTP
+//! ports 8080 and 8081) in front of a counting app that can hold requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_certs::tls::{Credentials, client_config};
+use palisade_certs::{
+    ALPN_H2, CaOptions, CertificateAuthority, SpiffeId, TrustBundle, TrustDomain,
+};
+use palisade_control_plane::MeshSnapshot;
+use palisade_proxy::{ConfigSource, Limits, Proxy, ProxyConfig};
+use rustls_pki_types::{DnsName, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Block, TIMEOUT, metric, timed, within};
+
+const MESH: &str = "\
+apiVersion: palisade.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh, namespace: palisade-system}
+spec:
+  trustDomain: cluster.local
+  defaultAuthorization: allow
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  serviceAccount: client
+  address: {block}.1
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: server, namespace: shop, labels: {app: server}}
+spec:
+  serviceAccount: server
+  address: {block}.2
+  ports:
+  - {name: http, port: 8080}
+  - {name: http-admin, port: 8081}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Service
+metadata: {name: server, namespace: shop}
+spec:
+  selector: {app: server}
+  ports:
+  - {name: http, port: 8080, targetPort: 8080}
+  - {name: http-admin, port: 8081, targetPort: 8081}
+";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://cluster.local/ns/shop/sa/{sa}")).expect("SPIFFE ID")
+}
+
+/// A statically configured mesh: its CA, its snapshot, and the sidecars started from it.
+struct Bed {
+    block: Block,
+    ca: CertificateAuthority,
+    bundle: TrustBundle,
+    snapshot: Arc<MeshSnapshot>,
+    _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+impl Bed {
+    fn new() -> Self {
+        crate::support::init_logging();
+        let block = Block::next();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("mesh.yaml"),
+            MESH.replace("{block}", &block.prefix()),
+        )
+        .expect("write mesh.yaml");
+        let snapshot =
+            Arc::new(palisade_control_plane::load_dir(dir.path()).expect("the test mesh loads"));
+        let td = TrustDomain::new("cluster.local").expect("trust domain");
+        let (ca, _) = CertificateAuthority::generate(td, &CaOptions::default()).expect("CA");
+        let bundle = ca.bundle().clone();
+        Self {
+            block,
+            ca,
+            bundle,
+            snapshot,
+            _dir: dir,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn creds(&self, sa: &str, lifetime: Duration) -> (Credentials, i64) {
+        let (leaf, key) = self.ca.issue(&id(sa), lifetime).expect("issue");
+        let not_after = leaf.not_after;
+        (
+            Credentials::new(&leaf, &key).expect("credentials"),
+            not_after,
+        )
+    }
+
+    fn server_ip(&self) -> std::net::IpAddr {
+        self.block.ip(2)
+    }
+
+    /// Starts the sidecar of `workload` in-process with `limits`.
+    async fn sidecar(&self, workload: &str, host: u8, limits: Limits) -> Proxy {
+        let snapshots = palisade_control_plane::snapshots_for(
+            self.snapshot.clone(),
+            self.bundle.clone(),
+            "shop",
+            workload,
+        )
+        .expect("snapshots");
+        let (credentials, _) = self.creds(workload, Duration::from_secs(3600));
+        let mut config = ProxyConfig::on_address(
+            id(workload),
+            workload.into(),
+            "shop".into(),
+            self.block.ip(host),
+            ConfigSource::Static {
+                credentials,
+                snapshots,
+            },
+        );
+        config.drain_timeout = Duration::from_secs(1);
+        config.limits = limits;
+        let proxy = palisade_proxy::start(config, self.shutdown.clone())
+            .await
+            .expect("sidecar starts");
+        timed("sidecar ready", proxy.ready()).await;
+        proxy
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+// === the app ===
+
+/// An HTTP/1.1 app counting the connections it accepts and the requests in flight; `/hold`
+/// answers only once `release` is set.
+#[derive(Clone)]
+struct App {
+    accepted: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    release: watch::Sender<bool>,
+}
+
+impl App {
+    async fn start(addr: SocketAddr, shutdown: CancellationToken) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("app binds");
+        let app = App {
+            accepted: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            release: watch::channel(false).0,
+        };
+        let this = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                this.accepted.fetch_add(1, Ordering::SeqCst);
+                let this = this.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let this = this.clone();
+                            async move {
+                                if req.method() == http::Method::POST {
+                                    // Read the whole body first, as an upload handler would.
+                                    if req.into_body().collect().await.is_err() {
+                                        let mut failed = Response::new(Full::new(Bytes::new()));
+                                        *failed.status_mut() = StatusCode::BAD_REQUEST;
+                                        return Ok(failed);
+                                    }
+                                } else if req.uri().path() == "/hold" {
+                                    this.in_flight.fetch_add(1, Ordering::SeqCst);
+                                    let mut release = this.release.subscribe();
+                                    let _ = release.wait_for(|r| *r).await;
+                                    this.in_flight.fetch_sub(1, Ordering::SeqCst);
+                                }
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                    b"ok",
+                                ))))
+                            }
+                        });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                });
+            }
+        });
+        app
+    }
+}
+
+// === an mTLS HTTP/2 client, as a peer sidecar (or an attacker holding a mesh certificate) ===
+
+/// Opens an mTLS connection to `inbound` as `creds`, asking for app port `port`, and an
+/// HTTP/2 connection on it; the returned handle ends when the server closes it.
+async fn h2_connect(
+    bed: &Bed,
+    inbound: SocketAddr,
+    creds: &Credentials,
+    port: u16,
+) -> Result<(SendRequest<Full<Bytes>>, tokio::task::JoinHandle<()>), BoxError> {
+    let config = client_config(Some(creds), &bed.bundle, id("server"), &[ALPN_H2])?;
+    let tcp = TcpStream::connect(inbound).await?;
+    let sni = ServerName::DnsName(DnsName::try_from(format!("port-{port}.palisade.mesh"))?);
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(sni, tcp)
+        .await?;
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(tls))
+        .await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((send, driver))
+}
+
+async fn h2_get(send: &mut SendRequest<Full<Bytes>>, path: &str) -> Result<StatusCode, BoxError> {
+    let req =
+        Request::get(format!("http://server.shop:8080{path}")).body(Full::new(Bytes::new()))?;
+    let response = send.send_request(req).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    Ok(status)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+/// Waits (bounded) until the wall clock is past a certificate's `notAfter` second.
+async fn until_expired(not_after: i64) {
+    within(Duration::from_secs(30), "the certificate expires", async {
+        while unix_now() <= not_after {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
+// === item 3: connections do not outlive the caller's certificate ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_when_the_callers_certificate_expires() {
+    let bed = Bed::new();
+    let _app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let server = bed.sidecar("server", 2, Limits::default()).await;
+    // A workload certificate living 4 s (the CA backdates the start, so it is valid now).
+    let (short, not_after) = bed.creds("client", Duration::from_secs(4));
+    let (mut send, driver) = h2_connect(&bed, server.inbound_addr(), &short, 8080)
+        .await
+        .expect("mTLS with a valid certificate");
+    assert_eq!(
+        timed("request before expiry", h2_get(&mut send, "/"))
+            .await
+            .ok(),
+        Some(StatusCode::OK)
+    );
+
+    until_expired(not_after).await;
+    // The same open connection, after notAfter: nothing reaches the app.
+    let after = timed("request after expiry", h2_get(&mut send, "/")).await;
+    assert!(
+        !matches!(after, Ok(StatusCode::OK)),
+        "a request after the caller's certificate expired was served: {after:?}"
+    );
+    // And the server has closed the connection.
+    timed("the server closes the connection", driver)
+        .await
+        .expect("driver");
+    assert!(send.is_closed());
+    closed_count(&server, "peer-certificate-expired").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_to_a_peer_retire_at_their_maximum_age() {
+    let bed = Bed::new();
+    let _app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let server = bed.sidecar("server", 2, Limits::default()).await;
+    let limits = Limits {
+        max_connection_age: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let client = bed.sidecar("client", 1, limits).await;
+    let get = || async {
+        let tcp = TcpStream::connect(client.outbound_addr())
+            .await
+            .expect("outbound");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("h1");
+        tokio::spawn(conn);
+        let req = Request::get("/")
+            .header(http::header::HOST, "server.shop:8080")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        send.send_request(req).await.expect("response").status()
+    };
+    assert_eq!(timed("first request", get()).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(timed("second request", get()).await, StatusCode::OK);
+    // The second request went over a new connection: the first one had aged out.
+    let m = server.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "palisade_proxy_connections_total",
+            &["direction=\"inbound\""]
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+// === item 7: streams, app connections, timeouts, connection caps ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_streams_opens_at_most_the_configured_app_connections() {
+    let bed = Bed::new();
+    let app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let server = bed.sidecar("server", 2, Limits::default()).await;
+    let defaults = Limits::default();
+    let (creds, _) = bed.creds("client", Duration::from_secs(3600));
+    // Four connections, each asking for 200 held requests at once.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (send, _driver) = h2_connect(&bed, server.inbound_addr(), &creds, 8080)
+            .await
+            .expect("connect");
+        for _ in 0..200 {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(
+                async move { h2_get(&mut send, "/hold").await },
+            ));
+        }
+    }
+    // The app fills up to the pool's limit and no further.
+    let cap = defaults.app_max_connections;
+    within(
+        Duration::from_secs(30),
+        "the app holds a full pool",
+        async {
+            while app.in_flight.load(Ordering::SeqCst) < cap {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.in_flight.load(Ordering::SeqCst), cap);
+    assert!(
+        app.accepted.load(Ordering::SeqCst) <= cap,
+        "the app accepted {} connections (limit {cap})",
+        app.accepted.load(Ordering::SeqCst)
+    );
+    // Released, the queued requests are served over the same bounded pool.
+    app.release.send_replace(true);
+    let mut ok = 0;
+    for task in tasks {
+        if let Ok(Ok(StatusCode::OK)) = timed("held request", task).await {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 800);
+    assert!(app.accepted.load(Ordering::SeqCst) <= cap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_at_most_the_configured_concurrent_streams() {
+    let bed = Bed::new();
+    let app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    // An app pool larger than the stream limit, so only the stream limit bounds the app.
+    let limits = Limits {
+        app_max_connections: 1000,
+        ..Limits::default()
+    };
+    let streams = limits.max_concurrent_streams as usize;
+    let server = bed.sidecar("server", 2, limits).await;
+    let (creds, _) = bed.creds("client", Duration::from_secs(3600));
+    let (send, _driver) = h2_connect(&bed, server.inbound_addr(), &creds, 8080)
+        .await
+        .expect("connect");
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(
+            async move { h2_get(&mut send, "/hold").await },
+        ));
+    }
+    within(Duration::from_secs(30), "streams reach the app", async {
+        while app.in_flight.load(Ordering::SeqCst) < streams {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.in_flight.load(Ordering::SeqCst), streams);
+    app.release.send_replace(true);
+    for task in tasks {
+        let _ = timed("held request", task).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_aged_connections_are_closed() {
+    let bed = Bed::new();
+    let _app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let server = bed.sidecar("server", 2, limits).await;
+    let (creds, _) = bed.creds("client", Duration::from_secs(3600));
+    let (mut send, driver) = h2_connect(&bed, server.inbound_addr(), &creds, 8080)
+        .await
+        .expect("connect");
+    assert_eq!(h2_get(&mut send, "/").await.ok(), Some(StatusCode::OK));
+    timed("the idle connection is closed", driver)
+        .await
+        .expect("driver");
+    closed_count(&server, "idle").await;
+
+    // A busy connection is closed at its maximum age all the same.
+    drop(server);
+    let bed = Bed::new();
+    let _app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let limits = Limits {
+        max_connection_age: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let server = bed.sidecar("server", 2, limits).await;
+    let (mut send, driver) = h2_connect(&bed, server.inbound_addr(), &creds_for(&bed), 8080)
+        .await
+        .expect("connect");
+    let busy = async {
+        while h2_get(&mut send, "/").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    within(TIMEOUT, "the aged connection is closed", busy).await;
+    timed("driver ends", driver).await.expect("driver");
+    closed_count(&server, "max-age").await;
+}
+
+/// Waits (bounded) until the server has counted one connection closed for `reason`: the
+/// client may see the close before the server's bookkeeping is done.
+async fn closed_count(server: &Proxy, reason: &str) {
+    let label = format!("reason=\"{reason}\"");
+    within(TIMEOUT, "the close is counted", async {
+        loop {
+            let m = server.metrics().encode();
+            if metric(&m, "palisade_proxy_connections_closed_total", &[&label]) == 1.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A request body fed from a channel: it stalls while the sender sends nothing.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+fn creds_for(bed: &Bed) -> Credentials {
+    bed.creds("client", Duration::from_secs(3600)).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_cut_and_its_app_connection_freed() {
+    let bed = Bed::new();
+    let app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let limits = Limits {
+        body_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let server = bed.sidecar("server", 2, limits).await;
+    let config = client_config(
+        Some(&creds_for(&bed)),
+        &bed.bundle,
+        id("server"),
+        &[ALPN_H2],
+    )
+    .expect("client config");
+    let tcp = TcpStream::connect(server.inbound_addr())
+        .await
+        .expect("tcp");
+    let sni = ServerName::DnsName(DnsName::try_from("port-8080.palisade.mesh").expect("sni"));
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(sni, tcp)
+        .await
+        .expect("tls");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .expect("h2");
+    tokio::spawn(conn);
+    // A body that sends one chunk and then nothing, never ending.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tx.send(Bytes::from_static(b"partial"))
+        .await
+        .expect("first chunk");
+    let body = ChannelBody(rx);
+    let req = Request::post("http://server.shop:8080/upload")
+        .body(body)
+        .expect("request");
+    let outcome = within(Duration::from_secs(20), "the stalled request ends", async {
+        match send.send_request(req).await {
+            Ok(response) => Some(response.status()),
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert_ne!(outcome, Some(StatusCode::OK));
+    drop(tx);
+    // The app connection it held was given back: it is closed (so the app read an error).
+    assert!(app.accepted.load(Ordering::SeqCst) <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_listener_closes_a_connection_that_never_finishes_its_head() {
+    let bed = Bed::new();
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let client = bed.sidecar("client", 1, limits).await;
+    let mut tcp = TcpStream::connect(client.outbound_addr())
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: server.shop:8080\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the outbound listener kept a connection with a half-sent head open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_per_peer_identity_and_per_listener() {
+    let bed = Bed::new();
+    let _app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let limits = Limits {
+        max_connections: 6,
+        max_connections_per_peer: 3,
+        ..Limits::default()
+    };
+    let server = bed.sidecar("server", 2, limits).await;
+    let greedy = creds_for(&bed);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (mut send, driver) = h2_connect(&bed, server.inbound_addr(), &greedy, 8080)
+            .await
+            .expect("connect");
+        assert_eq!(
+            h2_get(&mut send, "/").await.ok(),
+            Some(StatusCode::OK),
+            "connection {i} of the identity"
+        );
+        held.push((send, driver));
+    }
+    // The identity's fourth connection is closed after the handshake.
+    let fourth = match h2_connect(&bed, server.inbound_addr(), &greedy, 8080).await {
+        Ok((mut send, _)) => timed("fourth", h2_get(&mut send, "/")).await.ok(),
+        Err(_) => None,
+    };
+    assert_eq!(fourth, None);
+    // Another identity is not affected.
+    let (other, _) = bed.creds("server", Duration::from_secs(3600));
+    for _ in 0..3 {
+        let (mut send, driver) = h2_connect(&bed, server.inbound_addr(), &other, 8080)
+            .await
+            .expect("connect");
+        assert_eq!(h2_get(&mut send, "/").await.ok(), Some(StatusCode::OK));
+        held.push((send, driver));
+    }
+    // The listener is full: even a fresh identity is refused at accept.
+    let (third, _) = bed.creds("third", Duration::from_secs(3600));
+    let refused = match h2_connect(&bed, server.inbound_addr(), &third, 8080).await {
+        Ok((mut send, _)) => timed("seventh", h2_get(&mut send, "/")).await.ok(),
+        Err(_) => None,
+    };
+    assert_eq!(refused, None);
+    let m = server.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "palisade_proxy_connections_refused_total",
+            &["reason=\"peer-limit\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "palisade_proxy_connections_refused_total",
+            &["reason=\"listener-limit\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    // Closing one gives its place back.
+    if let Some((send, driver)) = held.pop() {
+        drop(send);
+        driver.abort();
+    }
+    within(TIMEOUT, "a freed place is usable", async {
+        loop {
+            if let Ok((mut send, _)) = h2_connect(&bed, server.inbound_addr(), &third, 8080).await
+                && h2_get(&mut send, "/").await.ok() == Some(StatusCode::OK)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+// === item 9: metric labels stay bounded ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_refused_hosts_leave_the_metrics_small() {
+    let bed = Bed::new();
+    let client = bed.sidecar("client", 1, Limits::default()).await;
+    let tcp = TcpStream::connect(client.outbound_addr())
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    for i in 0..5000 {
+        let req = Request::get("/")
+            .header(http::header::HOST, format!("h{i}.attacker.example:80"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        timed("connection ready", send.ready())
+            .await
+            .expect("keep-alive connection");
+        let response = timed("refused request", send.send_request(req))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        response.into_body().collect().await.expect("body");
+    }
+    let text = client.metrics().encode();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("palisade_proxy_authz_denials_total{"))
+        .count();
+    assert_eq!(series, 1, "{text}");
+    assert!(
+        !text.contains("attacker.example"),
+        "a host the app chose became a label"
+    );
+    assert!(text.len() < 64 * 1024, "/metrics is {} bytes", text.len());
+    assert_eq!(
+        metric(
+            &text,
+            "palisade_proxy_authz_denials_total",
+            &["destination=\"external\""]
+        ),
+        5000.0
+    );
+}
