@@ -717,3 +717,270 @@ async fn five_thousand_refused_hosts_leave_the_metrics_small() {
         5000.0
     );
 }
+
+// === load: one sidecar process under a stream and connection flood ===
+
+/// Peak resident memory the flooded sidecar may reach (debug build), in KiB: 160 MiB.
+/// Measured at about 79 MiB (December 2026, 2,048 streams and 1,000 idle connections); the
+/// bound leaves room for allocator and build differences while still catching
+/// per-connection or per-stream growth gone unbounded.
+const RSS_BOUND_KIB: u64 = 160 * 1024;
+/// Attacker connections holding streams, each at the stream limit.
+const STREAM_CONNECTIONS: usize = 16;
+/// Idle attacker connections (mTLS and HTTP/2 handshakes done, no request).
+const IDLE_CONNECTIONS: usize = 1000;
+
+/// Raises this process's open-file limit to `want` (children inherit it), if the hard limit
+/// allows; returns whether it is at least `want`.
+fn raise_nofile(want: u64) -> bool {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return false;
+    };
+    if soft >= want {
+        return true;
+    }
+    if hard < want {
+        return false;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok()
+}
+
+/// `VmHWM` (peak resident set) of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sidecar_holds_two_thousand_streams_and_a_thousand_idle_connections_bounded() {
+    let test = "one_sidecar_holds_two_thousand_streams_and_a_thousand_idle_connections_bounded";
+    if !raise_nofile(8192) {
+        crate::support::skip(test, "RLIMIT_NOFILE cannot be raised to 8192");
+        return;
+    }
+    let bed = Bed::new();
+    let limits = Limits::default();
+    let streams_per_connection = limits.max_concurrent_streams as usize;
+    let attacked = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let other = App::start(SocketAddr::new(bed.server_ip(), 8081), bed.shutdown.clone()).await;
+
+    // The sidecar as its own process, so its memory is its own.
+    let files = bed._dir.path();
+    let (leaf, key) = bed
+        .ca
+        .issue(&id("server"), Duration::from_secs(3600))
+        .expect("issue");
+    let mut chain = leaf.leaf_pem();
+    for pem in leaf.chain_pem() {
+        chain.push_str(&pem);
+    }
+    let cert_dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = cert_dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let cert = write("cert.pem", &chain);
+    let key = write("key.pem", &key.private_key_pem());
+    let anchors = write("roots.pem", &bed.bundle.to_pem());
+    let ip = bed.server_ip();
+    let args: Vec<String> = [
+        "proxy",
+        "--workload",
+        "server",
+        "--namespace",
+        "shop",
+        "--service-account",
+        "server",
+        "--trust-anchors",
+        &anchors,
+        "--static-config",
+        &files.display().to_string(),
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--inbound",
+        &format!("{ip}:15006"),
+        "--outbound",
+        &format!("{ip}:15001"),
+        "--admin",
+        &format!("{ip}:15000"),
+        "--app-host",
+        &ip.to_string(),
+        // Queued attacker streams stay open for the whole test instead of timing out.
+        "--app-queue-timeout-seconds",
+        "300",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let sidecar = crate::support::procs::ChildGuard::palisade("server", &args, cert_dir.path());
+    let admin = SocketAddr::new(ip, 15000);
+    let inbound = SocketAddr::new(ip, 15006);
+    crate::support::poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "the sidecar is ready",
+        || async {
+            crate::support::clients::try_admin_get(admin, "/ready")
+                .await
+                .filter(|r| r.status == 200)
+        },
+    )
+    .await;
+
+    // Streams: every attacker connection at the stream limit, all on the held endpoint.
+    let attacker = creds_for(&bed);
+    let mut held = Vec::new();
+    let mut connections = Vec::new();
+    for _ in 0..STREAM_CONNECTIONS {
+        let (send, driver) = timed(
+            "attacker connects",
+            h2_connect(&bed, inbound, &attacker, 8080),
+        )
+        .await
+        .expect("attacker connection");
+        for _ in 0..streams_per_connection {
+            let mut send = send.clone();
+            held.push(tokio::spawn(
+                async move { h2_get(&mut send, "/hold").await },
+            ));
+        }
+        connections.push((send, driver));
+    }
+    let streams = held.len();
+    assert!(streams >= 2000);
+
+    // Idle connections from another identity, opened 50 at a time.
+    let (idler, _) = bed.creds("idler", Duration::from_secs(3600));
+    let mut idle = Vec::new();
+    for _ in 0..IDLE_CONNECTIONS / 50 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let idler = idler.clone();
+            let bundle = bed.bundle.clone();
+            batch.spawn(async move { idle_connection(inbound, &idler, &bundle).await });
+        }
+        while let Some(done) = batch.join_next().await {
+            idle.push(done.expect("task").expect("idle connection"));
+        }
+    }
+
+    // The app holds a full pool on the attacked port, and no more.
+    let cap = limits.app_max_connections;
+    within(
+        Duration::from_secs(60),
+        "the attacked app port fills its pool",
+        async {
+            while attacked.in_flight.load(Ordering::SeqCst) < cap {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+
+    // A legitimate caller keeps being served meanwhile.
+    let (legit, _) = bed.creds("legit", Duration::from_secs(3600));
+    let (mut send, _driver) = timed("legit connects", h2_connect(&bed, inbound, &legit, 8081))
+        .await
+        .expect("legit connection");
+    for _ in 0..20 {
+        let req = Request::get("http://server.shop:8081/")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let status = timed("legit request", send.send_request(req))
+            .await
+            .expect("legit response")
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    // Everything the attackers opened is still open and counted, none refused.
+    assert!(
+        held.iter().all(|t| !t.is_finished()),
+        "held streams ended early"
+    );
+    let m = crate::support::clients::admin_get(admin, "/metrics")
+        .await
+        .text();
+    let accepted = metric(
+        &m,
+        "palisade_proxy_connections_total",
+        &["direction=\"inbound\""],
+    );
+    assert!(
+        accepted >= (STREAM_CONNECTIONS + IDLE_CONNECTIONS + 1) as f64,
+        "{accepted}"
+    );
+    assert_eq!(
+        metric(&m, "palisade_proxy_connections_refused_total", &[]),
+        0.0
+    );
+
+    let peak = peak_rss_kib(sidecar.pid());
+    eprintln!(
+        "load: {streams} streams on {STREAM_CONNECTIONS} connections, {} idle connections: \
+         sidecar peak RSS {peak} KiB (bound {RSS_BOUND_KIB} KiB), app connections {} (limit {cap})",
+        idle.len(),
+        attacked.accepted.load(Ordering::SeqCst)
+    );
+    assert!(peak < RSS_BOUND_KIB, "sidecar peak RSS {peak} KiB");
+    assert_eq!(attacked.in_flight.load(Ordering::SeqCst), cap);
+    assert!(attacked.accepted.load(Ordering::SeqCst) <= cap);
+    assert!(other.accepted.load(Ordering::SeqCst) >= 1);
+
+    // Released, every held stream is answered through the same bounded pool.
+    attacked.release.send_replace(true);
+    let mut ok = 0;
+    for task in held {
+        if let Ok(Ok(StatusCode::OK)) = within(Duration::from_secs(60), "held stream", task).await {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, streams);
+    assert!(attacked.accepted.load(Ordering::SeqCst) <= cap);
+    drop(idle);
+    drop(connections);
+    drop(sidecar);
+}
+
+/// An mTLS + HTTP/2 connection that sends nothing more; closed when the handle drops.
+async fn idle_connection(
+    inbound: SocketAddr,
+    creds: &Credentials,
+    bundle: &TrustBundle,
+) -> Result<IdleConn, BoxError> {
+    let config = client_config(Some(creds), bundle, id("server"), &[ALPN_H2])?;
+    let tcp = TcpStream::connect(inbound).await?;
+    let sni = ServerName::DnsName(DnsName::try_from("port-8081.palisade.mesh")?);
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(sni, tcp)
+        .await?;
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .await?;
+    Ok(IdleConn {
+        _send: send,
+        driver: tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    })
+}
+
+/// An idle connection; dropping it closes it.
+struct IdleConn {
+    _send: SendRequest<Empty<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for IdleConn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
