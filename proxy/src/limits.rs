@@ -210,6 +210,19 @@ pub(crate) fn expiry_instant(not_after: i64) -> Instant {
     Instant::now() + end.saturating_sub(unix_now())
 }
 
+/// Longest head start a connection gets to wind down before a certificate it depends on
+/// expires.
+const RETIRE_MARGIN_CAP: Duration = Duration::from_secs(60);
+
+/// When a connection that must be gone by `hard` stops taking new requests: a tenth of its
+/// remaining life before (at most a minute), so requests in flight finish and callers move
+/// to a new connection (made with renewed certificates) before the hard close.
+pub(crate) fn retire_before(hard: Instant) -> Instant {
+    let now = Instant::now();
+    let margin = (hard.saturating_duration_since(now) / 10).min(RETIRE_MARGIN_CAP);
+    hard.checked_sub(margin).unwrap_or(now).max(now)
+}
+
 // === connection lifetime ===
 
 /// Requests in flight on one connection (from arrival until the response body is done),
@@ -344,7 +357,8 @@ where
 pub(crate) enum Ended {
     /// The peer or the protocol closed it (the result says how).
     Closed,
-    /// Closed at the peer certificate's `notAfter`, at once.
+    /// Closed because the peer's certificate expires: gracefully shortly before its
+    /// `notAfter`, at once at it.
     CertificateExpired,
     /// Closed gracefully after the maximum age.
     MaxAge,
@@ -371,8 +385,10 @@ impl Ended {
 pub(crate) struct Lifetime {
     /// Closed at once then (the peer's certificate expires).
     pub(crate) hard: Option<Instant>,
-    /// Closed gracefully then (maximum age).
+    /// Closed gracefully then: the maximum age, or shortly before `hard`.
     pub(crate) soft: Instant,
+    /// Which of the two `soft` is.
+    soft_reason: Ended,
     /// Closed gracefully after this long without a request.
     pub(crate) idle: Duration,
     /// How long a graceful close may take before the connection is dropped.
@@ -392,13 +408,25 @@ impl Lifetime {
     ) -> Self {
         let hard = not_after.map(expiry_instant);
         let aged = Instant::now() + limits.max_connection_age;
+        let (soft, soft_reason) = match hard.map(retire_before) {
+            Some(retire) if retire < aged => (retire, Ended::CertificateExpired),
+            _ => (aged, Ended::MaxAge),
+        };
         Self {
             hard,
-            soft: hard.map_or(aged, |h| h.min(aged)),
+            soft,
+            soft_reason,
             idle: limits.idle_timeout,
             grace,
             shutdown,
         }
+    }
+}
+
+impl Lifetime {
+    /// Why the connection ends at `soft`.
+    pub(crate) fn soft_reason(&self) -> Ended {
+        self.soft_reason
     }
 }
 
@@ -430,7 +458,7 @@ where
         r = conn.as_mut() => return (Ended::Closed, r),
         () = &mut hard_deadline => return (Ended::CertificateExpired, Ok(())),
         () = life.shutdown.cancelled() => Ended::Drain,
-        () = tokio::time::sleep_until(life.soft) => Ended::MaxAge,
+        () = tokio::time::sleep_until(life.soft) => life.soft_reason,
         () = &mut idle => Ended::Idle,
     };
     conn.as_mut().graceful_shutdown();

@@ -226,9 +226,10 @@ impl PeerPool {
         Ok(stream)
     }
 
-    /// A new pooled connection and when it retires: at the maximum age, or when the peer's
-    /// certificate expires, whichever is first. At the expiry the connection is closed
-    /// outright: the peer's identity is no longer vouched for.
+    /// A new pooled connection and when it retires: at the maximum age, or shortly before
+    /// the peer's certificate or our own expires (the peer closes the connection at once
+    /// when ours does), whichever is first. At the peer's expiry the connection is closed
+    /// outright: its identity is no longer vouched for.
     async fn connect(&self, key: &PeerKey) -> Result<(SendRequest<ProxyBody>, Instant), PeerError> {
         let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
         let stream = self.handshake(key, tls.client_for(&key.identity)?).await?;
@@ -237,8 +238,10 @@ impl PeerPool {
         }
         let expiry = limits::chain_not_after(stream.get_ref().1.peer_certificates())
             .map(limits::expiry_instant);
+        let own_expiry = limits::expiry_instant(tls.credentials().not_after());
         let aged = Instant::now() + self.limits.max_connection_age;
-        let retire_at = expiry.map_or(aged, |e| e.min(aged));
+        let first_expiry = expiry.map_or(own_expiry, |e| e.min(own_expiry));
+        let retire_at = limits::retire_before(first_expiry).min(aged);
         let (send, conn) = crate::h2::client(&self.limits)
             .handshake(TokioIo::new(stream))
             .await?;

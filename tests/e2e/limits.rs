@@ -279,7 +279,7 @@ async fn until_expired(not_after: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_is_closed_when_the_callers_certificate_expires() {
     let bed = Bed::new();
-    let _app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
     let server = bed.sidecar("server", 2, Limits::default()).await;
     // A workload certificate living 4 s (the CA backdates the start, so it is valid now).
     let (short, not_after) = bed.creds("client", Duration::from_secs(4));
@@ -293,7 +293,21 @@ async fn a_connection_is_closed_when_the_callers_certificate_expires() {
         Some(StatusCode::OK)
     );
 
+    // A request the app holds keeps the connection busy past notAfter, as a caller
+    // ignoring GOAWAY would.
+    let mut held_send = send.clone();
+    let held = tokio::spawn(async move { h2_get(&mut held_send, "/hold").await });
+    within(TIMEOUT, "the held request reaches the app", async {
+        while app.in_flight.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
     until_expired(not_after).await;
+    // The connection was cut at notAfter, the held request with it (the app never answers).
+    let held = timed("the held request ends", held).await.expect("task");
+    assert!(held.is_err(), "the held request survived expiry: {held:?}");
     // The same open connection, after notAfter: nothing reaches the app.
     let after = timed("request after expiry", h2_get(&mut send, "/")).await;
     assert!(

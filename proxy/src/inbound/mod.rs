@@ -381,7 +381,7 @@ impl Inbound {
         Lifetime::new(&self.limits, not_after, self.grace, self.shutdown.clone())
     }
 
-    /// An opaque stream, cut at the caller's certificate expiry or its maximum age (a
+    /// An opaque stream, cut shortly before the caller's certificate expires or at its maximum age (a
     /// byte stream has no graceful close to offer).
     async fn serve_tcp_bounded<S>(&self, stream: S, ctx: &ConnContext, target_port: Option<u16>)
     where
@@ -390,13 +390,7 @@ impl Inbound {
         let life = self.lifetime(ctx.not_after);
         let ended = tokio::select! {
             () = self.serve_tcp(stream, ctx, target_port) => Ended::Closed,
-            () = tokio::time::sleep_until(life.soft) => {
-                if life.hard.is_some_and(|h| h <= life.soft) {
-                    Ended::CertificateExpired
-                } else {
-                    Ended::MaxAge
-                }
-            }
+            () = tokio::time::sleep_until(life.soft) => life.soft_reason(),
         };
         self.ended(ctx, ended);
     }
