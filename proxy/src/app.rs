@@ -5,7 +5,7 @@
 //! However many requests arrive (500 streams on one inbound connection, or many
 //! connections), a port never has more than [`Limits::app_max_connections`] connections to
 //! the app: a request takes an idle connection, else opens one while under the limit, else
-//! queues until one is free, for at most [`Limits::app_queue_timeout`] (then 503). A request
+//! queues until one is free, for at most [`Limits::app_queue_timeout`] (then 502, gRPC UNAVAILABLE, as any app failure). A request
 //! body that stalls for [`Limits::body_timeout`] aborts its request and frees the
 //! connection.
 
@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::http::{BoxError, ProxyBody};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::model::Protocol;
 
 /// How long dialling the app may take.
@@ -73,14 +74,17 @@ struct PoolLimits {
 pub struct AppClients {
     host: IpAddr,
     limits: PoolLimits,
+    metrics: Arc<Metrics>,
     clients: RwLock<HashMap<(u16, bool), AppClient>>,
 }
 
 impl AppClients {
-    /// Clients to the app at `host`, bounded by `limits`.
-    pub fn new(host: IpAddr, limits: &Limits) -> Arc<Self> {
+    /// Clients to the app at `host`, bounded by `limits`; refusals are counted in
+    /// `metrics`.
+    pub fn new(host: IpAddr, limits: &Limits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             host,
+            metrics,
             limits: PoolLimits {
                 max_connections: limits.app_max_connections.max(1),
                 queue_timeout: limits.app_queue_timeout,
@@ -110,6 +114,7 @@ impl AppClients {
             addr: SocketAddr::new(self.host, port),
             http2,
             limits: self.limits,
+            metrics: self.metrics.clone(),
             permits: Arc::new(Semaphore::new(self.limits.max_connections)),
             idle: Mutex::new(Vec::new()),
             returned: Notify::new(),
@@ -136,6 +141,7 @@ struct Pool {
     addr: SocketAddr,
     http2: bool,
     limits: PoolLimits,
+    metrics: Arc<Metrics>,
     /// One permit per open connection, held by its driver task until it closes.
     permits: Arc<Semaphore>,
     /// HTTP/1 connections waiting for a request, with when they became idle.
@@ -163,7 +169,10 @@ impl AppClient {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             parts.uri = Uri::from(origin);
         }
-        let request = Request::from_parts(parts, Stalling::new(body, pool.limits.body_timeout));
+        let request = Request::from_parts(
+            parts,
+            Stalling::new(body, pool.limits.body_timeout, pool.metrics.clone()),
+        );
         if pool.http2 {
             let mut sender = pool.http2_sender().await?;
             return Ok(sender.send_request(request).await?);
@@ -248,6 +257,7 @@ impl Pool {
     }
 
     fn queue_timeout(&self) -> AppError {
+        self.metrics.app_refusal("queue-timeout");
         AppError::QueueTimeout {
             addr: self.addr,
             max: self.limits.max_connections,
@@ -290,15 +300,17 @@ pin_project_lite::pin_project! {
         inner: B,
         timeout: Duration,
         timer: Option<Pin<Box<Sleep>>>,
+        metrics: Arc<Metrics>,
     }
 }
 
 impl<B> Stalling<B> {
-    fn new(inner: B, timeout: Duration) -> Self {
+    fn new(inner: B, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
             timeout,
             timer: None,
+            metrics,
         }
     }
 }
@@ -332,7 +344,10 @@ where
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(timeout).into()))),
+                    Poll::Ready(()) => {
+                        this.metrics.app_refusal("body-stalled");
+                        Poll::Ready(Some(Err(BodyStalled(timeout).into())))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

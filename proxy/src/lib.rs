@@ -420,7 +420,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
     let inbound = Arc::new(inbound::Inbound {
         view: view_rx.clone(),
         tls: tls_rx.clone(),
-        apps: app::AppClients::new(config.app_host, &config.limits),
+        apps: app::AppClients::new(config.app_host, &config.limits, metrics.clone()),
         metrics: metrics.clone(),
         debug_headers: config.debug_headers,
         log_decisions: config.log_decisions,

@@ -48,7 +48,7 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Connections to the app per port; further requests queue for a free one.
     pub app_max_connections: usize,
-    /// How long a request may queue for an app connection before it is answered 503.
+    /// How long a request may queue for an app connection before it is answered 502 (gRPC UNAVAILABLE).
     pub app_queue_timeout: Duration,
 }
 

@@ -142,6 +142,11 @@ struct ConnReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpdateLabels {
     type_url: &'static str,
     result: &'static str,
@@ -165,6 +170,7 @@ pub struct Metrics {
     connections: Family<DirectionLabels, Counter>,
     connections_refused: Family<ConnReasonLabels, Counter>,
     connections_closed: Family<ConnReasonLabels, Counter>,
+    app_refusals: Family<ReasonLabels, Counter>,
     handshake_failures: Family<DirectionLabels, Counter>,
     plaintext_refused: Family<PlaintextLabels, Counter>,
     cert_expiry: Gauge,
@@ -230,6 +236,14 @@ impl Metrics {
             "Connections the proxy closed on its own, by direction and reason (max-age, idle, \
              peer-certificate-expired)",
             connections_closed.clone(),
+        );
+        let app_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "app_refusals",
+            "Requests not delivered to the app because a bound was hit, by reason \
+             (queue-timeout: every app connection of the port stayed busy; body-stalled: the \
+             request body sent nothing for the body timeout)",
+            app_refusals.clone(),
         );
         let handshake_failures = Family::<DirectionLabels, Counter>::default();
         registry.register(
@@ -333,6 +347,7 @@ impl Metrics {
             connections,
             connections_refused,
             connections_closed,
+            app_refusals,
             handshake_failures,
             plaintext_refused,
             cert_expiry,
@@ -378,6 +393,13 @@ impl Metrics {
     pub fn connection_closed(&self, direction: Direction, reason: &'static str) {
         self.connections_closed
             .get_or_create(&ConnReasonLabels { direction, reason })
+            .inc();
+    }
+
+    /// Records a request the app pool refused (`reason` is a fixed name).
+    pub fn app_refusal(&self, reason: &'static str) {
+        self.app_refusals
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -108,7 +108,7 @@ pub struct ProxyArgs {
     /// Connections to the app per port; further requests queue for a free one.
     #[arg(long, env = "PALISADE_APP_MAX_CONNECTIONS", default_value_t = Limits::default().app_max_connections)]
     pub app_max_connections: usize,
-    /// Seconds a request may queue for an app connection before it is answered 503.
+    /// Seconds a request may queue for an app connection before it is answered 502 (gRPC UNAVAILABLE).
     #[arg(long, env = "PALISADE_APP_QUEUE_TIMEOUT_SECONDS", default_value_t = Limits::default().app_queue_timeout.as_secs())]
     pub app_queue_timeout_seconds: u64,
     /// Standalone mode, no control plane: a directory of mesh YAML to configure from.

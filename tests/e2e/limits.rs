@@ -416,6 +416,57 @@ async fn a_flood_of_streams_opens_at_most_the_configured_app_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queues_for_a_free_app_connection_then_is_refused() {
+    let bed = Bed::new();
+    let app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
+    let limits = Limits {
+        app_max_connections: 1,
+        app_queue_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let server = bed.sidecar("server", 2, limits).await;
+    let (send, _driver) = h2_connect(&bed, server.inbound_addr(), &creds_for(&bed), 8080)
+        .await
+        .expect("connect");
+    let mut first = send.clone();
+    let held = tokio::spawn(async move { h2_get(&mut first, "/hold").await });
+    within(
+        TIMEOUT,
+        "the first request holds the only app connection",
+        async {
+            while app.in_flight.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    // The second waits for the busy connection, then is answered 502; no second connection
+    // reaches the app.
+    let mut second = send.clone();
+    let queued = timed("the queued request", h2_get(&mut second, "/hold")).await;
+    assert_eq!(queued.ok(), Some(StatusCode::BAD_GATEWAY));
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+    let m = server.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "palisade_proxy_app_refusals_total",
+            &["reason=\"queue-timeout\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    // Once the app answers, the freed connection serves the next request.
+    app.release.send_replace(true);
+    assert_eq!(
+        timed("held", held).await.expect("task").ok(),
+        Some(StatusCode::OK)
+    );
+    assert_eq!(h2_get(&mut second, "/").await.ok(), Some(StatusCode::OK));
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_carries_at_most_the_configured_concurrent_streams() {
     let bed = Bed::new();
     let app = App::start(SocketAddr::new(bed.server_ip(), 8080), bed.shutdown.clone()).await;
@@ -576,6 +627,16 @@ async fn a_stalled_request_body_is_cut_and_its_app_connection_freed() {
     .await;
     assert_ne!(outcome, Some(StatusCode::OK));
     drop(tx);
+    let m = server.metrics().encode();
+    assert_eq!(
+        metric(
+            &m,
+            "palisade_proxy_app_refusals_total",
+            &["reason=\"body-stalled\""]
+        ),
+        1.0,
+        "{m}"
+    );
     // The app connection it held was given back: it is closed (so the app read an error).
     assert!(app.accepted.load(Ordering::SeqCst) <= 1);
 }
