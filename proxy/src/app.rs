@@ -178,7 +178,18 @@ impl AppClient {
             return Ok(sender.send_request(request).await?);
         }
         let mut sender = pool.http1_sender().await?;
-        let response = sender.send_request(request).await?;
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            // An idle connection the app closed meanwhile: the request never left, so it
+            // goes once more, over another connection.
+            Err(mut e) => match e.take_message() {
+                Some(request) => {
+                    sender = pool.http1_sender().await?;
+                    sender.send_request(request).await?
+                }
+                None => return Err(e.into_error().into()),
+            },
+        };
         // The connection is free once the response body is done; then it goes back.
         let pool = self.0.clone();
         tokio::spawn(async move {

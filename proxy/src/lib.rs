@@ -15,8 +15,9 @@
 //! Layout: `model` (validated view from proto) · `authz` (compiled policies, per-request
 //! decision; pure) · `egress` (egress allowances; pure) · `discovery` and `identity`
 //! (control-plane clients) · `tls` (swappable rustls state) · `outbound`, `pool`, `inbound`,
-//! `app` (data path) · `enforce` (decision metrics and logs) · `admin`, `metrics` · `serve`
-//! (accept loop and drain).
+//! `app` (data path) · `limits` (connection caps, connection lifetimes, timeouts) ·
+//! `enforce` (decision metrics and logs) · `admin`, `metrics` · `serve` (accept loop and
+//! drain).
 
 pub mod admin;
 pub mod app;
