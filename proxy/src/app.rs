@@ -67,6 +67,8 @@ struct PoolLimits {
     max_connections: usize,
     queue_timeout: Duration,
     body_timeout: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
 }
 
 /// Clients to the local app, one pool per (port, protocol), created on first use.
@@ -89,6 +91,8 @@ impl AppClients {
                 max_connections: limits.app_max_connections.max(1),
                 queue_timeout: limits.app_queue_timeout,
                 body_timeout: limits.body_timeout,
+                keepalive_interval: limits.keepalive_interval,
+                keepalive_timeout: limits.keepalive_timeout,
             },
             clients: RwLock::new(HashMap::new()),
         })
@@ -260,6 +264,8 @@ impl Pool {
         let io = self.dial().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(self.limits.keepalive_interval)
+            .keep_alive_timeout(self.limits.keepalive_timeout)
             .handshake(io)
             .await?;
         spawn_driver(conn, permit, self.addr);
