@@ -1059,3 +1059,78 @@ impl Drop for IdleConn {
         self.driver.abort();
     }
 }
+
+#[tokio::test]
+async fn every_bound_has_a_flag_with_its_default_in_help() {
+    let out = crate::support::procs::run_palisade(&["proxy", "--help"]).await;
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let d = Limits::default();
+    for (flag, env, default) in [
+        (
+            "--max-connections ",
+            "PALISADE_MAX_CONNECTIONS=",
+            d.max_connections.to_string(),
+        ),
+        (
+            "--max-connections-per-peer",
+            "PALISADE_MAX_CONNECTIONS_PER_PEER=",
+            d.max_connections_per_peer.to_string(),
+        ),
+        (
+            "--max-concurrent-streams",
+            "PALISADE_MAX_CONCURRENT_STREAMS=",
+            d.max_concurrent_streams.to_string(),
+        ),
+        (
+            "--keepalive-interval-seconds",
+            "PALISADE_KEEPALIVE_INTERVAL_SECONDS=",
+            d.keepalive_interval.as_secs().to_string(),
+        ),
+        (
+            "--keepalive-timeout-seconds",
+            "PALISADE_KEEPALIVE_TIMEOUT_SECONDS=",
+            d.keepalive_timeout.as_secs().to_string(),
+        ),
+        (
+            "--idle-timeout-seconds",
+            "PALISADE_IDLE_TIMEOUT_SECONDS=",
+            d.idle_timeout.as_secs().to_string(),
+        ),
+        (
+            "--max-connection-age-seconds",
+            "PALISADE_MAX_CONNECTION_AGE_SECONDS=",
+            d.max_connection_age.as_secs().to_string(),
+        ),
+        (
+            "--header-read-timeout-seconds",
+            "PALISADE_HEADER_READ_TIMEOUT_SECONDS=",
+            d.header_read_timeout.as_secs().to_string(),
+        ),
+        (
+            "--body-timeout-seconds",
+            "PALISADE_BODY_TIMEOUT_SECONDS=",
+            d.body_timeout.as_secs().to_string(),
+        ),
+        (
+            "--app-max-connections",
+            "PALISADE_APP_MAX_CONNECTIONS=",
+            d.app_max_connections.to_string(),
+        ),
+        (
+            "--app-queue-timeout-seconds",
+            "PALISADE_APP_QUEUE_TIMEOUT_SECONDS=",
+            d.app_queue_timeout.as_secs().to_string(),
+        ),
+    ] {
+        let at = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} missing from palisade proxy --help:\n{help}"));
+        let section: String = help[at..].lines().take(6).collect::<Vec<_>>().join("\n");
+        assert!(section.contains(env), "{flag}: no {env} in\n{section}");
+        assert!(
+            section.contains(&format!("[default: {default}]")),
+            "{flag}: default {default} not in\n{section}"
+        );
+    }
+}
