@@ -55,11 +55,15 @@ mod init;
 #[path = "e2e/capture.rs"]
 mod capture;
 
-/// The control plane as a process under attack: forged log lines, thousands of held streams
-/// and connections within a memory bound.
-#[path = "e2e/control_plane_limits.rs"]
-mod control_plane_limits;
 /// Authorization bypasses closed: opaque tunnels to HTTP ports, ambiguous authorities,
 /// odd SNI, CONNECT and `OPTIONS *` inbound, path normalisation options, generic 502 bodies.
 #[path = "e2e/bypass.rs"]
 mod bypass;
+/// The control plane as a process under attack: forged log lines, thousands of held streams
+/// and connections within a memory bound.
+#[path = "e2e/control_plane_limits.rs"]
+mod control_plane_limits;
+/// Data-path resource bounds: certificate expiry, streams, app pool, timeouts, connection
+/// caps, bounded metric labels, and a load test against one sidecar process.
+#[path = "e2e/limits.rs"]
+mod limits;

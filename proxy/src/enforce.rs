@@ -33,13 +33,17 @@ pub struct Subject<'a> {
 
 impl Subject<'_> {
     fn labels(&self, policy: &str) -> AuthzLabels {
+        self.labels_for(policy, self.destination)
+    }
+
+    fn labels_for(&self, policy: &str, destination: &str) -> AuthzLabels {
         AuthzLabels {
             direction: self.direction,
             policy: policy.to_owned(),
             source: self
                 .source
                 .map_or_else(|| UNAUTHENTICATED.to_owned(), |s| s.to_string()),
-            destination: self.destination.to_owned(),
+            destination: destination.to_owned(),
         }
     }
 
@@ -176,7 +180,21 @@ pub fn denial(
     rule: Option<usize>,
     explain: &str,
 ) {
-    metrics.authz_denial(&subject.labels(policy));
+    denial_counted_as(metrics, subject, subject.destination, policy, rule, explain);
+}
+
+/// [`denial`], counted under the bounded `metric_destination` (such as `external`) while
+/// the log line names the destination as the caller gave it: a label must never take a
+/// value an app or a remote caller chooses, or each new one would be a new series.
+pub fn denial_counted_as(
+    metrics: &Metrics,
+    subject: &Subject<'_>,
+    metric_destination: &str,
+    policy: &str,
+    rule: Option<usize>,
+    explain: &str,
+) {
+    metrics.authz_denial(&subject.labels_for(policy, metric_destination));
     tracing::warn!(
         target: LOG_TARGET,
         source = %Source(subject.source),

@@ -15,8 +15,9 @@
 //! Layout: `model` (validated view from proto) · `authz` (compiled policies, per-request
 //! decision; pure) · `egress` (egress allowances; pure) · `discovery` and `identity`
 //! (control-plane clients) · `tls` (swappable rustls state) · `outbound`, `pool`, `inbound`,
-//! `app` (data path) · `enforce` (decision metrics and logs) · `admin`, `metrics` · `serve`
-//! (accept loop and drain).
+//! `app` (data path) · `limits` (connection caps, connection lifetimes, timeouts) ·
+//! `enforce` (decision metrics and logs) · `admin`, `metrics` · `serve` (accept loop and
+//! drain).
 
 pub mod admin;
 pub mod app;
@@ -32,6 +33,7 @@ mod h2;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod netns;
@@ -57,6 +59,7 @@ use tracing::Instrument;
 
 pub use control::ControlPlaneTarget;
 pub use identity::IdentityRequest;
+pub use limits::Limits;
 
 use crate::discovery::{DiscoveryOutputs, Snapshots};
 use crate::metrics::Metrics;
@@ -117,6 +120,8 @@ pub struct ProxyConfig {
     /// How long a captured connection may take to show its protocol before it is treated
     /// as opaque TCP (ports declared TCP are never waited on).
     pub detect_timeout: Duration,
+    /// Resource bounds of the data path (connections, streams, timeouts, app pool).
+    pub limits: Limits,
 }
 
 /// Default of [`ProxyConfig::detect_timeout`].
@@ -153,6 +158,7 @@ impl ProxyConfig {
             debug_headers: false,
             log_decisions: false,
             detect_timeout: DEFAULT_DETECT_TIMEOUT,
+            limits: Limits::default(),
         }
     }
 }
@@ -415,10 +421,17 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
     let inbound = Arc::new(inbound::Inbound {
         view: view_rx.clone(),
         tls: tls_rx.clone(),
-        apps: app::AppClients::new(config.app_host),
+        apps: app::AppClients::new(config.app_host, &config.limits, metrics.clone()),
         metrics: metrics.clone(),
         debug_headers: config.debug_headers,
         log_decisions: config.log_decisions,
+        conns: limits::ConnCounter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_peer,
+        ),
+        limits: config.limits.clone(),
+        grace: config.drain_timeout,
+        shutdown: shutdown.clone(),
     });
     tasks.spawn(
         serve::accept_loop(
@@ -433,7 +446,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
 
     let outbound = Arc::new(outbound::Outbound {
         view: view_rx.clone(),
-        pool: pool::PeerPool::new(tls_rx.clone(), config.app_host),
+        pool: pool::PeerPool::new(tls_rx.clone(), config.app_host, &config.limits),
         metrics: metrics.clone(),
         passthrough: hyper_util::client::legacy::Client::builder(
             hyper_util::rt::TokioExecutor::new(),
@@ -441,6 +454,10 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         .build_http(),
         log_decisions: config.log_decisions,
         detect_timeout: config.detect_timeout,
+        conns: limits::ConnCounter::new(config.limits.max_connections, usize::MAX),
+        limits: config.limits.clone(),
+        grace: config.drain_timeout,
+        shutdown: shutdown.clone(),
     });
     tasks.spawn(
         serve::accept_loop(

@@ -56,13 +56,43 @@ impl EncodeLabelValue for PlaintextStage {
     }
 }
 
+/// The `status` label: a registered HTTP status code as its number, any other code the app
+/// made up (hyper lets through 100 to 999) as `other`, so an app cannot mint hundreds of
+/// series per peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusLabel(Option<u16>);
+
+impl StatusLabel {
+    /// The label of `status`.
+    pub fn of(status: u16) -> Self {
+        let registered = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .is_some();
+        Self(registered.then_some(status))
+    }
+}
+
+impl EncodeLabelValue for StatusLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        match self.0 {
+            Some(code) => write!(encoder, "{code}"),
+            None => encoder.write_str("other"),
+        }
+    }
+}
+
 /// Labels of the request counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     /// inbound or outbound.
     pub direction: Direction,
-    /// HTTP status code returned.
-    pub status: u16,
+    /// HTTP status code returned (see [`StatusLabel`]).
+    pub status: StatusLabel,
     /// The other side's SPIFFE ID: inbound, the caller's, or `unauthenticated` (a plaintext
     /// caller, as the authorization metrics' `source`); outbound, the server's, or `none`.
     pub peer: String,
@@ -77,7 +107,9 @@ pub struct AuthzLabels {
     pub policy: String,
     /// The caller's SPIFFE ID, or `unauthenticated`.
     pub source: String,
-    /// Inbound: `<workload namespace>/<workload name>:<port>`; outbound: `host:port`.
+    /// Inbound: `<workload namespace>/<workload name>:<port>` (a port the workload
+    /// declares); outbound: `external` for a destination outside the mesh (the host the app
+    /// named goes to the log line only, never into a label).
     pub destination: String,
 }
 
@@ -143,9 +175,22 @@ struct DetectionLabels {
     timed_out: &'static str,
 }
 
+/// Labels of connections the proxy refused or closed on its own; `reason` is one of a fixed
+/// set (`listener-limit`, `peer-limit`, `max-age`, `idle`, `peer-certificate-expired`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnReasonLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct UpdateLabels {
-    type_url: String,
+    type_url: &'static str,
     result: &'static str,
 }
 
@@ -165,6 +210,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily<DirectionLabels>,
     connections: Family<DirectionLabels, Counter>,
+    connections_refused: Family<ConnReasonLabels, Counter>,
+    connections_closed: Family<ConnReasonLabels, Counter>,
+    app_refusals: Family<ReasonLabels, Counter>,
     handshake_failures: Family<DirectionLabels, Counter>,
     plaintext_refused: Family<PlaintextLabels, Counter>,
     cert_expiry: Gauge,
@@ -217,6 +265,28 @@ impl Metrics {
             "connections",
             "Connections accepted, by direction",
             connections.clone(),
+        );
+        let connections_refused = Family::<ConnReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept or after the handshake because a limit was reached, \
+             by direction and reason (listener-limit, peer-limit)",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ConnReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the proxy closed on its own, by direction and reason (max-age, idle, \
+             peer-certificate-expired)",
+            connections_closed.clone(),
+        );
+        let app_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "app_refusals",
+            "Requests not delivered to the app because a bound was hit, by reason \
+             (queue-timeout: every app connection of the port stayed busy; body-stalled: the \
+             request body sent nothing for the body timeout)",
+            app_refusals.clone(),
         );
         let handshake_failures = Family::<DirectionLabels, Counter>::default();
         registry.register(
@@ -326,6 +396,9 @@ impl Metrics {
             requests,
             latency,
             connections,
+            connections_refused,
+            connections_closed,
+            app_refusals,
             handshake_failures,
             plaintext_refused,
             cert_expiry,
@@ -345,7 +418,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 direction,
-                status,
+                status: StatusLabel::of(status),
                 peer: peer.to_owned(),
             })
             .inc();
@@ -358,6 +431,27 @@ impl Metrics {
     pub fn connection(&self, direction: Direction) {
         self.connections
             .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// Records a connection refused because a limit was reached (`reason` is a fixed name).
+    pub fn connection_refused(&self, direction: Direction, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ConnReasonLabels { direction, reason })
+            .inc();
+    }
+
+    /// Records a connection the proxy closed on its own (`reason` is a fixed name).
+    pub fn connection_closed(&self, direction: Direction, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ConnReasonLabels { direction, reason })
+            .inc();
+    }
+
+    /// Records a request the app pool refused (`reason` is a fixed name).
+    pub fn app_refusal(&self, reason: &'static str) {
+        self.app_refusals
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
@@ -393,7 +487,13 @@ impl Metrics {
 
     /// Records a snapshot ACK (`accepted`) or NACK.
     pub fn discovery_update(&self, type_url: &str, accepted: bool) {
-        let short = type_url.rsplit('.').next().unwrap_or(type_url).to_owned();
+        // Only the known types get a series of their own: the label is never a value the
+        // other side made up.
+        let short: &'static str = palisade_proto::v1::ALL_TYPE_URLS
+            .iter()
+            .find(|known| **known == type_url)
+            .and_then(|known| known.rsplit('.').next())
+            .unwrap_or("unknown");
         self.discovery_updates
             .get_or_create(&UpdateLabels {
                 type_url: short,
@@ -461,5 +561,26 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         palisade_proto::exposition::to_prometheus_text(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_an_app_makes_up_share_one_series() {
+        let metrics = Metrics::new();
+        for status in 100..1000 {
+            metrics.request(Direction::Inbound, status, "peer", 0.0);
+        }
+        let text = metrics.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("palisade_proxy_requests_total{"))
+            .count();
+        assert!(series < 100, "{series} series");
+        assert!(text.contains("status=\"other\""));
+        assert!(text.contains("status=\"200\""));
     }
 }

@@ -18,10 +18,12 @@ use palisade_certs::{ALPN_H2, SpiffeId};
 use rustls_pki_types::{DnsName, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::http::ProxyBody;
+use crate::limits::{self, Limits};
 use crate::tls::{ALPN_TCP, TlsState};
 
 /// How long to wait for TCP connect plus TLS handshake to a peer.
@@ -83,13 +85,26 @@ fn sni_for(port: u16) -> ServerName<'static> {
     }
 }
 
+/// One pooled connection and when it stops taking new requests.
+#[derive(Debug)]
+struct Pooled {
+    send: SendRequest<ProxyBody>,
+    /// The maximum age or the peer certificate's expiry, whichever comes first: no new
+    /// request is sent on it from then on (it closes once its streams are done).
+    retire_at: Instant,
+    /// When it last carried a request; after the idle timeout it is let go.
+    last_used: Instant,
+}
+
 /// Pooled HTTP/2 connections to peer sidecars.
 #[derive(Debug)]
 pub struct PeerPool {
     tls: watch::Receiver<Option<Arc<TlsState>>>,
     /// Source address for connections to peers on loopback (see [`PeerPool::new`]).
     loopback_source: Option<std::net::IpAddr>,
-    ready: Mutex<HashMap<PeerKey, SendRequest<ProxyBody>>>,
+    /// Keepalive, maximum age and idle bounds of pooled connections.
+    limits: Limits,
+    ready: Mutex<HashMap<PeerKey, Pooled>>,
     /// Serialises connection setup per key, so a burst opens one connection, not many.
     connecting: Mutex<HashMap<PeerKey, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -99,10 +114,15 @@ impl PeerPool {
     /// address is a loopback address (directory mode, where each workload has its own
     /// 127.x.y.z standing in for a pod IP), connections to peers on loopback leave from it,
     /// so peers see the workload's address as the source, as they would see a pod IP.
-    pub fn new(tls: watch::Receiver<Option<Arc<TlsState>>>, workload_ip: std::net::IpAddr) -> Self {
+    pub fn new(
+        tls: watch::Receiver<Option<Arc<TlsState>>>,
+        workload_ip: std::net::IpAddr,
+        limits: &Limits,
+    ) -> Self {
         Self {
             tls,
             loopback_source: workload_ip.is_loopback().then_some(workload_ip),
+            limits: limits.clone(),
             ready: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
         }
@@ -110,9 +130,18 @@ impl PeerPool {
 
     fn cached(&self, key: &PeerKey) -> Option<SendRequest<ProxyBody>> {
         let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        match ready.get(key) {
-            Some(conn) if !conn.is_closed() => Some(conn.clone()),
+        let now = Instant::now();
+        match ready.get_mut(key) {
+            Some(conn)
+                if !conn.send.is_closed()
+                    && now < conn.retire_at
+                    && now.duration_since(conn.last_used) < self.limits.idle_timeout =>
+            {
+                conn.last_used = now;
+                Some(conn.send.clone())
+            }
             Some(_) => {
+                // Dropping our handle lets the connection close once its streams are done.
                 ready.remove(key);
                 None
             }
@@ -135,12 +164,16 @@ impl PeerPool {
         if let Some(conn) = self.cached(key) {
             return Ok(conn);
         }
-        let conn = self.connect(key).await?;
-        self.ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), conn.clone());
-        Ok(conn)
+        let (send, retire_at) = self.connect(key).await?;
+        self.ready.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key.clone(),
+            Pooled {
+                send: send.clone(),
+                retire_at,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(send)
     }
 
     /// TCP connect plus mTLS handshake with `config`, which verifies the peer's identity;
@@ -196,20 +229,41 @@ impl PeerPool {
         Ok(stream)
     }
 
-    async fn connect(&self, key: &PeerKey) -> Result<SendRequest<ProxyBody>, PeerError> {
+    /// A new pooled connection and when it retires: at the maximum age, or shortly before
+    /// the peer's certificate or our own expires (the peer closes the connection at once
+    /// when ours does), whichever is first. At the peer's expiry the connection is closed
+    /// outright: its identity is no longer vouched for.
+    async fn connect(&self, key: &PeerKey) -> Result<(SendRequest<ProxyBody>, Instant), PeerError> {
         let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
         let stream = self.handshake(key, tls.client_for(&key.identity)?).await?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(PeerError::NoH2);
         }
-        let (send, conn) = crate::h2::client().handshake(TokioIo::new(stream)).await?;
+        let expiry = limits::chain_not_after(stream.get_ref().1.peer_certificates())
+            .map(limits::expiry_instant);
+        let own_expiry = limits::expiry_instant(tls.credentials().not_after());
+        let aged = Instant::now() + self.limits.max_connection_age;
+        let first_expiry = expiry.map_or(own_expiry, |e| e.min(own_expiry));
+        let retire_at = limits::retire_before(first_expiry).min(aged);
+        let (send, conn) = crate::h2::client(&self.limits)
+            .handshake(TokioIo::new(stream))
+            .await?;
         let addr = key.addr;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %addr, error = %e, "peer connection closed");
+            let expired = async move {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(peer = %addr, error = %e, "peer connection closed");
+                },
+                () = expired => tracing::debug!(peer = %addr, "peer connection closed: the peer's certificate expired"),
             }
         });
-        Ok(send)
+        Ok((send, retire_at))
     }
 
     /// Sends `request` to the peer; if a pooled connection turns out to be dead before the

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use palisade_certs::{SpiffeId, TrustBundle, TrustDomain};
-use palisade_proxy::{ConfigSource, ControlPlaneTarget, ProxyConfig};
+use palisade_proxy::{ConfigSource, ControlPlaneTarget, Limits, ProxyConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `palisade proxy`.
@@ -75,6 +75,42 @@ pub struct ProxyArgs {
     /// it is treated as opaque TCP; ports declared TCP are never waited on.
     #[arg(long, env = "PALISADE_DETECT_TIMEOUT_MS", default_value_t = 1000)]
     pub detect_timeout_ms: u64,
+    /// Connections each listener (inbound, outbound) holds open at most; more are closed at
+    /// accept.
+    #[arg(long, env = "PALISADE_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Inbound connections one peer identity (a plaintext caller: one address) holds open at
+    /// most.
+    #[arg(long, env = "PALISADE_MAX_CONNECTIONS_PER_PEER", default_value_t = Limits::default().max_connections_per_peer)]
+    pub max_connections_per_peer: usize,
+    /// HTTP/2 streams a client may have open at once on one connection (100 to 256).
+    #[arg(long, env = "PALISADE_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(100..=256))]
+    pub max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 keepalive pings to a silent peer.
+    #[arg(long, env = "PALISADE_KEEPALIVE_INTERVAL_SECONDS", default_value_t = Limits::default().keepalive_interval.as_secs())]
+    pub keepalive_interval_seconds: u64,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "PALISADE_KEEPALIVE_TIMEOUT_SECONDS", default_value_t = Limits::default().keepalive_timeout.as_secs())]
+    pub keepalive_timeout_seconds: u64,
+    /// Seconds a connection may carry no request before it is closed.
+    #[arg(long, env = "PALISADE_IDLE_TIMEOUT_SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
+    pub idle_timeout_seconds: u64,
+    /// Seconds a connection may live before it is closed gracefully (never past the peer's
+    /// certificate, at whose expiry it is closed at once).
+    #[arg(long, env = "PALISADE_MAX_CONNECTION_AGE_SECONDS", default_value_t = Limits::default().max_connection_age.as_secs())]
+    pub max_connection_age_seconds: u64,
+    /// Seconds a client may take to send a complete HTTP/1 request head (15001 and 15006).
+    #[arg(long, env = "PALISADE_HEADER_READ_TIMEOUT_SECONDS", default_value_t = Limits::default().header_read_timeout.as_secs())]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request body may stall on its way to the app before the request is aborted.
+    #[arg(long, env = "PALISADE_BODY_TIMEOUT_SECONDS", default_value_t = Limits::default().body_timeout.as_secs())]
+    pub body_timeout_seconds: u64,
+    /// Connections to the app per port; further requests queue for a free one.
+    #[arg(long, env = "PALISADE_APP_MAX_CONNECTIONS", default_value_t = Limits::default().app_max_connections)]
+    pub app_max_connections: usize,
+    /// Seconds a request may queue for an app connection before it is answered 502 (gRPC UNAVAILABLE).
+    #[arg(long, env = "PALISADE_APP_QUEUE_TIMEOUT_SECONDS", default_value_t = Limits::default().app_queue_timeout.as_secs())]
+    pub app_queue_timeout_seconds: u64,
     /// Standalone mode, no control plane: a directory of mesh YAML to configure from.
     #[arg(long, env = "PALISADE_STATIC_CONFIG", requires_all = ["cert", "key"])]
     pub static_config: Option<PathBuf>,
@@ -153,6 +189,51 @@ pub fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         debug_headers: args.debug_headers,
         log_decisions: args.log_decisions,
         detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+        limits: limits(args)?,
+    })
+}
+
+/// The data-path bounds the flags ask for.
+fn limits(args: &ProxyArgs) -> anyhow::Result<Limits> {
+    let positive = |value: u64, flag: &str| {
+        if value == 0 {
+            anyhow::bail!("{flag} must be at least 1");
+        }
+        Ok(Duration::from_secs(value))
+    };
+    if args.max_connections == 0 || args.max_connections_per_peer == 0 {
+        anyhow::bail!("--max-connections and --max-connections-per-peer must be at least 1");
+    }
+    if args.app_max_connections == 0 {
+        anyhow::bail!("--app-max-connections must be at least 1");
+    }
+    Ok(Limits {
+        max_connections: args.max_connections,
+        max_connections_per_peer: args.max_connections_per_peer,
+        max_concurrent_streams: args.max_concurrent_streams,
+        keepalive_interval: positive(
+            args.keepalive_interval_seconds,
+            "--keepalive-interval-seconds",
+        )?,
+        keepalive_timeout: positive(
+            args.keepalive_timeout_seconds,
+            "--keepalive-timeout-seconds",
+        )?,
+        idle_timeout: positive(args.idle_timeout_seconds, "--idle-timeout-seconds")?,
+        max_connection_age: positive(
+            args.max_connection_age_seconds,
+            "--max-connection-age-seconds",
+        )?,
+        header_read_timeout: positive(
+            args.header_read_timeout_seconds,
+            "--header-read-timeout-seconds",
+        )?,
+        body_timeout: positive(args.body_timeout_seconds, "--body-timeout-seconds")?,
+        app_max_connections: args.app_max_connections,
+        app_queue_timeout: positive(
+            args.app_queue_timeout_seconds,
+            "--app-queue-timeout-seconds",
+        )?,
     })
 }
 

@@ -476,7 +476,7 @@ async fn callers_without_a_sidecar_are_refused_in_strict_and_served_in_permissiv
             "palisade_proxy_authz_denials_total",
             &[
                 "policy=\"outbound-registry-only\"",
-                &format!("destination=\"{}\"", server.addr(7999))
+                "destination=\"external\""
             ]
         ) >= 1.0,
         "{m}"
@@ -795,9 +795,8 @@ async fn egress_is_matched_by_sni_and_address_with_the_apps_tls_untouched() {
             ],
         )
     };
-    assert!(denied("other.partner.test:443") >= 1.0, "{m}");
-    assert!(denied("other.partner.test:8081") >= 1.0, "{m}");
-    assert!(denied(&partner.addr(6001).to_string()) >= 1.0, "{m}");
+    // Each refusal counts under the bounded `external` (hosts go to the log only).
+    assert!(denied("external") >= 3.0, "{m}");
     assert!(
         metric(
             &m,

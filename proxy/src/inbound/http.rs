@@ -24,7 +24,7 @@ use http::request;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -34,8 +34,13 @@ use crate::authority::{self, AuthorityError};
 use crate::authz::{HttpAttrs, PathError, PathOptions, normalize_request};
 use crate::h2;
 use crate::http::{BoxError, Failure, ProxyBody, XFCC, is_grpc, streamed, strip_hop_by_hop};
+use crate::limits::{self, Activity, Ended};
 use crate::metrics::{Direction, PlaintextStage};
 use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
+
+/// The `x-palisade-denied-by` value of a request whose caller's certificate has expired on
+/// an open connection.
+const PEER_CERTIFICATE_EXPIRED: &str = "peer-certificate-expired";
 
 /// Response header describing the mTLS hop, when debug headers are on.
 const MTLS_DEBUG: http::HeaderName = http::HeaderName::from_static("x-palisade-mtls");
@@ -67,24 +72,30 @@ impl Inbound {
         let peer = ctx.peer_addr;
         let plaintext = matches!(ctx.transport, Transport::Plaintext { .. });
         let io = TokioIo::new(stream);
-        let service = self.service(ctx);
-        let result: Result<(), BoxError> = match codec {
+        // Held for the connection's life: a drain waits for it; `life` closes it gracefully
+        // at shutdown, at its maximum age or when idle, and at once when the caller's
+        // certificate expires.
+        let _drain = watcher;
+        let life = self.lifetime(ctx.not_after);
+        let activity = Activity::default();
+        let service = limits::track(self.clone().service(ctx.clone()), activity.clone());
+        let (ended, result): (Ended, Result<(), BoxError>) = match codec {
             Codec::Http1 => {
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(io, service);
-                watcher.watch(conn).await.map_err(Into::into)
+                let conn = h2::http1_server(&self.limits).serve_connection(io, service);
+                let (ended, r) = limits::supervise(conn, life, activity).await;
+                (ended, r.map_err(Into::into))
             }
             Codec::Http2 => {
-                let conn = h2::server().serve_connection(io, service);
-                watcher.watch(conn).await.map_err(Into::into)
+                let conn = h2::server(&self.limits).serve_connection(io, service);
+                let (ended, r) = limits::supervise(conn, life, activity).await;
+                (ended, r.map_err(Into::into))
             }
             Codec::Auto => {
-                let mut builder = h2::auto_server();
-                builder.http1().timer(TokioTimer::new());
-                watcher.watch(builder.serve_connection(io, service)).await
+                let builder = h2::auto_server(&self.limits);
+                limits::supervise(builder.serve_connection(io, service), life, activity).await
             }
         };
+        self.ended(&ctx, ended);
         if let Err(e) = result {
             if plaintext {
                 tracing::debug!(%peer, error = %e, "inbound plaintext connection ended with an error");
@@ -149,6 +160,14 @@ impl Inbound {
         req: Request<Incoming>,
         conn: &ConnContext,
     ) -> Result<Response<ProxyBody>, Failure> {
+        if conn.not_after.is_some_and(limits::expired) {
+            // The connection is about to be closed; nothing more passes on it.
+            tracing::info!(peer = %conn.peer_addr, identity = %conn.peer_label, "inbound request refused: the caller's certificate has expired");
+            return Err(Failure::Denied {
+                by: PEER_CERTIFICATE_EXPIRED.to_owned(),
+                hide: false,
+            });
+        }
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;

@@ -37,11 +37,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::AppClients;
 use crate::authz::{Decision, HttpAttrs, RequestAttrs};
 use crate::enforce::{self, Subject, UNAUTHENTICATED};
 use crate::http::Failure;
+use crate::limits::{self, ConnCounter, Ended, Lifetime, Limits, ListenerSlot, PeerKey, Refusal};
 use crate::metrics::{CaptureRefusal, Direction, Metrics, PlaintextStage};
 use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
 use crate::orig_dst::{self, Arrival};
@@ -70,6 +72,14 @@ pub struct Inbound {
     pub debug_headers: bool,
     /// Whether every ALLOW decision is logged too (denials and audits always are).
     pub log_decisions: bool,
+    /// Open connections, in total and per peer.
+    pub(crate) conns: Arc<ConnCounter<PeerKey>>,
+    /// Connection, stream and timeout bounds.
+    pub limits: Limits,
+    /// How long a connection the proxy closes gracefully may take to finish.
+    pub grace: Duration,
+    /// Cancelled at shutdown: every connection closes gracefully.
+    pub shutdown: CancellationToken,
 }
 
 /// How a connection reached the listener.
@@ -102,6 +112,9 @@ struct ConnContext {
     xfcc: Option<HeaderValue>,
     /// `x-palisade-mtls` value, when debug headers are on.
     debug: Option<HeaderValue>,
+    /// When the caller's certificate chain stops being valid (Unix seconds); requests are
+    /// refused and the connection closed from then on.
+    not_after: Option<i64>,
 }
 
 // === impl Inbound: accept and classify ===
@@ -116,10 +129,18 @@ impl Inbound {
         watcher: Watcher,
     ) {
         self.metrics.connection(Direction::Inbound);
+        let mut slot = match self.conns.admit() {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.refused(peer, refusal);
+                return;
+            }
+        };
         if let Ok(local) = stream.local_addr()
             && let Arrival::Captured { original } = orig_dst::arrival(&stream, local)
         {
-            self.serve_captured(stream, peer, original, watcher).await;
+            self.serve_captured(stream, peer, original, &mut slot, watcher)
+                .await;
             return;
         }
         // One deadline for the first byte and the whole TLS handshake.
@@ -130,9 +151,10 @@ impl Inbound {
                 tracing::debug!(%peer, "inbound connection closed before its first byte");
             }
             Ok(Ok(_)) if first[0] == TLS_HANDSHAKE_RECORD => {
-                self.serve_mtls(stream, peer, deadline, watcher).await;
+                self.serve_mtls(stream, peer, deadline, &mut slot, watcher)
+                    .await;
             }
-            Ok(Ok(_)) => self.serve_plaintext(stream, peer, watcher).await,
+            Ok(Ok(_)) => self.serve_plaintext(stream, peer, &mut slot, watcher).await,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "inbound connection failed before its first byte");
             }
@@ -150,6 +172,7 @@ impl Inbound {
         stream: TcpStream,
         peer: SocketAddr,
         deadline: Instant,
+        slot: &mut ListenerSlot<PeerKey>,
         watcher: Watcher,
     ) {
         let local_ip = stream.local_addr().ok().map(|a| a.ip());
@@ -180,6 +203,14 @@ impl Inbound {
             tracing::info!(%peer, sni = ?session.server_name(), "inbound mTLS connection refused: SNI is not port-<n>.palisade.mesh");
             return;
         };
+        let not_after = limits::chain_not_after(session.peer_certificates());
+        let key = peer_identity
+            .clone()
+            .map_or(PeerKey::Address(peer.ip()), PeerKey::Identity);
+        if let Err(refusal) = slot.assign(key) {
+            self.refused(peer, refusal);
+            return;
+        }
         let h2 = session.alpn_protocol() == Some(ALPN_H2);
         let tcp = session.alpn_protocol() == Some(ALPN_TCP);
         let sni = session.server_name().map(str::to_owned);
@@ -215,12 +246,14 @@ impl Inbound {
             sni,
             xfcc,
             debug: debug.flatten(),
+            not_after,
         });
         if tcp {
             // The watcher is held for the stream's life: a drain waits for it, up to the
             // deadline.
             let _drain = watcher;
-            self.serve_tcp(stream, &ctx, Some(target_port)).await;
+            self.serve_tcp_bounded(stream, &ctx, Some(target_port))
+                .await;
             return;
         }
         let codec = if h2 { Codec::Http2 } else { Codec::Http1 };
@@ -233,8 +266,13 @@ impl Inbound {
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
+        slot: &mut ListenerSlot<PeerKey>,
         watcher: Watcher,
     ) {
+        if let Err(refusal) = slot.assign(PeerKey::Address(peer.ip())) {
+            self.refused(peer, refusal);
+            return;
+        }
         let mode = self
             .view
             .borrow()
@@ -262,6 +300,7 @@ impl Inbound {
             sni: None,
             xfcc: None,
             debug,
+            not_after: None,
         });
         self.serve_http(stream, ctx, Codec::Auto, watcher).await;
     }
@@ -280,9 +319,14 @@ impl Inbound {
         stream: TcpStream,
         peer: SocketAddr,
         original: SocketAddr,
+        slot: &mut ListenerSlot<PeerKey>,
         watcher: Watcher,
     ) {
         self.metrics.captured(Direction::Inbound);
+        if let Err(refusal) = slot.assign(PeerKey::Address(peer.ip())) {
+            self.refused(peer, refusal);
+            return;
+        }
         let Some(view) = self.view.borrow().clone() else {
             self.metrics.plaintext_refused(PlaintextStage::Connection);
             tracing::info!(%peer, dialled = %original, reason = "no configuration yet", "inbound captured connection refused");
@@ -314,13 +358,56 @@ impl Inbound {
             sni: None,
             xfcc: None,
             debug,
+            not_after: None,
         });
         if protocol == Protocol::Tcp {
             let _drain = watcher;
-            self.serve_tcp(stream, &ctx, Some(port)).await;
+            self.serve_tcp_bounded(stream, &ctx, Some(port)).await;
             return;
         }
         self.serve_http(stream, ctx, Codec::Auto, watcher).await;
+    }
+}
+
+// === impl Inbound: connection bounds ===
+
+impl Inbound {
+    /// Counts and logs a connection refused by a limit.
+    fn refused(&self, peer: SocketAddr, refusal: Refusal) {
+        let (reason, limit) = match refusal {
+            Refusal::Listener => ("listener-limit", self.limits.max_connections),
+            Refusal::Peer => ("peer-limit", self.limits.max_connections_per_peer),
+        };
+        self.metrics.connection_refused(Direction::Inbound, reason);
+        tracing::info!(%peer, reason, limit, "inbound connection refused");
+    }
+
+    /// How long a connection may live: the maximum age, never past the caller's
+    /// certificate.
+    fn lifetime(&self, not_after: Option<i64>) -> Lifetime {
+        Lifetime::new(&self.limits, not_after, self.grace, self.shutdown.clone())
+    }
+
+    /// An opaque stream, cut shortly before the caller's certificate expires or at its maximum age (a
+    /// byte stream has no graceful close to offer).
+    async fn serve_tcp_bounded<S>(&self, stream: S, ctx: &ConnContext, target_port: Option<u16>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let life = self.lifetime(ctx.not_after);
+        let ended = tokio::select! {
+            () = self.serve_tcp(stream, ctx, target_port) => Ended::Closed,
+            () = tokio::time::sleep_until(life.soft) => life.soft_reason(),
+        };
+        self.ended(ctx, ended);
+    }
+
+    /// Counts and logs a connection the proxy closed on its own.
+    fn ended(&self, conn: &ConnContext, ended: Ended) {
+        if let Some(reason) = ended.label() {
+            self.metrics.connection_closed(Direction::Inbound, reason);
+            tracing::debug!(peer = %conn.peer_addr, identity = %conn.peer_label, reason, "inbound connection closed");
+        }
     }
 }
 

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::authority::{self, AuthorityError};
@@ -44,6 +45,7 @@ use crate::http::{
     Failure, OUTBOUND_REGISTRY_ONLY, ProxyBody, TUNNEL_TO_HTTP_PORT, full, is_grpc, streamed,
     strip_hop_by_hop,
 };
+use crate::limits::{self, Activity, ConnCounter, Lifetime, Limits};
 use crate::metrics::{Direction, Metrics};
 use crate::model::{Endpoint, MeshView, OutboundPolicy, Protocol, Route};
 use crate::orig_dst::{self, Arrival};
@@ -71,6 +73,14 @@ pub struct Outbound {
     /// How long a captured connection may take to show its protocol before it is treated
     /// as opaque TCP.
     pub detect_timeout: Duration,
+    /// Open app connections on the listener.
+    pub(crate) conns: Arc<ConnCounter<()>>,
+    /// Connection, stream and timeout bounds.
+    pub limits: Limits,
+    /// How long a connection the proxy closes gracefully may take to finish.
+    pub grace: Duration,
+    /// Cancelled at shutdown: every connection closes gracefully.
+    pub shutdown: CancellationToken,
 }
 
 /// Where a request on a captured connection goes: decided by the connection's original
@@ -88,10 +98,16 @@ impl Outbound {
     pub async fn serve_connection(
         self: Arc<Self>,
         stream: TcpStream,
-        _peer: SocketAddr,
+        peer: SocketAddr,
         watcher: Watcher,
     ) {
         self.metrics.connection(Direction::Outbound);
+        let Ok(_slot) = self.conns.admit() else {
+            self.metrics
+                .connection_refused(Direction::Outbound, "listener-limit");
+            tracing::info!(%peer, limit = self.limits.max_connections, "outbound connection refused: listener limit");
+            return;
+        };
         if let Ok(local) = stream.local_addr()
             && let Arrival::Captured { original } = orig_dst::arrival(&stream, local)
         {
@@ -112,15 +128,26 @@ impl Outbound {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let captured = captured.map(Arc::new);
+        let this = self.clone();
         let service = hyper::service::service_fn(move |req| {
-            let this = self.clone();
+            let this = this.clone();
             let captured = captured.clone();
             async move { Ok::<_, Infallible>(this.handle(req, captured.as_deref()).await) }
         });
-        let builder = h2::auto_server();
+        // Held for the connection's life; `life` closes it gracefully at shutdown, at its
+        // maximum age or when idle.
+        let _drain = watcher;
+        let life = Lifetime::new(&self.limits, None, self.grace, self.shutdown.clone());
+        let activity = Activity::default();
+        let service = limits::track(service, activity.clone());
+        let builder = h2::auto_server(&self.limits);
         // With upgrades: CONNECT hands the connection over to a tunnel.
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
+        let (ended, result) = limits::supervise(conn, life, activity).await;
+        if let Some(reason) = ended.label() {
+            self.metrics.connection_closed(Direction::Outbound, reason);
+        }
+        if let Err(e) = result {
             tracing::debug!(error = %e, "outbound connection ended with an error");
         }
     }
@@ -353,9 +380,12 @@ impl Outbound {
                 Ok(())
             }
             None => {
-                enforce::denial(
+                // Counted as `external`: the host is the app's to choose, so it goes to the
+                // log line only.
+                enforce::denial_counted_as(
                     &self.metrics,
                     &subject,
+                    EXTERNAL,
                     OUTBOUND_REGISTRY_ONLY,
                     None,
                     "DENY: not a mesh service and no EgressPolicy allows it \
@@ -401,6 +431,9 @@ fn egress_by_name<'v>(view: &'v MeshView, host: &str, port: u16) -> Option<&'v s
         OutboundPolicy::RegistryOnly => view.egress.allows(host, port),
     }
 }
+
+/// The metric `destination` of every destination outside the mesh.
+const EXTERNAL: &str = "external";
 
 /// The label of an allowance by the outbound policy ALLOW_ANY.
 const ALLOW_ANY: &str = "outbound-allow-any";

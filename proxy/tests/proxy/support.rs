@@ -304,6 +304,7 @@ fn config(
         debug_headers: false,
         log_decisions,
         detect_timeout: palisade_proxy::DEFAULT_DETECT_TIMEOUT,
+        limits: palisade_proxy::Limits::default(),
     }
 }
 
