@@ -25,36 +25,10 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
 
 use crate::support::clients::try_admin_get;
-use crate::support::mesh::MESH_CONFIG;
+use crate::support::mesh::{CLIENT_AND_SEARCH, MESH_CONFIG};
 use crate::support::procs::{ChildGuard, run_palisade};
 use crate::support::tools::output_text;
 use crate::support::{Block, metric, poll, skip, timed};
-
-const WORKLOADS: &str = "\
-apiVersion: palisade.dev/v1alpha1
-kind: Workload
-metadata: {name: client, namespace: shop, labels: {app: client}}
-spec:
-  serviceAccount: client
-  address: {block}.1
----
-apiVersion: palisade.dev/v1alpha1
-kind: Workload
-metadata: {name: search, namespace: shop, labels: {app: search}}
-spec:
-  serviceAccount: search
-  address: {block}.2
-  ports:
-  - {name: http, port: 8080}
----
-apiVersion: palisade.dev/v1alpha1
-kind: Service
-metadata: {name: search, namespace: shop}
-spec:
-  selector: {app: search}
-  ports:
-  - {name: http, port: 8080}
-";
 
 /// A Service added while the control plane is loaded, to see a push arrive.
 const EXTRA_SERVICE: &str = "\
@@ -95,7 +69,7 @@ impl Cp {
         std::fs::write(dir.path().join("config/mesh.yaml"), MESH_CONFIG).unwrap();
         std::fs::write(
             dir.path().join("config/workloads.yaml"),
-            WORKLOADS.replace("{block}", &block.prefix()),
+            CLIENT_AND_SEARCH.replace("{block}", &block.prefix()),
         )
         .unwrap();
         let snapshot = palisade_control_plane::load_dir(&dir.path().join("config")).unwrap();

@@ -11,36 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::clients::{H1Client, try_admin_get};
-use crate::support::mesh::{MESH_CONFIG, shop_id};
+use crate::support::mesh::{CLIENT_AND_SEARCH, MESH_CONFIG, shop_id};
 use crate::support::procs::{ChildGuard, run_palisade};
 use crate::support::tools::output_text;
 use crate::support::{App, Block, apps, metric, poll};
-
-const WORKLOADS: &str = "\
-apiVersion: palisade.dev/v1alpha1
-kind: Workload
-metadata: {name: client, namespace: shop, labels: {app: client}}
-spec:
-  serviceAccount: client
-  address: {block}.1
----
-apiVersion: palisade.dev/v1alpha1
-kind: Workload
-metadata: {name: search, namespace: shop, labels: {app: search}}
-spec:
-  serviceAccount: search
-  address: {block}.2
-  ports:
-  - {name: http, port: 8080}
----
-apiVersion: palisade.dev/v1alpha1
-kind: Service
-metadata: {name: search, namespace: shop}
-spec:
-  selector: {app: search}
-  ports:
-  - {name: http, port: 8080}
-";
 
 /// A DENY the sidecars must keep enforcing while the control plane is gone.
 const DENY_ADMIN: &str = "\
@@ -237,7 +211,7 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
     assert!(out.status.success(), "ca init: {}", output_text(&out));
     std::fs::create_dir(layout.path("config")).unwrap();
     layout.write("config/mesh.yaml", MESH_CONFIG);
-    layout.write("config/workloads.yaml", WORKLOADS);
+    layout.write("config/workloads.yaml", CLIENT_AND_SEARCH);
     layout.write("config/policies.yaml", DENY_ADMIN);
     let snapshot = palisade_control_plane::load_dir(&layout.path("config")).unwrap();
     let generated = TokenStore::generate(snapshot.workloads()).unwrap();

@@ -441,3 +441,31 @@ pub fn shop(test: &'static str) -> MeshBuilder {
 pub fn shop_id(service_account: &str) -> String {
     format!("spiffe://cluster.local/ns/shop/sa/{service_account}")
 }
+
+/// Two workloads on a loopback block (`{block}` in the text): `client` calling the `search`
+/// Service on 8080; used by tests that run the control plane and sidecars as processes.
+pub const CLIENT_AND_SEARCH: &str = "\
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  serviceAccount: client
+  address: {block}.1
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Workload
+metadata: {name: search, namespace: shop, labels: {app: search}}
+spec:
+  serviceAccount: search
+  address: {block}.2
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: Service
+metadata: {name: search, namespace: shop}
+spec:
+  selector: {app: search}
+  ports:
+  - {name: http, port: 8080}
+";
