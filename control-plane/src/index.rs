@@ -109,6 +109,7 @@ impl Versioned {
             Resources::Mesh(m) => m.encode_to_vec(),
             Resources::Authorization(m) => m.encode_to_vec(),
             Resources::Egress(m) => m.encode_to_vec(),
+            Resources::NetworkPolicy(m) => m.encode_to_vec(),
         };
         Self {
             version: version_of(&bytes),

@@ -23,6 +23,8 @@ pub mod v1 {
     pub const AUTHORIZATION_TYPE_URL: &str = "type.palisade.dev/palisade.v1.AuthorizationSnapshot";
     /// Type URL of [`EgressSnapshot`] on the discovery stream.
     pub const EGRESS_TYPE_URL: &str = "type.palisade.dev/palisade.v1.EgressSnapshot";
+    /// Type URL of [`NetworkPolicySnapshot`] on the discovery stream.
+    pub const NETWORK_POLICY_TYPE_URL: &str = "type.palisade.dev/palisade.v1.NetworkPolicySnapshot";
 
     /// Every type a proxy subscribes to, in the order it subscribes.
     pub const ALL_TYPE_URLS: &[&str] = &[

@@ -10,6 +10,7 @@ fn generated_code_is_up_to_date() {
     let protos = [
         "palisade/v1/identity.proto",
         "palisade/v1/authorization.proto",
+        "palisade/v1/network_policy.proto",
         "palisade/v1/discovery.proto",
     ];
     let fds = protox::compile(protos, [root]).expect("the .proto files compile");

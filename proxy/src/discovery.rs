@@ -91,6 +91,13 @@ impl Snapshots {
             Some(Resources::Services(_)) => return Err(mismatch("ServiceSnapshot")),
             Some(Resources::TrustBundle(_)) => return Err(mismatch("TrustBundle")),
             Some(Resources::Mesh(_)) => return Err(mismatch("MeshSettings")),
+            Some(Resources::NetworkPolicy(_)) => {
+                return Err(SnapshotError {
+                    resource: "NetworkPolicySnapshot".into(),
+                    field: "resources".into(),
+                    message: "this proxy does not enforce NetworkPolicy yet".into(),
+                });
+            }
             None => {
                 return Err(SnapshotError {
                     resource: "DiscoveryResponse".into(),

@@ -523,6 +523,158 @@ impl Action {
         }
     }
 }
+/// The NetworkPolicies that concern one workload.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NetworkPolicySnapshot {
+    /// Some policy whose policyTypes include Ingress selects the workload.
+    #[prost(bool, tag = "1")]
+    pub ingress_isolated: bool,
+    /// Some policy whose policyTypes include Egress selects the workload.
+    #[prost(bool, tag = "2")]
+    pub egress_isolated: bool,
+    /// Every policy selecting the workload for ingress, ordered by (namespace, name); a
+    /// policy without rules isolates and allows nothing.
+    #[prost(message, repeated, tag = "3")]
+    pub ingress: ::prost::alloc::vec::Vec<NetworkPolicyRules>,
+    /// Every policy selecting the workload for egress, ordered by (namespace, name).
+    #[prost(message, repeated, tag = "4")]
+    pub egress: ::prost::alloc::vec::Vec<NetworkPolicyRules>,
+    /// The workloads that rules refer to by index (`NetworkPolicyRule.workloads`), and for
+    /// egress named ports every workload that has a port of that name.
+    #[prost(message, repeated, tag = "5")]
+    pub peers: ::prost::alloc::vec::Vec<NetworkPeerWorkload>,
+}
+/// One policy's rules for one direction.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NetworkPolicyRules {
+    /// `namespace/name` of the NetworkPolicy, for explanations, logs and metrics.
+    #[prost(string, tag = "1")]
+    pub policy: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub rules: ::prost::alloc::vec::Vec<NetworkPolicyRule>,
+}
+/// One `ingress\[\]` or `egress\[\]` entry: a connection matches when its peer matches and its
+/// port matches.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NetworkPolicyRule {
+    /// `from`/`to` absent or empty: every peer, in the mesh or not, with or without identity.
+    #[prost(bool, tag = "1")]
+    pub any_peer: bool,
+    /// Workloads selected by the rule's podSelector/namespaceSelector peers: indices into
+    /// `NetworkPolicySnapshot.peers`.
+    #[prost(uint32, repeated, tag = "2")]
+    pub workloads: ::prost::alloc::vec::Vec<u32>,
+    /// `ipBlock` peers, matched on the peer's address.
+    #[prost(message, repeated, tag = "3")]
+    pub ip_blocks: ::prost::alloc::vec::Vec<NetworkIpBlock>,
+    /// `ports` absent or empty: every port of every protocol.
+    #[prost(bool, tag = "4")]
+    pub any_port: bool,
+    #[prost(message, repeated, tag = "5")]
+    pub ports: ::prost::alloc::vec::Vec<NetworkPort>,
+}
+/// An `ipBlock`: the address is in `cidr` and in none of `except`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NetworkIpBlock {
+    /// Canonical CIDR (host bits cleared), IPv4 or IPv6.
+    #[prost(string, tag = "1")]
+    pub cidr: ::prost::alloc::string::String,
+    /// Canonical CIDRs inside `cidr`.
+    #[prost(string, repeated, tag = "2")]
+    pub except: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// One `ports\[\]` entry.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NetworkPort {
+    #[prost(enumeration = "L4Protocol", tag = "1")]
+    pub protocol: i32,
+    /// Neither set: every port of the protocol.
+    #[prost(oneof = "network_port::Port", tags = "2, 3")]
+    pub port: ::core::option::Option<network_port::Port>,
+}
+/// Nested message and enum types in `NetworkPort`.
+pub mod network_port {
+    /// Neither set: every port of the protocol.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Port {
+        /// A number (`port`), or a range (`port` to `endPort`, inclusive); for ingress also a
+        /// named port of the workload itself, resolved by the control plane.
+        #[prost(message, tag = "2")]
+        Range(super::NetworkPortRange),
+        /// Egress only: a named port, matched against the destination workload's port of this
+        /// name and protocol (`NetworkPeerWorkload.ports`); never matches outside the mesh.
+        #[prost(string, tag = "3")]
+        Name(::prost::alloc::string::String),
+    }
+}
+/// Inclusive port range; `first == last` for a single port.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NetworkPortRange {
+    #[prost(uint32, tag = "1")]
+    pub first: u32,
+    #[prost(uint32, tag = "2")]
+    pub last: u32,
+}
+/// A workload as NetworkPolicy sees it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NetworkPeerWorkload {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Its address (IP literal).
+    #[prost(string, tag = "3")]
+    pub address: ::prost::alloc::string::String,
+    /// The SPIFFE ID its sidecar presents; an ingress peer matches only with this identity.
+    #[prost(string, tag = "4")]
+    pub spiffe_id: ::prost::alloc::string::String,
+    /// Its ports, for egress named ports.
+    #[prost(message, repeated, tag = "5")]
+    pub ports: ::prost::alloc::vec::Vec<NetworkNamedPort>,
+}
+/// A named port of a workload.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NetworkNamedPort {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    #[prost(enumeration = "L4Protocol", tag = "3")]
+    pub protocol: i32,
+}
+/// Layer-4 protocol of a NetworkPolicy port (Kubernetes' default is TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum L4Protocol {
+    Unspecified = 0,
+    Tcp = 1,
+    Udp = 2,
+    Sctp = 3,
+}
+impl L4Protocol {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "L4_PROTOCOL_UNSPECIFIED",
+            Self::Tcp => "L4_PROTOCOL_TCP",
+            Self::Udp => "L4_PROTOCOL_UDP",
+            Self::Sctp => "L4_PROTOCOL_SCTP",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "L4_PROTOCOL_UNSPECIFIED" => Some(Self::Unspecified),
+            "L4_PROTOCOL_TCP" => Some(Self::Tcp),
+            "L4_PROTOCOL_UDP" => Some(Self::Udp),
+            "L4_PROTOCOL_SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+}
 /// Who is asking: the workload a proxy runs beside.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Node {
@@ -568,7 +720,10 @@ pub struct DiscoveryResponse {
     pub version_info: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub nonce: ::prost::alloc::string::String,
-    #[prost(oneof = "discovery_response::Resources", tags = "10, 11, 12, 13, 14, 15")]
+    #[prost(
+        oneof = "discovery_response::Resources",
+        tags = "10, 11, 12, 13, 14, 15, 16"
+    )]
     pub resources: ::core::option::Option<discovery_response::Resources>,
 }
 /// Nested message and enum types in `DiscoveryResponse`.
@@ -594,6 +749,10 @@ pub mod discovery_response {
         /// type.palisade.dev/palisade.v1.EgressSnapshot (only the rules selecting it)
         #[prost(message, tag = "15")]
         Egress(super::EgressSnapshot),
+        /// type.palisade.dev/palisade.v1.NetworkPolicySnapshot (the NetworkPolicies selecting
+        /// the proxy's workload, compiled for it)
+        #[prost(message, tag = "16")]
+        NetworkPolicy(super::NetworkPolicySnapshot),
     }
 }
 /// A port of a workload.

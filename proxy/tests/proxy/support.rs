@@ -72,6 +72,7 @@ pub fn response(resources: Resources) -> v1::DiscoveryResponse {
         Resources::Mesh(_) => v1::MESH_TYPE_URL,
         Resources::Authorization(_) => v1::AUTHORIZATION_TYPE_URL,
         Resources::Egress(_) => v1::EGRESS_TYPE_URL,
+        Resources::NetworkPolicy(_) => v1::NETWORK_POLICY_TYPE_URL,
     };
     v1::DiscoveryResponse {
         type_url: type_url.into(),
