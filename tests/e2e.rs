@@ -55,6 +55,10 @@ mod init;
 #[path = "e2e/capture.rs"]
 mod capture;
 
+/// NetworkPolicy conformance: the upstream reachability model decided by `authz check`.
+#[path = "e2e/netpol_conformance.rs"]
+mod netpol_conformance;
+
 /// Authorization bypasses closed: opaque tunnels to HTTP ports, ambiguous authorities,
 /// odd SNI, CONNECT and `OPTIONS *` inbound, path normalisation options, generic 502 bodies.
 #[path = "e2e/bypass.rs"]

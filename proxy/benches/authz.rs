@@ -6,16 +6,14 @@
 //! samples of at least 100 ms each. Figures only: nothing here asserts a time.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use palisade_certs::SpiffeId;
 use palisade_proto::v1::{self, string_match::Kind};
 use palisade_proxy::authz::{Authorizer, HttpAttrs, RequestAttrs, normalize_path, normalized};
-use tokio::time::Instant;
 
-const SAMPLES: usize = 7;
-const SAMPLE_TIME: Duration = Duration::from_millis(100);
+mod support;
+use support::{SAMPLE_TIME, SAMPLES, measure};
 
 fn m(kind: Kind) -> v1::StringMatch {
     v1::StringMatch { kind: Some(kind) }
@@ -72,36 +70,6 @@ fn snapshot(rules: usize) -> v1::AuthorizationSnapshot {
         });
     }
     v1::AuthorizationSnapshot { policies }
-}
-
-/// Median nanoseconds per call of `f`.
-fn measure(mut f: impl FnMut()) -> f64 {
-    // Warm up and find a batch size that takes a measurable time.
-    let mut batch = 1u64;
-    loop {
-        let start = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        if start.elapsed() > Duration::from_millis(10) {
-            break;
-        }
-        batch *= 2;
-    }
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        let start = Instant::now();
-        let mut calls = 0u64;
-        while start.elapsed() < SAMPLE_TIME {
-            for _ in 0..batch {
-                f();
-            }
-            calls += batch;
-        }
-        samples.push(start.elapsed().as_nanos() as f64 / calls as f64);
-    }
-    samples.sort_by(f64::total_cmp);
-    samples[SAMPLES / 2]
 }
 
 fn main() {

@@ -21,7 +21,7 @@
 
 pub mod admin;
 pub mod app;
-mod authority;
+pub mod authority;
 pub mod authz;
 pub mod capture;
 pub mod control;

@@ -1512,6 +1512,16 @@ fn istio_compat_cases() -> Vec<Case> {
     ]
 }
 
+/// Every case asks about a request: `authz check` without method and path answers the
+/// connection question only, so a case that names neither asks for `GET /`.
+fn request_described(args: &[&str]) -> &'static [&'static str] {
+    if args.contains(&"--path") || args.contains(&"--method") {
+        &[]
+    } else {
+        &["--path", "/"]
+    }
+}
+
 #[test]
 fn authorization_conformance() {
     let cases = cases();
@@ -1528,6 +1538,7 @@ fn authorization_conformance() {
             args.extend(["--to", "prod/api"]);
         }
         args.extend(c.args.iter().copied());
+        args.extend(request_described(&c.args));
         let out = Command::new(palisade_bin()).args(&args).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1797,6 +1808,7 @@ async fn sidecar_agrees_with_authz_check() {
         ];
         args.extend(["--to", "prod/api"]);
         args.extend(c.args.iter().copied());
+        args.extend(request_described(&c.args));
         let out = Command::new(palisade_bin()).args(&args).output().unwrap();
         let checked = match out.status.code() {
             Some(0) => true,
