@@ -37,6 +37,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod netns;
+pub mod netpol;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
