@@ -36,6 +36,7 @@ pub mod inbound;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+mod netgate;
 pub mod netns;
 pub mod netpol;
 pub mod orig_dst;

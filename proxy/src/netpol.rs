@@ -128,6 +128,41 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    /// The path of the offending field inside the snapshot.
+    pub fn field(&self) -> &str {
+        match self {
+            Self::BadAddress { field, .. }
+            | Self::BadCidr { field, .. }
+            | Self::ExceptOutsideCidr { field, .. }
+            | Self::PeerIndexOutOfRange { field, .. }
+            | Self::BadSpiffeId { field, .. }
+            | Self::BadPort { field, .. }
+            | Self::BadPortRange { field, .. }
+            | Self::BadPortName { field, .. }
+            | Self::UnknownProtocol { field, .. }
+            | Self::EmptyPolicyName { field } => field,
+            Self::IsolationMismatch { direction, .. } => match direction {
+                NetDirection::Ingress => "ingress_isolated",
+                NetDirection::Egress => "egress_isolated",
+            },
+        }
+    }
+}
+
+impl From<SnapshotError> for crate::model::SnapshotError {
+    fn from(e: SnapshotError) -> Self {
+        let text = e.to_string();
+        let prefix = format!("NetworkPolicySnapshot: {}: ", e.field());
+        let message = text.strip_prefix(&prefix).unwrap_or(&text).to_owned();
+        Self {
+            resource: "NetworkPolicySnapshot".into(),
+            field: e.field().to_owned(),
+            message,
+        }
+    }
+}
+
 /// The direction of a connection relative to this workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
