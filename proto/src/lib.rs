@@ -34,6 +34,7 @@ pub mod v1 {
         SERVICES_TYPE_URL,
         AUTHORIZATION_TYPE_URL,
         EGRESS_TYPE_URL,
+        NETWORK_POLICY_TYPE_URL,
     ];
 }
 

@@ -128,6 +128,7 @@ impl Admin {
                     .collect::<Vec<_>>()
             }),
             "egress": view.as_ref().map(|v| serde_json::to_value(&*v.egress).unwrap_or_default()),
+            "network_policy": view.as_ref().map(|v| serde_json::to_value(v.netpol.summary()).unwrap_or_default()),
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     LocalWorkload, MeshSettings, MeshView, ServiceTable, SnapshotError, trust_bundle,
 };
+use crate::netpol::NetworkPolicies;
 
 /// Snapshots received so far, by type; a view is published once all are present.
 #[derive(Debug, Default, Clone)]
@@ -32,6 +33,7 @@ pub struct Snapshots {
     settings: Option<Arc<MeshSettings>>,
     authorization: Option<Arc<Authorizer>>,
     egress: Option<Arc<EgressRules>>,
+    network_policy: Option<Arc<NetworkPolicies>>,
     /// Applied version per type URL.
     pub versions: BTreeMap<String, String>,
     /// Last rejection per type URL (cleared by the next accepted snapshot).
@@ -91,13 +93,12 @@ impl Snapshots {
             Some(Resources::Services(_)) => return Err(mismatch("ServiceSnapshot")),
             Some(Resources::TrustBundle(_)) => return Err(mismatch("TrustBundle")),
             Some(Resources::Mesh(_)) => return Err(mismatch("MeshSettings")),
-            Some(Resources::NetworkPolicy(_)) => {
-                return Err(SnapshotError {
-                    resource: "NetworkPolicySnapshot".into(),
-                    field: "resources".into(),
-                    message: "this proxy does not enforce NetworkPolicy yet".into(),
-                });
+            Some(Resources::NetworkPolicy(n))
+                if response.type_url == v1::NETWORK_POLICY_TYPE_URL =>
+            {
+                self.network_policy = Some(Arc::new(NetworkPolicies::try_from(n)?));
             }
+            Some(Resources::NetworkPolicy(_)) => return Err(mismatch("NetworkPolicySnapshot")),
             None => {
                 return Err(SnapshotError {
                     resource: "DiscoveryResponse".into(),
@@ -123,6 +124,14 @@ impl Snapshots {
             settings: self.settings.clone()?,
             authz: self.authorization.clone()?,
             egress: self.egress.clone()?,
+            // Until every control plane serves NetworkPolicy (the type is newer than the
+            // others), a proxy that has not received it is not isolated: waiting for it
+            // would keep proxies of an older control plane from ever becoming ready. Once
+            // received, a snapshot stays in force and a rejected one never widens it.
+            netpol: self
+                .network_policy
+                .clone()
+                .unwrap_or_else(|| Arc::new(NetworkPolicies::unrestricted())),
         })
     }
 }

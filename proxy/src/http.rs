@@ -109,6 +109,16 @@ pub enum Failure {
         /// Whether to leave the policy name out of the response.
         hide: bool,
     },
+    /// NetworkPolicy refuses the connection a request would need (egress from this
+    /// workload, or ingress to it on a connection whose port is known only per request).
+    /// `by` is the first policy isolating the workload for that direction.
+    #[error("denied by NetworkPolicy {by}")]
+    NetworkPolicy {
+        /// The first isolating policy; left out of the response when the mesh hides reasons.
+        by: String,
+        /// Whether to leave the policy name out of the response.
+        hide: bool,
+    },
     /// The destination is not a mesh Service and the outbound policy refuses it.
     #[error("{authority} is not a mesh service, and the outbound policy is REGISTRY_ONLY")]
     UnknownDestination {
@@ -171,6 +181,7 @@ impl Failure {
     fn parts(&self) -> (StatusCode, u8) {
         match self {
             Failure::Denied { .. } => (StatusCode::FORBIDDEN, 7),
+            Failure::NetworkPolicy { .. } => (StatusCode::FORBIDDEN, 7),
             Failure::UnknownDestination { .. } => (StatusCode::FORBIDDEN, 7),
             Failure::PlaintextRefused => (StatusCode::FORBIDDEN, 7),
             Failure::TunnelRefused { .. } => (StatusCode::FORBIDDEN, 7),
@@ -192,6 +203,8 @@ impl Failure {
         match self {
             Failure::Denied { hide: true, .. } => Some("hidden"),
             Failure::Denied { by, .. } => Some(by),
+            Failure::NetworkPolicy { hide: true, .. } => Some("hidden"),
+            Failure::NetworkPolicy { by, .. } => Some(by),
             Failure::UnknownDestination { .. } => Some(OUTBOUND_REGISTRY_ONLY),
             Failure::PlaintextRefused => Some(MTLS_STRICT),
             Failure::TunnelRefused { .. } => Some(TUNNEL_TO_HTTP_PORT),
@@ -218,7 +231,9 @@ impl Failure {
     pub fn into_response(self, grpc: bool) -> Response<ProxyBody> {
         let (status, grpc_code) = self.parts();
         let message = match &self {
-            Failure::Denied { hide: true, .. } => "denied by policy".to_owned(),
+            Failure::Denied { hide: true, .. } | Failure::NetworkPolicy { hide: true, .. } => {
+                "denied by policy".to_owned()
+            }
             Failure::PeerUnavailable { .. } | Failure::AppUnavailable { .. } => {
                 "upstream unavailable".to_owned()
             }

@@ -366,6 +366,8 @@ pub(crate) enum Ended {
     Idle,
     /// Closed gracefully because the proxy is shutting down.
     Drain,
+    /// Closed at once because a new NetworkPolicy no longer allows the connection.
+    NetworkPolicy,
 }
 
 impl Ended {
@@ -376,6 +378,7 @@ impl Ended {
             Ended::CertificateExpired => Some("peer-certificate-expired"),
             Ended::MaxAge => Some("max-age"),
             Ended::Idle => Some("idle"),
+            Ended::NetworkPolicy => Some("network-policy"),
         }
     }
 }
@@ -433,15 +436,19 @@ impl Lifetime {
 /// Runs a served connection until it ends on its own, or its lifetime says it must: a
 /// graceful close (GOAWAY; HTTP/1 finishes the request in flight) at the maximum age,
 /// after the idle timeout, or at shutdown, forced after the grace period; an immediate
-/// close at the peer certificate's expiry.
-pub(crate) async fn supervise<C>(
+/// close at the peer certificate's expiry, or when `revoked` resolves (a policy change no
+/// longer allows the connection: no further byte may pass).
+pub(crate) async fn supervise<C, R>(
     conn: C,
     life: Lifetime,
     activity: Activity,
+    revoked: R,
 ) -> (Ended, Result<(), C::Error>)
 where
     C: GracefulConnection,
+    R: Future<Output = ()>,
 {
+    let mut revoked = std::pin::pin!(revoked);
     let mut conn = std::pin::pin!(conn);
     let hard = life.hard;
     let hard_deadline = async move {
@@ -457,6 +464,7 @@ where
         biased;
         r = conn.as_mut() => return (Ended::Closed, r),
         () = &mut hard_deadline => return (Ended::CertificateExpired, Ok(())),
+        () = &mut revoked => return (Ended::NetworkPolicy, Ok(())),
         () = life.shutdown.cancelled() => Ended::Drain,
         () = tokio::time::sleep_until(life.soft) => life.soft_reason,
         () = &mut idle => Ended::Idle,
@@ -466,6 +474,7 @@ where
         biased;
         r = conn.as_mut() => (reason, r),
         () = &mut hard_deadline => (Ended::CertificateExpired, Ok(())),
+        () = &mut revoked => (Ended::NetworkPolicy, Ok(())),
         () = tokio::time::sleep(life.grace) => (reason, Ok(())),
     }
 }

@@ -125,6 +125,16 @@ pub struct DryRunLabels {
     pub would: &'static str,
 }
 
+/// Labels of the NetworkPolicy denial counter: both values come from configuration (or
+/// are fixed), never from a caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct NetpolLabels {
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// The first policy (`namespace/name`) that selects the workload for that direction.
+    pub policy: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirectionLabels {
     direction: Direction,
@@ -224,6 +234,7 @@ pub struct Metrics {
     authz_denials: Family<AuthzLabels, Counter>,
     authz_audits: Family<AuthzLabels, Counter>,
     authz_dry_run: Family<DryRunLabels, Counter>,
+    netpol_denials: Family<NetpolLabels, Counter>,
     captured: Family<DirectionLabels, Counter>,
     capture_refused: Family<RefusalLabels, Counter>,
     detections: Family<DetectionLabels, Counter>,
@@ -277,7 +288,7 @@ impl Metrics {
         registry.register(
             "connections_closed",
             "Connections the proxy closed on its own, by direction and reason (max-age, idle, \
-             peer-certificate-expired)",
+             peer-certificate-expired, network-policy)",
             connections_closed.clone(),
         );
         let app_refusals = Family::<ReasonLabels, Counter>::default();
@@ -359,6 +370,13 @@ impl Metrics {
              decision (allow or deny)",
             authz_dry_run.clone(),
         );
+        let netpol_denials = Family::<NetpolLabels, Counter>::default();
+        registry.register(
+            "netpol_denials",
+            "TCP connections refused or closed by NetworkPolicy, by direction (ingress, \
+             egress) and the first policy isolating the workload for it",
+            netpol_denials.clone(),
+        );
         let captured = Family::<DirectionLabels, Counter>::default();
         registry.register(
             "captured_connections",
@@ -389,6 +407,7 @@ impl Metrics {
         );
         Self {
             registry,
+            netpol_denials,
             captured,
             capture_refused,
             detections,
@@ -515,6 +534,11 @@ impl Metrics {
     /// Records the would-be decision of dry-run policies.
     pub fn authz_dry_run(&self, labels: &DryRunLabels) {
         self.authz_dry_run.get_or_create(labels).inc();
+    }
+
+    /// Records a connection NetworkPolicy refused (or closed after a change).
+    pub fn netpol_denial(&self, labels: &NetpolLabels) {
+        self.netpol_denials.get_or_create(labels).inc();
     }
 
     /// Records a connection that arrived through the capture rules.

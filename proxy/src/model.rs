@@ -161,6 +161,16 @@ impl Route {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         &self.endpoints[i]
     }
+
+    /// Picks the next endpoint, round robin, among those `allowed` accepts (NetworkPolicy
+    /// egress); `None` when it accepts none.
+    pub fn pick_allowed(&self, allowed: impl Fn(&Endpoint) -> bool) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.endpoints[start.wrapping_add(k) % n])
+            .find(|e| allowed(e))
+    }
 }
 
 /// Every mesh Service, indexed by the names and ports clients use, and by the addresses a
@@ -438,6 +448,8 @@ pub struct MeshView {
     pub authz: Arc<crate::authz::Authorizer>,
     /// Destinations outside the mesh this workload may reach (REGISTRY_ONLY).
     pub egress: Arc<crate::egress::EgressRules>,
+    /// The NetworkPolicies of this workload (TCP connections in and out).
+    pub netpol: Arc<crate::netpol::NetworkPolicies>,
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use crate::http::{BoxError, Failure, ProxyBody, XFCC, is_grpc, streamed, strip_h
 use crate::limits::{self, Activity, Ended};
 use crate::metrics::{Direction, PlaintextStage};
 use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
+use crate::netgate::{self, NetConn};
 
 /// The `x-palisade-denied-by` value of a request whose caller's certificate has expired on
 /// an open connection.
@@ -78,21 +79,23 @@ impl Inbound {
         let _drain = watcher;
         let life = self.lifetime(ctx.not_after);
         let activity = Activity::default();
+        let revoked = self.netpol_revoked(&ctx);
         let service = limits::track(self.clone().service(ctx.clone()), activity.clone());
         let (ended, result): (Ended, Result<(), BoxError>) = match codec {
             Codec::Http1 => {
                 let conn = h2::http1_server(&self.limits).serve_connection(io, service);
-                let (ended, r) = limits::supervise(conn, life, activity).await;
+                let (ended, r) = limits::supervise(conn, life, activity, revoked).await;
                 (ended, r.map_err(Into::into))
             }
             Codec::Http2 => {
                 let conn = h2::server(&self.limits).serve_connection(io, service);
-                let (ended, r) = limits::supervise(conn, life, activity).await;
+                let (ended, r) = limits::supervise(conn, life, activity, revoked).await;
                 (ended, r.map_err(Into::into))
             }
             Codec::Auto => {
                 let builder = h2::auto_server(&self.limits);
-                limits::supervise(builder.serve_connection(io, service), life, activity).await
+                let conn = builder.serve_connection(io, service);
+                limits::supervise(conn, life, activity, revoked).await
             }
         };
         self.ended(&ctx, ended);
@@ -131,11 +134,20 @@ impl Inbound {
             Err(failure) => {
                 // Denials were logged with their policy where they were decided, plaintext
                 // refusals with the caller's address.
-                if !matches!(failure, Failure::Denied { .. } | Failure::PlaintextRefused) {
+                if !matches!(
+                    failure,
+                    Failure::Denied { .. }
+                        | Failure::PlaintextRefused
+                        | Failure::NetworkPolicy { .. }
+                ) {
                     tracing::info!(direction = "inbound", peer = %conn.peer_label, error = %failure, "request failed");
                 }
-                let close =
-                    matches!(failure, Failure::PlaintextRefused) && version < Version::HTTP_2;
+                // NetworkPolicy decides connections: the caller reconnects and is decided
+                // at connection level too.
+                let close = matches!(
+                    failure,
+                    Failure::PlaintextRefused | Failure::NetworkPolicy { .. }
+                ) && version < Version::HTTP_2;
                 let mut response = failure.into_response(grpc);
                 if close {
                     // The caller reconnects and is refused at connection level.
@@ -197,6 +209,20 @@ impl Inbound {
                 }
             }
         };
+        // NetworkPolicy is a connection decision, made at accept when the port is known;
+        // decided here again so a change applies before the connection is closed, and so a
+        // plaintext caller of 15006 (whose port shows per request) is decided at all.
+        let ip = conn.peer_addr.ip();
+        if !view
+            .netpol
+            .ingress(ip, conn.peer_identity.as_ref(), port)
+            .allowed
+        {
+            let net = NetConn::ingress(ip, conn.peer_identity.clone(), port);
+            let decision = net.decide(&view.netpol);
+            netgate::record_denial(&self.metrics, &view, &net, &decision, false);
+            return Err(netgate::failure(&view, &decision));
+        }
         // A tunnel or a request for the server itself has no path a policy could match; an
         // app port is reached by ordinary requests only.
         if req.method() == Method::CONNECT || req.uri().path() == "*" {

@@ -46,9 +46,11 @@ use crate::http::Failure;
 use crate::limits::{self, ConnCounter, Ended, Lifetime, Limits, ListenerSlot, PeerKey, Refusal};
 use crate::metrics::{CaptureRefusal, Direction, Metrics, PlaintextStage};
 use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
+use crate::netgate::{self, NetConn};
 use crate::orig_dst::{self, Arrival};
 use crate::pool::port_from_sni;
 use crate::tls::{ALPN_TCP, TlsState};
+use futures_util::future::Either;
 
 use self::http::Codec;
 
@@ -115,6 +117,17 @@ struct ConnContext {
     /// When the caller's certificate chain stops being valid (Unix seconds); requests are
     /// refused and the connection closed from then on.
     not_after: Option<i64>,
+}
+
+impl ConnContext {
+    /// The app port, when the connection names it (mTLS SNI, or a captured connection's
+    /// dialled port).
+    fn port(&self) -> Option<u16> {
+        match self.transport {
+            Transport::Mtls { target_port } => Some(target_port),
+            Transport::Plaintext { dialled_port } => dialled_port,
+        }
+    }
 }
 
 // === impl Inbound: accept and classify ===
@@ -248,6 +261,10 @@ impl Inbound {
             debug: debug.flatten(),
             not_after,
         });
+        if !self.netpol_admits(&ctx) {
+            // Closed before any byte reached the app; the caller sees the TLS stream end.
+            return;
+        }
         if tcp {
             // The watcher is held for the stream's life: a drain waits for it, up to the
             // deadline.
@@ -360,6 +377,9 @@ impl Inbound {
             debug,
             not_after: None,
         });
+        if !self.netpol_admits(&ctx) {
+            return;
+        }
         if protocol == Protocol::Tcp {
             let _drain = watcher;
             self.serve_tcp_bounded(stream, &ctx, Some(port)).await;
@@ -414,6 +434,39 @@ impl Inbound {
 // === impl Inbound: decisions (shared by HTTP and TCP) ===
 
 impl Inbound {
+    /// NetworkPolicy ingress for a connection whose app port is known at accept (mTLS by
+    /// SNI, captured plaintext by the dialled port): a denial is counted and logged, and
+    /// the caller closes the connection before any byte reaches the app. Without a
+    /// configuration nothing reaches the app anyway (later stages refuse).
+    fn netpol_admits(&self, ctx: &ConnContext) -> bool {
+        let Some(port) = ctx.port() else {
+            return true;
+        };
+        let Some(view) = self.view.borrow().clone() else {
+            return true;
+        };
+        netgate::admit(
+            &self.metrics,
+            &view,
+            &NetConn::ingress(ctx.peer_addr.ip(), ctx.peer_identity.clone(), port),
+        )
+        .is_ok()
+    }
+
+    /// Resolves when a configuration change means NetworkPolicy no longer allows the
+    /// connection (counted and logged then); pending for a connection whose port is only
+    /// known per request (those are decided per request).
+    fn netpol_revoked(&self, ctx: &ConnContext) -> impl Future<Output = ()> + use<> {
+        match ctx.port() {
+            Some(port) => Either::Left(netgate::revoked(
+                self.view.clone(),
+                self.metrics.clone(),
+                NetConn::ingress(ctx.peer_addr.ip(), ctx.peer_identity.clone(), port),
+            )),
+            None => Either::Right(std::future::pending()),
+        }
+    }
+
     /// Counts and logs a decision, building labels only when something is recorded.
     fn observe(
         &self,

@@ -19,6 +19,7 @@ use crate::enforce::{self, Subject};
 use crate::http::TUNNEL_TO_HTTP_PORT;
 use crate::metrics::Direction;
 use crate::model::{MeshView, Protocol};
+use crate::netgate::{self, NetConn};
 
 /// How long connecting to the app for an opaque TCP stream may take.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,6 +128,12 @@ impl Inbound {
     /// Re-checks an open TCP stream after a configuration change; a denial is counted and
     /// logged as a late rejection.
     fn still_allowed(&self, view: &MeshView, conn: &ConnContext, port: u16) -> bool {
+        let net = NetConn::ingress(conn.peer_addr.ip(), conn.peer_identity.clone(), port);
+        let netpol = net.decide(&view.netpol);
+        if !netpol.allowed {
+            netgate::record_denial(&self.metrics, view, &net, &netpol, true);
+            return false;
+        }
         let decision = view
             .authz
             .decide(&attrs(conn, port, None), view.settings.default_allow);

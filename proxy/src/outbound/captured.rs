@@ -24,7 +24,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{CapturedTarget, EXTERNAL_CONNECT_TIMEOUT, Outbound, egress_by_name, peer_key};
+use super::{CapturedTarget, EXTERNAL_CONNECT_TIMEOUT, Outbound, egress_by_name};
 use crate::detect::{self, Prefixed, Protocol as Detected};
 use crate::metrics::{CaptureRefusal, Direction};
 use crate::model::{MeshView, OutboundPolicy, Protocol, Route};
@@ -49,7 +49,7 @@ impl Outbound {
         };
         match view.services.by_address(original).cloned() {
             Some(route) => {
-                self.captured_to_mesh(stream, route, original, watcher)
+                self.captured_to_mesh(stream, &view, route, original, watcher)
                     .await
             }
             None => self.captured_egress(stream, &view, original, watcher).await,
@@ -60,16 +60,21 @@ impl Outbound {
     async fn captured_to_mesh(
         self: Arc<Self>,
         mut stream: TcpStream,
+        view: &MeshView,
         route: Arc<Route>,
         original: SocketAddr,
         watcher: Watcher,
     ) {
         if route.protocol == Protocol::Tcp {
-            let (key, endpoint) = peer_key(&route);
+            // Refused (counted, logged) before the peer sidecar is dialled.
+            let Ok((key, endpoint)) = self.pick_peer(view, &route) else {
+                return;
+            };
             match self.pool.connect_tcp(&key).await {
                 Ok(upstream) => {
                     let _drain = watcher;
-                    pipe(stream, upstream, BytesMut::new(), original).await;
+                    let revoked = self.netpol_revoked(endpoint.proxy_addr.ip(), route.target_port);
+                    pipe(stream, upstream, BytesMut::new(), original, revoked).await;
                 }
                 Err(e) => {
                     let failure = self.peer_failure(endpoint, e);
@@ -125,6 +130,7 @@ impl Outbound {
             if self
                 .egress(view, by_address, &destination, None, None)
                 .is_ok()
+                && self.netpol_address(view, original.ip(), port).is_ok()
             {
                 let _drain = watcher;
                 self.pass_through(stream, original, BytesMut::new(), original)
@@ -159,6 +165,9 @@ impl Outbound {
                 let Some(target) = self.resolve_allowed(&name, original).await else {
                     return;
                 };
+                if self.netpol_address(view, target.ip(), port).is_err() {
+                    return;
+                }
                 let _drain = watcher;
                 self.pass_through(stream, target, prefix, original).await;
             }
@@ -234,14 +243,21 @@ impl Outbound {
             }
         };
         let _ = upstream.set_nodelay(true);
-        pipe(app, upstream, prefix, original).await;
+        let revoked = self.netpol_revoked(target.ip(), target.port());
+        pipe(app, upstream, prefix, original, revoked).await;
     }
 }
 
-/// Copies bytes between the app and `upstream` until either side closes; `prefix` (bytes
-/// already read from the app) goes first.
-async fn pipe<A, U>(mut app: A, mut upstream: U, prefix: BytesMut, original: SocketAddr)
-where
+/// Copies bytes between the app and `upstream` until either side closes, or `revoked`
+/// resolves (NetworkPolicy no longer allows the stream: both sides are dropped); `prefix`
+/// (bytes already read from the app) goes first.
+async fn pipe<A, U>(
+    mut app: A,
+    mut upstream: U,
+    prefix: BytesMut,
+    original: SocketAddr,
+    revoked: impl Future<Output = ()>,
+) where
     A: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -251,12 +267,17 @@ where
         tracing::debug!(destination = %original, error = %e, "captured stream ended before its first bytes left");
         return;
     }
-    match tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
-        Ok((sent, received)) => {
-            tracing::debug!(destination = %original, sent, received, "captured stream closed")
-        }
-        Err(e) => {
-            tracing::debug!(destination = %original, error = %e, "captured stream ended with an error")
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut app, &mut upstream) => match r {
+            Ok((sent, received)) => {
+                tracing::debug!(destination = %original, sent, received, "captured stream closed")
+            }
+            Err(e) => {
+                tracing::debug!(destination = %original, error = %e, "captured stream ended with an error")
+            }
+        },
+        () = revoked => {
+            tracing::debug!(destination = %original, "captured stream closed: NetworkPolicy no longer allows it")
         }
     }
 }

@@ -18,6 +18,7 @@
 //! [`captured`]: their original destination, not what the app wrote, decides where they go.
 
 mod captured;
+mod netpol;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -49,7 +50,8 @@ use crate::limits::{self, Activity, ConnCounter, Lifetime, Limits};
 use crate::metrics::{Direction, Metrics};
 use crate::model::{Endpoint, MeshView, OutboundPolicy, Protocol, Route};
 use crate::orig_dst::{self, Arrival};
-use crate::pool::{PeerError, PeerKey, PeerPool};
+use crate::pool::{PeerError, PeerPool};
+use futures_util::future::Either;
 
 /// How long connecting to a destination outside the mesh may take.
 const EXTERNAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,7 +145,9 @@ impl Outbound {
         let builder = h2::auto_server(&self.limits);
         // With upgrades: CONNECT hands the connection over to a tunnel.
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let (ended, result) = limits::supervise(conn, life, activity).await;
+        // Each request is decided on its own (NetworkPolicy egress included), so a policy
+        // change applies from the next request on; nothing to revoke at connection level.
+        let (ended, result) = limits::supervise(conn, life, activity, std::future::pending()).await;
         if let Some(reason) = ended.label() {
             self.metrics.connection_closed(Direction::Outbound, reason);
         }
@@ -205,7 +209,7 @@ impl Outbound {
                     Err(AuthorityError::Missing) => authority_of_address(route_address(route))?,
                     Err(e) => return Err(e.into()),
                 };
-                return self.send_to_route(req, &authority, route).await;
+                return self.send_to_route(&view, req, &authority, route).await;
             }
             Some(CapturedTarget::External(original)) => {
                 // The name comes from the request, the port from the connection: an
@@ -226,6 +230,13 @@ impl Outbound {
                     Some(req.method().as_str()),
                     path,
                 )?;
+                self.netpol_external(
+                    &view,
+                    authority.host(),
+                    original.port(),
+                    Some(original.ip()),
+                )
+                .await?;
                 return self.passthrough(req, authority).await;
             }
         }
@@ -244,21 +255,24 @@ impl Outbound {
                 Some(req.method().as_str()),
                 path,
             )?;
+            self.netpol_external(&view, authority.host(), port, None)
+                .await?;
             return self.passthrough(req, authority).await;
         };
         let route = route.clone();
-        self.send_to_route(req, &authority, &route).await
+        self.send_to_route(&view, req, &authority, &route).await
     }
 
     /// Sends one request to an endpoint of `route` over the pooled mTLS connection to its
     /// sidecar.
     async fn send_to_route(
         &self,
+        view: &MeshView,
         req: Request<Incoming>,
         authority: &Authority,
         route: &Route,
     ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
-        let (key, endpoint) = peer_key(route);
+        let (key, endpoint) = self.pick_peer(view, route)?;
         let request = to_mesh_request(req, authority)?;
         let response = self
             .pool
@@ -314,13 +328,14 @@ impl Outbound {
                 );
                 return Err(Failure::TunnelRefused { destination });
             }
-            let (key, endpoint) = peer_key(route);
+            let (key, endpoint) = self.pick_peer(&view, route)?;
             let upstream = self
                 .pool
                 .connect_tcp(&key)
                 .await
                 .map_err(|e| self.peer_failure(endpoint, e))?;
-            splice(upgrade, upstream, authority.to_string());
+            let revoked = self.netpol_revoked(endpoint.proxy_addr.ip(), route.target_port);
+            splice(upgrade, upstream, authority.to_string(), revoked);
             return Ok((tunnel_established(), Some(endpoint.identity.to_string())));
         }
         let allowed_by = egress_by_name(&view, authority.host(), port);
@@ -333,17 +348,29 @@ impl Outbound {
             None,
         )?;
         let host = bare_host(authority.host());
-        let upstream =
-            tokio::time::timeout(EXTERNAL_CONNECT_TIMEOUT, TcpStream::connect((host, port)))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
-                .and_then(|r| r)
-                .map_err(|e| Failure::PeerUnavailable {
-                    peer: authority.to_string(),
-                    reason: e.to_string(),
-                })?;
+        // With egress isolated, the tunnel goes to an address NetworkPolicy allows, chosen
+        // here, so the name cannot resolve differently at connect time.
+        let chosen = self.netpol_external_address(&view, host, port).await?;
+        let connect = async {
+            match chosen {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect((host, port)).await,
+            }
+        };
+        let upstream = tokio::time::timeout(EXTERNAL_CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
+            .and_then(|r| r)
+            .map_err(|e| Failure::PeerUnavailable {
+                peer: authority.to_string(),
+                reason: e.to_string(),
+            })?;
         let _ = upstream.set_nodelay(true);
-        splice(upgrade, upstream, authority.to_string());
+        let revoked = match upstream.peer_addr() {
+            Ok(addr) => Either::Left(self.netpol_revoked(addr.ip(), port)),
+            Err(_) => Either::Right(std::future::pending()),
+        };
+        splice(upgrade, upstream, authority.to_string(), revoked);
         Ok((tunnel_established(), None))
     }
 
@@ -438,17 +465,6 @@ const EXTERNAL: &str = "external";
 /// The label of an allowance by the outbound policy ALLOW_ANY.
 const ALLOW_ANY: &str = "outbound-allow-any";
 
-/// The peer sidecar a request or stream for `route` goes to, and the key of its connection.
-fn peer_key(route: &Route) -> (PeerKey, &Endpoint) {
-    let endpoint = route.pick();
-    let key = PeerKey {
-        addr: endpoint.proxy_addr,
-        identity: endpoint.identity.clone(),
-        target_port: route.target_port,
-    };
-    (key, endpoint)
-}
-
 /// The address a captured connection to `route` was for, as the peer will see it named.
 fn route_address(route: &Route) -> SocketAddr {
     let ip = route
@@ -482,22 +498,29 @@ fn tunnel_established() -> Response<ProxyBody> {
     response
 }
 
-/// Copies bytes between the app's upgraded connection and `upstream` until either closes.
-fn splice<S>(upgrade: OnUpgrade, mut upstream: S, target: String)
+/// Copies bytes between the app's upgraded connection and `upstream` until either closes,
+/// or `revoked` resolves (NetworkPolicy no longer allows it): then both are dropped.
+fn splice<S, R>(upgrade: OnUpgrade, mut upstream: S, target: String, revoked: R)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(
         async move {
             match upgrade.await {
                 Ok(upgraded) => {
                     let mut app = TokioIo::new(upgraded);
-                    match tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
-                        Ok((sent, received)) => {
-                            tracing::debug!(%target, sent, received, "tunnel closed")
-                        }
-                        Err(e) => {
-                            tracing::debug!(%target, error = %e, "tunnel ended with an error")
+                    tokio::select! {
+                        r = tokio::io::copy_bidirectional(&mut app, &mut upstream) => match r {
+                            Ok((sent, received)) => {
+                                tracing::debug!(%target, sent, received, "tunnel closed")
+                            }
+                            Err(e) => {
+                                tracing::debug!(%target, error = %e, "tunnel ended with an error")
+                            }
+                        },
+                        () = revoked => {
+                            tracing::debug!(%target, "tunnel closed: NetworkPolicy no longer allows it")
                         }
                     }
                 }
