@@ -261,7 +261,7 @@ async fn bench_size(n: usize) -> Result<Vec<Row>, BenchError> {
         ps.len() == n
             && ps
                 .iter()
-                .all(|p| p.is_synced() && p.types.len() == ResourceType::ALL.len())
+                .all(|p| p.is_synced() && p.types.len() == pb::ALL_TYPE_URLS.len())
     };
     bounded(
         "every proxy connected and synced",

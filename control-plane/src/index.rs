@@ -24,6 +24,7 @@ use crate::model::{
     DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
     OutboundTrafficPolicy, PathNormalization, Protocol, Service, Workload,
 };
+use crate::netpol::network_policy_snapshot;
 use crate::policy::{
     Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, OperationMatch,
     Rule, SourceMatch, StringMatch,
@@ -44,17 +45,20 @@ pub enum ResourceType {
     Authorization,
     /// The egress allowances of the proxy's workload (`EgressSnapshot`).
     Egress,
+    /// The NetworkPolicies concerning the proxy's workload (`NetworkPolicySnapshot`).
+    NetworkPolicy,
 }
 
 impl ResourceType {
-    /// Every type, in the order proxies subscribe.
-    pub const ALL: [ResourceType; 6] = [
+    /// Every type this control plane serves, in the order proxies subscribe.
+    pub const ALL: [ResourceType; 7] = [
         ResourceType::Workload,
         ResourceType::Mesh,
         ResourceType::TrustBundle,
         ResourceType::Services,
         ResourceType::Authorization,
         ResourceType::Egress,
+        ResourceType::NetworkPolicy,
     ];
 
     /// The type URL on the wire.
@@ -66,6 +70,7 @@ impl ResourceType {
             ResourceType::Mesh => pb::MESH_TYPE_URL,
             ResourceType::Authorization => pb::AUTHORIZATION_TYPE_URL,
             ResourceType::Egress => pb::EGRESS_TYPE_URL,
+            ResourceType::NetworkPolicy => pb::NETWORK_POLICY_TYPE_URL,
         }
     }
 
@@ -83,6 +88,7 @@ impl ResourceType {
             ResourceType::Mesh => "mesh",
             ResourceType::Authorization => "authorization",
             ResourceType::Egress => "egress",
+            ResourceType::NetworkPolicy => "network_policy",
         }
     }
 }
@@ -135,6 +141,7 @@ struct PerWorkload {
     workload: Arc<Versioned>,
     authorization: Arc<Versioned>,
     egress: Arc<Versioned>,
+    network_policy: Arc<Versioned>,
 }
 
 impl PerWorkload {
@@ -149,6 +156,9 @@ impl PerWorkload {
             egress: Arc::new(Versioned::new(Resources::Egress(egress_snapshot(
                 snapshot, workload,
             )))),
+            network_policy: Arc::new(Versioned::new(Resources::NetworkPolicy(
+                network_policy_snapshot(snapshot, workload),
+            ))),
         }
     }
 
@@ -157,6 +167,7 @@ impl PerWorkload {
             ResourceType::Workload => Some(&self.workload),
             ResourceType::Authorization => Some(&self.authorization),
             ResourceType::Egress => Some(&self.egress),
+            ResourceType::NetworkPolicy => Some(&self.network_policy),
             ResourceType::Services | ResourceType::TrustBundle | ResourceType::Mesh => None,
         }
     }
@@ -237,6 +248,9 @@ impl Published {
                 Resources::Authorization(authorization_snapshot(&self.snapshot, workload))
             }
             ResourceType::Egress => Resources::Egress(egress_snapshot(&self.snapshot, workload)),
+            ResourceType::NetworkPolicy => {
+                Resources::NetworkPolicy(network_policy_snapshot(&self.snapshot, workload))
+            }
             ResourceType::Services => Resources::Services(services_proto(&self.snapshot)),
             ResourceType::TrustBundle => Resources::TrustBundle(bundle_proto(&self.bundle)),
             ResourceType::Mesh => Resources::Mesh(mesh_proto(self.snapshot.settings())),
@@ -244,7 +258,8 @@ impl Published {
     }
 }
 
-/// Why [`snapshots_for`], [`authorization_for`] or [`egress_for`] could not build snapshots.
+/// Why [`snapshots_for`], [`authorization_for`], [`egress_for`] or [`network_policy_for`]
+/// could not build snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("workload {namespace}/{name} is not in the configuration")]
 pub struct UnknownWorkload {
@@ -256,7 +271,9 @@ pub struct UnknownWorkload {
 
 /// Every discovery snapshot the control plane would push to the proxy of one workload,
 /// versioned exactly as on the stream: for proxies configured without a control plane
-/// (`palisade proxy --static-config`), so they run the very same configuration.
+/// (`palisade proxy --static-config`), so they run the very same configuration. Only the
+/// types proxies subscribe to (`ALL_TYPE_URLS`) are included: a static proxy refuses a
+/// type it does not know rather than ignore it.
 pub fn snapshots_for(
     snapshot: Arc<MeshSnapshot>,
     bundle: TrustBundle,
@@ -270,6 +287,7 @@ pub fn snapshots_for(
     let published = Published::new(snapshot, bundle);
     Ok(ResourceType::ALL
         .iter()
+        .filter(|ty| pb::ALL_TYPE_URLS.contains(&ty.type_url()))
         .enumerate()
         .map(|(i, ty)| {
             let versioned = published.resource(*ty, &workload);
@@ -314,6 +332,19 @@ pub fn egress_for(
         .workload(namespace, workload)
         .ok_or_else(|| unknown(namespace, workload))?;
     Ok(egress_snapshot(snapshot, w))
+}
+
+/// The NetworkPolicySnapshot the proxy of `namespace/workload` receives: the
+/// NetworkPolicies selecting it, their selectors resolved against the mesh.
+pub fn network_policy_for(
+    snapshot: &MeshSnapshot,
+    namespace: &str,
+    workload: &str,
+) -> Result<pb::NetworkPolicySnapshot, UnknownWorkload> {
+    let w = snapshot
+        .workload(namespace, workload)
+        .ok_or_else(|| unknown(namespace, workload))?;
+    Ok(network_policy_snapshot(snapshot, w))
 }
 
 pub(crate) fn authorization_snapshot(
@@ -647,14 +678,8 @@ spec: {address: 127.0.1.3}
             assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
         }
         assert_eq!(ResourceType::from_type_url("type.example/Other"), None);
-        // Every served type is one proxies subscribe to, in their order (proxies may also
-        // subscribe to types a control plane does not serve yet; it ignores those).
+        // Every served type is one proxies subscribe to, in their order.
         let urls: Vec<_> = ResourceType::ALL.iter().map(|t| t.type_url()).collect();
-        let served: Vec<_> = pb::ALL_TYPE_URLS
-            .iter()
-            .copied()
-            .filter(|u| ResourceType::from_type_url(u).is_some())
-            .collect();
-        assert_eq!(urls, served);
+        assert_eq!(urls, pb::ALL_TYPE_URLS);
     }
 }

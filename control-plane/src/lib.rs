@@ -14,7 +14,7 @@
 //! - **runtime** ([`start`], [`ControlPlane`]): TLS listener, admin HTTP, serving-certificate
 //!   renewal, directory watching, shutdown.
 //!
-//! [`authorization_for`] and [`egress_for`] give the exact snapshots a workload's proxy
+//! [`authorization_for`], [`egress_for`] and [`network_policy_for`] give the exact snapshots a workload's proxy
 //! receives, for tools that decide offline as a sidecar would (`palisade authz check`).
 
 mod admin;
@@ -25,6 +25,7 @@ pub mod index;
 mod logsafe;
 mod metrics;
 pub mod model;
+pub mod netpol;
 pub mod policy;
 mod runtime;
 pub mod tokens;
@@ -40,7 +41,9 @@ pub use config::{
     AddressAssignments, ConfigError, ConfigErrors, DocumentRef, load_dir, load_dir_assigned,
 };
 pub use discovery::{Nack, ProxyStatus, TypeStatus};
-pub use index::{ResourceType, UnknownWorkload, authorization_for, egress_for, snapshots_for};
+pub use index::{
+    ResourceType, UnknownWorkload, authorization_for, egress_for, network_policy_for, snapshots_for,
+};
 pub use model::MeshSnapshot;
 pub use runtime::{
     ControlPlane, ControlPlaneConfig, DEFAULT_ADMIN_ADDR, DEFAULT_GRPC_ADDR, GrpcLimits,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use palisade_certs::{SpiffeId, TrustDomain};
 
+use crate::netpol::{Namespace, NetworkPolicy};
 use crate::policy::{AuthorizationPolicy, EgressPolicy};
 
 /// The port where every sidecar accepts mTLS from its peers (CONTRACT: inbound capture).
@@ -200,6 +201,57 @@ pub struct WorkloadPort {
     pub protocol: Protocol,
 }
 
+/// A layer-4 protocol (Kubernetes `Protocol`; TCP when not written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum L4Protocol {
+    /// TCP, the only one the sidecars carry.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl L4Protocol {
+    /// The name as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Protocol::Tcp => "TCP",
+            L4Protocol::Udp => "UDP",
+            L4Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// Parses `TCP`, `UDP` or `SCTP` (case-sensitive, as the API server does).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "TCP" => Some(L4Protocol::Tcp),
+            "UDP" => Some(L4Protocol::Udp),
+            "SCTP" => Some(L4Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for L4Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A UDP or SCTP port of a workload: never proxied (the sidecars carry TCP only), kept so
+/// that NetworkPolicy named ports can name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonTcpPort {
+    /// Port name ("" when not named).
+    pub name: String,
+    /// Port number.
+    pub port: u16,
+    /// UDP or SCTP.
+    pub protocol: L4Protocol,
+}
+
 /// A workload (directory mode's stand-in for a Pod) with its derived identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
@@ -217,8 +269,10 @@ pub struct Workload {
     pub address: IpAddr,
     /// Where its sidecar accepts mTLS (15006 unless annotated).
     pub proxy_port: u16,
-    /// App ports.
+    /// App ports the sidecar carries (TCP).
     pub ports: Vec<WorkloadPort>,
+    /// UDP and SCTP ports: never proxied, only named by NetworkPolicy.
+    pub non_tcp_ports: Vec<NonTcpPort>,
     /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
     pub identity: SpiffeId,
     /// Where it was defined.
@@ -234,6 +288,20 @@ impl Workload {
     /// The port with this number, if the workload exposes it.
     pub fn port(&self, port: u16) -> Option<&WorkloadPort> {
         self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// Every named port, TCP or not, as (name, number, protocol), in declaration order:
+    /// what NetworkPolicy named ports resolve against.
+    pub fn named_ports(&self) -> impl Iterator<Item = (&str, u16, L4Protocol)> + '_ {
+        let tcp = self
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, L4Protocol::Tcp));
+        let other = self
+            .non_tcp_ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, p.protocol));
+        tcp.chain(other).filter(|(name, _, _)| !name.is_empty())
     }
 
     /// Whether every label of `selector` is set to the same value on this workload.
@@ -309,6 +377,37 @@ pub struct MeshSnapshot {
     pub(crate) services: BTreeMap<NamespacedName, Service>,
     pub(crate) authorization_policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
     pub(crate) egress_policies: BTreeMap<NamespacedName, EgressPolicy>,
+    pub(crate) network_policies: BTreeMap<NamespacedName, NetworkPolicy>,
+    pub(crate) namespaces: BTreeMap<String, Namespace>,
+    pub(crate) warnings: Vec<Warning>,
+}
+
+/// Something the configuration does that loads but may not do what its author expects,
+/// displayed on one line as `file: document N (Kind ns/name): field: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Where the resource was defined.
+    pub source: Source,
+    /// `Kind namespace/name` of the resource.
+    pub resource: String,
+    /// Path of the field concerned.
+    pub field: String,
+    /// What to know, on one line.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: document {} ({}): {}: {}",
+            self.source.file.display(),
+            self.source.document,
+            self.resource,
+            self.field,
+            self.message
+        )
+    }
 }
 
 impl MeshSnapshot {
@@ -362,6 +461,26 @@ impl MeshSnapshot {
     /// Every EgressPolicy, ordered by namespace and name.
     pub fn egress_policies(&self) -> impl ExactSizeIterator<Item = &EgressPolicy> + '_ {
         self.egress_policies.values()
+    }
+
+    /// Every NetworkPolicy, ordered by namespace and name.
+    pub fn network_policies(&self) -> impl ExactSizeIterator<Item = &NetworkPolicy> + '_ {
+        self.network_policies.values()
+    }
+
+    /// Every Namespace, declared or implied by a workload, ordered by name.
+    pub fn namespaces(&self) -> impl ExactSizeIterator<Item = &Namespace> + '_ {
+        self.namespaces.values()
+    }
+
+    /// One Namespace, declared or implied by a workload.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    /// What loaded but deserves the operator's attention (`palisade check` prints these).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
     }
 
     /// The AuthorizationPolicies that apply to `workload`, ordered by namespace and name:

@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use crate::support::palisade_bin;
+use crate::support::procs::palisade_bin;
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];

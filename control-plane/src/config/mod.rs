@@ -12,6 +12,7 @@
 //! are) and `EgressPolicy` documents are compiled into [`crate::policy`] values here too: a
 //! policy with any field Palisade cannot enforce is rejected whole, with the field named.
 
+mod netpol;
 mod policy;
 mod resources;
 mod validate;
@@ -23,7 +24,9 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::model::{MeshSnapshot, NamespacedName, Source};
-pub use resources::{API_VERSION, ISTIO_SECURITY_API_VERSIONS};
+pub use resources::{
+    API_VERSION, CORE_API_VERSION, ISTIO_SECURITY_API_VERSIONS, NETWORKING_API_VERSION,
+};
 pub use validate::parse_duration;
 
 /// Names a document within a file: its position and, as far as it could be read, its
@@ -455,6 +458,8 @@ fn parse_document(
             parsed.authorization_policy(&ctx, value, errors)
         }
         (API_VERSION, "EgressPolicy") => parsed.egress_policy(&ctx, value, errors),
+        (NETWORKING_API_VERSION, "NetworkPolicy") => parsed.network_policy(&ctx, value, errors),
+        (CORE_API_VERSION, "Namespace") => parsed.namespace(&ctx, value, errors),
         (API_VERSION, other) => errors.push(ctx.error(
             Some("kind"),
             format!(
@@ -471,11 +476,13 @@ fn parse_document(
         (other, _) => errors.push(ctx.error(
             Some("apiVersion"),
             format!(
-                "unsupported apiVersion {other:?} for kind {kind} (expected {API_VERSION}{})",
-                if kind == "AuthorizationPolicy" {
-                    ", security.istio.io/v1 or security.istio.io/v1beta1"
-                } else {
-                    ""
+                "unsupported apiVersion {other:?} for kind {kind} (expected {})",
+                match kind.as_str() {
+                    "AuthorizationPolicy" =>
+                        format!("{API_VERSION}, security.istio.io/v1 or security.istio.io/v1beta1"),
+                    "NetworkPolicy" => NETWORKING_API_VERSION.to_owned(),
+                    "Namespace" => CORE_API_VERSION.to_owned(),
+                    _ => API_VERSION.to_owned(),
                 }
             ),
         )),

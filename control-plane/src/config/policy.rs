@@ -26,14 +26,14 @@ use crate::policy::{
 const REJECTED: &str = "a policy using it is rejected rather than enforced partially";
 
 /// Collects the errors of one document, each with its field path.
-struct Errors<'a> {
-    ctx: &'a DocCtx,
-    errors: &'a mut Vec<ConfigError>,
-    count: usize,
+pub(super) struct Errors<'a> {
+    pub ctx: &'a DocCtx,
+    pub errors: &'a mut Vec<ConfigError>,
+    pub count: usize,
 }
 
 impl Errors<'_> {
-    fn push(&mut self, field: &str, message: impl Into<String>) {
+    pub fn push(&mut self, field: &str, message: impl Into<String>) {
         self.errors.push(self.ctx.error(Some(field), message));
         self.count += 1;
     }

@@ -363,3 +363,126 @@ pub(crate) struct EgressPolicySpec {
     #[serde(default)]
     pub ports: Option<Vec<PortValue>>,
 }
+
+/// The `apiVersion` of Kubernetes NetworkPolicy.
+pub const NETWORKING_API_VERSION: &str = "networking.k8s.io/v1";
+/// The `apiVersion` of Kubernetes core resources (`Namespace`).
+pub const CORE_API_VERSION: &str = "v1";
+
+/// A label selector (`metav1.LabelSelector`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct LabelSelectorSpec {
+    #[serde(default)]
+    pub match_labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub match_expressions: Option<Vec<LabelRequirementSpec>>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct LabelRequirementSpec {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+}
+
+/// `kind: NetworkPolicy` (`networking.k8s.io/v1`, field for field).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NetworkPolicyDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: Metadata,
+    /// Absent or null is `{}` (every pod, ingress isolated), as the API server reads it.
+    #[serde(default)]
+    pub spec: Option<NetworkPolicySpecDoc>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NetworkPolicySpecDoc {
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelectorSpec>,
+    #[serde(default)]
+    pub policy_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub ingress: Option<Vec<NetworkPolicyIngressRuleSpec>>,
+    #[serde(default)]
+    pub egress: Option<Vec<NetworkPolicyEgressRuleSpec>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NetworkPolicyIngressRuleSpec {
+    #[serde(default)]
+    pub from: Option<Vec<NetworkPolicyPeerSpec>>,
+    #[serde(default)]
+    pub ports: Option<Vec<NetworkPolicyPortSpec>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NetworkPolicyEgressRuleSpec {
+    #[serde(default)]
+    pub to: Option<Vec<NetworkPolicyPeerSpec>>,
+    #[serde(default)]
+    pub ports: Option<Vec<NetworkPolicyPortSpec>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NetworkPolicyPeerSpec {
+    #[serde(default)]
+    pub pod_selector: Option<LabelSelectorSpec>,
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelectorSpec>,
+    #[serde(default)]
+    pub ip_block: Option<IpBlockSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct IpBlockSpec {
+    pub cidr: String,
+    #[serde(default)]
+    pub except: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NetworkPolicyPortSpec {
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub port: Option<PortText>,
+    #[serde(default)]
+    pub end_port: Option<PortValue>,
+}
+
+/// `kind: Namespace` (`v1`): only its name and labels matter to the mesh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NamespaceDoc {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: Metadata,
+    /// Accepted so that exported Namespaces load; finalizers mean nothing here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub spec: Option<NamespaceSpecDoc>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct NamespaceSpecDoc {
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub finalizers: Option<Vec<String>>,
+}

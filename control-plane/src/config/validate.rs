@@ -8,15 +8,16 @@ use palisade_certs::{SpiffeId, TrustDomain};
 use serde_yaml_ng::Value;
 
 use super::resources::{
-    AuthorizationPolicyDoc, EgressPolicyDoc, MeshConfigDoc, Metadata, PortSpec, ServiceDoc,
-    ServicePortSpec, WorkloadDoc,
+    AuthorizationPolicyDoc, EgressPolicyDoc, MeshConfigDoc, Metadata, NamespaceDoc,
+    NetworkPolicyDoc, PortSpec, ServiceDoc, ServicePortSpec, WorkloadDoc,
 };
-use super::{ConfigError, DocCtx, policy, typed};
+use super::{ConfigError, DocCtx, netpol, policy, typed};
 use crate::model::{
-    DefaultAuthorization, Endpoint, INBOUND_PORT_ANNOTATION, MeshSettings, MeshSnapshot, MtlsMode,
-    NamespacedName, OutboundTrafficPolicy, PROXY_INBOUND_PORT, PathNormalization, Protocol,
-    Service, ServicePort, Source, Workload, WorkloadPort,
+    DefaultAuthorization, Endpoint, INBOUND_PORT_ANNOTATION, L4Protocol, MeshSettings,
+    MeshSnapshot, MtlsMode, NamespacedName, NonTcpPort, OutboundTrafficPolicy, PROXY_INBOUND_PORT,
+    PathNormalization, Protocol, Service, ServicePort, Source, Warning, Workload, WorkloadPort,
 };
+use crate::netpol::{NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy};
 use crate::policy::{AuthorizationPolicy, EgressPolicy};
 
 /// Shortest certificate lifetime accepted: below it, renewal traffic dominates.
@@ -44,6 +45,7 @@ struct WorkloadDraft {
     address: IpAddr,
     proxy_port: u16,
     ports: Vec<WorkloadPort>,
+    non_tcp_ports: Vec<NonTcpPort>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,8 @@ pub(crate) struct Parsed {
     services: Vec<ServiceDraft>,
     authorization_policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
     egress_policies: BTreeMap<NamespacedName, EgressPolicy>,
+    network_policies: BTreeMap<NamespacedName, NetworkPolicy>,
+    namespaces: BTreeMap<String, Namespace>,
 }
 
 impl Parsed {
@@ -116,7 +120,7 @@ impl Parsed {
                 None
             }
         };
-        let ports = check_workload_ports(ctx, &doc.spec.ports, errors);
+        let (ports, non_tcp_ports) = check_workload_ports(ctx, &doc.spec.ports, errors);
         let proxy_port = match doc.metadata.annotations.get(INBOUND_PORT_ANNOTATION) {
             None => PROXY_INBOUND_PORT,
             Some(text) => match text.parse::<u16>() {
@@ -141,6 +145,7 @@ impl Parsed {
                 address,
                 proxy_port,
                 ports,
+                non_tcp_ports,
             });
         }
     }
@@ -327,6 +332,26 @@ impl Parsed {
         }
     }
 
+    pub fn network_policy(&mut self, ctx: &DocCtx, value: Value, errors: &mut Vec<ConfigError>) {
+        let Some(doc) = typed::<NetworkPolicyDoc>(ctx, value, errors) else {
+            return;
+        };
+        if let Some(p) = netpol::network_policy(ctx, doc, errors) {
+            self.register(ctx, "NetworkPolicy", errors);
+            self.network_policies.insert(p.key(), p);
+        }
+    }
+
+    pub fn namespace(&mut self, ctx: &DocCtx, value: Value, errors: &mut Vec<ConfigError>) {
+        let Some(doc) = typed::<NamespaceDoc>(ctx, value, errors) else {
+            return;
+        };
+        if let Some(ns) = netpol::namespace(ctx, doc, errors) {
+            self.register(ctx, "Namespace", errors);
+            self.namespaces.insert(ns.name.clone(), ns);
+        }
+    }
+
     /// The cross-resource phase: identities, unique addresses, selectors, target ports and
     /// protocols; returns the resolved snapshot or every error found.
     /// Moves the named Workloads to their assigned addresses (before the cross-resource
@@ -388,6 +413,7 @@ impl Parsed {
                     address: w.address,
                     proxy_port: w.proxy_port,
                     ports: w.ports,
+                    non_tcp_ports: w.non_tcp_ports,
                     identity,
                 },
             );
@@ -403,6 +429,26 @@ impl Parsed {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // Every namespace of a workload exists, as a Pod's namespace does in a cluster.
+        let mut namespaces = self.namespaces;
+        for w in workloads.values() {
+            namespaces
+                .entry(w.namespace.clone())
+                .or_insert_with(|| Namespace {
+                    name: w.namespace.clone(),
+                    labels: BTreeMap::from([(
+                        NAMESPACE_NAME_LABEL.to_owned(),
+                        w.namespace.clone(),
+                    )]),
+                    source: None,
+                });
+        }
+        let warnings = self
+            .network_policies
+            .values()
+            .filter(|p| p.has_non_tcp_ports())
+            .map(non_tcp_warning)
+            .collect();
         Ok(MeshSnapshot {
             settings,
             settings_source,
@@ -410,7 +456,43 @@ impl Parsed {
             services,
             authorization_policies: self.authorization_policies,
             egress_policies: self.egress_policies,
+            network_policies: self.network_policies,
+            namespaces,
+            warnings,
         })
+    }
+}
+
+/// The sidecars carry TCP only: a NetworkPolicy port of another protocol is compiled and
+/// sent, and never enforced by them.
+fn non_tcp_warning(p: &NetworkPolicy) -> Warning {
+    let (field, protocol) = p
+        .ingress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("spec.ingress[{i}]"), r))
+        .chain(
+            p.egress
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.egress[{i}]"), r)),
+        )
+        .find_map(|(at, r)| {
+            r.ports
+                .iter()
+                .position(|port| port.protocol != L4Protocol::Tcp)
+                .map(|j| (format!("{at}.ports[{j}].protocol"), r.ports[j].protocol))
+        })
+        .unwrap_or_else(|| ("spec".to_owned(), L4Protocol::Udp));
+    Warning {
+        source: p.source.clone(),
+        resource: format!("NetworkPolicy {}", p.key()),
+        field,
+        message: format!(
+            "{protocol} (and any other non-TCP) ports are not enforced by the sidecar: non-TCP \
+             traffic stays denied by the capture rules (palisade init) except what they let \
+             through (DNS, allowed UDP ports)"
+        ),
     }
 }
 
@@ -450,6 +532,17 @@ fn resolve_service(
         let mut inherited: Option<(Protocol, &Workload)> = None;
         for w in &selected {
             let Some(wp) = w.port(target) else {
+                if let Some(other) = w.non_tcp_ports.iter().find(|p| p.port == target) {
+                    errors.push(s.ctx.error(
+                        Some(&format!("spec.ports[{i}].targetPort")),
+                        format!(
+                            "port {target} of Workload {} is {}; a Service carries TCP only",
+                            w.key(),
+                            other.protocol
+                        ),
+                    ));
+                    continue;
+                }
                 let exposes = if w.ports.is_empty() {
                     "it exposes no ports".to_owned()
                 } else {
@@ -668,8 +761,9 @@ fn check_port_common(
     name: Option<&str>,
     app_protocol: Option<&str>,
     l4: Option<&str>,
+    allow_non_tcp: bool,
     errors: &mut Vec<ConfigError>,
-) -> (String, Protocol, ProtocolFrom) {
+) -> (String, L4Protocol, Protocol, ProtocolFrom) {
     let name = name.unwrap_or_default().to_owned();
     if !name.is_empty()
         && let Err(why) = dns1123_label(&name)
@@ -679,14 +773,40 @@ fn check_port_common(
             format!("{name:?} {why}"),
         ));
     }
-    if let Some(l4) = l4
-        && l4 != "TCP"
-    {
-        errors.push(ctx.error(
-            Some(&format!("spec.ports[{i}].protocol")),
-            format!("{l4:?} is not supported (the mesh carries TCP only)"),
-        ));
-    }
+    let transport = match l4.map(|text| (text, L4Protocol::parse(text))) {
+        None => L4Protocol::Tcp,
+        Some((_, Some(L4Protocol::Tcp))) => L4Protocol::Tcp,
+        // A workload may declare UDP/SCTP ports so NetworkPolicy can name them; they are
+        // never proxied. A Service port is where the mesh routes, so TCP only.
+        Some((_, Some(other))) if allow_non_tcp => {
+            if app_protocol.is_some() {
+                errors.push(ctx.error(
+                    Some(&format!("spec.ports[{i}].appProtocol")),
+                    format!("is for TCP ports; this port is {other}"),
+                ));
+            }
+            other
+        }
+        Some((text, Some(_))) => {
+            errors.push(ctx.error(
+                Some(&format!("spec.ports[{i}].protocol")),
+                format!("{text:?} is not supported (the mesh carries TCP only)"),
+            ));
+            L4Protocol::Tcp
+        }
+        Some((text, None)) => {
+            let expected = if allow_non_tcp {
+                "TCP, UDP or SCTP"
+            } else {
+                "TCP; the mesh carries TCP only"
+            };
+            errors.push(ctx.error(
+                Some(&format!("spec.ports[{i}].protocol")),
+                format!("unknown protocol {text:?} (expected {expected})"),
+            ));
+            L4Protocol::Tcp
+        }
+    };
     let (protocol, from) = match app_protocol {
         Some(value) => match parse_app_protocol(value) {
             Some(p) => (p, ProtocolFrom::AppProtocol),
@@ -706,7 +826,7 @@ fn check_port_common(
             None => (Protocol::Http, ProtocolFrom::Default),
         },
     };
-    (name, protocol, from)
+    (name, transport, protocol, from)
 }
 
 /// Reports the second use of a port number or name within one resource.
@@ -714,15 +834,24 @@ fn check_unique(
     ctx: &DocCtx,
     i: usize,
     name: &str,
-    port: u16,
-    seen_ports: &mut HashMap<u16, usize>,
+    port: (u16, L4Protocol),
+    seen_ports: &mut HashMap<(u16, L4Protocol), usize>,
     seen_names: &mut HashMap<String, usize>,
     errors: &mut Vec<ConfigError>,
 ) {
+    // The same number may be open for TCP and for UDP (DNS is), not twice for one.
     if let Some(first) = seen_ports.insert(port, i) {
         errors.push(ctx.error(
             Some(&format!("spec.ports[{i}].port")),
-            format!("port {port} is listed twice (also spec.ports[{first}])"),
+            match port.1 {
+                L4Protocol::Tcp => {
+                    format!("port {} is listed twice (also spec.ports[{first}])", port.0)
+                }
+                other => format!(
+                    "port {}/{other} is listed twice (also spec.ports[{first}])",
+                    port.0
+                ),
+            },
         ));
     }
     if !name.is_empty()
@@ -739,17 +868,19 @@ fn check_workload_ports(
     ctx: &DocCtx,
     ports: &[PortSpec],
     errors: &mut Vec<ConfigError>,
-) -> Vec<WorkloadPort> {
+) -> (Vec<WorkloadPort>, Vec<NonTcpPort>) {
     let mut out = Vec::with_capacity(ports.len());
+    let mut non_tcp = Vec::new();
     let (mut seen_ports, mut seen_names) = (HashMap::new(), HashMap::new());
     for (i, p) in ports.iter().enumerate() {
         let number = check_port_number(ctx, &format!("spec.ports[{i}].port"), p.port.0, errors);
-        let (name, protocol, _) = check_port_common(
+        let (name, transport, protocol, _) = check_port_common(
             ctx,
             i,
             p.name.as_deref(),
             p.app_protocol.as_deref(),
             p.protocol.as_deref(),
+            true,
             errors,
         );
         if let Some(port) = number {
@@ -757,19 +888,27 @@ fn check_workload_ports(
                 ctx,
                 i,
                 &name,
-                port,
+                (port, transport),
                 &mut seen_ports,
                 &mut seen_names,
                 errors,
             );
-            out.push(WorkloadPort {
-                name,
-                port,
-                protocol,
-            });
+            if transport == L4Protocol::Tcp {
+                out.push(WorkloadPort {
+                    name,
+                    port,
+                    protocol,
+                });
+            } else {
+                non_tcp.push(NonTcpPort {
+                    name,
+                    port,
+                    protocol: transport,
+                });
+            }
         }
     }
-    out
+    (out, non_tcp)
 }
 
 fn check_service_ports(
@@ -784,12 +923,13 @@ fn check_service_ports(
         let target = p
             .target_port
             .map(|t| check_port_number(ctx, &format!("spec.ports[{i}].targetPort"), t.0, errors));
-        let (name, protocol, protocol_from) = check_port_common(
+        let (name, _, protocol, protocol_from) = check_port_common(
             ctx,
             i,
             p.name.as_deref(),
             p.app_protocol.as_deref(),
             p.protocol.as_deref(),
+            false,
             errors,
         );
         if let Some(port) = number {
@@ -797,7 +937,7 @@ fn check_service_ports(
                 ctx,
                 i,
                 &name,
-                port,
+                (port, L4Protocol::Tcp),
                 &mut seen_ports,
                 &mut seen_names,
                 errors,

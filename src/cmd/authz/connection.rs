@@ -20,11 +20,6 @@ pub struct ConnectionVerdict {
 }
 
 impl ConnectionVerdict {
-    /// Whether both sides let the connection through.
-    pub fn allowed(&self) -> bool {
-        self.ingress.allowed && self.egress.as_ref().is_none_or(|e| e.allowed)
-    }
-
     /// The side that refused it, egress first (the sender decides before any byte leaves).
     pub fn refusal(&self) -> Option<(&'static str, &NetDecision)> {
         match &self.egress {
