@@ -87,7 +87,13 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let (_, material) = CertificateAuthority::generate(td, &CaOptions::default())?;
-    material.write_to(&args.out)?;
+    // Files are created new (never through a link planted at their path); `--force` removes
+    // the old ones first.
+    if args.force {
+        material.replace_in(&args.out)?;
+    } else {
+        material.write_to(&args.out)?;
+    }
     println!("CA written to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
