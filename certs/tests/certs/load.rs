@@ -38,6 +38,15 @@ fn generated_ca_written_and_loaded_issues_working_leaves() {
     assert_eq!(loaded.chain(), generated.chain());
 }
 
+/// Every file `CaMaterial::write_to` creates.
+const WRITTEN: [&str; 5] = [
+    "ca-key.pem",
+    "root-key.pem",
+    "ca-cert.pem",
+    "root-cert.pem",
+    "cert-chain.pem",
+];
+
 #[cfg(unix)]
 #[test]
 fn key_files_are_created_private() {
@@ -62,13 +71,7 @@ fn key_files_are_created_private() {
 #[test]
 fn an_existing_file_is_never_overwritten() {
     let (_, material) = new_ca();
-    for name in [
-        "ca-key.pem",
-        "root-key.pem",
-        "ca-cert.pem",
-        "root-cert.pem",
-        "cert-chain.pem",
-    ] {
+    for name in WRITTEN {
         let dir = TempDir::new("exists");
         let path = dir.write(name, "old");
         let err = material.write_to(dir.path()).unwrap_err();
@@ -91,13 +94,7 @@ fn an_existing_file_is_never_overwritten() {
 #[test]
 fn a_symlink_planted_at_a_file_path_is_not_followed() {
     let (_, material) = new_ca();
-    for name in [
-        "ca-key.pem",
-        "root-key.pem",
-        "ca-cert.pem",
-        "root-cert.pem",
-        "cert-chain.pem",
-    ] {
+    for name in WRITTEN {
         let dir = TempDir::new("symlink");
         let elsewhere = TempDir::new("symlink-target");
         // A link to an existing file, and a dangling one that would create a file elsewhere.
