@@ -80,7 +80,8 @@ fn trust_domain(name: &str) -> anyhow::Result<TrustDomain> {
 fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let td = trust_domain(&args.trust_domain)?;
     let existing = args.out.join("ca-key.pem");
-    if existing.exists() && !args.force {
+    // `symlink_metadata`: a link at the key path counts, dangling or not.
+    if existing.symlink_metadata().is_ok() && !args.force {
         anyhow::bail!(
             "{} already holds a CA (ca-key.pem exists); pass --force to replace it",
             args.out.display()
