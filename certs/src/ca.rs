@@ -36,6 +36,12 @@ pub enum CaError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A CA file to be created already exists (a symbolic link counts): never overwritten.
+    #[error("{path} already exists; refusing to overwrite it (remove it first)")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
     /// A CA file could not be written.
     #[error("{path}: cannot write: {source}")]
     Write {
@@ -163,47 +169,85 @@ pub struct CaMaterial {
 }
 
 impl CaMaterial {
-    /// Writes the files into `dir` (created if needed); keys are written with mode 0600.
+    /// The files, with whether each is a private key.
+    fn files(&self) -> [(&'static str, &str, bool); 5] {
+        [
+            ("root-key.pem", &self.root_key_pem, true),
+            ("ca-key.pem", &self.ca_key_pem, true),
+            ("root-cert.pem", &self.root_cert_pem, false),
+            ("ca-cert.pem", &self.ca_cert_pem, false),
+            ("cert-chain.pem", &self.cert_chain_pem, false),
+        ]
+    }
+
+    /// Writes the files into `dir` (created if needed). Every file is created new: if any of
+    /// them already exists, or a symbolic link stands at its path, nothing is written and the
+    /// error names that path. Keys are created with mode 0600, never widened afterwards.
     pub fn write_to(&self, dir: &Path) -> Result<CaFiles, CaError> {
         std::fs::create_dir_all(dir).map_err(|source| CaError::Write {
             path: dir.to_owned(),
             source,
         })?;
-        let files = [
-            ("root-cert.pem", &self.root_cert_pem, false),
-            ("root-key.pem", &self.root_key_pem, true),
-            ("ca-cert.pem", &self.ca_cert_pem, false),
-            ("ca-key.pem", &self.ca_key_pem, true),
-            ("cert-chain.pem", &self.cert_chain_pem, false),
-        ];
-        for (name, contents, secret) in files {
+        // Check them all first, so that a clash leaves no half-written CA behind. The check is
+        // only for that; `create_new` below is what refuses, race or not.
+        for (name, _, _) in self.files() {
             let path = dir.join(name);
-            write_file(&path, contents, secret)
-                .map_err(|source| CaError::Write { path, source })?;
+            match std::fs::symlink_metadata(&path) {
+                Ok(_) => return Err(CaError::Exists { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(CaError::Write { path, source }),
+            }
+        }
+        for (name, contents, secret) in self.files() {
+            let path = dir.join(name);
+            create_new(&path, contents, secret).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    CaError::Exists { path: path.clone() }
+                } else {
+                    CaError::Write {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
         }
         Ok(CaFiles::in_dir(dir))
     }
+
+    /// Replaces a CA in `dir`: removes the five files (a symbolic link is removed, never
+    /// followed), then writes as [`CaMaterial::write_to`] does. Whatever appears at a path
+    /// between the two steps makes the write fail rather than be overwritten.
+    pub fn replace_in(&self, dir: &Path) -> Result<CaFiles, CaError> {
+        for (name, _, _) in self.files() {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(CaError::Write { path, source }),
+            }
+        }
+        self.write_to(dir)
+    }
 }
 
-fn write_file(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
+/// Creates `path`, which must not exist: `O_CREAT | O_EXCL` refuses any existing entry,
+/// a symbolic link included (dangling or not), and `O_NOFOLLOW` says so once more. A secret
+/// file gets mode 0600 at creation, so it is never readable by others, not even briefly.
+fn create_new(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if secret {
+    {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    // `mode` applies only when the file is created: tighten a key file that already existed.
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        options.custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+        options.mode(if secret { 0o600 } else { 0o644 });
     }
     #[cfg(not(unix))]
     let _ = secret;
-    file.write_all(contents.as_bytes())
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
 }
 
 /// A signed workload certificate and what goes with it.

@@ -1,4 +1,6 @@
 //! Admin HTTP (127.0.0.1:15000 by default): `/live`, `/ready`, `/metrics`, `/certs`, `/config`.
+//! `/config` lists enforced AuthorizationPolicies under `authorization` and dry-run ones, which
+//! are only evaluated, under `authorization_dry_run`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -121,16 +123,23 @@ impl Admin {
             "workload": view.as_ref().map(|v| serde_json::to_value(&*v.workload).unwrap_or_default()),
             "settings": view.as_ref().map(|v| serde_json::to_value(&*v.settings).unwrap_or_default()),
             "services": view.as_ref().map(|v| serde_json::to_value(&*v.services).unwrap_or_default()),
-            "authorization": view.as_ref().map(|v| {
-                v.authz
-                    .policies()
-                    .map(|(policy, action, rules)| serde_json::json!({"policy": policy, "action": action, "rules": rules}))
-                    .collect::<Vec<_>>()
-            }),
+            // Enforced policies, then the dry-run ones apart: those are only evaluated and logged.
+            "authorization": view.as_ref().map(|v| policies_json(v.authz.policies())),
+            "authorization_dry_run": view.as_ref().map(|v| policies_json(v.authz.dry_run_policies())),
             "egress": view.as_ref().map(|v| serde_json::to_value(&*v.egress).unwrap_or_default()),
             "network_policy": view.as_ref().map(|v| serde_json::to_value(v.netpol.summary()).unwrap_or_default()),
         })
     }
+}
+
+fn policies_json<'a>(
+    policies: impl Iterator<Item = (&'a str, crate::authz::Action, usize)>,
+) -> Vec<serde_json::Value> {
+    policies
+        .map(|(policy, action, rules)| {
+            serde_json::json!({"policy": policy, "action": action, "rules": rules})
+        })
+        .collect()
 }
 
 fn cert_json(info: &palisade_certs::CertInfo) -> serde_json::Value {

@@ -80,14 +80,21 @@ fn trust_domain(name: &str) -> anyhow::Result<TrustDomain> {
 fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let td = trust_domain(&args.trust_domain)?;
     let existing = args.out.join("ca-key.pem");
-    if existing.exists() && !args.force {
+    // `symlink_metadata`: a link at the key path counts, dangling or not.
+    if existing.symlink_metadata().is_ok() && !args.force {
         anyhow::bail!(
             "{} already holds a CA (ca-key.pem exists); pass --force to replace it",
             args.out.display()
         );
     }
     let (_, material) = CertificateAuthority::generate(td, &CaOptions::default())?;
-    material.write_to(&args.out)?;
+    // Files are created new (never through a link planted at their path); `--force` removes
+    // the old ones first.
+    if args.force {
+        material.replace_in(&args.out)?;
+    } else {
+        material.write_to(&args.out)?;
+    }
     println!("CA written to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -4,27 +4,22 @@
 //! app sends odd requests to its own outbound. Each test checks what the app behind the
 //! sidecar received, with a recording app, not only the status the attacker got.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use http::{Method, Request, StatusCode};
 use palisade_certs::ALPN_H2;
-use palisade_certs::tls::{Credentials, client_config};
-use rustls_pki_types::{DnsName, ServerName};
+use palisade_certs::tls::Credentials;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsConnector;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::support::clients::{H1Client, admin_get};
-use crate::support::mesh::{TestMesh, shop_id};
+use crate::support::TIMEOUT;
+use crate::support::apps::Recorder;
+use crate::support::clients::H1Client;
+use crate::support::mesh::{MESH_CONFIG, TestMesh, shop_id};
 use crate::support::procs::run_palisade;
-use crate::support::{TIMEOUT, metric, timed};
+use crate::support::timed;
+use crate::support::tls::{connect_inbound, sni, sni_name};
 
 /// ALPN of an opaque stream between sidecars.
 const ALPN_TCP: &[u8] = b"palisade-tcp";
@@ -157,83 +152,9 @@ spec:
   - when: [{key: connection.sni, values: [\"port-8080.palisade.mesh\"]}]
 ";
 
+/// The test MeshConfig with `paths` (more `spec` lines) appended.
 fn mesh_config(paths: &str) -> String {
-    format!(
-        "\
-apiVersion: palisade.dev/v1alpha1
-kind: MeshConfig
-metadata: {{name: mesh, namespace: palisade-system}}
-spec:
-  trustDomain: cluster.local
-  defaultAuthorization: allow
-  certificateLifetime: 1h
-{paths}"
-    )
-}
-
-/// What the recording app saw of one request.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    uri: String,
-    headers: HeaderMap,
-}
-
-/// An app that answers 200 to every HTTP/1.1 or h2c request and records it, and counts
-/// the connections it accepted (an opaque stream that reached it shows up here too).
-#[derive(Debug, Clone, Default)]
-struct Recorder {
-    connections: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Recorder {
-    async fn start(addr: SocketAddr, shutdown: tokio_util::sync::CancellationToken) -> Self {
-        let listener = TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("bind recorder on {addr}: {e}"));
-        let recorder = Recorder::default();
-        let r = recorder.clone();
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((s, _)) => s,
-                        Err(_) => continue,
-                    },
-                };
-                r.connections.fetch_add(1, Ordering::SeqCst);
-                let seen = r.seen.clone();
-                let service = hyper::service::service_fn(move |req: Request<_>| {
-                    seen.lock().unwrap().push(Seen {
-                        method: req.method().clone(),
-                        uri: req.uri().to_string(),
-                        headers: req.headers().clone(),
-                    });
-                    async {
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"recorded\n"),
-                        )))
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        recorder
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
+    format!("{MESH_CONFIG}{paths}")
 }
 
 /// The bypass test mesh with recording apps on `target`'s and `single`'s ports.
@@ -270,10 +191,6 @@ async fn bed(test: &'static str, paths: &str) -> Bed {
     }
 }
 
-fn sni(name: &str) -> ServerName<'static> {
-    ServerName::DnsName(DnsName::try_from(name.to_owned()).expect("dns name"))
-}
-
 /// An mTLS connection to `workload`'s inbound port holding the client's mesh certificate,
 /// with `server_name` (an IP address sends no SNI) and `alpn`.
 async fn mtls(
@@ -283,19 +200,15 @@ async fn mtls(
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let sidecar = bed.mesh.sidecar(workload);
-    let config = client_config(
+    let bundle = bed.mesh.bundle();
+    let connect = connect_inbound(
+        sidecar.inbound(),
         Some(&bed.client),
-        &bed.mesh.bundle(),
-        sidecar.identity.clone(),
+        &bundle,
+        &sidecar.identity,
+        server_name,
         alpn,
-    )
-    .expect("client config");
-    let connect = async {
-        let tcp = TcpStream::connect(sidecar.inbound()).await?;
-        TlsConnector::from(Arc::new(config))
-            .connect(server_name, tcp)
-            .await
-    };
+    );
     timed("mTLS handshake", connect).await
 }
 
@@ -343,21 +256,19 @@ fn status_of(response: &str) -> u16 {
 
 /// One raw HTTP/1 request over a new mTLS connection to `target`'s port 8080.
 async fn raw_h1(bed: &Bed, request: &str) -> String {
-    let mut tls = mtls(bed, "target", sni("port-8080.palisade.mesh"), &[])
+    let mut tls = mtls(bed, "target", sni(8080), &[])
         .await
         .expect("handshake");
     exchange(&mut tls, request.as_bytes()).await
 }
 
 async fn denials(bed: &Bed, workload: &str, policy: &str) -> f64 {
-    let text = admin_get(bed.mesh.sidecar(workload).admin(), "/metrics")
+    let labels = [format!("policy=\"{policy}\"")];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    bed.mesh
+        .sidecar(workload)
+        .metric("palisade_proxy_authz_denials_total", &labels)
         .await
-        .text();
-    metric(
-        &text,
-        "palisade_proxy_authz_denials_total",
-        &[&format!("policy=\"{policy}\"")],
-    )
 }
 
 /// Item 1: an opaque `palisade-tcp` stream to a port declared HTTP would hand the app a
@@ -372,7 +283,7 @@ async fn opaque_tunnels_reach_only_tcp_ports() {
                   Connection: close\r\n\r\n";
 
     // Inbound: ALPN palisade-tcp with the SNI of the HTTP port.
-    let mut tunnel = mtls(&bed, "open", sni("port-8080.palisade.mesh"), &[ALPN_TCP])
+    let mut tunnel = mtls(&bed, "open", sni(8080), &[ALPN_TCP])
         .await
         .expect("handshake");
     let answer = exchange(&mut tunnel, forged.as_bytes()).await;
@@ -386,7 +297,7 @@ async fn opaque_tunnels_reach_only_tcp_ports() {
     assert_eq!(denials(&bed, "open", "tunnel-to-http-port").await, 1.0);
 
     // Control: the TCP port tunnels.
-    let mut tunnel = mtls(&bed, "open", sni("port-9000.palisade.mesh"), &[ALPN_TCP])
+    let mut tunnel = mtls(&bed, "open", sni(9000), &[ALPN_TCP])
         .await
         .expect("handshake");
     let answer = exchange(
@@ -477,7 +388,7 @@ async fn ambiguous_authorities_are_refused_and_the_app_gets_the_authorized_one()
     );
 
     // HTTP/2: `:authority` and a `host` header that differ.
-    let tls = mtls(&bed, "target", sni("port-8080.palisade.mesh"), &[ALPN_H2])
+    let tls = mtls(&bed, "target", sni(8080), &[ALPN_H2])
         .await
         .expect("handshake");
     let (mut send, conn) = timed("h2 handshake", h2::client::handshake(tls))
@@ -515,9 +426,9 @@ async fn only_the_canonical_sni_names_a_port() {
     let request = "GET /x HTTP/1.1\r\nHost: single.shop:8080\r\nConnection: close\r\n\r\n";
     let single_ip = bed.mesh.sidecar("single").ip;
     for (what, name) in [
-        ("leading zero", sni("port-08080.palisade.mesh")),
+        ("leading zero", sni_name("port-08080.palisade.mesh")),
         ("no SNI", ServerName::IpAddress(single_ip.into())),
-        ("another name", sni("single.shop")),
+        ("another name", sni_name("single.shop")),
     ] {
         let answer = match mtls(&bed, "single", name, &[]).await {
             Ok(mut tls) => exchange(&mut tls, request.as_bytes()).await,
@@ -527,7 +438,7 @@ async fn only_the_canonical_sni_names_a_port() {
     }
     assert_eq!(bed.single.seen().len(), 0, "{:?}", bed.single.seen());
     // Control: the canonical name meets the DENY.
-    let mut tls = mtls(&bed, "single", sni("port-8080.palisade.mesh"), &[])
+    let mut tls = mtls(&bed, "single", sni(8080), &[])
         .await
         .expect("handshake");
     let answer = exchange(&mut tls, request.as_bytes()).await;
@@ -548,7 +459,7 @@ async fn connect_and_options_star_are_not_forwarded_inbound() {
         let answer = raw_h1(&bed, request).await;
         assert_eq!(status_of(&answer), 405, "{request}: {answer}");
     }
-    let tls = mtls(&bed, "target", sni("port-8080.palisade.mesh"), &[ALPN_H2])
+    let tls = mtls(&bed, "target", sni(8080), &[ALPN_H2])
         .await
         .expect("handshake");
     let (mut send, conn) = timed("h2 handshake", h2::client::handshake(tls))

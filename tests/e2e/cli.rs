@@ -220,6 +220,46 @@ async fn missing_ca_key_is_one_line_naming_the_file() {
     );
 }
 
+/// `ca init` creates every file new: a link planted at a key path is refused (one line naming
+/// the path) and nothing is written through it; `--force` removes the link, never follows it.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_init_writes_nothing_through_a_planted_link() {
+    let scratch = tempfile::tempdir().unwrap();
+    let ca = scratch.path().join("ca");
+    std::fs::create_dir(&ca).unwrap();
+    let through_link = scratch.path().join("written-through-link");
+    let planted = ca.join("root-key.pem");
+    std::os::unix::fs::symlink(&through_link, &planted).unwrap();
+    let ca_arg = ca.to_str().unwrap();
+
+    let out = run_palisade(&["ca", "init", "--out", ca_arg]).await;
+    assert_one_line_error(
+        "ca init over a planted link",
+        &out,
+        &[&planted.display().to_string(), "already exists"],
+    );
+    assert!(!through_link.exists(), "a key was written through the link");
+    assert!(
+        !ca.join("ca-key.pem").exists(),
+        "a half-written CA was left"
+    );
+
+    let out = run_palisade(&["ca", "init", "--out", ca_arg, "--force"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(!through_link.exists(), "a key was written through the link");
+    let meta = std::fs::symlink_metadata(&planted).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // An existing CA is never overwritten without --force.
+    let key_before = std::fs::read(ca.join("ca-key.pem")).unwrap();
+    let out = run_palisade(&["ca", "init", "--out", ca_arg]).await;
+    assert_one_line_error("ca init over a CA", &out, &[ca_arg, "--force"]);
+    assert_eq!(std::fs::read(ca.join("ca-key.pem")).unwrap(), key_before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_with_missing_trust_anchors_is_one_line_naming_the_file() {
     let scratch = Scratch::new(&[("mesh.yaml", MESH_CONFIG.into())]).await;

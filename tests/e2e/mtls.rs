@@ -24,14 +24,12 @@ fn refused(attempt: &InboundAttempt) -> bool {
 }
 
 async fn inbound_handshake_failures(mesh: &TestMesh, workload: &str) -> f64 {
-    let text = admin_get(mesh.sidecar(workload).admin(), "/metrics")
+    mesh.sidecar(workload)
+        .metric(
+            "palisade_proxy_tls_handshake_failures_total",
+            &["direction=\"inbound\""],
+        )
         .await
-        .text();
-    metric(
-        &text,
-        "palisade_proxy_tls_handshake_failures_total",
-        &["direction=\"inbound\""],
-    )
 }
 
 /// Waits (bounded) until the sidecar has counted `expected` inbound handshake failures: it

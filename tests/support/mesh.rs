@@ -20,6 +20,7 @@ use tempfile::TempDir;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::apps::{self, App};
+use super::clients::admin_get;
 use super::net::Block;
 use super::{READY_TIMEOUT, within};
 
@@ -81,6 +82,13 @@ impl Sidecar {
     /// Admin listener.
     pub fn admin(&self) -> SocketAddr {
         self.proxy.admin_addr()
+    }
+
+    /// Sample `name` of this sidecar's `/metrics`, summed over the series that carry every
+    /// label in `labels` (as [`metric`](super::metric) reads them).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = admin_get(self.admin(), "/metrics").await.text();
+        super::metric(&text, name, labels)
     }
 }
 

@@ -13,6 +13,7 @@ use palisade_certs::{ALPN_H2, CertificateAuthority, SpiffeId, TrustBundle};
 use rustls_pki_types::{CertificateDer, DnsName, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::{Reply, TIMEOUT};
 
@@ -28,7 +29,30 @@ pub fn issue(ca: &CertificateAuthority, identity: &SpiffeId) -> Credentials {
 
 /// The SNI a sidecar sends to reach app port `port` on the peer.
 pub fn sni(port: u16) -> ServerName<'static> {
-    ServerName::DnsName(DnsName::try_from(format!("port-{port}.palisade.mesh")).expect("dns name"))
+    sni_name(&format!("port-{port}.palisade.mesh"))
+}
+
+/// Any DNS name as SNI (for names a sidecar would not send).
+pub fn sni_name(name: &str) -> ServerName<'static> {
+    ServerName::DnsName(DnsName::try_from(name.to_owned()).expect("dns name"))
+}
+
+/// A TLS connection to the inbound listener `inbound`, presenting `creds` (or nothing),
+/// expecting the server to be `server` under `bundle`, sending `server_name` (an IP address
+/// sends no SNI) and offering `alpn`. Not bounded: callers bound it.
+pub async fn connect_inbound(
+    inbound: SocketAddr,
+    creds: Option<&Credentials>,
+    bundle: &TrustBundle,
+    server: &SpiffeId,
+    server_name: ServerName<'static>,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = client_config(creds, bundle, server.clone(), alpn).expect("client config");
+    let tcp = TcpStream::connect(inbound).await?;
+    TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
 }
 
 /// What happened on one connection to an inbound port.
@@ -54,12 +78,7 @@ pub async fn attempt_inbound(
     authority: &str,
     path: &str,
 ) -> InboundAttempt {
-    let config = client_config(creds, bundle, server.clone(), &[ALPN_H2]).expect("client config");
-    let connector = TlsConnector::from(Arc::new(config));
-    let connect = async {
-        let tcp = TcpStream::connect(inbound).await?;
-        connector.connect(sni(port), tcp).await
-    };
+    let connect = connect_inbound(inbound, creds, bundle, server, sni(port), &[ALPN_H2]);
     let tls = match tokio::time::timeout(TIMEOUT, connect).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

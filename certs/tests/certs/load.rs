@@ -38,16 +38,21 @@ fn generated_ca_written_and_loaded_issues_working_leaves() {
     assert_eq!(loaded.chain(), generated.chain());
 }
 
+/// Every file `CaMaterial::write_to` creates.
+const WRITTEN: [&str; 5] = [
+    "ca-key.pem",
+    "root-key.pem",
+    "ca-cert.pem",
+    "root-cert.pem",
+    "cert-chain.pem",
+];
+
 #[cfg(unix)]
 #[test]
-fn key_files_are_private_even_when_they_already_existed() {
+fn key_files_are_created_private() {
     use std::os::unix::fs::PermissionsExt;
     let (_, material) = new_ca();
     let dir = TempDir::new("modes");
-    for name in ["ca-key.pem", "root-key.pem"] {
-        let path = dir.write(name, "old");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
     material.write_to(dir.path()).unwrap();
     for name in ["ca-key.pem", "root-key.pem"] {
         let got = std::fs::metadata(dir.join(name))
@@ -61,6 +66,85 @@ fn key_files_are_private_even_when_they_already_existed() {
         std::fs::read_to_string(dir.join("ca-key.pem")).unwrap(),
         material.ca_key_pem
     );
+}
+
+#[test]
+fn an_existing_file_is_never_overwritten() {
+    let (_, material) = new_ca();
+    for name in WRITTEN {
+        let dir = TempDir::new("exists");
+        let path = dir.write(name, "old");
+        let err = material.write_to(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, CaError::Exists { path: p } if *p == path),
+            "{name}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old", "{name}");
+        // Nothing else was written either: no half-written CA.
+        let entries = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(entries, 1, "{name}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_planted_at_a_file_path_is_not_followed() {
+    let (_, material) = new_ca();
+    for name in WRITTEN {
+        let dir = TempDir::new("symlink");
+        let elsewhere = TempDir::new("symlink-target");
+        // A link to an existing file, and a dangling one that would create a file elsewhere.
+        let target = elsewhere.write("victim", "precious");
+        let dangling = elsewhere.join("created-through-link");
+        for link_to in [&target, &dangling] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(link_to, &link).unwrap();
+            let err = material.write_to(dir.path()).unwrap_err();
+            assert!(
+                matches!(&err, CaError::Exists { path } if *path == link),
+                "{name}: {err:?}"
+            );
+            assert!(
+                err.to_string().contains(&link.display().to_string()),
+                "{err}"
+            );
+            assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+            assert!(!dangling.exists(), "{name}: written through the link");
+        }
+    }
+}
+
+#[test]
+fn replace_in_swaps_an_existing_ca_without_following_links() {
+    let (_, old) = new_ca();
+    let (_, new) = new_ca();
+    let dir = TempDir::new("replace");
+    old.write_to(dir.path()).unwrap();
+    #[cfg(unix)]
+    let elsewhere = TempDir::new("replace-target");
+    #[cfg(unix)]
+    let target = {
+        let target = elsewhere.write("victim", "precious");
+        std::fs::remove_file(dir.join("ca-key.pem")).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("ca-key.pem")).unwrap();
+        target
+    };
+    new.replace_in(dir.path()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ca-key.pem")).unwrap(),
+        new.ca_key_pem
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("root-cert.pem")).unwrap(),
+        new.root_cert_pem
+    );
+    #[cfg(unix)]
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
 }
 
 #[test]
@@ -201,7 +285,7 @@ fn root_file_must_hold_ca_certificates() {
     let err = load(&dir).unwrap_err();
     assert!(err.to_string().contains("root-cert.pem"), "{err}");
 
-    material.write_to(dir.path()).unwrap();
+    material.replace_in(dir.path()).unwrap();
     dir.write("ca-cert.pem", "no PEM here");
     let err = load(&dir).unwrap_err();
     assert!(matches!(err, CaError::Pem { .. }), "{err:?}");

@@ -277,3 +277,42 @@ async fn denials_audits_and_allows_are_logged_with_policy_and_rule() {
     // The query (which may carry secrets) is never logged.
     assert!(!logs.text().contains("secret"), "{}", logs.text());
 }
+
+#[tokio::test]
+async fn admin_config_lists_dry_run_policies_apart_from_enforced_ones() {
+    let mut dry = deny_paths("would-deny", "/admin");
+    dry.dry_run = true;
+    let mesh = Mesh::start(MeshOptions {
+        search_policies: vec![deny_paths("no-secrets", "/secrets"), dry],
+        ..Default::default()
+    })
+    .await;
+    let req = Request::get("/config")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(mesh.search.admin_addr(), req).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let config: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    let names = |key: &str| -> Vec<String> {
+        config[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {config}"))
+            .iter()
+            .map(|p| p["policy"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names("authorization"), ["shop/no-secrets"], "{config}");
+    assert_eq!(
+        names("authorization_dry_run"),
+        ["shop/would-deny"],
+        "{config}"
+    );
+    assert_eq!(
+        config["authorization_dry_run"][0]["action"], "Deny",
+        "{config}"
+    );
+    assert_eq!(config["authorization_dry_run"][0]["rules"], 1, "{config}");
+    // Evaluated, not enforced: the path it would deny is served.
+    assert_eq!(mesh.get(HOST, "/admin").await.status(), StatusCode::OK);
+    mesh.stop().await;
+}

@@ -159,7 +159,7 @@ fn credentials(
 /// Made as `mkdtemp(3)` does, through `tempfile`: a new directory with an unpredictable name
 /// (`palisade-up-<pid>-<random>`), created exclusively with `mode`, never one that existed;
 /// so no other user can have placed files or symlinks in it beforehand. Its secret files
-/// are created exclusively too ([`StateDir::write_new`]).
+/// are created exclusively too ([`StateDir::write_new`], `CaMaterial::write_to`).
 struct StateDir(tempfile::TempDir);
 
 impl StateDir {
@@ -216,16 +216,8 @@ impl StateDir {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let files = [
-            ("ca/root-cert.pem", &material.root_cert_pem, 0o644),
-            ("ca/root-key.pem", &material.root_key_pem, 0o600),
-            ("ca/ca-cert.pem", &material.ca_cert_pem, 0o644),
-            ("ca/ca-key.pem", &material.ca_key_pem, 0o600),
-            ("ca/cert-chain.pem", &material.cert_chain_pem, 0o644),
-        ];
-        for (name, contents, mode) in files {
-            self.write_new(name, contents, mode)?;
-        }
+        // Every file created new (`CaMaterial::write_to`), never through a link.
+        material.write_to(&dir)?;
         Ok(dir)
     }
 
