@@ -132,8 +132,12 @@ fn check(config: &str, from: Pod, to: Pod, port: u16) -> Result<bool, String> {
         .map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let value: serde_json::Value = serde_json::from_str(stdout.trim())
-        .map_err(|e| format!("exit {:?}, unreadable output ({e}): {stdout}{stderr}", out.status.code()))?;
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).map_err(|e| {
+        format!(
+            "exit {:?}, unreadable output ({e}): {stdout}{stderr}",
+            out.status.code()
+        )
+    })?;
     let decision = value["decision"].as_str().unwrap_or_default();
     let nested = &value["network_policy"]["ingress"]["decision"];
     match (out.status.code(), decision) {
@@ -227,12 +231,26 @@ const DENY_EGRESS_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPoli
 
 fn cases() -> Vec<Case> {
     vec![
-        case("no policy: everything reaches everything", vec![], |_, _, _| true),
-        case("default deny ingress in x", vec![DENY_INGRESS_X], |_, t, _| t.ns != "x"),
-        case("default deny egress in x", vec![DENY_EGRESS_X], |f, _, _| f.ns != "x"),
+        case(
+            "no policy: everything reaches everything",
+            vec![],
+            |_, _, _| true,
+        ),
+        case(
+            "default deny ingress in x",
+            vec![DENY_INGRESS_X],
+            |_, t, _| t.ns != "x",
+        ),
+        case(
+            "default deny egress in x",
+            vec![DENY_EGRESS_X],
+            |f, _, _| f.ns != "x",
+        ),
         case(
             "default deny ingress and egress in x",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+            ],
             |f, t, _| f.ns != "x" && t.ns != "x",
         ),
         case(
@@ -253,32 +271,44 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "podSelector: x/a only from x/b",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n",
+            ],
             |f, t, _| !t.is("x/a") || f.is("x/b"),
         ),
         case(
             "podSelector matchExpressions In: x/a from x/b and x/c",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-bc, namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: pod, operator: In, values: [a]}]}\n  ingress:\n  - from:\n    - podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-bc, namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: pod, operator: In, values: [a]}]}\n  ingress:\n  - from:\n    - podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}\n",
+            ],
             |f, t, _| !t.is("x/a") || f.is("x/b") || f.is("x/c"),
         ),
         case(
             "namespaceSelector: x/a only from namespace y",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}\n",
+            ],
             |f, t, _| !t.is("x/a") || f.ns == "y",
         ),
         case(
             "namespaceSelector matchExpressions NotIn: x/a from every namespace but y",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-not-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [y]}]}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-not-from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [y]}]}\n",
+            ],
             |f, t, _| !t.is("x/a") || f.ns != "y",
         ),
         case(
             "namespaceSelector on the automatic kubernetes.io/metadata.name label",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-z, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-z, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}\n",
+            ],
             |f, t, _| !t.is("x/a") || f.ns == "z",
         ),
         Case {
             name: "namespaceSelector matchExpressions Exists",
-            policies: vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-team, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: team, operator: Exists}]}\n"],
+            policies: vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-team, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: team, operator: Exists}]}\n",
+            ],
             extra: Extra {
                 namespace_labels: vec![("z", "team: blue")],
                 ..Extra::default()
@@ -287,7 +317,9 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "namespaceSelector matchExpressions DoesNotExist",
-            policies: vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-not-from-team, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: team, operator: DoesNotExist}]}\n"],
+            policies: vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-not-from-team, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: team, operator: DoesNotExist}]}\n",
+            ],
             extra: Extra {
                 namespace_labels: vec![("z", "team: blue")],
                 ..Extra::default()
@@ -296,52 +328,72 @@ fn cases() -> Vec<Case> {
         },
         case(
             "two peers are OR: pods of x but a, or any pod outside x",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-or, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [a]}]}\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-or, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [a]}]}\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n",
+            ],
             |f, t, _| !t.is("x/a") || !f.is("x/a"),
         ),
         case(
             "podSelector and namespaceSelector in one peer are AND: pod b outside x",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-and, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n      podSelector: {matchLabels: {pod: b}}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-and, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n      podSelector: {matchLabels: {pod: b}}\n",
+            ],
             |f, t, _| !t.is("x/a") || (f.ns != "x" && f.name == "b"),
         ),
         case(
             "ports: x/a only on 81",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-81, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81}]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-81, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81}]\n",
+            ],
             |_, t, port| !t.is("x/a") || port == 81,
         ),
         case(
             "named port: x/a only on serve-80-tcp",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-named, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: TCP, port: serve-80-tcp}]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-named, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: TCP, port: serve-80-tcp}]\n",
+            ],
             |_, t, port| !t.is("x/a") || port == 80,
         ),
         case(
             "a UDP port, named or numbered, opens no TCP port",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-udp, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: UDP, port: serve-80-udp}, {protocol: UDP, port: 81}]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-udp, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: UDP, port: serve-80-udp}, {protocol: UDP, port: 81}]\n",
+            ],
             |_, t, _| !t.is("x/a"),
         ),
         case(
             "endPort: x/a on 81 to 90",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-range, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81, endPort: 90}]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-range, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81, endPort: 90}]\n",
+            ],
             |_, t, port| !t.is("x/a") || port == 81,
         ),
         case(
             "egress endPort: x/a may reach 75 to 80 only",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-out-range, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{protocol: TCP, port: 75, endPort: 80}]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-out-range, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{protocol: TCP, port: 75, endPort: 80}]\n",
+            ],
             |f, _, port| !f.is("x/a") || port == 80,
         ),
         case(
             "egress named port: x/a may reach serve-81-tcp anywhere",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-out-named, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: serve-81-tcp}]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-out-named, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: serve-81-tcp}]\n",
+            ],
             |f, _, port| !f.is("x/a") || port == 81,
         ),
         case(
             "egress ipBlock with except: x/a reaches every pod but y/b",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-out-cidr, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/16, except: [10.0.2.2/32]}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-out-cidr, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/16, except: [10.0.2.2/32]}\n",
+            ],
             |f, t, _| !f.is("x/a") || !t.is("y/b"),
         ),
         case(
             "ingress ipBlock: x/a only from 10.0.3.0/24 (namespace z)",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-cidr, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.3.0/24}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-cidr, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.3.0/24}\n",
+            ],
             |f, t, _| !t.is("x/a") || f.ns == "z",
         ),
         case(
@@ -354,17 +406,23 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "an egress section without policyTypes isolates ingress too",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-egress-only, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  egress:\n  - to:\n    - namespaceSelector: {}\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-egress-only, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  egress:\n  - to:\n    - namespaceSelector: {}\n",
+            ],
             |_, t, _| !t.is("x/a"),
         ),
         case(
             "an empty from list admits every source on the listed port",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-80-all, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: []\n    ports: [{port: 80}]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-80-all, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: []\n    ports: [{port: 80}]\n",
+            ],
             |_, t, port| !t.is("x/a") || port == 80,
         ),
         case(
             "an empty ingress list allows nothing",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-none, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: []\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-none, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: []\n",
+            ],
             |_, t, _| !t.is("x/a"),
         ),
         case(
@@ -377,7 +435,9 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "a policy selects pods of its own namespace only",
-            vec!["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-a, namespace: y}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n"],
+            vec![
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-a, namespace: y}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n",
+            ],
             |_, t, _| !t.is("y/a"),
         ),
         case(
@@ -396,9 +456,11 @@ fn updates() -> Vec<Case> {
     const FROM_TEAM_RED: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-red, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: red}}\n";
     const FROM_CLIENTS: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-clients, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {role: client}}\n";
     vec![
-        case("update, before: no namespace is team red", vec![FROM_TEAM_RED], |_, t, _| {
-            !t.is("x/a")
-        }),
+        case(
+            "update, before: no namespace is team red",
+            vec![FROM_TEAM_RED],
+            |_, t, _| !t.is("x/a"),
+        ),
         Case {
             name: "update, after: namespace y becomes team red",
             policies: vec![FROM_TEAM_RED],
@@ -408,9 +470,11 @@ fn updates() -> Vec<Case> {
             },
             expect: |f, t, _| !t.is("x/a") || f.ns == "y",
         },
-        case("update, before: no pod is a client", vec![FROM_CLIENTS], |_, t, _| {
-            !t.is("x/a")
-        }),
+        case(
+            "update, before: no pod is a client",
+            vec![FROM_CLIENTS],
+            |_, t, _| !t.is("x/a"),
+        ),
         Case {
             name: "update, after: x/c becomes a client",
             policies: vec![FROM_CLIENTS],
@@ -446,22 +510,57 @@ fn the_source_pod_needs_its_address_and_its_identity() {
     write_config(
         dir.path(),
         &Extra::default(),
-        &["apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n  - from:\n    - ipBlock: {cidr: 192.0.2.0/24}\n    ports: [{port: 81}]\n"],
+        &[
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-from-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n  - from:\n    - ipBlock: {cidr: 192.0.2.0/24}\n    ports: [{port: 81}]\n",
+        ],
     );
     let config = dir.path().to_str().unwrap();
     let x_default = "spiffe://cluster.local/ns/x/sa/default";
     let y_default = "spiffe://cluster.local/ns/y/sa/default";
     let cases: [(&str, Option<&str>, &str, &str, i32); 6] = [
         ("x/b itself", Some(x_default), "10.0.1.2", "80", 0),
-        ("y's identity from x/b's address", Some(y_default), "10.0.1.2", "80", 3),
-        ("x/b's identity from x/c's address... same identity, other pod", Some(x_default), "10.0.1.3", "80", 3),
+        (
+            "y's identity from x/b's address",
+            Some(y_default),
+            "10.0.1.2",
+            "80",
+            3,
+        ),
+        (
+            "x/b's identity from x/c's address... same identity, other pod",
+            Some(x_default),
+            "10.0.1.3",
+            "80",
+            3,
+        ),
         ("plaintext from x/b's address", None, "10.0.1.2", "80", 3),
-        ("plaintext from the ipBlock on 81", None, "192.0.2.7", "81", 0),
-        ("plaintext from the ipBlock on 80", None, "192.0.2.7", "80", 3),
+        (
+            "plaintext from the ipBlock on 81",
+            None,
+            "192.0.2.7",
+            "81",
+            0,
+        ),
+        (
+            "plaintext from the ipBlock on 80",
+            None,
+            "192.0.2.7",
+            "80",
+            3,
+        ),
     ];
     for (what, from, ip, port, code) in cases {
         let mut args = vec![
-            "authz", "check", "--config", config, "--to", "x/a", "--port", port, "--source-ip", ip,
+            "authz",
+            "check",
+            "--config",
+            config,
+            "--to",
+            "x/a",
+            "--port",
+            port,
+            "--source-ip",
+            ip,
         ];
         if let Some(id) = from {
             args.extend(["--from", id]);
@@ -481,10 +580,25 @@ fn the_source_pod_needs_its_address_and_its_identity() {
 #[test]
 fn the_explanation_names_the_deciding_policies() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &Extra::default(), &[DENY_INGRESS_X, DENY_EGRESS_X]);
+    write_config(
+        dir.path(),
+        &Extra::default(),
+        &[DENY_INGRESS_X, DENY_EGRESS_X],
+    );
     let config = dir.path().to_str().unwrap();
     let out = Command::new(palisade_bin())
-        .args(["authz", "check", "--config", config, "--from-workload", "x/a", "--to", "b", "--port", "80"])
+        .args([
+            "authz",
+            "check",
+            "--config",
+            config,
+            "--from-workload",
+            "x/a",
+            "--to",
+            "b",
+            "--port",
+            "80",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -492,39 +606,85 @@ fn the_explanation_names_the_deciding_policies() {
     assert!(text.contains("x/deny-egress"), "{text}");
     assert!(text.contains("x/deny-ingress"), "{text}");
     let out = Command::new(palisade_bin())
-        .args(["authz", "check", "--config", config, "--from-workload", "y/a", "--to", "x/b", "--port", "81", "--output", "json"])
+        .args([
+            "authz",
+            "check",
+            "--config",
+            config,
+            "--from-workload",
+            "y/a",
+            "--to",
+            "x/b",
+            "--port",
+            "81",
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"], "DENY", "{v}");
     assert_eq!(v["policy"], "x/deny-ingress", "{v}");
     assert_eq!(v["network_policy"]["egress"]["decision"], "ALLOW", "{v}");
-    assert_eq!(v["network_policy"]["ingress"]["selected_by"][0], "x/deny-ingress", "{v}");
+    assert_eq!(
+        v["network_policy"]["ingress"]["selected_by"][0], "x/deny-ingress",
+        "{v}"
+    );
 }
 
 /// Malformed NetworkPolicies are refused naming file, document and field (exit 1).
 #[test]
 fn malformed_network_policies_are_named() {
     let bad: [(&str, &str); 6] = [
-        ("spec.podSelector.matchExpressions[0].operator", "spec:\n  podSelector: {matchExpressions: [{key: pod, operator: Near, values: [a]}]}\n"),
-        ("spec.ingress[0].ports[0].endPort", "spec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 81, endPort: 80}]\n"),
-        ("spec.ingress[0].ports[0].endPort", "spec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: serve-80-tcp, endPort: 90}]\n"),
-        ("spec.ingress[0].from[0].ipBlock.cidr", "spec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/33}}]\n"),
-        ("spec.ingress[0].from[0].ipBlock.except[0]", "spec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]\n"),
+        (
+            "spec.podSelector.matchExpressions[0].operator",
+            "spec:\n  podSelector: {matchExpressions: [{key: pod, operator: Near, values: [a]}]}\n",
+        ),
+        (
+            "spec.ingress[0].ports[0].endPort",
+            "spec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 81, endPort: 80}]\n",
+        ),
+        (
+            "spec.ingress[0].ports[0].endPort",
+            "spec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: serve-80-tcp, endPort: 90}]\n",
+        ),
+        (
+            "spec.ingress[0].from[0].ipBlock.cidr",
+            "spec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/33}}]\n",
+        ),
+        (
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+            "spec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]\n",
+        ),
         ("spec.ingres", "spec:\n  podSelector: {}\n  ingres: []\n"),
     ];
     for (field, spec) in bad {
         let dir = tempfile::tempdir().unwrap();
-        let doc = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bad, namespace: x}}\n{spec}");
+        let doc = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bad, namespace: x}}\n{spec}"
+        );
         write_config(dir.path(), &Extra::default(), &[DENY_INGRESS_X, &doc]);
         let out = Command::new(palisade_bin())
-            .args(["authz", "check", "--config", dir.path().to_str().unwrap(), "--from-workload", "x/a", "--to", "x/b", "--port", "80"])
+            .args([
+                "authz",
+                "check",
+                "--config",
+                dir.path().to_str().unwrap(),
+                "--from-workload",
+                "x/a",
+                "--to",
+                "x/b",
+                "--port",
+                "80",
+            ])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{field}: {stderr}");
         assert!(
-            stderr.contains("policies.yaml") && stderr.contains("document 2") && stderr.contains(field),
+            stderr.contains("policies.yaml")
+                && stderr.contains("document 2")
+                && stderr.contains(field),
             "{field}: {stderr}"
         );
     }

@@ -38,4 +38,3 @@ pub fn measure(mut f: impl FnMut()) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[SAMPLES / 2]
 }
-

@@ -104,7 +104,9 @@ fn find_workload<'a>(
     match matches.as_slice() {
         [one] => Ok(one),
         [] => anyhow::bail!(missing()),
-        _ => anyhow::bail!("{flag} {value}: several namespaces have this Workload; write NAMESPACE/NAME"),
+        _ => anyhow::bail!(
+            "{flag} {value}: several namespaces have this Workload; write NAMESPACE/NAME"
+        ),
     }
 }
 
@@ -190,8 +192,14 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let source = parsed_from.as_ref().or(from_workload.map(|w| &w.identity));
     let source_ip = args.source_ip.or(from_workload.map(|w| w.address));
 
-    let connection =
-        connection::decide(&snapshot, from_workload, source_ip, source, destination, port)?;
+    let connection = connection::decide(
+        &snapshot,
+        from_workload,
+        source_ip,
+        source,
+        destination,
+        port,
+    )?;
 
     // A request is decided when one is described; on an opaque TCP port authorization is
     // per connection, so it is always decided there.
@@ -263,10 +271,9 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 
     let what = match (&request, http) {
-        (Some(_), Some((method, path, _))) => format!(
-            "{method} {path}{}",
-            if grpc { " [gRPC]" } else { "" }
-        ),
+        (Some(_), Some((method, path, _))) => {
+            format!("{method} {path}{}", if grpc { " [gRPC]" } else { "" })
+        }
         _ => "connection".to_owned(),
     };
     println!(
@@ -289,9 +296,9 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 println!("  {}", d.explain());
             }
         }
-        None if !tcp => println!(
-            "  requests on it are decided by AuthorizationPolicy: add --method or --path"
-        ),
+        None if !tcp && verdict.allowed => {
+            println!("  requests on it are decided by AuthorizationPolicy: add --method or --path")
+        }
         None => {}
     }
     Ok(exit)

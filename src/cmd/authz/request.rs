@@ -128,8 +128,8 @@ pub fn decide(
     let mut headers = header_map(headers)?;
     if !headers.contains_key(http::header::HOST) {
         let host = default_authority(snapshot, destination, request.port);
-        let value = HeaderValue::try_from(host.as_str())
-            .with_context(|| format!("authority {host:?}"))?;
+        let value =
+            HeaderValue::try_from(host.as_str()).with_context(|| format!("authority {host:?}"))?;
         headers.insert(http::header::HOST, value);
     }
     let host = match palisade_proxy::authority::of(&Uri::from_static("/"), &headers) {
