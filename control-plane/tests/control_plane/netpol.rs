@@ -161,15 +161,16 @@ fn policy_types_default_as_the_api_server_does() {
         let other = compiled(&snapshot, "shop", "frontend");
         assert_eq!(other, pb::NetworkPolicySnapshot::default(), "{spec}");
     }
-    // No spec at all: every pod of the namespace, ingress isolated, nothing allowed.
+    // No spec at all: every pod of the namespace, ingress isolated, nothing allowed. (The
+    // name is a DNS subdomain, as Kubernetes allows for NetworkPolicy.)
     let snapshot = load(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
-         metadata: {name: deny-all, namespace: shop}\n",
+         metadata: {name: deny.all, namespace: shop}\n",
     );
     for name in ["frontend", "search", "payments"] {
         let s = compiled(&snapshot, "shop", name);
         assert!(s.ingress_isolated && !s.egress_isolated, "{name}");
-        assert_eq!(s.ingress[0].policy, "shop/deny-all");
+        assert_eq!(s.ingress[0].policy, "shop/deny.all");
         assert!(s.ingress[0].rules.is_empty());
     }
     // Only its own namespace.
