@@ -673,6 +673,47 @@ spec: {address: 127.0.1.3}
     }
 
     #[test]
+    fn a_network_policy_change_changes_only_that_type_where_it_selects() {
+        let policy = |port: u16| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {{name: np, namespace: shop}}\n\
+                 spec: {{podSelector: {{matchLabels: {{app: a}}}}, ingress: [{{from: \
+                 [{{namespaceSelector: {{}}}}], ports: [{{port: {port}}}]}}]}}\n"
+            )
+        };
+        let before = published(&policy(80));
+        let after = published(&policy(81));
+        let np = ResourceType::NetworkPolicy;
+        assert_ne!(
+            version(&before, "shop", "a", np),
+            version(&after, "shop", "a", np)
+        );
+        // c is a peer of the rule, in another namespace: the policy does not select it.
+        for (ns, name) in [("shop", "b"), ("other", "c")] {
+            assert_eq!(
+                version(&before, ns, name, np),
+                version(&after, ns, name, np),
+                "{ns}/{name}"
+            );
+        }
+        for ty in [ResourceType::Authorization, ResourceType::Egress] {
+            assert_eq!(
+                version(&before, "shop", "a", ty),
+                version(&after, "shop", "a", ty)
+            );
+        }
+        let a = before.snapshot.workload("shop", "a").unwrap();
+        match &before.resource(np, a).resources {
+            Resources::NetworkPolicy(s) => {
+                assert!(s.ingress_isolated);
+                assert_eq!(s.peers.len(), 3);
+            }
+            other => panic!("network policy expected, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn type_urls_round_trip() {
         for t in ResourceType::ALL {
             assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));

@@ -468,6 +468,16 @@ impl MeshSnapshot {
         self.network_policies.values()
     }
 
+    /// The NetworkPolicies selecting `workload` (its namespace's, whose podSelector matches
+    /// it), ordered by name.
+    pub fn network_policies_for<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<Item = &'a NetworkPolicy> + 'a {
+        let ns = workload.namespace.as_str();
+        in_scope(&self.network_policies, ns, ns).filter(move |p| p.selects(workload))
+    }
+
     /// Every Namespace, declared or implied by a workload, ordered by name.
     pub fn namespaces(&self) -> impl ExactSizeIterator<Item = &Namespace> + '_ {
         self.namespaces.values()

@@ -182,91 +182,88 @@ pub struct Namespace {
 
 // === Compilation ===
 
+/// One direction of one policy, each rule with the workloads its selector peers select.
+type Resolved<'a> = (
+    &'a NetworkPolicy,
+    Vec<(&'a NetworkPolicyRule, Vec<&'a Workload>)>,
+);
+
 /// The NetworkPolicySnapshot for `workload`, a workload of `snapshot`.
 pub(crate) fn network_policy_snapshot(
     snapshot: &MeshSnapshot,
     workload: &Workload,
 ) -> pb::NetworkPolicySnapshot {
-    let selecting: Vec<&NetworkPolicy> = snapshot
-        .network_policies()
-        .filter(|p| p.selects(workload))
-        .collect();
-    let ingress: Vec<&NetworkPolicy> = selecting
-        .iter()
-        .copied()
-        .filter(|p| p.ingress_type)
-        .collect();
-    let egress: Vec<&NetworkPolicy> = selecting
-        .iter()
-        .copied()
-        .filter(|p| p.egress_type)
-        .collect();
+    let selecting: Vec<&NetworkPolicy> = snapshot.network_policies_for(workload).collect();
+    let resolve = |ingress: bool| -> Vec<Resolved<'_>> {
+        selecting
+            .iter()
+            .filter(|p| {
+                if ingress {
+                    p.ingress_type
+                } else {
+                    p.egress_type
+                }
+            })
+            .map(|p| {
+                let rules = if ingress { &p.ingress } else { &p.egress };
+                let rules = rules
+                    .iter()
+                    .map(|r| (r, selected_workloads(snapshot, p, r).collect()))
+                    .collect();
+                (*p, rules)
+            })
+            .collect()
+    };
+    let (ingress, egress) = (resolve(true), resolve(false));
 
-    // First pass: every workload a rule refers to, so indices follow one sorted order
-    // whatever the rules' order (equal configurations give equal bytes).
+    // Every workload a rule refers to, indexed in (namespace, name) order whatever the
+    // rules' order, so equal configurations give equal bytes.
     let mut peers: BTreeMap<NamespacedName, &Workload> = BTreeMap::new();
-    for p in &ingress {
-        for r in &p.ingress {
-            for w in selected_workloads(snapshot, p, r) {
-                peers.insert(w.key(), w);
-            }
+    for (_, rules) in ingress.iter().chain(&egress) {
+        for w in rules.iter().flat_map(|(_, selected)| selected) {
+            peers.insert(w.key(), w);
         }
     }
-    for p in &egress {
-        for r in &p.egress {
-            for w in selected_workloads(snapshot, p, r) {
-                peers.insert(w.key(), w);
-            }
-            // A named egress port is resolved by the proxy against the destination, which
-            // may be any workload with a port of that name.
-            for port in &r.ports {
-                if let Some(PolicyPort::Named(name)) = &port.port {
-                    for w in snapshot.workloads() {
-                        if w.named_ports()
-                            .any(|(n, _, l4)| n == name && l4 == port.protocol)
-                        {
-                            peers.insert(w.key(), w);
-                        }
-                    }
+    // A named egress port is resolved by the proxy against the destination, which may be
+    // any workload with a port of that name and protocol.
+    for (rule, _) in egress.iter().flat_map(|(_, rules)| rules) {
+        for port in &rule.ports {
+            if let Some(PolicyPort::Named(name)) = &port.port {
+                let named = |w: &&Workload| {
+                    w.named_ports()
+                        .any(|(n, _, l4)| n == name && l4 == port.protocol)
+                };
+                for w in snapshot.workloads().filter(named) {
+                    peers.insert(w.key(), w);
                 }
             }
         }
     }
     let positions: BTreeMap<&NamespacedName, u32> = peers.keys().zip(0u32..).collect();
-    let indices = |p: &NetworkPolicy, r: &NetworkPolicyRule| -> Vec<u32> {
-        let set: BTreeSet<u32> = selected_workloads(snapshot, p, r)
+    let indices = |selected: &[&Workload]| -> Vec<u32> {
+        let set: BTreeSet<u32> = selected
+            .iter()
             .filter_map(|w| positions.get(&w.key()).copied())
             .collect();
         set.into_iter().collect()
     };
-
-    let ingress = ingress
-        .iter()
-        .map(|p| pb::NetworkPolicyRules {
-            policy: p.key().to_string(),
-            rules: p
-                .ingress
-                .iter()
-                .map(|r| rule_proto(r, indices(p, r), Some(workload)))
-                .collect(),
-        })
-        .collect();
-    let egress = egress
-        .iter()
-        .map(|p| pb::NetworkPolicyRules {
-            policy: p.key().to_string(),
-            rules: p
-                .egress
-                .iter()
-                .map(|r| rule_proto(r, indices(p, r), None))
-                .collect(),
-        })
-        .collect();
+    let direction = |resolved: &[Resolved<'_>], receiver: Option<&Workload>| {
+        resolved
+            .iter()
+            .map(|(p, rules)| pb::NetworkPolicyRules {
+                policy: p.key().to_string(),
+                rules: rules
+                    .iter()
+                    .map(|(r, selected)| rule_proto(r, indices(selected), receiver))
+                    .collect(),
+            })
+            .collect()
+    };
     pb::NetworkPolicySnapshot {
-        ingress_isolated: selecting.iter().any(|p| p.ingress_type),
-        egress_isolated: selecting.iter().any(|p| p.egress_type),
-        ingress,
-        egress,
+        ingress_isolated: !ingress.is_empty(),
+        egress_isolated: !egress.is_empty(),
+        ingress: direction(&ingress, Some(workload)),
+        egress: direction(&egress, None),
         peers: peers.values().map(|w| peer_proto(w)).collect(),
     }
 }

@@ -11,6 +11,7 @@ mod control_plane {
     mod discovery;
     mod identity;
     mod limits;
+    mod netpol;
     mod policy;
     mod reload;
     mod support;

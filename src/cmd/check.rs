@@ -13,10 +13,14 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
-/// Prints every problem, one per line on stderr; exit 1 if there is any.
+/// Prints every problem, one per line on stderr (warnings too, which keep exit 0); exit 1
+/// if there is any error.
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     match palisade_control_plane::load_dir(&args.config) {
         Ok(snapshot) => {
+            for w in snapshot.warnings() {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: valid ({} workloads, {} services, trust domain {})",
                 args.config.display(),

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use palisade_control_plane::config::load_files;
-use palisade_control_plane::{authorization_for, egress_for};
+use palisade_control_plane::{authorization_for, egress_for, network_policy_for};
 
 fuzz_target!(|data: &[u8]| check(data));
 
@@ -19,6 +19,11 @@ fn check(data: &[u8]) {
             for w in mesh.workloads() {
                 assert!(authorization_for(&mesh, &w.namespace, &w.name).is_ok());
                 assert!(egress_for(&mesh, &w.namespace, &w.name).is_ok());
+                assert!(network_policy_for(&mesh, &w.namespace, &w.name).is_ok());
+            }
+            for warning in mesh.warnings() {
+                let line = warning.to_string();
+                assert_eq!(line.lines().count(), 1, "{line:?}");
             }
         }
         Err(errors) => {
@@ -85,6 +90,10 @@ spec:
             b"a: &x [*x]\n",
             b"<<: 3\n",
             b"apiVersion: palisade.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {}\n",
+            b"apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: a}}\n",
+            b"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\n\
+              spec: {ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}], \
+              ports: [{protocol: UDP, port: dns}, {port: 80, endPort: 90}]}]}\n",
         ] {
             check(input);
         }

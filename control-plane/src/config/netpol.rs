@@ -17,7 +17,7 @@ use super::resources::{
     IpBlockSpec, LabelSelectorSpec, NamespaceDoc, NetworkPolicyDoc, NetworkPolicyPeerSpec,
     NetworkPolicyPortSpec, PortText,
 };
-use super::validate::{check_metadata, dns1123_subdomain};
+use super::validate::{check_metadata, check_metadata_named, dns1123_subdomain};
 use super::{ConfigError, DocCtx};
 use crate::model::L4Protocol;
 use crate::netpol::{
@@ -345,7 +345,8 @@ pub(crate) fn network_policy(
     doc: NetworkPolicyDoc,
     errors: &mut Vec<ConfigError>,
 ) -> Option<NetworkPolicy> {
-    let (namespace, name) = check_metadata(ctx, &doc.metadata, errors)?;
+    // NetworkPolicy names are DNS-1123 subdomains in Kubernetes (dots allowed).
+    let (namespace, name) = check_metadata_named(ctx, &doc.metadata, dns1123_subdomain, errors)?;
     let spec = doc.spec.unwrap_or_default();
     let mut e = Errors {
         ctx,

@@ -651,6 +651,17 @@ pub(crate) fn check_metadata(
     meta: &Metadata,
     errors: &mut Vec<ConfigError>,
 ) -> Option<(String, String)> {
+    check_metadata_named(ctx, meta, dns1123_label, errors)
+}
+
+/// [`check_metadata`], with the rule names must follow (Kubernetes lets some kinds, such
+/// as NetworkPolicy, use DNS-1123 subdomains).
+pub(crate) fn check_metadata_named(
+    ctx: &DocCtx,
+    meta: &Metadata,
+    name_rule: fn(&str) -> Result<(), &'static str>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(String, String)> {
     let before = errors.len();
     let name = match meta.name.as_deref() {
         None | Some("") => {
@@ -658,7 +669,7 @@ pub(crate) fn check_metadata(
             String::new()
         }
         Some(name) => {
-            if let Err(why) = dns1123_label(name) {
+            if let Err(why) = name_rule(name) {
                 errors.push(ctx.error(Some("metadata.name"), format!("{name:?} {why}")));
             }
             name.to_owned()
