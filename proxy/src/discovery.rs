@@ -346,4 +346,48 @@ mod tests {
         // Without every type, and so without policies, there is no view to serve with.
         assert!(snapshots.view().is_none());
     }
+
+    fn netpol(snapshot: v1::NetworkPolicySnapshot) -> DiscoveryResponse {
+        response(
+            Resources::NetworkPolicy(snapshot),
+            v1::NETWORK_POLICY_TYPE_URL,
+        )
+    }
+
+    #[test]
+    fn a_network_policy_snapshot_is_applied_and_an_invalid_one_keeps_the_last_good() {
+        let mut snapshots = Snapshots::default();
+        let deny_all = v1::NetworkPolicySnapshot {
+            ingress_isolated: true,
+            ingress: vec![v1::NetworkPolicyRules {
+                policy: "shop/deny-all".into(),
+                rules: vec![],
+            }],
+            ..Default::default()
+        };
+        snapshots.apply(&netpol(deny_all.clone())).unwrap();
+        let good = snapshots.network_policy.clone().unwrap();
+        assert!(good.ingress_isolated());
+        let mut bad = deny_all;
+        bad.peers.push(v1::NetworkPeerWorkload {
+            address: "not-an-ip".into(),
+            ..Default::default()
+        });
+        let e = snapshots.apply(&netpol(bad)).unwrap_err();
+        assert_eq!(e.resource, "NetworkPolicySnapshot");
+        assert_eq!(e.field, "peers[0].address");
+        assert_eq!(e.message, "\"not-an-ip\" is not an IP address");
+        assert!(Arc::ptr_eq(
+            snapshots.network_policy.as_ref().unwrap(),
+            &good
+        ));
+        // The payload must be the type it claims.
+        let mut mislabelled = netpol(v1::NetworkPolicySnapshot::default());
+        mislabelled.type_url = v1::EGRESS_TYPE_URL.into();
+        assert!(snapshots.apply(&mislabelled).is_err());
+        assert!(Arc::ptr_eq(
+            snapshots.network_policy.as_ref().unwrap(),
+            &good
+        ));
+    }
 }
