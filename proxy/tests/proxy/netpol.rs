@@ -427,3 +427,21 @@ async fn an_invalid_snapshot_is_rejected_and_the_last_good_one_kept() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_rejected_first_snapshot_refuses_every_connection() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let bad = response(Resources::NetworkPolicy(v1::NetworkPolicySnapshot {
+        egress_isolated: true,
+        ..Default::default()
+    }));
+    assert!(mesh.frontend.apply_static(&bad).is_err());
+    let r = mesh.get(&http_host(), "/refused").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(denied_by(&r), "invalid-network-policy");
+    assert_eq!(mesh.app.requests.load(Ordering::SeqCst), 0);
+    // A valid one restores traffic.
+    mesh.frontend.apply_static(&unrestricted()).unwrap();
+    assert_eq!(mesh.get(&http_host(), "/ok").await.status(), StatusCode::OK);
+    mesh.stop().await;
+}
