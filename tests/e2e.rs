@@ -71,3 +71,7 @@ mod control_plane_limits;
 /// caps, bounded metric labels, and a load test against one sidecar process.
 #[path = "e2e/limits.rs"]
 mod limits;
+/// Kubernetes NetworkPolicy between pods in network namespaces: allowed and denied pairs,
+/// ingress at the receiver, egress at the sender, counted and logged.
+#[path = "e2e/netpol.rs"]
+mod netpol;

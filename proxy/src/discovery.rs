@@ -24,6 +24,9 @@ use crate::model::{
 };
 use crate::netpol::NetworkPolicies;
 
+/// The policy named by decisions while the first NetworkPolicy snapshot was rejected.
+pub const INVALID_NETWORK_POLICY: &str = "invalid-network-policy";
+
 /// Snapshots received so far, by type; a view is published once all are present.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshots {
@@ -41,7 +44,8 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// Validates and applies one response; on error nothing changes.
+    /// Validates and applies one response; on error nothing changes, except that a first
+    /// NetworkPolicy snapshot that is rejected leaves every connection refused.
     pub fn apply(&mut self, response: &DiscoveryResponse) -> Result<(), SnapshotError> {
         use v1::discovery_response::Resources;
         let mismatch = |expected: &str| SnapshotError {
@@ -96,7 +100,19 @@ impl Snapshots {
             Some(Resources::NetworkPolicy(n))
                 if response.type_url == v1::NETWORK_POLICY_TYPE_URL =>
             {
-                self.network_policy = Some(Arc::new(NetworkPolicies::try_from(n)?));
+                match NetworkPolicies::try_from(n) {
+                    Ok(policies) => self.network_policy = Some(Arc::new(policies)),
+                    Err(e) => {
+                        // With no last good snapshot, the interim "not isolated" (see
+                        // `view`) would widen access: refuse every connection instead
+                        // until a valid one arrives.
+                        if self.network_policy.is_none() {
+                            self.network_policy =
+                                Some(Arc::new(NetworkPolicies::deny_all(INVALID_NETWORK_POLICY)));
+                        }
+                        return Err(e.into());
+                    }
+                }
             }
             Some(Resources::NetworkPolicy(_)) => return Err(mismatch("NetworkPolicySnapshot")),
             None => {
@@ -345,5 +361,70 @@ mod tests {
         assert!(snapshots.egress.is_none());
         // Without every type, and so without policies, there is no view to serve with.
         assert!(snapshots.view().is_none());
+    }
+
+    fn netpol(snapshot: v1::NetworkPolicySnapshot) -> DiscoveryResponse {
+        response(
+            Resources::NetworkPolicy(snapshot),
+            v1::NETWORK_POLICY_TYPE_URL,
+        )
+    }
+
+    #[test]
+    fn a_network_policy_snapshot_is_applied_and_an_invalid_one_keeps_the_last_good() {
+        let mut snapshots = Snapshots::default();
+        let deny_all = v1::NetworkPolicySnapshot {
+            ingress_isolated: true,
+            ingress: vec![v1::NetworkPolicyRules {
+                policy: "shop/deny-all".into(),
+                rules: vec![],
+            }],
+            ..Default::default()
+        };
+        snapshots.apply(&netpol(deny_all.clone())).unwrap();
+        let good = snapshots.network_policy.clone().unwrap();
+        assert!(good.ingress_isolated());
+        let mut bad = deny_all;
+        bad.peers.push(v1::NetworkPeerWorkload {
+            address: "not-an-ip".into(),
+            ..Default::default()
+        });
+        let e = snapshots.apply(&netpol(bad)).unwrap_err();
+        assert_eq!(e.resource, "NetworkPolicySnapshot");
+        assert_eq!(e.field, "peers[0].address");
+        assert_eq!(e.message, "\"not-an-ip\" is not an IP address");
+        assert!(Arc::ptr_eq(
+            snapshots.network_policy.as_ref().unwrap(),
+            &good
+        ));
+        // The payload must be the type it claims.
+        let mut mislabelled = netpol(v1::NetworkPolicySnapshot::default());
+        mislabelled.type_url = v1::EGRESS_TYPE_URL.into();
+        assert!(snapshots.apply(&mislabelled).is_err());
+        assert!(Arc::ptr_eq(
+            snapshots.network_policy.as_ref().unwrap(),
+            &good
+        ));
+    }
+
+    #[test]
+    fn a_rejected_first_network_policy_snapshot_denies_everything() {
+        let mut snapshots = Snapshots::default();
+        let bad = v1::NetworkPolicySnapshot {
+            egress_isolated: true,
+            ..Default::default()
+        };
+        assert!(snapshots.apply(&netpol(bad)).is_err());
+        let policies = snapshots.network_policy.clone().unwrap();
+        let d = policies.ingress("10.0.0.1".parse().unwrap(), None, 80);
+        assert!(!d.allowed);
+        assert_eq!(d.policy_label(), INVALID_NETWORK_POLICY);
+        assert!(!policies.egress("10.0.0.1".parse().unwrap(), 80).allowed);
+        // A valid snapshot replaces it.
+        snapshots
+            .apply(&netpol(v1::NetworkPolicySnapshot::default()))
+            .unwrap();
+        let policies = snapshots.network_policy.clone().unwrap();
+        assert!(!policies.ingress_isolated() && !policies.egress_isolated());
     }
 }

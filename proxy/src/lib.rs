@@ -221,7 +221,9 @@ impl Proxy {
             snapshots
                 .rejections
                 .insert(response.type_url.clone(), e.to_string());
-            outputs.status.send_replace(snapshots.clone());
+            // A rejection can still narrow the view (a first NetworkPolicy snapshot that
+            // is invalid denies everything), so the view is published as discovery does.
+            discovery::publish(snapshots, outputs);
             return Err(e.into());
         }
         discovery::publish(snapshots, outputs);

@@ -466,6 +466,45 @@ mod tests {
     }
 
     #[test]
+    fn pick_allowed_chooses_only_among_allowed_endpoints() {
+        let snapshot = v1::ServiceSnapshot {
+            services: vec![v1::Service {
+                name: "search".into(),
+                namespace: "shop".into(),
+                hostnames: vec!["search.shop".into()],
+                ports: vec![v1::ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    target_port: 8080,
+                    protocol: v1::Protocol::Http as i32,
+                }],
+                endpoints: vec![
+                    endpoint("10.77.1.2", "search"),
+                    endpoint("10.77.1.3", "search"),
+                    endpoint("10.77.1.4", "search"),
+                ],
+            }],
+        };
+        let table = ServiceTable::try_from(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+        let route = table
+            .resolve("search.shop", 80)
+            .unwrap_or_else(|| panic!("route"));
+        let only: IpAddr = [10, 77, 1, 3].into();
+        for _ in 0..6 {
+            let picked = route.pick_allowed(|e| e.proxy_addr.ip() == only);
+            assert_eq!(picked.map(|e| e.proxy_addr.ip()), Some(only));
+        }
+        assert!(route.pick_allowed(|_| false).is_none());
+        // Every endpoint is reached when all are allowed.
+        let mut seen: Vec<_> = (0..3)
+            .filter_map(|_| route.pick_allowed(|_| true).map(|e| e.proxy_addr))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
     fn captured_destinations_resolve_by_cluster_ip_or_endpoint_address() {
         let snapshot = v1::ServiceSnapshot {
             services: vec![v1::Service {

@@ -367,6 +367,27 @@ impl NetworkPolicies {
         }
     }
 
+    /// Both directions isolated and nothing allowed, decided by the synthetic policy
+    /// `label`: what a workload runs with when its first snapshot was rejected (never run
+    /// without the policies the control plane meant).
+    pub fn deny_all(label: &str) -> Self {
+        let name: Arc<str> = label.into();
+        let direction = || Direction {
+            policies: vec![Policy {
+                name: name.clone(),
+                rules: Box::default(),
+            }]
+            .into(),
+            isolating: vec![name.clone()].into(),
+        };
+        Self {
+            ingress: direction(),
+            egress: direction(),
+            peers: Box::default(),
+            by_address: HashMap::new(),
+        }
+    }
+
     /// Whether ingress is isolated.
     pub fn ingress_isolated(&self) -> bool {
         self.ingress.isolated()

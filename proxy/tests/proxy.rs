@@ -23,3 +23,8 @@ mod egress;
 /// PERMISSIVE.
 #[path = "proxy/permissive.rs"]
 mod permissive;
+
+/// Kubernetes NetworkPolicy: ingress by address and verified identity, egress before any
+/// byte leaves, late rejection, metrics, NACK.
+#[path = "proxy/netpol.rs"]
+mod netpol;

@@ -175,7 +175,9 @@ impl Outbound {
                 // decided.
                 if !matches!(
                     failure,
-                    Failure::UnknownDestination { .. } | Failure::TunnelRefused { .. }
+                    Failure::UnknownDestination { .. }
+                        | Failure::TunnelRefused { .. }
+                        | Failure::NetworkPolicy { .. }
                 ) {
                     tracing::info!(direction = "outbound", error = %failure, "request failed");
                 }
