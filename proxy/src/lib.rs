@@ -13,7 +13,8 @@
 //! the mesh passes only as the outbound policy and EgressPolicies allow.
 //!
 //! Layout: `model` (validated view from proto) · `authz` (compiled policies, per-request
-//! decision; pure) · `egress` (egress allowances; pure) · `discovery` and `identity`
+//! decision; pure) · `egress` (egress allowances; pure) · `netpol` (Kubernetes
+//! NetworkPolicy, per-connection decision; pure) and `netgate` (where it is enforced) · `discovery` and `identity`
 //! (control-plane clients) · `tls` (swappable rustls state) · `outbound`, `pool`, `inbound`,
 //! `app` (data path) · `limits` (connection caps, connection lifetimes, timeouts) ·
 //! `enforce` (decision metrics and logs) · `admin`, `metrics` · `serve` (accept loop and

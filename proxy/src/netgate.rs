@@ -148,19 +148,19 @@ pub(crate) async fn revoked(
     metrics: Arc<Metrics>,
     conn: NetConn,
 ) {
-    // Only changes from now on: the connection was admitted under the current view.
-    view.borrow_and_update();
     loop {
+        // The current view first: one published between the admission and this future's
+        // first poll must not be missed (deciding the admitting view again is cheap).
+        let current = view.borrow_and_update().clone();
+        if let Some(current) = current {
+            let decision = conn.decide(&current.netpol);
+            if !decision.allowed {
+                record_denial(&metrics, &current, &conn, &decision, true);
+                return;
+            }
+        }
         if view.changed().await.is_err() {
             return std::future::pending().await;
-        }
-        let Some(current) = view.borrow_and_update().clone() else {
-            continue;
-        };
-        let decision = conn.decide(&current.netpol);
-        if !decision.allowed {
-            record_denial(&metrics, &current, &conn, &decision, true);
-            return;
         }
     }
 }

@@ -444,7 +444,8 @@ fn unknown_workloads_are_errors_and_static_snapshots_carry_policies() {
         "search",
     )
     .unwrap();
-    assert_eq!(all.len(), 6);
+    // One snapshot per type the control plane serves to proxies.
+    assert_eq!(all.len(), palisade_control_plane::ResourceType::ALL.len());
     let authz = all
         .iter()
         .find(|r| r.type_url == pb::AUTHORIZATION_TYPE_URL)

@@ -73,7 +73,9 @@ impl Inbound {
             .authz
             .decide(&attrs(conn, port, None), view.settings.default_allow);
         self.observe(&view, conn, port, None, &decision);
-        if !decision.allowed {
+        // NetworkPolicy admitted the connection at accept; this view may be newer.
+        let net = NetConn::ingress(conn.peer_addr.ip(), conn.peer_identity.clone(), port);
+        if !decision.allowed || netgate::admit(&self.metrics, &view, &net).is_err() {
             // Closed before a byte reached the app (CONTRACT); close_notify, then EOF.
             let _ = stream.shutdown().await;
             return;

@@ -425,6 +425,25 @@ async fn an_invalid_snapshot_is_rejected_and_the_last_good_one_kept() {
         view.netpol.summary().egress_policies,
         vec!["shop/deny-all".to_string()]
     );
+    // `/config` shows the policies in force and the rejection.
+    let config = send(
+        mesh.frontend.admin_addr(),
+        Request::get("/config")
+            .header(http::header::HOST, "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let config: serde_json::Value = serde_json::from_slice(config.body()).unwrap();
+    assert_eq!(
+        config["network_policy"]["egress_policies"][0],
+        "shop/deny-all"
+    );
+    assert_eq!(config["network_policy"]["egress_isolated"], true);
+    let rejection = config["rejections"][v1::NETWORK_POLICY_TYPE_URL]
+        .as_str()
+        .unwrap_or_default();
+    assert!(rejection.contains("out of range"), "{config}");
     mesh.stop().await;
 }
 
