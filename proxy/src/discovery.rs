@@ -103,9 +103,9 @@ impl Snapshots {
                 match NetworkPolicies::try_from(n) {
                     Ok(policies) => self.network_policy = Some(Arc::new(policies)),
                     Err(e) => {
-                        // With no last good snapshot, the interim "not isolated" (see
-                        // `view`) would widen access: refuse every connection instead
-                        // until a valid one arrives.
+                        // With no last good snapshot there is nothing to keep: refuse
+                        // every connection until a valid one arrives (the view is complete
+                        // and the proxy ready, so the refusals are counted and explained).
                         if self.network_policy.is_none() {
                             self.network_policy =
                                 Some(Arc::new(NetworkPolicies::deny_all(INVALID_NETWORK_POLICY)));
@@ -140,14 +140,7 @@ impl Snapshots {
             settings: self.settings.clone()?,
             authz: self.authorization.clone()?,
             egress: self.egress.clone()?,
-            // Until every control plane serves NetworkPolicy (the type is newer than the
-            // others), a proxy that has not received it is not isolated: waiting for it
-            // would keep proxies of an older control plane from ever becoming ready. Once
-            // received, a snapshot stays in force and a rejected one never widens it.
-            netpol: self
-                .network_policy
-                .clone()
-                .unwrap_or_else(|| Arc::new(NetworkPolicies::unrestricted())),
+            netpol: self.network_policy.clone()?,
         })
     }
 }

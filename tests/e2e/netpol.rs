@@ -2,10 +2,6 @@
 //! (`support::bed`): an allowed pair connects, a denied pair is refused before any byte
 //! reaches the app, and both sidecars count and log what they refused (ingress at the
 //! receiver, egress at the sender).
-//!
-//! The control plane of this branch does not load `networking.k8s.io/v1 NetworkPolicy`
-//! yet (that lands with the control-plane half of issue 12), so the test is ignored until
-//! then; run it with `--ignored` once both halves are merged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -132,7 +128,6 @@ async fn echo_from(ns: &str, addr: SocketAddr, line: &[u8]) -> Result<(), String
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the control plane to load and serve NetworkPolicy (control-plane half of issue 12); run with --ignored after merge"]
 async fn an_allowed_pair_connects_and_a_denied_pair_is_refused_before_the_app() {
     const TEST: &str = "an_allowed_pair_connects_and_a_denied_pair_is_refused_before_the_app";
     if !Bed::can_run(TEST) {
