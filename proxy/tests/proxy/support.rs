@@ -92,6 +92,11 @@ pub fn egress(rules: Vec<v1::EgressRule>) -> v1::DiscoveryResponse {
     response(Resources::Egress(v1::EgressSnapshot { rules }))
 }
 
+/// No NetworkPolicy selects the workload (proxies wait for this type like every other).
+pub fn unrestricted_network_policy() -> v1::DiscoveryResponse {
+    response(Resources::NetworkPolicy(v1::NetworkPolicySnapshot::default()))
+}
+
 pub fn mesh_settings(
     default_allow: bool,
     allow_any: bool,
@@ -363,6 +368,7 @@ impl Mesh {
                     response(Resources::Services(v1::ServiceSnapshot::default())),
                     authz(options.search_policies),
                     egress(vec![]),
+                    unrestricted_network_policy(),
                 ],
                 options.log_decisions,
             ),
@@ -388,6 +394,7 @@ impl Mesh {
                     ),
                     authz(vec![]),
                     egress(options.frontend_egress),
+                    unrestricted_network_policy(),
                 ],
                 options.log_decisions,
             ),
