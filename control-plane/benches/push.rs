@@ -9,9 +9,11 @@
 //! the change until each stream has received the new Authorization snapshot (first, p50,
 //! max) and until the control plane has recorded every proxy's ACK of it.
 //!
-//! Two paths: `watcher` writes the policy file and lets the directory watcher (100 ms
+//! Three paths: `watcher` writes the policy file and lets the directory watcher (100 ms
 //! debounce) reload it; `update` hands the already-parsed configuration to
-//! `ControlPlane::update`, which isolates publish-and-push from file watching and parsing.
+//! `ControlPlane::update`, which isolates publish-and-push from file watching and parsing;
+//! `netpol` writes a Kubernetes NetworkPolicy selecting every workload (whose rule names
+//! another pod each round) and measures the NetworkPolicy snapshot instead.
 //!
 //! Run: `cargo bench -p palisade-control-plane --bench push` (sizes may follow `--`, e.g.
 //! `-- 100 1000 2000`). 1,000 proxies hold about 2,000 sockets in this one process: if the
@@ -50,6 +52,7 @@ const FDS_PER_PROXY: u64 = 2;
 const FD_HEADROOM: u64 = 256;
 const NAMESPACE: &str = "bench";
 const POLICY_FILE: &str = "policy.yaml";
+const NETPOL_FILE: &str = "netpol.yaml";
 
 type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -186,6 +189,7 @@ spec: {certificateLifetime: 1h}
         ("mesh.yaml", mesh),
         ("workloads.yaml", workloads),
         (POLICY_FILE, policy(principal_sa)),
+        (NETPOL_FILE, network_policy(principal_sa)),
     ]
 }
 
@@ -200,8 +204,20 @@ fn policy(principal_sa: &str) -> String {
     )
 }
 
+/// A NetworkPolicy in the bench namespace selecting every workload, admitting pod `client`.
+fn network_policy(client: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{name: bench-all, namespace: {NAMESPACE}}}\n\
+         spec:\n  podSelector: {{matchLabels: {{tier: bench}}}}\n  ingress:\n  - from:\n    \
+         - podSelector: {{matchLabels: {{app: {client}}}}}\n    ports: [{{port: http}}]\n"
+    )
+}
+
 /// What a simulated proxy reports.
 struct Received {
+    /// Authorization or NetworkPolicy.
+    kind: ResourceType,
     version: String,
     at: Instant,
 }
@@ -289,6 +305,14 @@ async fn bench_size(n: usize) -> Result<Vec<Row>, BenchError> {
         rows.push(row);
     }
     for round in 1..=ROUNDS {
+        // NetworkPolicy through the watcher: every workload's compiled rules change.
+        let client = format!("w{}", 2 * ROUNDS + round);
+        let started = Instant::now();
+        cp.write_file(NETPOL_FILE, &network_policy(&client))?;
+        let row = measure(&cp, &mut proxies, &mut events, n, "netpol", round, started).await?;
+        rows.push(row);
+    }
+    for round in 1..=ROUNDS {
         // Update path: parsing is done before the clock starts.
         let sa = format!("w{}", ROUNDS + round);
         let files = mesh_files(n, &sa);
@@ -323,7 +347,8 @@ async fn race<T>(
     }
 }
 
-/// Collects one new Authorization snapshot per proxy, then waits for every ACK of it.
+/// Collects one new snapshot per proxy (NetworkPolicy on the `netpol` path, Authorization
+/// otherwise), then waits for every ACK of it.
 async fn measure(
     cp: &TestControlPlane,
     proxies: &mut JoinSet<Result<(), BenchError>>,
@@ -333,6 +358,11 @@ async fn measure(
     round: usize,
     started: Instant,
 ) -> Result<Row, BenchError> {
+    let kind = if path == "netpol" {
+        ResourceType::NetworkPolicy
+    } else {
+        ResourceType::Authorization
+    };
     let mut arrivals = Vec::with_capacity(n);
     let mut version = None::<String>;
     let collect = async {
@@ -340,6 +370,9 @@ async fn measure(
             let Some(r) = events.recv().await else {
                 return Err(err("every proxy is gone"));
             };
+            if r.kind != kind {
+                return Err(err(format!("a {:?} snapshot in a {path} round", r.kind)));
+            }
             match &version {
                 None => version = Some(r.version.clone()),
                 Some(v) if *v != r.version => {
@@ -355,7 +388,7 @@ async fn measure(
         Ok(())
     };
     bounded(
-        "the new Authorization snapshot reaching every proxy",
+        "the new snapshot reaching every proxy",
         PUSH_TIMEOUT,
         race(proxies, collect),
     )
@@ -364,9 +397,7 @@ async fn measure(
     let acked = |ps: &[&palisade_control_plane::ProxyStatus]| {
         ps.len() == n
             && ps.iter().all(|p| {
-                p.types
-                    .get(&ResourceType::Authorization)
-                    .and_then(|t| t.acked_version.as_deref())
+                p.types.get(&kind).and_then(|t| t.acked_version.as_deref())
                     == Some(version.as_str())
             })
     };
@@ -390,7 +421,7 @@ async fn measure(
 }
 
 /// One simulated proxy: subscribes to every type, ACKs every response, and reports when
-/// each Authorization snapshot arrives.
+/// each Authorization and NetworkPolicy snapshot arrives.
 async fn simulate_proxy(
     i: usize,
     channel: tonic::transport::Channel,
@@ -415,9 +446,12 @@ async fn simulate_proxy(
     let mut stream = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     while let Some(resp) = stream.message().await? {
         let at = Instant::now();
-        if resp.type_url == pb::AUTHORIZATION_TYPE_URL {
+        let kind = ResourceType::from_type_url(&resp.type_url)
+            .filter(|k| matches!(k, ResourceType::Authorization | ResourceType::NetworkPolicy));
+        if let Some(kind) = kind {
             // The receiver is gone only when the bench is finishing.
             let _ = events.send(Received {
+                kind,
                 version: resp.version_info.clone(),
                 at,
             });

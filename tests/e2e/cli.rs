@@ -565,18 +565,23 @@ async fn palisade_up_netns_enforces_capture_and_cleans_up() {
     }
     up.assert_curl_line_serves_the_shop(&sh).await;
 
-    // The frontend pod's address, from its summary row.
-    let frontend_ip = up
-        .printed
-        .iter()
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some("shop/frontend"))
-                .then(|| words.nth(1).map(str::to_owned))
-                .flatten()
-        })
-        .unwrap_or_else(|| panic!("no shop/frontend row in the summary:\n{summary}"));
-    let app = format!("http://{frontend_ip}:8080/");
+    // A pod's address, from its summary row.
+    let pod_ip = |workload: &str| {
+        up.printed
+            .iter()
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(workload))
+                    .then(|| words.nth(1).map(str::to_owned))
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("no {workload} row in the summary:\n{summary}"))
+    };
+    let app = format!("http://{}:8080/", pod_ip("shop/frontend"));
+    let charge = format!(
+        "http://{}:9090/payments.Payments/Charge",
+        pod_ip("shop/payments")
+    );
     let limit = Duration::from_secs(30);
 
     // From search's pod, straight at frontend's app: captured by search's sidecar, carried
@@ -610,6 +615,48 @@ async fn palisade_up_netns_enforces_capture_and_cleans_up() {
         reply.contains("x-palisade-denied-by:"),
         "the 403 does not come from a sidecar: {}",
         output_text(&out)
+    );
+
+    // From search's pod to payments' gRPC port: the shop's NetworkPolicy lets only the
+    // frontend connect, so payments' sidecar closes the connection before any byte reaches
+    // the app, and logs why.
+    let out = tools::run_ok(
+        &ip,
+        [
+            "netns",
+            "exec",
+            &search_pod,
+            &curl_text,
+            "-sS",
+            "-i",
+            "-m",
+            "10",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            &charge,
+        ],
+        limit,
+    )
+    .await;
+    let reply = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        !reply.contains("grpc-status: 0") && !reply.contains("grpc-status: 7"),
+        "search's pod reached payments' app (or its request rules) around the NetworkPolicy: {}",
+        output_text(&out)
+    );
+    let logged = tokio::time::timeout(Duration::from_secs(10), async {
+        while !up.log().contains("shop/payments-ingress") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        logged.is_ok(),
+        "no NetworkPolicy denial naming shop/payments-ingress in the log:\n{}",
+        up.log()
     );
 
     // From the node, which has no sidecar: plaintext to a STRICT mesh is refused before any

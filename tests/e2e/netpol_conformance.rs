@@ -689,3 +689,30 @@ fn malformed_network_policies_are_named() {
         );
     }
 }
+
+/// UDP and SCTP rules load, and `palisade check` says the sidecar does not enforce them.
+#[test]
+fn check_warns_that_non_tcp_rules_are_left_to_the_capture_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &Extra::default(),
+        &[
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: dns-only, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{protocol: UDP, port: 53}]\n",
+        ],
+    );
+    let out = Command::new(palisade_bin())
+        .args(["check", "--config", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.contains("x/dns-only") && warning.contains("UDP"),
+        "{warning}"
+    );
+}

@@ -351,7 +351,9 @@ async fn a_policy_change_closes_open_connections_it_no_longer_allows() {
     drop(tunnel);
 
     // Egress at the frontend: the spliced tunnel closes when egress is cut.
-    mesh.search.apply_static(&unrestricted_network_policy()).unwrap();
+    mesh.search
+        .apply_static(&unrestricted_network_policy())
+        .unwrap();
     let (head, mut tunnel) = connect(mesh.frontend.outbound_addr(), &tcp_target()).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(echo_round_trip(&mut tunnel, b"again").await, b"again");
@@ -364,7 +366,9 @@ async fn a_policy_change_closes_open_connections_it_no_longer_allows() {
     assert!(netpol_denials(&mesh.frontend, "egress", "shop/no-egress") >= 1.0);
 
     // Inbound HTTP: the pooled connection from the frontend is closed at search.
-    mesh.frontend.apply_static(&unrestricted_network_policy()).unwrap();
+    mesh.frontend
+        .apply_static(&unrestricted_network_policy())
+        .unwrap();
     let r = mesh.get(&http_host(), "/warm").await;
     assert_eq!(r.status(), StatusCode::OK);
     mesh.search

@@ -94,7 +94,9 @@ pub fn egress(rules: Vec<v1::EgressRule>) -> v1::DiscoveryResponse {
 
 /// No NetworkPolicy selects the workload (proxies wait for this type like every other).
 pub fn unrestricted_network_policy() -> v1::DiscoveryResponse {
-    response(Resources::NetworkPolicy(v1::NetworkPolicySnapshot::default()))
+    response(Resources::NetworkPolicy(
+        v1::NetworkPolicySnapshot::default(),
+    ))
 }
 
 pub fn mesh_settings(
