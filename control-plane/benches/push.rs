@@ -189,7 +189,7 @@ spec: {certificateLifetime: 1h}
         ("mesh.yaml", mesh),
         ("workloads.yaml", workloads),
         (POLICY_FILE, policy(principal_sa)),
-        (NETPOL_FILE, network_policy(principal_sa)),
+        (NETPOL_FILE, network_policy("w0")),
     ]
 }
 
@@ -371,7 +371,9 @@ async fn measure(
                 return Err(err("every proxy is gone"));
             };
             if r.kind != kind {
-                return Err(err(format!("a {:?} snapshot in a {path} round", r.kind)));
+                // The directory holds the watcher rounds' policy file, so the first reload
+                // after an `update` round also brings that Authorization back: not measured.
+                continue;
             }
             match &version {
                 None => version = Some(r.version.clone()),
