@@ -214,12 +214,21 @@ pub(crate) fn expiry_instant(not_after: i64) -> Instant {
 /// expires.
 const RETIRE_MARGIN_CAP: Duration = Duration::from_secs(60);
 
+/// Shortest head start, where the remaining life allows it: a tenth of a short life is too
+/// little for a request in flight on a busy machine (a 6 s certificate renewed at 70 %
+/// leaves its last connections 0.2 s).
+const RETIRE_MARGIN_FLOOR: Duration = Duration::from_secs(1);
+
 /// When a connection that must be gone by `hard` stops taking new requests: a tenth of its
-/// remaining life before (at most a minute), so requests in flight finish and callers move
-/// to a new connection (made with renewed certificates) before the hard close.
+/// remaining life before (at least a second, or half the remaining life when that is
+/// shorter; at most a minute), so requests in flight finish and callers move to a new
+/// connection (made with renewed certificates) before the hard close.
 pub(crate) fn retire_before(hard: Instant) -> Instant {
     let now = Instant::now();
-    let margin = (hard.saturating_duration_since(now) / 10).min(RETIRE_MARGIN_CAP);
+    let remaining = hard.saturating_duration_since(now);
+    let margin = (remaining / 10)
+        .max(RETIRE_MARGIN_FLOOR.min(remaining / 2))
+        .min(RETIRE_MARGIN_CAP);
     hard.checked_sub(margin).unwrap_or(now).max(now)
 }
 
@@ -499,6 +508,23 @@ mod tests {
         drop((b, c));
         assert_eq!(counter.open(), 0);
         assert!(counter.state().per_peer.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_retire_early_enough_for_requests_in_flight() {
+        let now = Instant::now();
+        let margin = |life: Duration| (now + life) - retire_before(now + life);
+        // A tenth of a long life, at most a minute.
+        assert_eq!(margin(Duration::from_secs(100)), Duration::from_secs(10));
+        assert_eq!(margin(Duration::from_secs(86_400)), Duration::from_secs(60));
+        // At least a second: the last connections of a 6 s certificate renewed at 70 %.
+        assert_eq!(margin(Duration::from_secs(2)), Duration::from_secs(1));
+        // Half of what is left when that is less.
+        assert_eq!(
+            margin(Duration::from_millis(800)),
+            Duration::from_millis(400)
+        );
+        assert_eq!(margin(Duration::ZERO), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
