@@ -227,9 +227,14 @@ async fn bench_size(n: usize) -> Result<Vec<Row>, BenchError> {
     let setup_started = Instant::now();
     let files = mesh_files(n, "w0");
     let refs: Vec<(&str, &str)> = files.iter().map(|(f, s)| (*f, s.as_str())).collect();
+    // The listener's connection cap (4,096 by default) is an operator's setting: a control
+    // plane for this many proxies is configured for them.
+    let mut limits = palisade_control_plane::GrpcLimits::default();
+    limits.max_connections = limits.max_connections.max(n + 64);
     let options = TestOptions {
         watch: true,
         admin: false,
+        limits,
         ..TestOptions::default()
     };
     let cp = bounded(
