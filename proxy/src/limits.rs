@@ -353,7 +353,10 @@ where
 {
     hyper::service::service_fn(move |req| {
         let guard = activity.start();
-        let response = service.call(req);
+        // Boxed: the service's future is a large state machine, and hyper spawns one task
+        // per HTTP/2 stream around this future; unboxed it is copied into the task and moved
+        // again as it is polled (memmove was the top symbol under load).
+        let response = Box::pin(service.call(req));
         async move {
             let response = response.await?;
             Ok(response.map(|body| Tracked::new(body, guard)))
