@@ -57,21 +57,48 @@ fn from_block(cidr: &str) -> v1::NetworkPolicyRule {
     }
 }
 
+/// Which direction a test policy isolates.
+#[derive(Clone, Copy)]
+enum Isolates {
+    Ingress,
+    Egress,
+}
+
+/// One direction isolated by `shop/<name>` with `rules`, naming `peers`.
+fn isolated(
+    direction: Isolates,
+    name: &str,
+    rules: Vec<v1::NetworkPolicyRule>,
+    peers: Vec<v1::NetworkPeerWorkload>,
+) -> v1::DiscoveryResponse {
+    let policies = vec![v1::NetworkPolicyRules {
+        policy: format!("shop/{name}"),
+        rules,
+    }];
+    let mut snapshot = v1::NetworkPolicySnapshot {
+        peers,
+        ..Default::default()
+    };
+    match direction {
+        Isolates::Ingress => {
+            snapshot.ingress_isolated = true;
+            snapshot.ingress = policies;
+        }
+        Isolates::Egress => {
+            snapshot.egress_isolated = true;
+            snapshot.egress = policies;
+        }
+    }
+    response(Resources::NetworkPolicy(snapshot))
+}
+
 /// Ingress isolated by `shop/<name>` with `rules`, naming `peers`.
 fn ingress(
     name: &str,
     rules: Vec<v1::NetworkPolicyRule>,
     peers: Vec<v1::NetworkPeerWorkload>,
 ) -> v1::DiscoveryResponse {
-    response(Resources::NetworkPolicy(v1::NetworkPolicySnapshot {
-        ingress_isolated: true,
-        ingress: vec![v1::NetworkPolicyRules {
-            policy: format!("shop/{name}"),
-            rules,
-        }],
-        peers,
-        ..Default::default()
-    }))
+    isolated(Isolates::Ingress, name, rules, peers)
 }
 
 /// Egress isolated by `shop/<name>` with `rules`, naming `peers`.
@@ -80,15 +107,7 @@ fn egress_policy(
     rules: Vec<v1::NetworkPolicyRule>,
     peers: Vec<v1::NetworkPeerWorkload>,
 ) -> v1::DiscoveryResponse {
-    response(Resources::NetworkPolicy(v1::NetworkPolicySnapshot {
-        egress_isolated: true,
-        egress: vec![v1::NetworkPolicyRules {
-            policy: format!("shop/{name}"),
-            rules,
-        }],
-        peers,
-        ..Default::default()
-    }))
+    isolated(Isolates::Egress, name, rules, peers)
 }
 
 fn netpol_denials(proxy: &palisade_proxy::Proxy, direction: &str, policy: &str) -> f64 {
