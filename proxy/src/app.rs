@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::http::{BoxError, ProxyBody};
+use crate::http::{BoxError, ProxyBody, releasing, streamed};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::model::Protocol;
@@ -161,7 +160,7 @@ impl AppClient {
     pub async fn request(
         &self,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, AppError> {
+    ) -> Result<Response<ProxyBody>, AppError> {
         let pool = &self.0;
         let (mut parts, body) = request.into_parts();
         if !pool.http2 {
@@ -179,7 +178,7 @@ impl AppClient {
         );
         if pool.http2 {
             let mut sender = pool.http2_sender().await?;
-            return Ok(sender.send_request(request).await?);
+            return Ok(sender.send_request(request).await?.map(streamed));
         }
         let mut sender = pool.http1_sender().await?;
         let response = match sender.try_send_request(request).await {
@@ -196,20 +195,35 @@ impl AppClient {
         };
         // The connection is free once the response body is done; then it goes back.
         let pool = self.0.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((sender, Instant::now()));
-                pool.returned.notify_one();
-            }
-        });
-        Ok(response)
+        Ok(response.map(|body| releasing(body, Box::new(move || pool.give_back(sender)))))
     }
 }
 
 impl Pool {
+    /// Returns a connection whose response has ended to the idle list. It takes the next
+    /// request once hyper has seen the exchange end, which has almost always happened by
+    /// the time the body's last frame is read; otherwise a task waits for it.
+    fn give_back(self: Arc<Self>, sender: http1::SendRequest<AppBody>) {
+        if sender.is_ready() {
+            self.push_idle(sender);
+            return;
+        }
+        tokio::spawn(async move {
+            let mut sender = sender;
+            if sender.ready().await.is_ok() {
+                self.push_idle(sender);
+            }
+        });
+    }
+
+    fn push_idle(&self, sender: http1::SendRequest<AppBody>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((sender, Instant::now()));
+        self.returned.notify_one();
+    }
+
     fn take_idle(&self) -> Option<http1::SendRequest<AppBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Newest first, so rarely used connections age out.

@@ -463,6 +463,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         limits: config.limits.clone(),
         grace: config.drain_timeout,
         shutdown: shutdown.clone(),
+        no_peer: metrics::PeerLabel::new("none"),
     });
     tasks.spawn(
         serve::accept_loop(

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper_util::server::graceful::GracefulConnection;
 use palisade_certs::SpiffeId;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +48,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Connections to the app per port; further requests queue for a free one.
     pub app_max_connections: usize,
+    /// HTTP/1.1 connections the outbound keeps to one peer sidecar's port; when all are
+    /// busy, further requests share the HTTP/2 connection to it.
+    pub peer_http1_connections: usize,
     /// How long a request may queue for an app connection before it is answered 502 (gRPC UNAVAILABLE).
     pub app_queue_timeout: Duration,
 }
@@ -65,6 +68,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             app_max_connections: 128,
+            peer_http1_connections: 64,
             app_queue_timeout: Duration::from_secs(10),
         }
     }
@@ -236,15 +240,32 @@ pub(crate) fn retire_before(hard: Instant) -> Instant {
 
 /// Requests in flight on one connection (from arrival until the response body is done),
 /// so that "idle" means no request, not no bytes (keepalive pings are bytes).
+///
+/// Plain counters, no notification: a request costs two atomic updates and a clock read,
+/// and the idle timer (see [`Activity::idle_for`]) looks at them only when it fires.
 #[derive(Debug, Clone)]
 pub(crate) struct Activity {
-    active: Arc<watch::Sender<usize>>,
+    state: Arc<ActivityState>,
+}
+
+#[derive(Debug)]
+struct ActivityState {
+    /// What `last_end_ms` counts from.
+    base: Instant,
+    in_flight: AtomicUsize,
+    /// When the last request ended, in milliseconds after `base` (0: none yet, so idle
+    /// counts from the connection's start).
+    last_end_ms: AtomicU64,
 }
 
 impl Default for Activity {
     fn default() -> Self {
         Self {
-            active: Arc::new(watch::channel(0).0),
+            state: Arc::new(ActivityState {
+                base: Instant::now(),
+                in_flight: AtomicUsize::new(0),
+                last_end_ms: AtomicU64::new(0),
+            }),
         }
     }
 }
@@ -252,24 +273,32 @@ impl Default for Activity {
 impl Activity {
     /// Marks a request as started; it ends when the guard is dropped.
     pub(crate) fn start(&self) -> ActiveGuard {
-        self.active.send_modify(|n| *n += 1);
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
         ActiveGuard {
-            active: self.active.clone(),
+            state: self.state.clone(),
         }
+    }
+
+    /// When the connection becomes idle for `idle` if nothing else happens: `idle` after
+    /// the last request ended, or (with one in flight) `idle` from now at the earliest.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        let state = &self.state;
+        if state.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + idle;
+        }
+        let last_end = Duration::from_millis(state.last_end_ms.load(Ordering::Acquire));
+        state.base + last_end + idle
     }
 
     /// Resolves once no request has been in flight for `idle`.
     async fn idle_for(&self, idle: Duration) {
-        let mut rx = self.active.subscribe();
         loop {
-            if *rx.borrow_and_update() == 0 {
-                match tokio::time::timeout(idle, rx.changed()).await {
-                    Err(_) => return,
-                    Ok(Ok(())) => continue,
-                    Ok(Err(_)) => return std::future::pending().await,
-                }
-            } else if rx.changed().await.is_err() {
-                return std::future::pending().await;
+            let deadline = self.idle_deadline(idle);
+            tokio::time::sleep_until(deadline).await;
+            if self.state.in_flight.load(Ordering::Acquire) == 0
+                && self.idle_deadline(idle) <= Instant::now()
+            {
+                return;
             }
         }
     }
@@ -278,12 +307,15 @@ impl Activity {
 /// One request in flight (see [`Activity`]).
 #[derive(Debug)]
 pub(crate) struct ActiveGuard {
-    active: Arc<watch::Sender<usize>>,
+    state: Arc<ActivityState>,
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.active.send_modify(|n| *n = n.saturating_sub(1));
+        let state = &self.state;
+        let ended = u64::try_from(state.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        state.last_end_ms.fetch_max(ended, Ordering::Release);
+        state.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 

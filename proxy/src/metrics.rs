@@ -95,7 +95,40 @@ pub struct RequestLabels {
     pub status: StatusLabel,
     /// The other side's SPIFFE ID: inbound, the caller's, or `unauthenticated` (a plaintext
     /// caller, as the authorization metrics' `source`); outbound, the server's, or `none`.
-    pub peer: String,
+    pub peer: PeerLabel,
+}
+
+/// The `peer` label of a request: shared text, made once per connection or endpoint, so
+/// counting a request copies no string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerLabel(std::sync::Arc<str>);
+
+impl PeerLabel {
+    /// A label with the value `text`.
+    pub fn new(text: &str) -> Self {
+        Self(text.into())
+    }
+
+    /// The label value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PeerLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for PeerLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
 }
 
 /// Labels of the authorization counters (denials, audits).
@@ -219,6 +252,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily<DirectionLabels>,
+    /// Each direction's series of `latency`, resolved on its first request.
+    latency_by_direction: [std::sync::OnceLock<Histogram>; 2],
     connections: Family<DirectionLabels, Counter>,
     connections_refused: Family<ConnReasonLabels, Counter>,
     connections_closed: Family<ConnReasonLabels, Counter>,
@@ -414,6 +449,7 @@ impl Metrics {
             detection_time,
             requests,
             latency,
+            latency_by_direction: Default::default(),
             connections,
             connections_refused,
             connections_closed,
@@ -433,16 +469,24 @@ impl Metrics {
     }
 
     /// Records one finished request.
-    pub fn request(&self, direction: Direction, status: u16, peer: &str, seconds: f64) {
+    pub fn request(&self, direction: Direction, status: u16, peer: &PeerLabel, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 direction,
                 status: StatusLabel::of(status),
-                peer: peer.to_owned(),
+                peer: peer.clone(),
             })
             .inc();
-        self.latency
-            .get_or_create(&DirectionLabels { direction })
+        let index = match direction {
+            Direction::Inbound => 0,
+            Direction::Outbound => 1,
+        };
+        self.latency_by_direction[index]
+            .get_or_init(|| {
+                self.latency
+                    .get_or_create(&DirectionLabels { direction })
+                    .clone()
+            })
             .observe(seconds);
     }
 
@@ -596,7 +640,7 @@ mod tests {
     fn status_codes_an_app_makes_up_share_one_series() {
         let metrics = Metrics::new();
         for status in 100..1000 {
-            metrics.request(Direction::Inbound, status, "peer", 0.0);
+            metrics.request(Direction::Inbound, status, &PeerLabel::new("peer"), 0.0);
         }
         let text = metrics.encode();
         let series = text

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::authz::{PathNormalization, PathOptions};
+use crate::metrics::PeerLabel;
 use palisade_certs::{SpiffeId, TrustBundle, TrustDomain};
 use palisade_proto::v1;
 
@@ -138,6 +139,9 @@ pub struct Endpoint {
     pub identity: SpiffeId,
     /// Its workload name (for logs and metrics).
     pub workload: String,
+    /// Its identity as the `peer` label of request metrics.
+    #[serde(skip)]
+    pub label: PeerLabel,
 }
 
 /// Where requests for one `host:port` of a Service go.
@@ -233,13 +237,15 @@ impl TryFrom<&v1::ServiceSnapshot> for ServiceTable {
                     &resource,
                     &format!("endpoints[{i}].proxy_port"),
                 )?;
+                let identity = spiffe(
+                    &ep.spiffe_id,
+                    &resource,
+                    &format!("endpoints[{i}].spiffe_id"),
+                )?;
                 endpoints.push(Endpoint {
                     proxy_addr: SocketAddr::new(ip, proxy_port),
-                    identity: spiffe(
-                        &ep.spiffe_id,
-                        &resource,
-                        &format!("endpoints[{i}].spiffe_id"),
-                    )?,
+                    label: PeerLabel::new(identity.as_str()),
+                    identity,
                     workload: ep.workload.clone(),
                 });
             }

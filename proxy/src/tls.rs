@@ -25,8 +25,10 @@ pub struct TlsState {
 /// What a client connection to a peer sidecar carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Alpn {
-    /// Pooled HTTP/2.
+    /// The shared HTTP/2 connection.
     H2,
+    /// Pooled HTTP/1.1.
+    Http1,
     /// One opaque TCP stream.
     Tcp,
 }
@@ -58,6 +60,12 @@ impl TlsState {
         self.client(peer, Alpn::H2)
     }
 
+    /// The client configuration (ALPN `http/1.1`) that accepts only a server presenting
+    /// `peer`.
+    pub fn http1_client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client(peer, Alpn::Http1)
+    }
+
     /// The client configuration for an opaque TCP tunnel (ALPN `palisade-tcp`) that accepts
     /// only a server presenting `peer`.
     pub fn tcp_client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
@@ -72,6 +80,7 @@ impl TlsState {
         }
         let protocols: &[&[u8]] = match alpn {
             Alpn::H2 => &[ALPN_H2],
+            Alpn::Http1 => &[ALPN_HTTP11],
             Alpn::Tcp => &[ALPN_TCP],
         };
         let config = Arc::new(tls::client_config(

@@ -108,6 +108,9 @@ pub struct ProxyArgs {
     /// Connections to the app per port; further requests queue for a free one.
     #[arg(long, env = "PALISADE_APP_MAX_CONNECTIONS", default_value_t = Limits::default().app_max_connections)]
     pub app_max_connections: usize,
+    /// HTTP/1.1 connections kept to one peer sidecar's port; when all are busy, further requests share the HTTP/2 connection to it.
+    #[arg(long, env = "PALISADE_PEER_HTTP1_CONNECTIONS", default_value_t = Limits::default().peer_http1_connections)]
+    pub peer_http1_connections: usize,
     /// Seconds a request may queue for an app connection before it is answered 502 (gRPC UNAVAILABLE).
     #[arg(long, env = "PALISADE_APP_QUEUE_TIMEOUT_SECONDS", default_value_t = Limits::default().app_queue_timeout.as_secs())]
     pub app_queue_timeout_seconds: u64,
@@ -207,6 +210,11 @@ fn limits(args: &ProxyArgs) -> anyhow::Result<Limits> {
     if args.app_max_connections == 0 {
         anyhow::bail!("--app-max-connections must be at least 1");
     }
+    if args.peer_http1_connections == 0 {
+        anyhow::bail!(
+            "--peer-http1-connections must be at least 1 (requests beyond it share the HTTP/2 connection)"
+        );
+    }
     Ok(Limits {
         max_connections: args.max_connections,
         max_connections_per_peer: args.max_connections_per_peer,
@@ -230,6 +238,7 @@ fn limits(args: &ProxyArgs) -> anyhow::Result<Limits> {
         )?,
         body_timeout: positive(args.body_timeout_seconds, "--body-timeout-seconds")?,
         app_max_connections: args.app_max_connections,
+        peer_http1_connections: args.peer_http1_connections,
         app_queue_timeout: positive(
             args.app_queue_timeout_seconds,
             "--app-queue-timeout-seconds",

@@ -1118,6 +1118,11 @@ async fn every_bound_has_a_flag_with_its_default_in_help() {
             d.app_max_connections.to_string(),
         ),
         (
+            "--peer-http1-connections",
+            "PALISADE_PEER_HTTP1_CONNECTIONS=",
+            d.peer_http1_connections.to_string(),
+        ),
+        (
             "--app-queue-timeout-seconds",
             "PALISADE_APP_QUEUE_TIMEOUT_SECONDS=",
             d.app_queue_timeout.as_secs().to_string(),

@@ -264,7 +264,7 @@ impl Inbound {
         if let Some(debug) = &conn.debug {
             parts.headers.insert(MTLS_DEBUG, debug.clone());
         }
-        Ok(Response::from_parts(parts, streamed(body)))
+        Ok(Response::from_parts(parts, body))
     }
 
     /// Decides one HTTP request (as rewritten for the app); counts and logs denials and

@@ -44,7 +44,7 @@ use crate::authz::{Decision, HttpAttrs, RequestAttrs};
 use crate::enforce::{self, Subject, UNAUTHENTICATED};
 use crate::http::Failure;
 use crate::limits::{self, ConnCounter, Ended, Lifetime, Limits, ListenerSlot, PeerKey, Refusal};
-use crate::metrics::{CaptureRefusal, Direction, Metrics, PlaintextStage};
+use crate::metrics::{CaptureRefusal, Direction, Metrics, PeerLabel, PlaintextStage};
 use crate::model::{LocalWorkload, MeshView, MtlsMode, Protocol};
 use crate::netgate::{self, NetConn};
 use crate::orig_dst::{self, Arrival};
@@ -103,7 +103,7 @@ struct ConnContext {
     /// The caller's verified identity; `None` for a plaintext caller.
     peer_identity: Option<SpiffeId>,
     /// The `peer` label of request metrics and logs: the identity, or `unauthenticated`.
-    peer_label: String,
+    peer_label: PeerLabel,
     /// The caller's address.
     peer_addr: SocketAddr,
     /// The address the caller connected to.
@@ -250,9 +250,11 @@ impl Inbound {
             .and_then(|peer| HeaderValue::try_from(format!("By={own_identity};URI={peer}")).ok());
         let ctx = Arc::new(ConnContext {
             transport: Transport::Mtls { target_port },
-            peer_label: peer_identity
-                .as_ref()
-                .map_or_else(|| UNAUTHENTICATED.to_owned(), |id| id.to_string()),
+            peer_label: PeerLabel::new(
+                peer_identity
+                    .as_ref()
+                    .map_or(UNAUTHENTICATED, |id| id.as_str()),
+            ),
             peer_identity,
             peer_addr: peer,
             local_ip,
@@ -311,7 +313,7 @@ impl Inbound {
         let ctx = Arc::new(ConnContext {
             transport: Transport::Plaintext { dialled_port: None },
             peer_identity: None,
-            peer_label: UNAUTHENTICATED.to_owned(),
+            peer_label: PeerLabel::new(UNAUTHENTICATED),
             peer_addr: peer,
             local_ip: stream.local_addr().ok().map(|a| a.ip()),
             sni: None,
@@ -369,7 +371,7 @@ impl Inbound {
                 dialled_port: Some(port),
             },
             peer_identity: None,
-            peer_label: UNAUTHENTICATED.to_owned(),
+            peer_label: PeerLabel::new(UNAUTHENTICATED),
             peer_addr: peer,
             local_ip: Some(original.ip()),
             sni: None,

@@ -47,10 +47,10 @@ use crate::http::{
     strip_hop_by_hop,
 };
 use crate::limits::{self, Activity, ConnCounter, Lifetime, Limits};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics, PeerLabel};
 use crate::model::{Endpoint, MeshView, OutboundPolicy, Protocol, Route};
 use crate::orig_dst::{self, Arrival};
-use crate::pool::{PeerError, PeerPool};
+use crate::pool::{Hop, PeerError, PeerPool};
 use futures_util::future::Either;
 
 /// How long connecting to a destination outside the mesh may take.
@@ -83,6 +83,8 @@ pub struct Outbound {
     pub grace: Duration,
     /// Cancelled at shutdown: every connection closes gracefully.
     pub shutdown: CancellationToken,
+    /// The `peer` label of a request that reached no mesh peer (`none`).
+    pub no_peer: PeerLabel,
 }
 
 /// Where a request on a captured connection goes: decided by the connection's original
@@ -187,7 +189,7 @@ impl Outbound {
         self.metrics.request(
             Direction::Outbound,
             response.status().as_u16(),
-            peer.as_deref().unwrap_or("none"),
+            peer.as_ref().unwrap_or(&self.no_peer),
             start.elapsed().as_secs_f64(),
         );
         response
@@ -197,7 +199,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         captured: Option<&CapturedTarget>,
-    ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
+    ) -> Result<(Response<ProxyBody>, Option<PeerLabel>), Failure> {
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;
@@ -273,15 +275,23 @@ impl Outbound {
         req: Request<Incoming>,
         authority: &Authority,
         route: &Route,
-    ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
+    ) -> Result<(Response<ProxyBody>, Option<PeerLabel>), Failure> {
         let (key, endpoint) = self.pick_peer(view, route)?;
+        // An app connection speaking HTTP/1.1 sends one request at a time, and an app port
+        // speaking HTTP/1.1 cannot use streams or trailers: one exchange per connection is
+        // all such a request needs, and the cheapest hop. Requests multiplexed by the app
+        // (HTTP/2) stay multiplexed: one connection's writes then carry many of them.
+        let hop = match route.protocol {
+            Protocol::Http1 if req.version() < Version::HTTP_2 => Hop::Http1,
+            Protocol::Http1 | Protocol::Http2 | Protocol::Grpc | Protocol::Tcp => Hop::Http2,
+        };
         let request = to_mesh_request(req, authority)?;
         let response = self
             .pool
-            .send(&key, request)
+            .send(&key, request, hop)
             .await
             .map_err(|e| self.peer_failure(endpoint, e))?;
-        Ok((from_upstream(response), Some(endpoint.identity.to_string())))
+        Ok((from_upstream(response), Some(endpoint.label.clone())))
     }
 
     /// A failure to reach a peer sidecar; a peer with a bad or wrong certificate is counted
@@ -301,7 +311,7 @@ impl Outbound {
     async fn tunnel(
         &self,
         mut req: Request<Incoming>,
-    ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
+    ) -> Result<(Response<ProxyBody>, Option<PeerLabel>), Failure> {
         let view = self.view.borrow().clone().ok_or(Failure::NotReady(
             "no configuration from the control plane yet",
         ))?;
@@ -338,7 +348,7 @@ impl Outbound {
                 .map_err(|e| self.peer_failure(endpoint, e))?;
             let revoked = self.netpol_revoked(endpoint.proxy_addr.ip(), route.target_port);
             splice(upgrade, upstream, authority.to_string(), revoked);
-            return Ok((tunnel_established(), Some(endpoint.identity.to_string())));
+            return Ok((tunnel_established(), Some(endpoint.label.clone())));
         }
         let allowed_by = egress_by_name(&view, authority.host(), port);
         let destination = format!("{}:{port}", authority.host());
@@ -431,7 +441,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         authority: Authority,
-    ) -> Result<(Response<ProxyBody>, Option<String>), Failure> {
+    ) -> Result<(Response<ProxyBody>, Option<PeerLabel>), Failure> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.uri = authority::absolute_uri(std::mem::take(&mut parts.uri), &authority)?;
@@ -448,7 +458,7 @@ impl Outbound {
                 peer: authority.to_string(),
                 reason: e.to_string(),
             })?;
-        Ok((from_upstream(response), None))
+        Ok((from_upstream(response.map(streamed)), None))
     }
 }
 
@@ -540,25 +550,24 @@ fn bare_host(host: &str) -> &str {
         .unwrap_or(host)
 }
 
-/// Rewrites an app request for the HTTP/2 hop between sidecars.
+/// Rewrites an app request for the hop between sidecars: the authority it was routed by in
+/// an absolute URI, and no `Host` (the pool writes the authority as its hop's version says).
 fn to_mesh_request(
     req: Request<Incoming>,
     authority: &Authority,
 ) -> Result<Request<ProxyBody>, Failure> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    // HTTP/2 carries the authority as :authority; a Host header would duplicate it.
     parts.headers.remove(header::HOST);
     parts.uri = authority::absolute_uri(std::mem::take(&mut parts.uri), authority)?;
-    parts.version = Version::HTTP_2;
     Ok(Request::from_parts(parts, streamed(body)))
 }
 
 /// Cleans a response from upstream for the app.
-fn from_upstream(response: Response<Incoming>) -> Response<ProxyBody> {
+fn from_upstream(response: Response<ProxyBody>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // The app's connection decides the version it is written with.
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, streamed(body))
+    Response::from_parts(parts, body)
 }

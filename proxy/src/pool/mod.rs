@@ -1,28 +1,30 @@
-//! Connections to peer sidecars: one multiplexed HTTP/2 connection over mTLS per
-//! (sidecar address, expected identity, target port), opened on first use and reused.
+//! Connections to peer sidecars over mTLS, by (sidecar address, expected identity, target
+//! port), opened on first use and reused.
 //!
 //! The target app port travels in the TLS SNI (`port-<n>.palisade.mesh`), so the peer's
-//! inbound knows where to deliver before reading any request. Opaque TCP streams get a
-//! connection each, with ALPN `palisade-tcp` ([`PeerPool::connect_tcp`]).
+//! inbound knows where to deliver before reading any request. How a request crosses the hop
+//! follows the port ([`Hop`]): HTTP/1.1 connections of their own for a port whose app speaks
+//! HTTP/1.1 (`http1`), one multiplexed HTTP/2 connection for HTTP/2 and gRPC ports (`http2`).
+//! Opaque TCP streams get a connection each, with ALPN `palisade-tcp`
+//! ([`PeerPool::connect_tcp`]).
 
-use std::collections::HashMap;
+mod http1;
+mod http2;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::TokioIo;
-use palisade_certs::{ALPN_H2, SpiffeId};
+use http::{Request, Response, Version, header};
+use palisade_certs::SpiffeId;
 use rustls_pki_types::{DnsName, ServerName};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::http::ProxyBody;
+use crate::http::{ProxyBody, streamed};
 use crate::limits::{self, Limits};
 use crate::tls::{ALPN_TCP, TlsState};
 
@@ -55,14 +57,20 @@ pub enum PeerError {
     /// The peer did not agree on HTTP/2.
     #[error("peer did not negotiate h2")]
     NoH2,
+    /// The peer did not agree on HTTP/1.1.
+    #[error("peer did not negotiate http/1.1")]
+    NoHttp1,
+    /// The request names no authority to address the peer's app with.
+    #[error("the request has no usable authority")]
+    NoAuthority,
     /// The peer did not agree to carry opaque TCP.
     #[error("peer did not negotiate palisade-tcp")]
     NoTcp,
     /// TLS configuration error.
     #[error("TLS: {0}")]
     Tls(#[from] palisade_certs::TlsError),
-    /// HTTP/2 failure.
-    #[error("http/2: {0}")]
+    /// HTTP failure on the hop.
+    #[error("http: {0}")]
     Http(#[from] hyper::Error),
 }
 
@@ -85,28 +93,26 @@ fn sni_for(port: u16) -> ServerName<'static> {
     }
 }
 
-/// One pooled connection and when it stops taking new requests.
-#[derive(Debug)]
-struct Pooled {
-    send: SendRequest<ProxyBody>,
-    /// The maximum age or the peer certificate's expiry, whichever comes first: no new
-    /// request is sent on it from then on (it closes once its streams are done).
-    retire_at: Instant,
-    /// When it last carried a request; after the idle timeout it is let go.
-    last_used: Instant,
+/// Which HTTP a request crosses the hop between sidecars with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// HTTP/1.1, one exchange per connection at a time: for ports whose app speaks
+    /// HTTP/1.1, which then cannot use streams or trailers anyway.
+    Http1,
+    /// The peer's shared HTTP/2 connection: for HTTP/2 and gRPC ports.
+    Http2,
 }
 
-/// Pooled HTTP/2 connections to peer sidecars.
+/// Pooled connections to peer sidecars.
 #[derive(Debug)]
 pub struct PeerPool {
     tls: watch::Receiver<Option<Arc<TlsState>>>,
     /// Source address for connections to peers on loopback (see [`PeerPool::new`]).
     loopback_source: Option<std::net::IpAddr>,
-    /// Keepalive, maximum age and idle bounds of pooled connections.
+    /// Keepalive, maximum age, idle and per-peer bounds of pooled connections.
     limits: Limits,
-    ready: Mutex<HashMap<PeerKey, Pooled>>,
-    /// Serialises connection setup per key, so a burst opens one connection, not many.
-    connecting: Mutex<HashMap<PeerKey, Arc<tokio::sync::Mutex<()>>>>,
+    http1: http1::Http1Conns,
+    http2: http2::Http2Conns,
 }
 
 impl PeerPool {
@@ -123,57 +129,52 @@ impl PeerPool {
             tls,
             loopback_source: workload_ip.is_loopback().then_some(workload_ip),
             limits: limits.clone(),
-            ready: Mutex::new(HashMap::new()),
-            connecting: Mutex::new(HashMap::new()),
+            http1: http1::Http1Conns::default(),
+            http2: http2::Http2Conns::default(),
         }
     }
 
-    fn cached(&self, key: &PeerKey) -> Option<SendRequest<ProxyBody>> {
-        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match ready.get_mut(key) {
-            Some(conn)
-                if !conn.send.is_closed()
-                    && now < conn.retire_at
-                    && now.duration_since(conn.last_used) < self.limits.idle_timeout =>
-            {
-                conn.last_used = now;
-                Some(conn.send.clone())
-            }
-            Some(_) => {
-                // Dropping our handle lets the connection close once its streams are done.
-                ready.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    async fn connection(&self, key: &PeerKey) -> Result<SendRequest<ProxyBody>, PeerError> {
-        if let Some(conn) = self.cached(key) {
-            return Ok(conn);
-        }
-        let gate = self
-            .connecting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let _guard = gate.lock().await;
-        if let Some(conn) = self.cached(key) {
-            return Ok(conn);
-        }
-        let (send, retire_at) = self.connect(key).await?;
-        self.ready.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            key.clone(),
-            Pooled {
-                send: send.clone(),
-                retire_at,
-                last_used: Instant::now(),
+    /// Sends `request` (absolute URI, no `Host`) to the peer over `hop`. An HTTP/1.1
+    /// request finding every connection to the peer busy goes over HTTP/2 instead.
+    pub async fn send(
+        &self,
+        key: &PeerKey,
+        request: Request<ProxyBody>,
+        hop: Hop,
+    ) -> Result<Response<ProxyBody>, PeerError> {
+        let request = match hop {
+            Hop::Http1 => match self.send_http1(key, request).await? {
+                http1::Sent::Answered(response) => return Ok(response),
+                http1::Sent::Busy(request) => request,
             },
-        );
-        Ok(send)
+            Hop::Http2 => request,
+        };
+        let (mut parts, body) = request.into_parts();
+        // HTTP/2 carries the authority as :authority; a Host header would duplicate it.
+        parts.headers.remove(header::HOST);
+        parts.version = Version::HTTP_2;
+        let response = self
+            .send_http2(key, Request::from_parts(parts, body))
+            .await?;
+        Ok(response.map(streamed))
+    }
+
+    /// When a new connection stops taking requests, and when the peer's certificate
+    /// expires: it retires at the maximum age, or shortly before the peer's certificate or
+    /// our own expires (the peer closes the connection at once when ours does), whichever is
+    /// first. At the peer's expiry the connection is closed outright: its identity is no
+    /// longer vouched for.
+    fn retirement(
+        &self,
+        tls: &TlsState,
+        stream: &TlsStream<TcpStream>,
+    ) -> (Instant, Option<Instant>) {
+        let expiry = limits::chain_not_after(stream.get_ref().1.peer_certificates())
+            .map(limits::expiry_instant);
+        let own_expiry = limits::expiry_instant(tls.credentials().not_after());
+        let aged = Instant::now() + self.limits.max_connection_age;
+        let first_expiry = expiry.map_or(own_expiry, |e| e.min(own_expiry));
+        (limits::retire_before(first_expiry).min(aged), expiry)
     }
 
     /// TCP connect plus mTLS handshake with `config`, which verifies the peer's identity;
@@ -228,71 +229,34 @@ impl PeerPool {
         }
         Ok(stream)
     }
+}
 
-    /// A new pooled connection and when it retires: at the maximum age, or shortly before
-    /// the peer's certificate or our own expires (the peer closes the connection at once
-    /// when ours does), whichever is first. At the peer's expiry the connection is closed
-    /// outright: its identity is no longer vouched for.
-    async fn connect(&self, key: &PeerKey) -> Result<(SendRequest<ProxyBody>, Instant), PeerError> {
-        let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
-        let stream = self.handshake(key, tls.client_for(&key.identity)?).await?;
-        if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
-            return Err(PeerError::NoH2);
-        }
-        let expiry = limits::chain_not_after(stream.get_ref().1.peer_certificates())
-            .map(limits::expiry_instant);
-        let own_expiry = limits::expiry_instant(tls.credentials().not_after());
-        let aged = Instant::now() + self.limits.max_connection_age;
-        let first_expiry = expiry.map_or(own_expiry, |e| e.min(own_expiry));
-        let retire_at = limits::retire_before(first_expiry).min(aged);
-        let (send, conn) = crate::h2::client(&self.limits)
-            .handshake(TokioIo::new(stream))
-            .await?;
-        let addr = key.addr;
-        tokio::spawn(async move {
-            let expired = async move {
-                match expiry {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(peer = %addr, error = %e, "peer connection closed");
-                },
-                () = expired => tracing::debug!(peer = %addr, "peer connection closed: the peer's certificate expired"),
+/// Drives a pooled connection until it ends, or until the peer's certificate expires (then
+/// it is dropped, closing it); `permit`, if any, is held until then.
+fn close_at_peer_expiry<C, E>(
+    conn: C,
+    peer_expiry: Option<Instant>,
+    addr: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+) where
+    C: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        let expired = async move {
+            match peer_expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-        });
-        Ok((send, retire_at))
-    }
-
-    /// Sends `request` to the peer; if a pooled connection turns out to be dead before the
-    /// request left, retries once on a new connection.
-    pub async fn send(
-        &self,
-        key: &PeerKey,
-        request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, PeerError> {
-        let mut conn = self.connection(key).await?;
-        match conn.try_send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(mut e) => match e.take_message() {
-                Some(request) => {
-                    self.forget(key);
-                    let mut fresh = self.connection(key).await?;
-                    Ok(fresh.send_request(request).await?)
-                }
-                None => Err(PeerError::Http(e.into_error())),
+        };
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!(peer = %addr, error = %e, "peer connection closed");
             },
+            () = expired => tracing::debug!(peer = %addr, "peer connection closed: the peer's certificate expired"),
         }
-    }
-
-    fn forget(&self, key: &PeerKey) {
-        self.ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-    }
+        drop(permit);
+    });
 }
 
 #[cfg(test)]
