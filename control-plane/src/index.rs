@@ -24,7 +24,7 @@ use crate::model::{
     DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
     OutboundTrafficPolicy, PathNormalization, Protocol, Service, Workload,
 };
-use crate::netpol::network_policy_snapshot;
+use crate::netpol::{ResolvedPeers, network_policy_snapshot};
 use crate::policy::{
     Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, OperationMatch,
     Rule, SourceMatch, StringMatch,
@@ -145,7 +145,7 @@ struct PerWorkload {
 }
 
 impl PerWorkload {
-    fn build(snapshot: &MeshSnapshot, workload: &Workload) -> Self {
+    fn build(snapshot: &MeshSnapshot, workload: &Workload, peers: &ResolvedPeers) -> Self {
         Self {
             workload: Arc::new(Versioned::new(Resources::Workload(workload_proto(
                 workload,
@@ -157,7 +157,7 @@ impl PerWorkload {
                 snapshot, workload,
             )))),
             network_policy: Arc::new(Versioned::new(Resources::NetworkPolicy(
-                network_policy_snapshot(snapshot, workload),
+                network_policy_snapshot(snapshot, workload, peers),
             ))),
         }
     }
@@ -184,6 +184,8 @@ pub(crate) struct Published {
     /// a proxy connected (not one per stream, nor any for workloads without a proxy), and
     /// streams waking together on multi-threaded runtimes wait for that one build.
     per_workload: HashMap<NamespacedName, OnceLock<PerWorkload>>,
+    /// NetworkPolicy selectors resolved once for every workload's snapshot.
+    peers: ResolvedPeers,
 }
 
 impl Published {
@@ -211,11 +213,13 @@ impl Published {
             .workloads()
             .map(|w| (w.key(), OnceLock::new()))
             .collect();
+        let peers = ResolvedPeers::new(&snapshot);
         Self {
             snapshot,
             bundle,
             shared,
             per_workload,
+            peers,
         }
     }
 
@@ -229,7 +233,7 @@ impl Published {
             // Built from this snapshot's own copy of the workload, so the cached value is
             // the same whichever stream fills it.
             let own = self.snapshot.workload(&key.namespace, &key.name)?;
-            cell.get_or_init(|| PerWorkload::build(&self.snapshot, own))
+            cell.get_or_init(|| PerWorkload::build(&self.snapshot, own, &self.peers))
                 .get(ty)
                 .cloned()
         });
@@ -248,9 +252,11 @@ impl Published {
                 Resources::Authorization(authorization_snapshot(&self.snapshot, workload))
             }
             ResourceType::Egress => Resources::Egress(egress_snapshot(&self.snapshot, workload)),
-            ResourceType::NetworkPolicy => {
-                Resources::NetworkPolicy(network_policy_snapshot(&self.snapshot, workload))
-            }
+            ResourceType::NetworkPolicy => Resources::NetworkPolicy(network_policy_snapshot(
+                &self.snapshot,
+                workload,
+                &self.peers,
+            )),
             ResourceType::Services => Resources::Services(services_proto(&self.snapshot)),
             ResourceType::TrustBundle => Resources::TrustBundle(bundle_proto(&self.bundle)),
             ResourceType::Mesh => Resources::Mesh(mesh_proto(self.snapshot.settings())),
@@ -344,7 +350,11 @@ pub fn network_policy_for(
     let w = snapshot
         .workload(namespace, workload)
         .ok_or_else(|| unknown(namespace, workload))?;
-    Ok(network_policy_snapshot(snapshot, w))
+    Ok(network_policy_snapshot(
+        snapshot,
+        w,
+        &ResolvedPeers::new(snapshot),
+    ))
 }
 
 pub(crate) fn authorization_snapshot(
