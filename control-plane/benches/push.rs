@@ -615,6 +615,11 @@ async fn measure(
         .duration_since(started)
         .unwrap_or_default();
     arrivals.sort();
+    // Progress, so a profiler can be attached to one path's rounds.
+    println!(
+        "{n} proxies: {path} round {round}: last arrival {}",
+        ms(arrivals[arrivals.len() - 1])
+    );
     Ok(Row {
         proxies: n,
         path,
