@@ -305,12 +305,15 @@ impl Published {
         }
         let key = workload.key();
         let cached = self.per_workload.get(&key).and_then(|cell| {
-            // Built from this snapshot's own copy of the workload, so the cached value is
-            // the same whichever stream fills it.
-            let own = self.snapshot.workload(&key.namespace, &key.name)?;
-            cell.get_or_init(|| PerWorkload::build(&self.snapshot, own, &self.builds))
-                .get(ty)
-                .cloned()
+            cell.get_or_init(|| {
+                // Built from this snapshot's own copy of the workload, so the cached value
+                // is the same whichever stream fills it. Looked up only here: with
+                // thousands of workloads, a lookup per call showed in profiles.
+                let own = self.snapshot.workloads.get(&key).unwrap_or(workload);
+                PerWorkload::build(&self.snapshot, own, &self.builds)
+            })
+            .get(ty)
+            .cloned()
         });
         match cached {
             Some(v) => v,
