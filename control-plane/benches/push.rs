@@ -22,7 +22,8 @@
 //!
 //! For each size it also prints the bench process's (the control plane's) VmRSS once the
 //! proxies are synced and after the last change, its peak (VmHWM, reset at the start of
-//! each size), and the client processes' peaks for comparison.
+//! each size), and the client processes' peaks for comparison. Each round's last arrival is
+//! printed as it is measured (to attach a profiler to one path); the table comes at the end.
 //!
 //! Run: `cargo bench -p palisade-control-plane --bench push` (sizes may follow `--`, e.g.
 //! `-- 1000 10000`). Every proxy costs one file descriptor in the bench process (the
