@@ -6,14 +6,16 @@
 //! bundle, mesh settings) are encoded and versioned here, once. Types that depend on the
 //! proxy's workload (the workload itself, the authorization policies and egress rules
 //! selecting it) are built at most once per workload per change, by the first stream that
-//! asks, and shared by every other stream of that workload.
+//! asks, and shared by every other stream of that workload; and the policy snapshots are
+//! built once per distinct set of selecting policies, shared by every workload with that
+//! set. NetworkPolicy selectors are resolved once per change for all workloads.
 //!
 //! Versions are FNV-1a hashes of the encoding, so a change to one policy changes the
 //! version (and causes a push) only for the workloads whose selected policies changed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use palisade_certs::{TrustBundle, TrustDomain};
 use palisade_proto::v1 as pb;
@@ -21,10 +23,10 @@ use pb::discovery_response::Resources;
 use prost::Message;
 
 use crate::model::{
-    DefaultAuthorization, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
+    DefaultAuthorization, L4Protocol, MeshSettings, MeshSnapshot, MtlsMode, NamespacedName,
     OutboundTrafficPolicy, PathNormalization, Protocol, Service, Workload,
 };
-use crate::netpol::network_policy_snapshot;
+use crate::netpol::{NetworkPolicy, ResolvedPeers, network_policy_snapshot};
 use crate::policy::{
     Action, AuthorizationPolicy, Condition, ConditionKey, EgressHost, EgressPolicy, OperationMatch,
     Rule, SourceMatch, StringMatch,
@@ -145,20 +147,14 @@ struct PerWorkload {
 }
 
 impl PerWorkload {
-    fn build(snapshot: &MeshSnapshot, workload: &Workload) -> Self {
+    fn build(snapshot: &MeshSnapshot, workload: &Workload, shared: &SharedBuilds) -> Self {
         Self {
             workload: Arc::new(Versioned::new(Resources::Workload(workload_proto(
                 workload,
             )))),
-            authorization: Arc::new(Versioned::new(Resources::Authorization(
-                authorization_snapshot(snapshot, workload),
-            ))),
-            egress: Arc::new(Versioned::new(Resources::Egress(egress_snapshot(
-                snapshot, workload,
-            )))),
-            network_policy: Arc::new(Versioned::new(Resources::NetworkPolicy(
-                network_policy_snapshot(snapshot, workload),
-            ))),
+            authorization: shared.authorization(snapshot, workload),
+            egress: shared.egress(snapshot, workload),
+            network_policy: shared.network_policy(snapshot, workload),
         }
     }
 
@@ -173,6 +169,85 @@ impl PerWorkload {
     }
 }
 
+/// A snapshot built at most once per distinct input, for the streams that wait on it.
+type BuildCell = Arc<OnceLock<Arc<Versioned>>>;
+
+/// What a NetworkPolicySnapshot depends on besides the configuration: the policies
+/// selecting the workload, and the workload's named ports (which its ingress rules'
+/// named ports resolve to).
+type NetworkPolicyInputs = (Vec<NamespacedName>, Vec<(String, u16, L4Protocol)>);
+
+/// The Authorization, Egress and NetworkPolicy snapshots of one configuration, keyed by
+/// what they depend on rather than by workload: workloads selected by the same policies
+/// (every workload under a mesh-wide policy, say) share one build, one encoding and one
+/// allocation, instead of each workload of a large mesh building and holding its own copy
+/// on every change.
+#[derive(Debug, Default)]
+struct SharedBuilds {
+    authorization: Mutex<HashMap<Vec<NamespacedName>, BuildCell>>,
+    egress: Mutex<HashMap<Vec<NamespacedName>, BuildCell>>,
+    network_policy: Mutex<HashMap<NetworkPolicyInputs, BuildCell>>,
+    /// NetworkPolicy selectors resolved once for every workload's snapshot.
+    peers: ResolvedPeers,
+}
+
+impl SharedBuilds {
+    fn new(snapshot: &MeshSnapshot) -> Self {
+        Self {
+            peers: ResolvedPeers::new(snapshot),
+            ..Self::default()
+        }
+    }
+
+    fn authorization(&self, snapshot: &MeshSnapshot, workload: &Workload) -> Arc<Versioned> {
+        let key = snapshot
+            .authorization_policies_for(workload)
+            .map(AuthorizationPolicy::key)
+            .collect();
+        built_once(&self.authorization, key, || {
+            Resources::Authorization(authorization_snapshot(snapshot, workload))
+        })
+    }
+
+    fn egress(&self, snapshot: &MeshSnapshot, workload: &Workload) -> Arc<Versioned> {
+        let key = snapshot
+            .egress_policies_for(workload)
+            .map(EgressPolicy::key)
+            .collect();
+        built_once(&self.egress, key, || {
+            Resources::Egress(egress_snapshot(snapshot, workload))
+        })
+    }
+
+    fn network_policy(&self, snapshot: &MeshSnapshot, workload: &Workload) -> Arc<Versioned> {
+        let policies = snapshot
+            .network_policies_for(workload)
+            .map(NetworkPolicy::key)
+            .collect();
+        let ports = workload
+            .named_ports()
+            .map(|(name, port, l4)| (name.to_owned(), port, l4))
+            .collect();
+        built_once(&self.network_policy, (policies, ports), || {
+            Resources::NetworkPolicy(network_policy_snapshot(snapshot, workload, &self.peers))
+        })
+    }
+}
+
+/// The snapshot for `key`, built by `build` if no stream has built it yet. The map's lock
+/// is held only to find the cell, so builds for different keys run in parallel.
+fn built_once<K: Eq + std::hash::Hash>(
+    cells: &Mutex<HashMap<K, BuildCell>>,
+    key: K,
+    build: impl FnOnce() -> Resources,
+) -> Arc<Versioned> {
+    let cell = {
+        let mut cells = cells.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(cells.entry(key).or_default())
+    };
+    Arc::clone(cell.get_or_init(|| Arc::new(Versioned::new(build()))))
+}
+
 /// The configuration every stream serves from, replaced as a whole on each change.
 #[derive(Debug)]
 pub(crate) struct Published {
@@ -184,6 +259,8 @@ pub(crate) struct Published {
     /// a proxy connected (not one per stream, nor any for workloads without a proxy), and
     /// streams waking together on multi-threaded runtimes wait for that one build.
     per_workload: HashMap<NamespacedName, OnceLock<PerWorkload>>,
+    /// Snapshots shared by workloads whose inputs are equal.
+    builds: SharedBuilds,
 }
 
 impl Published {
@@ -211,11 +288,13 @@ impl Published {
             .workloads()
             .map(|w| (w.key(), OnceLock::new()))
             .collect();
+        let builds = SharedBuilds::new(&snapshot);
         Self {
             snapshot,
             bundle,
             shared,
             per_workload,
+            builds,
         }
     }
 
@@ -226,12 +305,15 @@ impl Published {
         }
         let key = workload.key();
         let cached = self.per_workload.get(&key).and_then(|cell| {
-            // Built from this snapshot's own copy of the workload, so the cached value is
-            // the same whichever stream fills it.
-            let own = self.snapshot.workload(&key.namespace, &key.name)?;
-            cell.get_or_init(|| PerWorkload::build(&self.snapshot, own))
-                .get(ty)
-                .cloned()
+            cell.get_or_init(|| {
+                // Built from this snapshot's own copy of the workload, so the cached value
+                // is the same whichever stream fills it. Looked up only here: with
+                // thousands of workloads, a lookup per call showed in profiles.
+                let own = self.snapshot.workloads.get(&key).unwrap_or(workload);
+                PerWorkload::build(&self.snapshot, own, &self.builds)
+            })
+            .get(ty)
+            .cloned()
         });
         match cached {
             Some(v) => v,
@@ -248,9 +330,11 @@ impl Published {
                 Resources::Authorization(authorization_snapshot(&self.snapshot, workload))
             }
             ResourceType::Egress => Resources::Egress(egress_snapshot(&self.snapshot, workload)),
-            ResourceType::NetworkPolicy => {
-                Resources::NetworkPolicy(network_policy_snapshot(&self.snapshot, workload))
-            }
+            ResourceType::NetworkPolicy => Resources::NetworkPolicy(network_policy_snapshot(
+                &self.snapshot,
+                workload,
+                &self.builds.peers,
+            )),
             ResourceType::Services => Resources::Services(services_proto(&self.snapshot)),
             ResourceType::TrustBundle => Resources::TrustBundle(bundle_proto(&self.bundle)),
             ResourceType::Mesh => Resources::Mesh(mesh_proto(self.snapshot.settings())),
@@ -344,7 +428,11 @@ pub fn network_policy_for(
     let w = snapshot
         .workload(namespace, workload)
         .ok_or_else(|| unknown(namespace, workload))?;
-    Ok(network_policy_snapshot(snapshot, w))
+    Ok(network_policy_snapshot(
+        snapshot,
+        w,
+        &ResolvedPeers::new(snapshot),
+    ))
 }
 
 pub(crate) fn authorization_snapshot(
@@ -630,6 +718,56 @@ spec: {address: 127.0.1.3}
     fn version(p: &Published, ns: &str, name: &str, ty: ResourceType) -> String {
         let w = p.snapshot.workload(ns, name).unwrap();
         p.resource(ty, w).version.clone()
+    }
+
+    #[test]
+    fn equal_inputs_share_one_snapshot_and_named_ports_keep_them_apart() {
+        // a and b: same policies, port "http" on different numbers; c: same as a.
+        let workload = |name: &str, address: &str, port: u16| {
+            format!(
+                "apiVersion: palisade.dev/v1alpha1\nkind: Workload\n\
+                 metadata: {{name: {name}, namespace: shop, labels: {{tier: web}}}}\n\
+                 spec: {{address: {address}, ports: [{{name: http, port: {port}}}]}}\n---\n"
+            )
+        };
+        let workloads = workload("a", "127.0.1.1", 8080)
+            + &workload("b", "127.0.1.2", 9090)
+            + &workload("c", "127.0.1.3", 8080);
+        let policies = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: all, namespace: shop}
+spec: {rules: [{to: [{operation: {methods: [GET]}}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec: {podSelector: {matchLabels: {tier: web}}, ingress: [{ports: [{port: http}]}]}
+";
+        let snapshot =
+            crate::config::load_files(&[("w.yaml", workloads.as_str()), ("p.yaml", policies)])
+                .unwrap();
+        let td = palisade_certs::TrustDomain::new("cluster.local").unwrap();
+        let (ca, _) =
+            palisade_certs::CertificateAuthority::generate(td, &Default::default()).unwrap();
+        let published = Published::new(Arc::new(snapshot), ca.bundle().clone());
+        let get = |name: &str, ty: ResourceType| {
+            let w = published.snapshot.workload("shop", name).unwrap();
+            published.resource(ty, w)
+        };
+        let (authz, netpol) = (ResourceType::Authorization, ResourceType::NetworkPolicy);
+        assert!(Arc::ptr_eq(&get("a", authz), &get("b", authz)));
+        assert!(Arc::ptr_eq(&get("a", netpol), &get("c", netpol)));
+        // The named ingress port resolves to each receiver's own number.
+        assert_ne!(get("a", netpol).version, get("b", netpol).version);
+        for name in ["a", "b", "c"] {
+            let expected = network_policy_for(&published.snapshot, "shop", name).unwrap();
+            assert_eq!(
+                get(name, netpol).resources,
+                Resources::NetworkPolicy(expected),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! against the mesh's workloads and namespaces, so the proxy compares only addresses,
 //! identities and ports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use palisade_proto::v1 as pb;
@@ -188,10 +188,117 @@ type Resolved<'a> = (
     Vec<(&'a NetworkPolicyRule, Vec<&'a Workload>)>,
 );
 
-/// The NetworkPolicySnapshot for `workload`, a workload of `snapshot`.
+/// Which workloads each NetworkPolicy rule's selector peers select, and which workloads
+/// have each named egress port. Neither depends on the workload a snapshot is for, so it is
+/// resolved once per configuration and shared by every workload's snapshot: resolving it
+/// per snapshot scanned every workload for every workload, quadratic in the mesh's size.
+#[derive(Debug, Default)]
+pub(crate) struct ResolvedPeers {
+    /// By (policy, ingress rather than egress, rule index), in (namespace, name) order.
+    rules: HashMap<(NamespacedName, bool, usize), Vec<NamespacedName>>,
+    /// By (port name, protocol): the workloads with such a port, in (namespace, name) order.
+    named_ports: HashMap<(String, L4Protocol), Vec<NamespacedName>>,
+}
+
+impl ResolvedPeers {
+    /// Resolves every rule of every NetworkPolicy of `snapshot` against its workloads.
+    pub(crate) fn new(snapshot: &MeshSnapshot) -> Self {
+        let mut resolved = Self::default();
+        for policy in snapshot.network_policies() {
+            for ingress in [true, false] {
+                for (index, rule) in rules_of(policy, ingress).iter().enumerate() {
+                    let selected = selected_workloads(snapshot, policy, rule)
+                        .map(Workload::key)
+                        .collect();
+                    resolved
+                        .rules
+                        .insert((policy.key(), ingress, index), selected);
+                    if ingress {
+                        continue;
+                    }
+                    for port in &rule.ports {
+                        if let Some(PolicyPort::Named(name)) = &port.port {
+                            resolved
+                                .named_ports
+                                .entry((name.clone(), port.protocol))
+                                .or_insert_with(|| {
+                                    workloads_with_port(snapshot, name, port.protocol)
+                                        .into_iter()
+                                        .map(Workload::key)
+                                        .collect()
+                                });
+                        }
+                    }
+                }
+            }
+        }
+        resolved
+    }
+
+    /// The workloads rule `index` of `policy`'s ingress or egress rules selects; resolved
+    /// on the spot if `self` was not built from `snapshot`'s policies.
+    fn rule<'a>(
+        &self,
+        snapshot: &'a MeshSnapshot,
+        policy: &'a NetworkPolicy,
+        ingress: bool,
+        index: usize,
+        rule: &'a NetworkPolicyRule,
+    ) -> Vec<&'a Workload> {
+        match self.rules.get(&(policy.key(), ingress, index)) {
+            Some(keys) => lookup(snapshot, keys),
+            None => selected_workloads(snapshot, policy, rule).collect(),
+        }
+    }
+
+    /// The workloads with a port named `name` of `protocol`.
+    fn named_port<'a>(
+        &self,
+        snapshot: &'a MeshSnapshot,
+        name: &str,
+        protocol: L4Protocol,
+    ) -> Vec<&'a Workload> {
+        match self.named_ports.get(&(name.to_owned(), protocol)) {
+            Some(keys) => lookup(snapshot, keys),
+            None => workloads_with_port(snapshot, name, protocol),
+        }
+    }
+}
+
+fn lookup<'a>(snapshot: &'a MeshSnapshot, keys: &[NamespacedName]) -> Vec<&'a Workload> {
+    keys.iter()
+        .filter_map(|k| snapshot.workload(&k.namespace, &k.name))
+        .collect()
+}
+
+fn rules_of(policy: &NetworkPolicy, ingress: bool) -> &[NetworkPolicyRule] {
+    match (ingress, policy.ingress_type, policy.egress_type) {
+        (true, true, _) => &policy.ingress,
+        (false, _, true) => &policy.egress,
+        _ => &[],
+    }
+}
+
+fn workloads_with_port<'a>(
+    snapshot: &'a MeshSnapshot,
+    name: &str,
+    protocol: L4Protocol,
+) -> Vec<&'a Workload> {
+    snapshot
+        .workloads()
+        .filter(|w| {
+            w.named_ports()
+                .any(|(n, _, l4)| n == name && l4 == protocol)
+        })
+        .collect()
+}
+
+/// The NetworkPolicySnapshot for `workload`, a workload of `snapshot`, with the selectors
+/// resolved in `peers` (built from `snapshot`).
 pub(crate) fn network_policy_snapshot(
     snapshot: &MeshSnapshot,
     workload: &Workload,
+    peers_of: &ResolvedPeers,
 ) -> pb::NetworkPolicySnapshot {
     let selecting: Vec<&NetworkPolicy> = snapshot.network_policies_for(workload).collect();
     let resolve = |ingress: bool| -> Vec<Resolved<'_>> {
@@ -205,10 +312,10 @@ pub(crate) fn network_policy_snapshot(
                 }
             })
             .map(|p| {
-                let rules = if ingress { &p.ingress } else { &p.egress };
-                let rules = rules
+                let rules = rules_of(p, ingress)
                     .iter()
-                    .map(|r| (r, selected_workloads(snapshot, p, r).collect()))
+                    .enumerate()
+                    .map(|(i, r)| (r, peers_of.rule(snapshot, p, ingress, i, r)))
                     .collect();
                 (*p, rules)
             })
@@ -229,11 +336,7 @@ pub(crate) fn network_policy_snapshot(
     for (rule, _) in egress.iter().flat_map(|(_, rules)| rules) {
         for port in &rule.ports {
             if let Some(PolicyPort::Named(name)) = &port.port {
-                let named = |w: &&Workload| {
-                    w.named_ports()
-                        .any(|(n, _, l4)| n == name && l4 == port.protocol)
-                };
-                for w in snapshot.workloads().filter(named) {
+                for w in peers_of.named_port(snapshot, name, port.protocol) {
                     peers.insert(w.key(), w);
                 }
             }

@@ -176,8 +176,9 @@ pub(crate) struct Shared {
     assigned_addresses: config::AddressAssignments,
     ca: Arc<CertificateAuthority>,
     state: watch::Sender<Arc<Published>>,
-    /// Serialises load-and-publish, so a slow reload cannot publish over a newer one.
-    reload_lock: Mutex<()>,
+    /// Serialises load-and-publish, so a slow reload cannot publish over a newer one; holds
+    /// the YAML of the files last loaded, so a reload parses only what changed.
+    reload_lock: Mutex<config::ParseCache>,
     tokens: Arc<RwLock<Arc<TokenStore>>>,
     metrics: Arc<Metrics>,
     proxies: ProxyRegistry,
@@ -229,12 +230,13 @@ impl Shared {
     }
 
     pub(crate) fn reload(&self) -> Result<(), ConfigErrors> {
-        let _guard = self
+        let mut cache = self
             .reload_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let result = config::load_dir_assigned(&self.config_dir, &self.assigned_addresses)
-            .and_then(|s| self.publish(s));
+        let result =
+            config::load_dir_cached(&self.config_dir, &self.assigned_addresses, &mut cache)
+                .and_then(|s| self.publish(s));
         self.metrics.reloaded(result.is_ok());
         result
     }
@@ -272,7 +274,13 @@ pub async fn start(
     config: ControlPlaneConfig,
     shutdown: CancellationToken,
 ) -> Result<ControlPlane, StartError> {
-    let snapshot = config::load_dir_assigned(&config.config_dir, &config.assigned_addresses)?;
+    // The first reload then parses only the files edited since.
+    let mut parse_cache = config::ParseCache::default();
+    let snapshot = config::load_dir_cached(
+        &config.config_dir,
+        &config.assigned_addresses,
+        &mut parse_cache,
+    )?;
     let settings = snapshot.settings().clone();
     if &settings.trust_domain != config.ca.trust_domain() {
         return Err(StartError::TrustDomainMismatch {
@@ -303,7 +311,7 @@ pub async fn start(
         assigned_addresses: config.assigned_addresses.clone(),
         ca: Arc::clone(&config.ca),
         state: state_tx,
-        reload_lock: Mutex::new(()),
+        reload_lock: Mutex::new(parse_cache),
         tokens: Arc::new(RwLock::new(Arc::new(config.tokens))),
         metrics: Arc::clone(&metrics),
         proxies: ProxyRegistry::new(),
