@@ -28,3 +28,7 @@ mod permissive;
 /// byte leaves, late rejection, metrics, NACK.
 #[path = "proxy/netpol.rs"]
 mod netpol;
+
+/// The hop between sidecars: pooled HTTP/1.1 for HTTP/1.1 ports, HTTP/2 beyond the bound.
+#[path = "proxy/hop.rs"]
+mod hop;

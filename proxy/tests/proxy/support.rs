@@ -155,17 +155,28 @@ pub async fn http_app(shutdown: CancellationToken) -> HttpApp {
             let count = count.clone();
             let seen = seen.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: Request<hyper::body::Incoming>| {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         count.fetch_add(1, Ordering::SeqCst);
                         seen.lock().unwrap().push(req.headers().clone());
                         let body = req
                             .uri()
                             .path_and_query()
                             .map_or("/".to_owned(), |pq| pq.as_str().to_owned());
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                    },
-                );
+                        async move {
+                            // `/slow...` holds its connection a while; `/big...` answers
+                            // 4 MiB, more than any socket buffer holds.
+                            if body.starts_with("/slow") {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                            let body = if body.starts_with("/big") {
+                                Bytes::from(vec![b'x'; 4 << 20])
+                            } else {
+                                Bytes::from(body)
+                            };
+                            Ok::<_, Infallible>(Response::new(Full::new(body)))
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -266,6 +277,8 @@ pub struct MeshOptions {
     pub log_decisions: bool,
     /// MeshConfig `mtls.mode: PERMISSIVE` (else STRICT).
     pub permissive: bool,
+    /// Bounds of both proxies.
+    pub limits: palisade_proxy::Limits,
 }
 
 impl Default for MeshOptions {
@@ -278,6 +291,7 @@ impl Default for MeshOptions {
             frontend_egress: Vec::new(),
             log_decisions: false,
             permissive: false,
+            limits: palisade_proxy::Limits::default(),
         }
     }
 }
@@ -293,6 +307,7 @@ fn config(
     credentials: Credentials,
     snapshots: Vec<v1::DiscoveryResponse>,
     log_decisions: bool,
+    limits: &palisade_proxy::Limits,
 ) -> ProxyConfig {
     let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
     ProxyConfig {
@@ -312,7 +327,7 @@ fn config(
         debug_headers: false,
         log_decisions,
         detect_timeout: palisade_proxy::DEFAULT_DETECT_TIMEOUT,
-        limits: palisade_proxy::Limits::default(),
+        limits: limits.clone(),
     }
 }
 
@@ -373,6 +388,7 @@ impl Mesh {
                     unrestricted_network_policy(),
                 ],
                 options.log_decisions,
+                &options.limits,
             ),
             shutdown.clone(),
         )
@@ -399,6 +415,7 @@ impl Mesh {
                     unrestricted_network_policy(),
                 ],
                 options.log_decisions,
+                &options.limits,
             ),
             shutdown.clone(),
         )
