@@ -11,9 +11,12 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::future::Either;
+use futures_util::task::AtomicWaker;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_util::server::graceful::GracefulConnection;
@@ -502,16 +505,24 @@ where
         }
     };
     let mut hard_deadline = std::pin::pin!(hard_deadline);
-    let idle = activity.idle_for(life.idle);
-    let mut idle = std::pin::pin!(idle);
-    let reason = tokio::select! {
-        biased;
-        r = conn.as_mut() => return (Ended::Closed, r),
-        () = &mut hard_deadline => return (Ended::CertificateExpired, Ok(())),
-        () = &mut revoked => return (Ended::NetworkPolicy, Ok(())),
-        () = life.shutdown.cancelled() => Ended::Drain,
-        () = tokio::time::sleep_until(life.soft) => life.soft_reason,
-        () = &mut idle => Ended::Idle,
+    let ends = async {
+        let idle = activity.idle_for(life.idle);
+        tokio::select! {
+            biased;
+            () = &mut hard_deadline => Err(Ended::CertificateExpired),
+            () = &mut revoked => Err(Ended::NetworkPolicy),
+            () = life.shutdown.cancelled() => Ok(Ended::Drain),
+            () = tokio::time::sleep_until(life.soft) => Ok(life.soft_reason),
+            () = idle => Ok(Ended::Idle),
+        }
+    };
+    // The connection is polled on every wake-up; what ends it only when one of its own
+    // timers or signals fired (polling five timers and channels per wake-up was a visible
+    // share of the data path's CPU).
+    let reason = match Beside::new(conn.as_mut(), ends).await {
+        Either::Left(r) => return (Ended::Closed, r),
+        Either::Right(Err(immediate)) => return (immediate, Ok(())),
+        Either::Right(Ok(graceful)) => graceful,
     };
     conn.as_mut().graceful_shutdown();
     tokio::select! {
@@ -520,6 +531,75 @@ where
         () = &mut hard_deadline => (Ended::CertificateExpired, Ok(())),
         () = &mut revoked => (Ended::NetworkPolicy, Ok(())),
         () = tokio::time::sleep(life.grace) => (reason, Ok(())),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Runs `main` and `side` together, like a two-armed `select!`, but polls `side` only
+    /// after something `side` waits on has woken it: `main` (a busy connection) wakes its
+    /// task thousands of times a second, and `side` (timers and signals that end it) rarely.
+    pub(crate) struct Beside<M, S> {
+        #[pin]
+        main: M,
+        #[pin]
+        side: S,
+        signal: Arc<SideSignal>,
+        side_waker: Waker,
+    }
+}
+
+impl<M, S> Beside<M, S> {
+    /// `main` and `side`, the first to finish deciding the output.
+    pub(crate) fn new(main: M, side: S) -> Self {
+        let signal = Arc::new(SideSignal {
+            // Polled once at the start, so that it registers its wake-ups.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Self {
+            main,
+            side,
+            side_waker: Waker::from(signal.clone()),
+            signal,
+        }
+    }
+}
+
+/// What `Beside`'s side future wakes: a flag, and the task that polls both.
+#[derive(Debug)]
+struct SideSignal {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for SideSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<M: Future, S: Future> Future for Beside<M, S> {
+    type Output = Either<M::Output, S::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Registered before either is polled, so a side wake-up in between is not lost.
+        this.signal.task.register(cx.waker());
+        if let Poll::Ready(out) = this.main.poll(cx) {
+            return Poll::Ready(Either::Left(out));
+        }
+        if this.signal.woken.swap(false, Ordering::AcqRel) {
+            let mut side_cx = Context::from_waker(this.side_waker);
+            if let Poll::Ready(out) = this.side.poll(&mut side_cx) {
+                return Poll::Ready(Either::Right(out));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -560,6 +640,51 @@ mod tests {
             Duration::from_millis(400)
         );
         assert_eq!(margin(Duration::ZERO), Duration::ZERO);
+    }
+
+    /// A future that counts its polls and finishes when `inner` does.
+    struct Counted<F> {
+        inner: Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl<F: Future> Future for Counted<F> {
+        type Output = F::Output;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_side_future_is_polled_only_when_it_was_woken() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let side = Counted {
+            inner: Box::pin(tokio::time::sleep(Duration::from_secs(10))),
+            polls: polls.clone(),
+        };
+        // A main future that wakes its task 1,000 times, then keeps waiting.
+        let mut wakes = 0;
+        let main = std::future::poll_fn(|cx| {
+            if wakes < 1000 {
+                wakes += 1;
+                cx.waker().wake_by_ref();
+            }
+            Poll::<()>::Pending
+        });
+        match Beside::new(main, side).await {
+            Either::Right(()) => {}
+            Either::Left(()) => panic!("main never finishes"),
+        }
+        // Once at the start, once when its timer fired: not once per wake-up of main.
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_main_future_wins_when_it_finishes_first() {
+        let main = tokio::time::sleep(Duration::from_secs(1));
+        let side = tokio::time::sleep(Duration::from_secs(2));
+        assert!(matches!(Beside::new(main, side).await, Either::Left(())));
     }
 
     #[tokio::test(start_paused = true)]

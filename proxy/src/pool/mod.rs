@@ -24,6 +24,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use futures_util::future::Either;
+
 use crate::http::{ProxyBody, streamed};
 use crate::limits::{self, Limits};
 use crate::tls::{ALPN_TCP, TlsState};
@@ -249,11 +251,15 @@ fn close_at_peer_expiry<C, E>(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            r = conn => if let Err(e) = r {
+        // The timer is polled only when it fires, not on each of the connection's wake-ups.
+        match limits::Beside::new(conn, expired).await {
+            Either::Left(Err(e)) => {
                 tracing::debug!(peer = %addr, error = %e, "peer connection closed");
-            },
-            () = expired => tracing::debug!(peer = %addr, "peer connection closed: the peer's certificate expired"),
+            }
+            Either::Left(Ok(())) => {}
+            Either::Right(()) => {
+                tracing::debug!(peer = %addr, "peer connection closed: the peer's certificate expired");
+            }
         }
         drop(permit);
     });
