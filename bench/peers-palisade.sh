@@ -102,5 +102,5 @@ YAML
   CFG_INBOUND=""
   CFG_REJECT=tls
   CFG_HOPCTR=palisade_accepts
-  CFG_DESC="palisade proxy x2 (standalone config), 1 data-plane worker thread each (+1 control thread), HTTP/2 mTLS between sidecars; inbound checks skipped (it requires the SNI port-<n>.palisade.mesh)"
+  CFG_DESC="palisade proxy x2 (standalone config), 1 data-plane worker thread each (+1 control thread), hop: HTTP/1.1 over pooled mTLS connections for HTTP/1.1 clients (at most 64 per peer, then the shared HTTP/2 connection), HTTP/2 mTLS for h2 clients; inbound checks skipped (it requires the SNI port-<n>.palisade.mesh)"
 }
