@@ -9,8 +9,15 @@
 # throwaway CA made by `palisade ca`), one worker thread each, all on loopback addresses
 # 127.0.2.x. Installs wrk and h2load from Debian if they are missing (needs root for that).
 #
+# Soak (BENCH_SOAK=600, seconds): after the rounds, a paced HTTP/1.1 load through the mesh at
+# 1,000 req/s (hey: 10 workers x 100 req/s) for that long, sampling each sidecar's resident
+# set (VmRSS) every BENCH_SOAK_EVERY seconds, then the series, the growth from the first
+# sample after warm-up to the last, and the peak (VmHWM). `BENCH_ROUNDS=0 BENCH_SOAK=600
+# bash bench/run.sh` runs the 10-minute soak alone.
+#
 # Env: BENCH_DURATION=8 (s per run)  BENCH_CONNECTIONS=16  BENCH_STREAMS=10 (h2 streams per conn)
 #      BENCH_ROUNDS=1  BENCH_WORKERS=1 (sidecar worker threads)  BENCH_KEEP=1 (keep work dir)
+#      BENCH_SOAK=0 (s)  BENCH_SOAK_EVERY=30 (s)
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +25,8 @@ DUR=${BENCH_DURATION:-8}
 CONNS=${BENCH_CONNECTIONS:-16}
 STREAMS=${BENCH_STREAMS:-10}
 ROUNDS=${BENCH_ROUNDS:-1}
+SOAK=${BENCH_SOAK:-0}
+SOAK_EVERY=${BENCH_SOAK_EVERY:-30}
 WORKERS=${BENCH_WORKERS:-1}
 CLIENT_IP=127.0.2.1
 SERVER_IP=127.0.2.2
@@ -31,6 +40,7 @@ install_tools() {
   local missing=()
   command -v wrk >/dev/null || missing+=(wrk)
   command -v h2load >/dev/null || missing+=(nghttp2-client)
+  [ "$SOAK" -gt 0 ] && ! command -v hey >/dev/null && missing+=(hey)
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
   log "installing ${missing[*]}"
@@ -140,6 +150,26 @@ for round in $(seq "$ROUNDS"); do
 done
 
 rss() { awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
+rss_now_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# --- soak -----------------------------------------------------------------------------------
+SOAK_SERIES=$WORK/soak.tsv
+if [ "$SOAK" -gt 0 ]; then
+  log "soak: ${SOAK}s at 1,000 req/s through the mesh, RSS every ${SOAK_EVERY}s"
+  timeout -k 5 $((SOAK + 60)) hey -z "${SOAK}s" -c 10 -q 100 -host "server.bench:$H1_PORT" \
+    "http://$CLIENT_IP:15001/healthz" >"$WORK/hey-soak.txt" 2>&1 &
+  HEY=$!
+  PIDS+=("$HEY")
+  START=$(date +%s)
+  : >"$SOAK_SERIES"
+  while kill -0 "$HEY" 2>/dev/null; do
+    printf '%s\t%s\t%s\n' "$(($(date +%s) - START))" "$(rss_now_kib "$CLIENT_PROXY")" \
+      "$(rss_now_kib "$SERVER_PROXY")" >>"$SOAK_SERIES"
+    # Bounded: hey stops itself after SOAK seconds, and timeout kills it 60 s later.
+    for _ in $(seq "$SOAK_EVERY"); do kill -0 "$HEY" 2>/dev/null || break; sleep 1; done
+  done
+  wait "$HEY" || die "hey failed during the soak: $(tail -n 5 "$WORK/hey-soak.txt")"
+fi
 
 # --- report ---------------------------------------------------------------------------------
 echo
@@ -152,3 +182,13 @@ while IFS=$'\t' read -r label rps p50 p99 errors; do
 done <"$RESULTS"
 echo
 echo "peak RSS: client sidecar $(rss "$CLIENT_PROXY"), server sidecar $(rss "$SERVER_PROXY")"
+if [ "$SOAK" -gt 0 ]; then
+  echo
+  echo "soak: ${SOAK}s at 1,000 req/s (hey -c 10 -q 100), VmRSS in MiB"
+  printf '%8s %10s %10s\n' "t (s)" "client" "server"
+  awk -F'\t' '{printf "%8s %10.1f %10.1f\n", $1, $2/1024, $3/1024}' "$SOAK_SERIES"
+  # Growth from the first sample after a minute of warm-up (buffers and pools filled) to the end.
+  awk -F'\t' '$1 >= 60 && !seen {c0 = $2; s0 = $3; seen = 1} {c = $2; s = $3}
+    END {if (seen) printf "growth after warm-up: client %+.1f MiB, server %+.1f MiB\n", (c - c0)/1024, (s - s0)/1024}' "$SOAK_SERIES"
+  awk '/Requests\/sec|Status code distribution|^ +\[[0-9]+\]/ {print "hey: " $0}' "$WORK/hey-soak.txt"
+fi

@@ -538,7 +538,7 @@ pin_project_lite::pin_project! {
     /// Runs `main` and `side` together, like a two-armed `select!`, but polls `side` only
     /// after something `side` waits on has woken it: `main` (a busy connection) wakes its
     /// task thousands of times a second, and `side` (timers and signals that end it) rarely.
-    pub(crate) struct Beside<M, S> {
+    pub struct Beside<M, S> {
         #[pin]
         main: M,
         #[pin]
@@ -550,7 +550,7 @@ pin_project_lite::pin_project! {
 
 impl<M, S> Beside<M, S> {
     /// `main` and `side`, the first to finish deciding the output.
-    pub(crate) fn new(main: M, side: S) -> Self {
+    pub fn new(main: M, side: S) -> Self {
         let signal = Arc::new(SideSignal {
             // Polled once at the start, so that it registers its wake-ups.
             woken: AtomicBool::new(true),
