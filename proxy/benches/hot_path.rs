@@ -18,7 +18,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use palisade_proxy::http::strip_hop_by_hop;
+use palisade_proxy::http::{HOP_BY_HOP, strip_hop_by_hop};
 use palisade_proxy::limits::Beside;
 use palisade_proxy::metrics::{Direction, Metrics, PeerLabel};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -43,15 +43,7 @@ fn typical_request() -> HeaderMap {
 
 /// How stripping was done before: a lookup and removal per hop-by-hop name, always.
 fn strip_per_name(headers: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     let te = headers.get(header::TE).is_some();

@@ -16,15 +16,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::http::{BoxError, ProxyBody, releasing, streamed};
+use crate::http::{BoxError, ProxyBody, origin_form, releasing, streamed};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::model::Protocol;
@@ -165,12 +164,7 @@ impl AppClient {
         let (mut parts, body) = request.into_parts();
         if !pool.http2 {
             // HTTP/1 to an origin server: origin-form (the Host header names the authority).
-            let origin = parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            parts.uri = Uri::from(origin);
+            parts.uri = origin_form(&parts.uri);
         }
         let request = Request::from_parts(
             parts,

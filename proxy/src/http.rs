@@ -174,7 +174,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Hop-by-hop headers that never pass (`te` is handled apart: `te: trailers` passes).
-static HOP_BY_HOP: [HeaderName; 7] = [
+pub static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
@@ -197,6 +197,16 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "keep-alive"
             | "proxy-connection"
     )
+}
+
+/// `uri` as HTTP/1.1 writes it to an origin server: its path and query only (`/` if it has
+/// none); the authority travels in `Host`.
+pub fn origin_form(uri: &http::Uri) -> http::Uri {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    http::Uri::from(path)
 }
 
 /// Whether a request is gRPC (by content type), so failures are answered in gRPC terms.

@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, Version, header};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use palisade_certs::ALPN_HTTP11;
@@ -208,12 +208,7 @@ fn origin_form(
     let (mut parts, body) = request.into_parts();
     let host = HeaderValue::from_str(authority.as_str()).map_err(|_| PeerError::NoAuthority)?;
     parts.headers.insert(header::HOST, host);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(path);
+    parts.uri = crate::http::origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, body))
 }
