@@ -22,15 +22,26 @@ pub struct TlsState {
     clients: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
 }
 
-/// What a client connection to a peer sidecar carries.
+/// What a client connection to a peer sidecar carries: the one ALPN protocol it offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Alpn {
+pub enum Alpn {
     /// The shared HTTP/2 connection.
     H2,
     /// Pooled HTTP/1.1.
     Http1,
     /// One opaque TCP stream.
     Tcp,
+}
+
+impl Alpn {
+    /// The protocol id on the wire.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => ALPN_H2,
+            Alpn::Http1 => ALPN_HTTP11,
+            Alpn::Tcp => ALPN_TCP,
+        }
+    }
 }
 
 impl TlsState {
@@ -55,39 +66,19 @@ impl TlsState {
         self.inbound.clone()
     }
 
-    /// The client configuration (ALPN `h2`) that accepts only a server presenting `peer`.
-    pub fn client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
-        self.client(peer, Alpn::H2)
-    }
-
-    /// The client configuration (ALPN `http/1.1`) that accepts only a server presenting
+    /// The client configuration offering `alpn` that accepts only a server presenting
     /// `peer`.
-    pub fn http1_client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
-        self.client(peer, Alpn::Http1)
-    }
-
-    /// The client configuration for an opaque TCP tunnel (ALPN `palisade-tcp`) that accepts
-    /// only a server presenting `peer`.
-    pub fn tcp_client_for(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
-        self.client(peer, Alpn::Tcp)
-    }
-
-    fn client(&self, peer: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
+    pub fn client(&self, peer: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let key = (peer.clone(), alpn);
         if let Some(config) = clients.get(&key) {
             return Ok(config.clone());
         }
-        let protocols: &[&[u8]] = match alpn {
-            Alpn::H2 => &[ALPN_H2],
-            Alpn::Http1 => &[ALPN_HTTP11],
-            Alpn::Tcp => &[ALPN_TCP],
-        };
         let config = Arc::new(tls::client_config(
             Some(&self.creds),
             &self.bundle,
             peer.clone(),
-            protocols,
+            &[alpn.id()],
         )?);
         clients.insert(key, config.clone());
         Ok(config)

@@ -20,12 +20,12 @@ use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use palisade_certs::ALPN_HTTP11;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::{PeerError, PeerKey, PeerPool, close_at_peer_expiry};
 use crate::http::{ProxyBody, releasing};
+use crate::tls::Alpn;
 
 /// What became of a request offered to the HTTP/1.1 connections.
 #[derive(Debug)]
@@ -131,13 +131,7 @@ impl PeerPool {
         key: &PeerKey,
         permit: OwnedSemaphorePermit,
     ) -> Result<Conn, PeerError> {
-        let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
-        let stream = self
-            .handshake(key, tls.http1_client_for(&key.identity)?)
-            .await?;
-        if stream.get_ref().1.alpn_protocol() != Some(ALPN_HTTP11) {
-            return Err(PeerError::NoHttp1);
-        }
+        let (stream, tls) = self.connect(key, Alpn::Http1).await?;
         let (retire_at, peer_expiry) = self.retirement(&tls, &stream);
         let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))

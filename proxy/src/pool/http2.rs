@@ -9,11 +9,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
-use palisade_certs::ALPN_H2;
 use tokio::time::Instant;
 
 use super::{PeerError, PeerKey, PeerPool, close_at_peer_expiry};
 use crate::http::ProxyBody;
+use crate::tls::Alpn;
 
 /// One pooled connection and when it stops taking new requests.
 #[derive(Debug)]
@@ -97,11 +97,7 @@ impl PeerPool {
         if let Some(conn) = self.cached_http2(key) {
             return Ok(conn);
         }
-        let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
-        let stream = self.handshake(key, tls.client_for(&key.identity)?).await?;
-        if stream.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
-            return Err(PeerError::NoH2);
-        }
+        let (stream, tls) = self.connect(key, Alpn::H2).await?;
         let (retire_at, peer_expiry) = self.retirement(&tls, &stream);
         let (send, conn) = crate::h2::client(&self.limits)
             .handshake(TokioIo::new(stream))

@@ -28,7 +28,7 @@ use futures_util::future::Either;
 
 use crate::http::{ProxyBody, streamed};
 use crate::limits::{self, Limits};
-use crate::tls::{ALPN_TCP, TlsState};
+use crate::tls::{Alpn, TlsState};
 
 /// How long to wait for TCP connect plus TLS handshake to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -222,14 +222,29 @@ impl PeerPool {
     /// `palisade-tcp`), verifying its identity exactly as for HTTP. Never pooled: a TCP
     /// stream owns its connection.
     pub async fn connect_tcp(&self, key: &PeerKey) -> Result<TlsStream<TcpStream>, PeerError> {
+        Ok(self.connect(key, Alpn::Tcp).await?.0)
+    }
+
+    /// TCP connect and mTLS handshake offering only `alpn`, verifying the peer's identity;
+    /// also the TLS state the connection was made with (its certificate bounds the
+    /// connection's life).
+    async fn connect(
+        &self,
+        key: &PeerKey,
+        alpn: Alpn,
+    ) -> Result<(TlsStream<TcpStream>, Arc<TlsState>), PeerError> {
         let tls = self.tls.borrow().clone().ok_or(PeerError::NoCredentials)?;
         let stream = self
-            .handshake(key, tls.tcp_client_for(&key.identity)?)
+            .handshake(key, tls.client(&key.identity, alpn)?)
             .await?;
-        if stream.get_ref().1.alpn_protocol() != Some(ALPN_TCP) {
-            return Err(PeerError::NoTcp);
+        if stream.get_ref().1.alpn_protocol() != Some(alpn.id()) {
+            return Err(match alpn {
+                Alpn::H2 => PeerError::NoH2,
+                Alpn::Http1 => PeerError::NoHttp1,
+                Alpn::Tcp => PeerError::NoTcp,
+            });
         }
-        Ok(stream)
+        Ok((stream, tls))
     }
 }
 
