@@ -36,6 +36,9 @@ pub(super) enum Sent {
     Busy(Request<ProxyBody>),
 }
 
+/// Size of the peer map from which unused entries are pruned (at each doubling).
+const PRUNE_FROM: usize = 64;
+
 /// The HTTP/1.1 connections, by peer key.
 #[derive(Debug, Default)]
 pub(super) struct Http1Conns {
@@ -116,9 +119,16 @@ impl PeerPool {
         if let Some(peer) = peers.get(key) {
             return peer.clone();
         }
+        // Endpoints come and go with the configuration: whenever the map doubles, peers
+        // with no open connection and no request under way are forgotten, so it stays
+        // proportional to the peers in use.
+        let max = self.limits.peer_http1_connections;
+        if peers.len() >= PRUNE_FROM && peers.len().is_power_of_two() {
+            peers.retain(|_, p| Arc::strong_count(p) > 1 || p.permits.available_permits() < max);
+        }
         let peer = Arc::new(PeerConns {
             idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(self.limits.peer_http1_connections)),
+            permits: Arc::new(Semaphore::new(max)),
         });
         peers.insert(key.clone(), peer.clone());
         peer
@@ -217,4 +227,40 @@ fn absolute_form(
     parts.uri = crate::authority::absolute_uri(std::mem::take(&mut parts.uri), authority)
         .map_err(|_| PeerError::NoAuthority)?;
     Ok(Request::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_certs::SpiffeId;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn the_peer_map_forgets_unused_peers_as_endpoints_churn() {
+        let (_tx, tls) = tokio::sync::watch::channel(None);
+        let pool = PeerPool::new(
+            tls,
+            "10.0.0.1".parse().unwrap_or_else(|e| panic!("{e}")),
+            &crate::limits::Limits::default(),
+        );
+        let identity = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/search")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = |i: u16| PeerKey {
+            addr: SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 15006)),
+            identity: identity.clone(),
+            target_port: 8080,
+        };
+        // One in use throughout: it must survive every pruning.
+        let in_use = pool.http1_peer(&key(0));
+        for i in 1..10_000 {
+            drop(pool.http1_peer(&key(i)));
+        }
+        let peers = pool.http1.peers.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            peers.len() <= 2 * PRUNE_FROM.max(64),
+            "{} entries",
+            peers.len()
+        );
+        assert!(Arc::ptr_eq(&peers[&key(0)], &in_use));
+    }
 }

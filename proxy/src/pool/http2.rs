@@ -85,14 +85,19 @@ impl PeerPool {
         if let Some(conn) = self.cached_http2(key) {
             return Ok(conn);
         }
-        let gate = self
-            .http2
-            .connecting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let gate = {
+            let mut connecting = self
+                .http2
+                .connecting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Gates nobody waits on are forgotten whenever the map doubles, so it stays
+            // proportional to the peers being connected to, whatever the endpoint churn.
+            if connecting.len() >= 64 && connecting.len().is_power_of_two() {
+                connecting.retain(|_, gate| Arc::strong_count(gate) > 1);
+            }
+            connecting.entry(key.clone()).or_default().clone()
+        };
         let _guard = gate.lock().await;
         if let Some(conn) = self.cached_http2(key) {
             return Ok(conn);
