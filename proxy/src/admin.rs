@@ -1,8 +1,15 @@
-//! Admin HTTP (127.0.0.1:15000 by default): `/live`, `/ready`, `/metrics`, `/certs`, `/config`.
+//! Admin HTTP (127.0.0.1:15000 by default): `/live`, `/ready`, `/metrics`, `/certs`, `/config`,
+//! and the app's rewritten kubelet probes under `/app-health/` (see [`crate::probes`]).
 //! `/config` lists enforced AuthorizationPolicies under `authorization` and dry-run ones, which
 //! are only evaluated, under `authorization_dry_run`.
+//!
+//! In a pod the admin port listens on every address so that kubelet reaches it, and inbound
+//! capture leaves it alone: so a caller from outside the pod gets only what kubelet and a
+//! metrics scraper need (`/live`, `/ready`, `/metrics`, `/app-health/`); `/config` and
+//! `/certs`, which describe the policies and credentials, answer the pod itself only.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -17,6 +24,7 @@ use crate::http::{ProxyBody, full};
 use crate::identity::unix_now;
 use crate::metrics::Metrics;
 use crate::model::MeshView;
+use crate::probes::{self, AppProbes};
 use crate::tls::TlsState;
 
 /// What the admin endpoints report on.
@@ -30,6 +38,10 @@ pub struct Admin {
     pub status: watch::Receiver<Snapshots>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The app's kubelet probes, run on request.
+    pub probes: Arc<AppProbes>,
+    /// Where the app listens (the probes' target).
+    pub app_host: IpAddr,
 }
 
 impl Admin {
@@ -45,10 +57,16 @@ impl Admin {
     }
 
     /// Serves one admin connection (HTTP/1.1).
-    pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, watcher: Watcher) {
+    pub async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) {
+        let local_caller = peer.ip().to_canonical().is_loopback();
         let service = hyper::service::service_fn(move |req| {
             let this = self.clone();
-            async move { Ok::<_, Infallible>(this.handle(&req)) }
+            async move { Ok::<_, Infallible>(this.handle(&req, local_caller).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -56,11 +74,28 @@ impl Admin {
         let _ = watcher.watch(conn).await;
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, req: &Request<Incoming>, local_caller: bool) -> Response<ProxyBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
-        match req.uri().path() {
+        let path = req.uri().path();
+        if path.starts_with(probes::PATH_PREFIX) {
+            return match self.probes.run(path, self.app_host).await {
+                Some(Ok(())) => text(StatusCode::OK, "ok\n"),
+                Some(Err(reason)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("probe failed: {reason}\n"),
+                ),
+                None => text(StatusCode::NOT_FOUND, "no such probe\n"),
+            };
+        }
+        if matches!(path, "/certs" | "/config") && !local_caller {
+            return text(
+                StatusCode::FORBIDDEN,
+                "only from inside the pod (127.0.0.1)\n",
+            );
+        }
+        match path {
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => match self.not_ready_reason() {
                 None => text(StatusCode::OK, "ready\n"),

@@ -43,6 +43,7 @@ pub mod netpol;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
+pub mod probes;
 pub mod serve;
 pub mod tls;
 
@@ -125,6 +126,8 @@ pub struct ProxyConfig {
     pub detect_timeout: Duration,
     /// Resource bounds of the data path (connections, streams, timeouts, app pool).
     pub limits: Limits,
+    /// The app's kubelet probes, served on the admin port under `/app-health/`.
+    pub app_probes: Arc<probes::AppProbes>,
 }
 
 /// Default of [`ProxyConfig::detect_timeout`].
@@ -162,6 +165,7 @@ impl ProxyConfig {
             log_decisions: false,
             detect_timeout: DEFAULT_DETECT_TIMEOUT,
             limits: Limits::default(),
+            app_probes: Arc::default(),
         }
     }
 }
@@ -407,6 +411,8 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         tls: tls_rx.clone(),
         status: status_rx,
         metrics: metrics.clone(),
+        probes: config.app_probes.clone(),
+        app_host: config.app_host,
     });
     {
         let admin = admin.clone();
@@ -416,7 +422,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
                 admin_listener,
                 shutdown.clone(),
                 Duration::from_secs(1),
-                move |s, _, w| admin.clone().serve_connection(s, w),
+                move |s, peer, w| admin.clone().serve_connection(s, peer, w),
             )
             .instrument(span.clone()),
             &control,

@@ -32,3 +32,7 @@ mod netpol;
 /// The hop between sidecars: pooled HTTP/1.1 for HTTP/1.1 ports, HTTP/2 beyond the bound.
 #[path = "proxy/hop.rs"]
 mod hop;
+
+/// Kubelet probes on the admin port: every handler kind against real apps, bounded.
+#[path = "proxy/probes.rs"]
+mod probes;

@@ -3,11 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use palisade_certs::{SpiffeId, TrustBundle, TrustDomain};
+use palisade_proxy::probes::AppProbes;
 use palisade_proxy::{ConfigSource, ControlPlaneTarget, Limits, ProxyConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +60,11 @@ pub struct ProxyArgs {
     /// Address the app listens on.
     #[arg(long, env = "PALISADE_APP_HOST", default_value = "127.0.0.1")]
     pub app_host: IpAddr,
+    /// The app's kubelet probes, as the injector rewrote them: a JSON object keyed by admin
+    /// path (`/app-health/<container>/<livez|readyz|startupz>`) holding each original
+    /// httpGet, tcpSocket or grpc handler with a numeric port; served on the admin port.
+    #[arg(long, env = "PALISADE_APP_PROBES", default_value = "")]
+    pub app_probes: String,
     /// Data-plane worker threads.
     #[arg(long, env = "PALISADE_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
@@ -193,6 +200,7 @@ pub fn config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
         log_decisions: args.log_decisions,
         detect_timeout: Duration::from_millis(args.detect_timeout_ms),
         limits: limits(args)?,
+        app_probes: Arc::new(AppProbes::parse(&args.app_probes)?),
     })
 }
 

@@ -279,6 +279,8 @@ pub struct MeshOptions {
     pub permissive: bool,
     /// Bounds of both proxies.
     pub limits: palisade_proxy::Limits,
+    /// Kubelet probes served on search's admin port.
+    pub search_probes: Option<Arc<palisade_proxy::probes::AppProbes>>,
 }
 
 impl Default for MeshOptions {
@@ -292,6 +294,7 @@ impl Default for MeshOptions {
             log_decisions: false,
             permissive: false,
             limits: palisade_proxy::Limits::default(),
+            search_probes: None,
         }
     }
 }
@@ -328,6 +331,7 @@ fn config(
         log_decisions,
         detect_timeout: palisade_proxy::DEFAULT_DETECT_TIMEOUT,
         limits: limits.clone(),
+        app_probes: Default::default(),
     }
 }
 
@@ -359,37 +363,40 @@ impl Mesh {
             }))
         };
         let search = palisade_proxy::start(
-            config(
-                SEARCH,
-                "search",
-                credentials(&ca, SEARCH),
-                vec![
-                    workload(
-                        "search",
-                        SEARCH,
-                        vec![
-                            v1::WorkloadPort {
-                                name: "http".into(),
-                                port: app.addr.port().into(),
-                                protocol: v1::Protocol::Http as i32,
-                            },
-                            v1::WorkloadPort {
-                                name: "tcp".into(),
-                                port: echo.addr.port().into(),
-                                protocol: v1::Protocol::Tcp as i32,
-                            },
-                        ],
-                    ),
-                    settings.clone(),
-                    bundle.clone(),
-                    response(Resources::Services(v1::ServiceSnapshot::default())),
-                    authz(options.search_policies),
-                    egress(vec![]),
-                    unrestricted_network_policy(),
-                ],
-                options.log_decisions,
-                &options.limits,
-            ),
+            ProxyConfig {
+                app_probes: options.search_probes.clone().unwrap_or_default(),
+                ..config(
+                    SEARCH,
+                    "search",
+                    credentials(&ca, SEARCH),
+                    vec![
+                        workload(
+                            "search",
+                            SEARCH,
+                            vec![
+                                v1::WorkloadPort {
+                                    name: "http".into(),
+                                    port: app.addr.port().into(),
+                                    protocol: v1::Protocol::Http as i32,
+                                },
+                                v1::WorkloadPort {
+                                    name: "tcp".into(),
+                                    port: echo.addr.port().into(),
+                                    protocol: v1::Protocol::Tcp as i32,
+                                },
+                            ],
+                        ),
+                        settings.clone(),
+                        bundle.clone(),
+                        response(Resources::Services(v1::ServiceSnapshot::default())),
+                        authz(options.search_policies),
+                        egress(vec![]),
+                        unrestricted_network_policy(),
+                    ],
+                    options.log_decisions,
+                    &options.limits,
+                )
+            },
             shutdown.clone(),
         )
         .await
