@@ -22,6 +22,7 @@ pub mod config;
 mod discovery;
 mod identity;
 pub mod index;
+pub mod k8s;
 mod logsafe;
 mod metrics;
 pub mod model;
@@ -39,6 +40,7 @@ use palisade_certs::{SpiffeId, TrustDomain};
 
 pub use config::{
     AddressAssignments, ConfigError, ConfigErrors, DocumentRef, load_dir, load_dir_assigned,
+    load_json_documents,
 };
 pub use discovery::{Nack, ProxyStatus, TypeStatus};
 pub use index::{

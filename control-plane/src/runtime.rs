@@ -62,6 +62,9 @@ pub struct ControlPlaneConfig {
     pub assigned_addresses: config::AddressAssignments,
     /// Bounds on what gRPC clients can hold.
     pub limits: GrpcLimits,
+    /// Read the mesh from the cluster instead of `config_dir` (which then only names the
+    /// source in messages); already listed once, see [`crate::k8s`].
+    pub kubernetes: Option<crate::k8s::RunningSource>,
 }
 
 /// Bounds on the gRPC listener, which anyone who can reach it may use before proving an
@@ -229,6 +232,21 @@ impl Shared {
         Ok(())
     }
 
+    /// Publishes a snapshot another source built (or counts its rejection), serialised with
+    /// reloads like [`ControlPlane::update`].
+    pub(crate) fn publish_built(
+        &self,
+        built: Result<MeshSnapshot, ConfigErrors>,
+    ) -> Result<(), ConfigErrors> {
+        let _guard = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let result = built.and_then(|s| self.publish(s));
+        self.metrics.reloaded(result.is_ok());
+        result
+    }
+
     pub(crate) fn reload(&self) -> Result<(), ConfigErrors> {
         let mut cache = self
             .reload_lock
@@ -276,11 +294,16 @@ pub async fn start(
 ) -> Result<ControlPlane, StartError> {
     // The first reload then parses only the files edited since.
     let mut parse_cache = config::ParseCache::default();
-    let snapshot = config::load_dir_cached(
-        &config.config_dir,
-        &config.assigned_addresses,
-        &mut parse_cache,
-    )?;
+    let mut config = config;
+    let kubernetes = config.kubernetes.take();
+    let snapshot = match &kubernetes {
+        Some(source) => source.initial().clone(),
+        None => config::load_dir_cached(
+            &config.config_dir,
+            &config.assigned_addresses,
+            &mut parse_cache,
+        )?,
+    };
     let settings = snapshot.settings().clone();
     if &settings.trust_domain != config.ca.trust_domain() {
         return Err(StartError::TrustDomainMismatch {
@@ -318,7 +341,7 @@ pub async fn start(
     });
     let tracker = TaskTracker::new();
     // Created before any task starts, so a failure leaves nothing running.
-    let watcher = if config.watch {
+    let watcher = if config.watch && kubernetes.is_none() {
         Some(
             watcher::DirWatcher::new(&config.config_dir).map_err(|source| StartError::Watch {
                 dir: config.config_dir.clone(),
@@ -429,6 +452,10 @@ pub async fn start(
     });
     if let Some(watcher) = watcher {
         tracker.spawn(watcher.run(Arc::clone(&shared), shutdown.clone()));
+    }
+    if let Some(source) = kubernetes {
+        let shared = Arc::clone(&shared);
+        tracker.spawn(source.run(move |built| shared.publish_built(built), shutdown.clone()));
     }
     tracker.close();
     ready.store(true, Ordering::Release);

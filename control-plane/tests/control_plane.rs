@@ -10,6 +10,7 @@ mod control_plane {
     mod config;
     mod discovery;
     mod identity;
+    mod kubernetes;
     mod limits;
     mod netpol;
     mod policy;

@@ -1,4 +1,5 @@
-//! `palisade control-plane`: CA + identity service + discovery, from a directory of YAML.
+//! `palisade control-plane`: CA + identity service + discovery, from a directory of YAML or
+//! (`--kubernetes`) from the cluster's API server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use palisade_control_plane::k8s::KubernetesSource;
 use palisade_control_plane::{ControlPlaneConfig, GrpcLimits, TokenStore};
 use tokio_util::sync::CancellationToken;
 
@@ -15,8 +17,21 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Args)]
 pub struct ControlPlaneArgs {
     /// Directory of mesh YAML (Workload, Service, MeshConfig, policies); watched for changes.
-    #[arg(long, env = "PALISADE_CONFIG_DIR")]
-    pub config: PathBuf,
+    #[arg(
+        long,
+        env = "PALISADE_CONFIG_DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub config: Option<PathBuf>,
+    /// Read the mesh from the cluster (Pods with a sidecar, Services, Namespaces,
+    /// NetworkPolicies, Palisade's custom resources) through the API server named by the
+    /// pod's service account, or KUBECONFIG outside a cluster.
+    #[arg(long, env = "PALISADE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// With --kubernetes: seconds to wait for the first complete listing before giving up.
+    #[arg(long, env = "PALISADE_KUBERNETES_SYNC_SECONDS", default_value_t = 60)]
+    pub kubernetes_sync_seconds: u64,
     /// CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, optional cert-chain.pem);
     /// create one with `palisade ca init --out DIR`.
     #[arg(long, env = "PALISADE_CA_DIR")]
@@ -131,8 +146,6 @@ impl ControlPlaneArgs {
 pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
     // Flags first: a bad value is a one-line error before any file is read.
     let limits = args.limits()?;
-    let snapshot = palisade_control_plane::load_dir(&args.config)?;
-    let ca = crate::cmd::ca::load(&args.ca_dir, snapshot.settings().trust_domain.clone())?;
     let tokens = TokenStore::load(&args.tokens)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,8 +153,23 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
+        let (config_dir, snapshot, kubernetes) = match &args.config {
+            Some(dir) => (dir.clone(), palisade_control_plane::load_dir(dir)?, None),
+            None => {
+                let source = KubernetesSource::infer()
+                    .await?
+                    .start(
+                        Duration::from_secs(args.kubernetes_sync_seconds),
+                        shutdown.clone(),
+                    )
+                    .await?;
+                let snapshot = source.initial().clone();
+                (PathBuf::from("kubernetes"), snapshot, Some(source))
+            }
+        };
+        let ca = crate::cmd::ca::load(&args.ca_dir, snapshot.settings().trust_domain.clone())?;
         let config = ControlPlaneConfig {
-            config_dir: args.config.clone(),
+            config_dir,
             ca: Arc::new(ca),
             tokens,
             grpc_addr: args.grpc_addr,
@@ -149,6 +177,7 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
             watch: !args.no_watch,
             assigned_addresses: Default::default(),
             limits,
+            kubernetes,
         };
         let cp = palisade_control_plane::start(config, shutdown.clone()).await?;
         tracing::info!(grpc = %cp.grpc_addr(), admin = ?cp.admin_addr(), identity = %cp.identity(), "control plane serving");

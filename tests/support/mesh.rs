@@ -278,6 +278,7 @@ impl MeshBuilder {
                 watch: self.watch,
                 assigned_addresses: Default::default(),
                 limits: Default::default(),
+                kubernetes: None,
             },
             shutdown.clone(),
         )

@@ -239,6 +239,24 @@ pub fn load_files_assigned<P: AsRef<Path>, S: AsRef<str>>(
     finish(parsed, errors, assigned)
 }
 
+/// Validates documents read from a cluster (the Kubernetes source), each named by where it
+/// comes from: the checks of [`load_files`], except that a Service may select no Workload
+/// and a Workload need not declare a port a Service targets (normal in a cluster).
+pub fn load_json_documents(
+    documents: Vec<(PathBuf, serde_json::Value)>,
+) -> Result<MeshSnapshot, ConfigErrors> {
+    let mut parsed = validate::Parsed::default();
+    parsed.cluster = true;
+    let mut errors = Vec::new();
+    for (path, json) in documents {
+        match serde_yaml_ng::to_value(&json) {
+            Ok(value) => parse_document(&path, 1, value, &mut parsed, &mut errors),
+            Err(e) => errors.push(ConfigError::file(&path, format!("cannot convert: {e}"))),
+        }
+    }
+    finish(parsed, errors, &AddressAssignments::new())
+}
+
 /// The YAML documents of each configuration file as last read, so that a reload parses
 /// again only the files whose text changed: re-parsing a mesh's thousands of Workloads on
 /// every policy edit delayed each push by hundreds of milliseconds.

@@ -78,6 +78,9 @@ pub(crate) struct Parsed {
     egress_policies: BTreeMap<NamespacedName, EgressPolicy>,
     network_policies: BTreeMap<NamespacedName, NetworkPolicy>,
     namespaces: BTreeMap<String, Namespace>,
+    /// Read from a cluster, where a Service may select no Pod (scaled to zero, mid-rollout)
+    /// and Pods need not declare the ports they serve: both are normal there, not typos.
+    pub cluster: bool,
 }
 
 impl Parsed {
@@ -421,7 +424,7 @@ impl Parsed {
 
         let mut services = BTreeMap::new();
         for s in self.services {
-            if let Some(service) = resolve_service(&s, &workloads, td, &mut errors) {
+            if let Some(service) = resolve_service(&s, &workloads, td, self.cluster, &mut errors) {
                 services.insert(s.ctx.key(), service);
             }
         }
@@ -508,13 +511,14 @@ fn resolve_service(
     s: &ServiceDraft,
     workloads: &BTreeMap<NamespacedName, Workload>,
     td: &TrustDomain,
+    cluster: bool,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Service> {
     let selected: Vec<&Workload> = workloads
         .values()
         .filter(|w| w.namespace == s.namespace && w.matches(&s.selector))
         .collect();
-    if selected.is_empty() {
+    if selected.is_empty() && !cluster {
         errors.push(s.ctx.error(
             Some("spec.selector"),
             format!(
@@ -532,6 +536,10 @@ fn resolve_service(
         let mut inherited: Option<(Protocol, &Workload)> = None;
         for w in &selected {
             let Some(wp) = w.port(target) else {
+                if cluster && !w.non_tcp_ports.iter().any(|p| p.port == target) {
+                    // An undeclared port: the Service's own protocol applies.
+                    continue;
+                }
                 if let Some(other) = w.non_tcp_ports.iter().find(|p| p.port == target) {
                     errors.push(s.ctx.error(
                         Some(&format!("spec.ports[{i}].targetPort")),

@@ -11,7 +11,8 @@ use palisade_proto::v1::discovery_response::Resources;
 use tonic::Code;
 
 use super::support::{
-    MESH, POLICIES, ProxyStream, SERVICES, WORKLOADS, ack, nack, start_shop, subscribe, timed,
+    MESH, POLICIES, ProxyStream, SERVICES, WORKLOADS, ack, connect_as, nack, start_shop, subscribe,
+    timed,
 };
 
 #[tokio::test]
@@ -69,38 +70,6 @@ async fn connect_search(
     BTreeMap<String, pb::DiscoveryResponse>,
 ) {
     connect_as(cp, "search").await
-}
-
-/// Subscribes to every type as the proxy of `shop/<workload>`.
-async fn connect_as(
-    cp: &palisade_control_plane::test_util::TestControlPlane,
-    workload: &str,
-) -> (
-    DiscoveryClient<tonic::transport::Channel>,
-    ProxyStream,
-    BTreeMap<String, pb::DiscoveryResponse>,
-) {
-    let (creds, _) = cp.certify("shop", workload).await.unwrap();
-    let mut client = DiscoveryClient::new(cp.channel(Some(&creds)).await.unwrap());
-    let mut urls = pb::ALL_TYPE_URLS.iter();
-    let first = subscribe(urls.next().unwrap(), Some(("shop", workload)));
-    let mut stream = ProxyStream::open(&mut client, first).await.unwrap();
-    for url in urls {
-        stream.send(subscribe(url, None)).await;
-    }
-    let mut got = BTreeMap::new();
-    // One response per type this control plane serves (proxies subscribe to every type
-    // they know; a type the control plane does not serve is ignored).
-    for _ in 0..ResourceType::ALL.len() {
-        let resp = stream.recv().await;
-        assert!(!resp.nonce.is_empty());
-        assert_eq!(resp.version_info.len(), 16, "FNV-1a 64 in hex");
-        assert!(
-            got.insert(resp.type_url.clone(), resp).is_none(),
-            "one response per type"
-        );
-    }
-    (client, stream, got)
 }
 
 #[tokio::test]

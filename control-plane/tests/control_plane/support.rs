@@ -1,7 +1,11 @@
 //! Fixtures and helpers shared by the test modules.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
+
+use palisade_control_plane::ResourceType;
+use palisade_proto::v1 as pb;
 
 use palisade_control_plane::test_util::TestControlPlane;
 use palisade_proto::v1::discovery_client::DiscoveryClient;
@@ -193,4 +197,36 @@ impl ProxyStream {
             }
         }
     }
+}
+
+/// Subscribes to every type as the proxy of `shop/<workload>`.
+pub async fn connect_as(
+    cp: &palisade_control_plane::test_util::TestControlPlane,
+    workload: &str,
+) -> (
+    DiscoveryClient<tonic::transport::Channel>,
+    ProxyStream,
+    BTreeMap<String, pb::DiscoveryResponse>,
+) {
+    let (creds, _) = cp.certify("shop", workload).await.unwrap();
+    let mut client = DiscoveryClient::new(cp.channel(Some(&creds)).await.unwrap());
+    let mut urls = pb::ALL_TYPE_URLS.iter();
+    let first = subscribe(urls.next().unwrap(), Some(("shop", workload)));
+    let mut stream = ProxyStream::open(&mut client, first).await.unwrap();
+    for url in urls {
+        stream.send(subscribe(url, None)).await;
+    }
+    let mut got = BTreeMap::new();
+    // One response per type this control plane serves (proxies subscribe to every type
+    // they know; a type the control plane does not serve is ignored).
+    for _ in 0..ResourceType::ALL.len() {
+        let resp = stream.recv().await;
+        assert!(!resp.nonce.is_empty());
+        assert_eq!(resp.version_info.len(), 16, "FNV-1a 64 in hex");
+        assert!(
+            got.insert(resp.type_url.clone(), resp).is_none(),
+            "one response per type"
+        );
+    }
+    (client, stream, got)
 }

@@ -503,6 +503,7 @@ fn start(
         watch: true,
         assigned_addresses: plan.assigned.clone(),
         limits: Default::default(),
+        kubernetes: None,
     };
     let (anchors, control_plane) = spawn_service(
         &node_ns,
