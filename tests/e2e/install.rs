@@ -1,0 +1,529 @@
+//! `palisade install` through the real binary: the output is schema-valid Kubernetes
+//! (kubernetes-validate --strict), the CRD schemas accept what the control plane's parser
+//! accepts and refuse what it refuses (checked with Python's jsonschema, independent of both),
+//! the webhook's caBundle verifies the injector's serving certificate (openssl, and
+//! x509-parser in-process), `--ca-dir` is carried over exactly, and the output equals a
+//! golden file once generated key material is masked (`PALISADE_BLESS=1` rewrites it).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::support::procs::{run_palisade, workspace_root};
+use crate::support::tools::{self, output_text};
+
+/// Bound on one external tool run.
+const TOOL_LIMIT: Duration = Duration::from_secs(120);
+/// The image given in tests, so the golden file does not change with the crate version.
+const GOLDEN_IMAGE: &str = "ghcr.io/palisade-mesh/palisade:golden";
+/// The injector's name as the API server dials it.
+const INJECTOR_HOST: &str = "palisade-injector.palisade-system.svc";
+
+// === helpers ===
+
+/// `palisade install args...`, asserting success and a silent stderr; returns stdout.
+async fn install(args: &[&str]) -> String {
+    let mut all = vec!["install"];
+    all.extend_from_slice(args);
+    let out = run_palisade(&all).await;
+    assert!(
+        out.status.success(),
+        "palisade {}: {}",
+        all.join(" "),
+        output_text(&out)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "palisade {}: {}",
+        all.join(" "),
+        output_text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every YAML document of the output (comment-only documents left out).
+fn documents(yaml: &str) -> Vec<Value> {
+    // The output separates documents with `---` lines only; the separator takes the
+    // newline that ends each document, which a literal block's value needs back.
+    yaml.split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str::<Value>(&format!("{doc}\n")).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the install output"))
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or_else(|| panic!("{v} is not a string")))
+        .unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Exit status 1, one line on stderr holding `needle`, no panic.
+fn assert_one_line_error(what: &str, out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{what}: {}", output_text(out));
+    assert!(!stderr.contains("panicked"), "{what}: {}", output_text(out));
+    assert_eq!(stderr.lines().count(), 1, "{what}: {}", output_text(out));
+    assert!(
+        stderr.contains(needle),
+        "{what}: no {needle:?}: {}",
+        output_text(out)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: printed manifests: {}",
+        output_text(out)
+    );
+}
+
+/// The output with generated key material masked: base64 values of Secrets and caBundle,
+/// and PEM blocks. Everything else must be byte-for-byte stable.
+fn mask(yaml: &str) -> String {
+    let mut out = String::new();
+    let mut in_pem = false;
+    for line in yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if trimmed.starts_with("-----BEGIN ") {
+            in_pem = true;
+            out.push_str(&format!("{indent}<generated PEM>\n"));
+        }
+        if in_pem {
+            in_pem = !trimmed.starts_with("-----END ");
+            continue;
+        }
+        let generated = trimmed.split_once(": \"").is_some_and(|(_, v)| {
+            let v = v.trim_end_matches('"');
+            v.len() >= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        });
+        match trimmed.split_once(": ") {
+            Some((key, _)) if generated => {
+                out.push_str(&format!("{indent}{key}: \"<generated base64>\"\n"))
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Where two texts first differ, with a little context.
+fn first_difference(expected: &str, actual: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let at = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let show = |lines: &[&str]| {
+        lines[at.saturating_sub(2)..(at + 3).min(lines.len())]
+            .iter()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "first difference at line {} (golden {} lines, actual {}):\n  golden:\n{}  actual:\n{}",
+        at + 1,
+        a.len(),
+        b.len(),
+        show(&a),
+        show(&b)
+    )
+}
+
+// === tests ===
+
+/// Every object passes kubernetes-validate --strict (Kubernetes' own OpenAPI schemas; the
+/// CRDs are validated as apiextensions.k8s.io/v1 objects), and a typo in a field name makes
+/// the same run fail (so --strict really looks at these documents).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_passes_kubernetes_validate_strict() {
+    let test = "install::output_passes_kubernetes_validate_strict";
+    let Some(validate) = tools::require(test, "kubernetes-validate") else {
+        return;
+    };
+    let yaml = install(&[]).await;
+    let count = documents(&yaml).len();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "install.yaml", &yaml);
+    let out = tools::run_ok(&validate, [Path::new("--strict"), &file], TOOL_LIMIT).await;
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict: {}",
+        output_text(&out)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed = text
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    assert_eq!(passed, count, "every document checked: {text}");
+    assert!(!text.contains("WARN") && !text.contains("ERROR"), "{text}");
+
+    // Control: a misspelt field in the control plane's Deployment.
+    let broken = yaml.replacen("readOnlyRootFilesystem:", "readOnlyRootFilesytem:", 1);
+    let file = write(dir.path(), "broken.yaml", &broken);
+    let out = tools::run_ok(&validate, [Path::new("--strict"), &file], TOOL_LIMIT).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the control passed: {}",
+        output_text(&out)
+    );
+}
+
+/// The CRD schemas against the control plane's parser (`palisade check`), both ways:
+/// every policy document under examples/ and in tests/fixtures/install/valid is accepted by
+/// both; each file of tests/fixtures/install/invalid (wrong enum, wrong type, unknown field,
+/// missing required field, bad pattern, unsupported Istio feature) is refused by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_schemas_agree_with_the_control_plane() {
+    let test = "install::crd_schemas_agree_with_the_control_plane";
+    let Some(python) = tools::python_with("jsonschema, yaml").await else {
+        crate::support::skip(test, "python with jsonschema and pyyaml not found");
+        return;
+    };
+    let root = workspace_root();
+    let dir = tempfile::tempdir().unwrap();
+    let install_file = write(dir.path(), "install.yaml", &install(&[]).await);
+    let script = root.join("tests/e2e/install_schema.py");
+    let schema_check = |files: Vec<PathBuf>| {
+        let (python, script, install_file) = (python.clone(), script.clone(), install_file.clone());
+        async move {
+            let mut args: Vec<PathBuf> = vec![script, install_file];
+            args.extend(files);
+            let out = tools::run_ok(&python, &args, TOOL_LIMIT).await;
+            assert!(
+                out.status.success(),
+                "install_schema.py: {}",
+                output_text(&out)
+            );
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<Value>>()
+        }
+    };
+    let yaml_files = |dir: &Path| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        files
+    };
+
+    // Accepted by both: every directory of examples/ holding YAML, and the valid fixtures.
+    let mut accepted_dirs: Vec<PathBuf> = std::fs::read_dir(root.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && !yaml_files(p).is_empty())
+        .collect();
+    accepted_dirs.sort();
+    accepted_dirs.push(root.join("tests/fixtures/install/valid"));
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    for d in &accepted_dirs {
+        let shown = d.strip_prefix(root).unwrap().display().to_string();
+        let out = run_palisade(&["check", "--config", &shown]).await;
+        assert!(
+            out.status.success(),
+            "palisade check --config {shown}: {}",
+            output_text(&out)
+        );
+        let results = schema_check(yaml_files(d)).await;
+        assert!(!results.is_empty(), "{shown}: no policy documents");
+        for r in results {
+            kinds.insert(r["kind"].as_str().unwrap().to_owned());
+            if r["valid"] != true {
+                problems.push(format!(
+                    "{} #{} ({} {}): the parser accepts it, the schema refuses it: {}",
+                    r["file"], r["index"], r["kind"], r["name"], r["errors"]
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["AuthorizationPolicy", "EgressPolicy", "MeshConfig"],
+        "every kind is exercised"
+    );
+
+    // Refused by both: each invalid fixture alone in a directory.
+    let invalid = yaml_files(&root.join("tests/fixtures/install/invalid"));
+    assert!(invalid.len() >= 30, "{} invalid fixtures", invalid.len());
+    let results = schema_check(invalid.clone()).await;
+    assert_eq!(
+        results.len(),
+        invalid.len(),
+        "one resource document per invalid fixture"
+    );
+    for (file, r) in invalid.iter().zip(&results) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if r["valid"] != false {
+            problems.push(format!("{name}: the schema accepts it"));
+        }
+        let alone = tempfile::tempdir().unwrap();
+        std::fs::copy(file, alone.path().join(&name)).unwrap();
+        let out = run_palisade(&["check", "--config", alone.path().to_str().unwrap()]).await;
+        if out.status.code() != Some(1) {
+            problems.push(format!(
+                "{name}: palisade check accepts it: {}",
+                output_text(&out)
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "schema and parser disagree:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// The webhook configuration: its caBundle is a CA that verifies the injector's serving
+/// certificate for palisade-injector.palisade-system.svc (openssl with hostname and purpose
+/// checks, and the signature in-process); both webhooks select and fail as designed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_ca_verifies_the_injector_certificate() {
+    let test = "install::webhook_ca_verifies_the_injector_certificate";
+    let docs = documents(&install(&[]).await);
+    let cfg = find(&docs, "MutatingWebhookConfiguration", "palisade-injector");
+    let hooks = cfg["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2);
+    let ca_pem = b64(&hooks[0]["clientConfig"]["caBundle"]);
+    assert_eq!(ca_pem, b64(&hooks[1]["clientConfig"]["caBundle"]));
+    let secret = find(&docs, "Secret", "palisade-injector-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let cert_pem = b64(&secret["data"]["tls.crt"]);
+    assert!(
+        String::from_utf8(b64(&secret["data"]["tls.key"]))
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    // The Deployment mounts that Secret where its flags point.
+    let pod = &find(&docs, "Deployment", "palisade-injector")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "palisade-injector-tls"
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/var/run/palisade/tls"
+    );
+
+    // In-process: the leaf is signed by the caBundle's key and names the service.
+    let (_, ca) = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap();
+    let (_, leaf) = x509_parser::pem::parse_x509_pem(&cert_pem).unwrap();
+    let ca = ca.parse_x509().unwrap();
+    let leaf = leaf.parse_x509().unwrap();
+    assert!(ca.is_ca());
+    assert!(!leaf.is_ca());
+    leaf.verify_signature(Some(ca.public_key())).unwrap();
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert!(
+        sans.iter()
+            .any(|n| n == &format!("DNSName({INJECTOR_HOST})")),
+        "{sans:?}"
+    );
+
+    // Failure policies and selectors.
+    let expressions = |h: &Value| h["namespaceSelector"]["matchExpressions"].clone();
+    assert_eq!(hooks[0]["name"], "namespace.inject.palisade.dev");
+    assert_eq!(hooks[0]["failurePolicy"], "Fail");
+    assert_eq!(
+        expressions(&hooks[0]),
+        serde_json::json!([
+            {"key": "palisade.dev/inject", "operator": "In", "values": ["enabled"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["palisade-system", "kube-system"]},
+        ])
+    );
+    assert_eq!(hooks[1]["name"], "pod.inject.palisade.dev");
+    assert_eq!(hooks[1]["failurePolicy"], "Ignore");
+    assert_eq!(
+        expressions(&hooks[1]),
+        serde_json::json!([
+            {"key": "palisade.dev/inject", "operator": "NotIn", "values": ["enabled"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["palisade-system", "kube-system", "kube-public", "kube-node-lease"]},
+        ])
+    );
+    for h in hooks {
+        assert_eq!(h["sideEffects"], "None");
+        assert_eq!(h["timeoutSeconds"], 10);
+        assert_eq!(h["reinvocationPolicy"], "Never");
+        assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
+        assert_eq!(h["rules"][0]["operations"], serde_json::json!(["CREATE"]));
+        assert_eq!(h["rules"][0]["resources"], serde_json::json!(["pods"]));
+        assert_eq!(h["clientConfig"]["service"]["name"], "palisade-injector");
+        assert_eq!(h["clientConfig"]["service"]["port"], 443);
+    }
+
+    // openssl: a full path validation for a TLS server with that host name.
+    let Some(openssl) = tools::require(test, "openssl") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    let leaf_file = dir.path().join("tls.crt");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    std::fs::write(&leaf_file, &cert_pem).unwrap();
+    let verify = |host: &str| {
+        let args: Vec<String> = [
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslserver",
+            "-verify_hostname",
+            host,
+            "-CAfile",
+            ca_file.to_str().unwrap(),
+            leaf_file.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let openssl = openssl.clone();
+        async move { tools::run_ok(&openssl, &args, TOOL_LIMIT).await }
+    };
+    let out = verify(INJECTOR_HOST).await;
+    assert!(
+        out.status.success(),
+        "openssl verify: {}",
+        output_text(&out)
+    );
+    // Control: another service's name does not verify.
+    let out = verify("evil.palisade-system.svc").await;
+    assert!(
+        !out.status.success(),
+        "openssl verify accepted another name"
+    );
+}
+
+/// `--ca-dir` puts that CA (as `palisade ca init` wrote it) into the Secret and its roots
+/// into the trust anchors ConfigMap, unchanged; bad flags are one-line errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_dir_is_carried_over_and_bad_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let out = run_palisade(&["ca", "init", "--out", ca_dir.to_str().unwrap()]).await;
+    assert!(
+        out.status.success(),
+        "palisade ca init: {}",
+        output_text(&out)
+    );
+    let docs = documents(&install(&["--ca-dir", ca_dir.to_str().unwrap()]).await);
+    let secret = find(&docs, "Secret", "palisade-ca");
+    for name in [
+        "root-cert.pem",
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+    ] {
+        let file = std::fs::read(ca_dir.join(name)).unwrap();
+        assert_eq!(b64(&secret["data"][name]), file, "{name}");
+    }
+    assert!(
+        secret["data"].get("root-key.pem").is_none(),
+        "the root key stays offline"
+    );
+    let anchors = find(&docs, "ConfigMap", "palisade-trust-anchors");
+    let root = std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap();
+    assert_eq!(anchors["data"]["ca.crt"], root.as_str());
+    assert_eq!(
+        anchors["metadata"]["annotations"]["palisade.dev/trust-domain"],
+        "cluster.local"
+    );
+
+    // Without --ca-dir a new CA is made for each install; the default image is this version.
+    let yaml = install(&["--trust-domain", "prod.example.org"]).await;
+    let docs = documents(&yaml);
+    let generated = find(&docs, "Secret", "palisade-ca");
+    assert_ne!(
+        generated["data"]["root-cert.pem"],
+        secret["data"]["root-cert.pem"]
+    );
+    assert_eq!(
+        generated["metadata"]["annotations"]["palisade.dev/trust-domain"],
+        "prod.example.org"
+    );
+    let image = format!(
+        "ghcr.io/palisade-mesh/palisade:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let cp = find(&docs, "Deployment", "palisade-control-plane");
+    assert_eq!(
+        cp["spec"]["template"]["spec"]["containers"][0]["image"],
+        image.as_str()
+    );
+
+    let missing = dir.path().join("nothing-here");
+    let out = run_palisade(&["install", "--ca-dir", missing.to_str().unwrap()]).await;
+    assert_one_line_error("--ca-dir missing", &out, "does not exist");
+    let out = run_palisade(&["install", "--trust-domain", "Bad_Domain"]).await;
+    assert_one_line_error("--trust-domain", &out, "--trust-domain");
+    let out = run_palisade(&["install", "--image", "registry/x:1 evil: true"]).await;
+    assert_one_line_error("--image", &out, "is not an image reference");
+}
+
+/// The output for fixed flags equals tests/golden/install/install.yaml once generated key
+/// material is masked, and two runs differ only in that material. `PALISADE_BLESS=1`
+/// rewrites the golden file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_matches_the_golden_file() {
+    let args = ["--image", GOLDEN_IMAGE, "--trust-domain", "cluster.local"];
+    let first = install(&args).await;
+    let second = install(&args).await;
+    assert_ne!(first, second, "key material is generated per install");
+    let masked = mask(&first);
+    assert_eq!(
+        masked,
+        mask(&second),
+        "only generated material differs between installs"
+    );
+    assert!(!masked.contains("PRIVATE KEY"), "a key escaped the mask");
+
+    let file = workspace_root().join("tests/golden/install/install.yaml");
+    if std::env::var("PALISADE_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &masked).unwrap();
+        return;
+    }
+    let golden = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        golden == masked,
+        "{} differs from `palisade install {}` (PALISADE_BLESS=1 rewrites it); {}",
+        file.display(),
+        args.join(" "),
+        first_difference(&golden, &masked)
+    );
+}
