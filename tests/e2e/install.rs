@@ -527,3 +527,424 @@ async fn output_matches_the_golden_file() {
         first_difference(&golden, &masked)
     );
 }
+
+// === value by value ===
+
+/// Values the schema accepts and the control plane refuses, on purpose: what a pattern
+/// cannot say (the path structure of a SPIFFE ID, the operator rules of path templates) is
+/// left to the control plane, which names the problem.
+const SCHEMA_LOOSER: &[(&str, &str)] = &[
+    ("principals", "cluster.local"),
+    ("principals", "cluster.local/ns/a/sa/b/"),
+    ("principals", "CLUSTER.local/x"),
+    ("principals", "cluster.local/ns/./sa"),
+    ("principals", "cluster.local/.."),
+    ("paths", "/{x}"),
+    ("paths", "/a/{*}x"),
+    ("paths", "/{**}/{*}"),
+    ("paths", "/a/{*}/b*"),
+    ("certificateLifetime", "4s"),
+    ("certificateLifetime", "2161h"),
+];
+
+/// One probe: a field, a value, and the whole document that carries it.
+struct Probe {
+    field: &'static str,
+    value: Value,
+    doc: Value,
+}
+
+fn policy(kind: &str, name: &str, spec: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "palisade.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": spec,
+    })
+}
+
+/// Edge cases of every pattern-checked field, each in a document of its own.
+fn probes() -> Vec<Probe> {
+    use serde_json::json;
+    let long = |n: usize| "a".repeat(n);
+    let mut out = Vec::new();
+    let mut add =
+        |field: &'static str, value: Value, doc: Value| out.push(Probe { field, value, doc });
+    let source: &[(&'static str, Vec<Value>)] = &[
+        (
+            "principals",
+            [
+                "cluster.local/ns/a/sa/b",
+                "spiffe://cluster.local/ns/a/sa/b",
+                "*",
+                "spiffe://*",
+                "*/sa/b",
+                "cluster.local/*",
+                "td_x.y/ns/a/sa/b",
+                "cluster.local/ns/a/sa/B",
+                "a*b",
+                "",
+                "spiffe://",
+                "cluster.local",
+                "cluster.local/ns/a/sa/b/",
+                "cluster.local/ns/%41",
+                "example.com:8080/x",
+                "CLUSTER.local/x",
+                "cluster.local/ns/./sa",
+                "cluster.local/..",
+                "*.local/x",
+                "**",
+            ]
+            .map(Value::from)
+            .to_vec(),
+        ),
+        (
+            "namespaces",
+            [
+                "shop",
+                "shop*",
+                "*shop",
+                "*",
+                "-shop",
+                "shop-",
+                "Shop",
+                &long(63),
+                &long(64),
+                "sh_op",
+                "*-",
+                "-*",
+                "s.hop",
+            ]
+            .map(Value::from)
+            .to_vec(),
+        ),
+        (
+            "ipBlocks",
+            [
+                "10.0.0.0/8",
+                "10.0.0.1",
+                "::1",
+                "::ffff:10.0.0.1",
+                "fd00::/8",
+                "10.0.0.0/33",
+                "10.0.0.0/+8",
+                "10.0.0.0/008",
+                "1.2.3",
+                "fe80::1%eth0",
+                "[::1]",
+                "0.0.0.0/0",
+                "10.0.0.0/",
+                "::/128",
+                "::/129",
+                "office",
+            ]
+            .map(Value::from)
+            .to_vec(),
+        ),
+        (
+            "serviceAccounts",
+            [
+                "shop/frontend",
+                "shop/sa.v2",
+                "frontend",
+                "shop/*",
+                "*/x",
+                "shop/",
+                "/x",
+                "Shop/a",
+                "a/b/c",
+                "shop/A",
+                "shop/a_b",
+                &format!("{}/x", long(64)),
+                &format!("shop/{}", long(64)),
+                "shop/a..b",
+            ]
+            .map(Value::from)
+            .to_vec(),
+        ),
+    ];
+    for (field, values) in source {
+        for v in values {
+            let spec = json!({"rules": [{"from": [{"source": {*field: [v]}}]}]});
+            add(field, v.clone(), policy("AuthorizationPolicy", "p", spec));
+        }
+    }
+    let operation: &[(&'static str, Vec<Value>)] = &[
+        (
+            "hosts",
+            [
+                "example.com",
+                "Example.COM",
+                "*",
+                "*.example.com",
+                "example.*",
+                "example.com:8080",
+                "[::1]:8080",
+                "a_b.com",
+                "a b",
+                "ex*ample",
+                "",
+                "a/b",
+            ]
+            .map(Value::from)
+            .to_vec(),
+        ),
+        (
+            "methods",
+            [
+                "GET", "get", "*", "G*", "*T", "GE T", "M-SEARCH", "G'E", "G`E", "G\"E", "G,E",
+                "G(E",
+            ]
+            .map(Value::from)
+            .to_vec(),
+        ),
+        (
+            "paths",
+            [
+                "/",
+                "/a",
+                "/a/*",
+                "*",
+                "*.html",
+                "/a/{*}",
+                "/a/{**}",
+                "/{*}/b/{**}",
+                "/a?b",
+                "/a#b",
+                "a",
+                "/a*b",
+                "/a/%2F",
+                "/{x}",
+                "//",
+                "/a b",
+                "*a?",
+                "/a/{*}x",
+                "/{**}/{*}",
+                "/a/{*}/",
+                "/a/{*}/b*",
+            ]
+            .map(Value::from)
+            .to_vec(),
+        ),
+        (
+            "ports",
+            vec![
+                json!("80"),
+                json!(80),
+                json!("+80"),
+                json!("0080"),
+                json!("0"),
+                json!(0),
+                json!(70000),
+                json!("http"),
+                json!("-1"),
+                json!(" 80"),
+                json!("65535"),
+                json!(65535),
+                json!("65536"),
+                json!(1.5),
+                json!(true),
+            ],
+        ),
+    ];
+    for (field, values) in operation {
+        for v in values {
+            let spec = json!({"rules": [{"to": [{"operation": {*field: [v]}}]}]});
+            add(field, v.clone(), policy("AuthorizationPolicy", "p", spec));
+        }
+    }
+    for key in [
+        "request.headers[x-a]",
+        "request.headers[]",
+        "request.headers[:authority]",
+        "source.namespace",
+        "remote.ip",
+        "request.auth.claims[x]",
+        "source.user",
+        "request.headers[X_A]",
+        "request.headers[a b]",
+        "destination.port",
+        "request.headers",
+    ] {
+        let spec = json!({"rules": [{"when": [{"key": key, "values": ["1"]}]}]});
+        add(
+            "when.key",
+            json!(key),
+            policy("AuthorizationPolicy", "p", spec),
+        );
+    }
+    for name in ["a", "a-b", "A", "a.b", &long(63), &long(64), "-a", "1a"] {
+        let mut doc = policy("AuthorizationPolicy", "p", json!({}));
+        doc["metadata"]["name"] = json!(name);
+        add("metadata.name", json!(name), doc);
+    }
+    let labels = format!(
+        "{}.com",
+        (0..4).map(|_| long(60)).collect::<Vec<_>>().join(".")
+    );
+    for h in [
+        "api.stripe.com",
+        "*.x.com",
+        "192.0.2.1",
+        "::1",
+        "*",
+        "a.*.com",
+        "-a.com",
+        "a-.com",
+        "API.com",
+        "a..com",
+        "10.0.0.0/8",
+        "a_b.com",
+        "xn--bcher-kva.example",
+        &format!("{}.com", long(63)),
+        &format!("{}.com", long(64)),
+        &labels,
+        "*.",
+        "*.*.com",
+    ] {
+        add(
+            "egress.hosts",
+            json!(h),
+            policy("EgressPolicy", "e", json!({"hosts": [h]})),
+        );
+    }
+    for b in [
+        "10.0.0.0/8",
+        "10.0.0.0/0",
+        "10.0.0.1",
+        "::/0",
+        "::/1",
+        "10.0.0.0/01",
+        "10.0.0.0/00",
+        "10.0.0.0/33",
+        "x",
+    ] {
+        add(
+            "egress.ipBlocks",
+            json!(b),
+            policy("EgressPolicy", "e", json!({"ipBlocks": [b]})),
+        );
+    }
+    for p in [
+        json!(1),
+        json!(65535),
+        json!(0),
+        json!(65536),
+        json!("443"),
+        json!(-1),
+    ] {
+        let spec = json!({"hosts": ["a.com"], "ports": [p]});
+        add("egress.ports", p, policy("EgressPolicy", "e", spec));
+    }
+    let mesh: &[(&'static str, &[&str])] = &[
+        (
+            "certificateLifetime",
+            &[
+                "24h", "1h30m", "5s", "4s", "2160h", "2161h", "24H", "1d", "", "90m0s",
+            ],
+        ),
+        (
+            "trustDomain",
+            &["cluster.local", "a_b", "Cluster", "a:b", "", "a.b-c"],
+        ),
+        ("rootNamespace", &["istio-system", "Istio", "-a", "a.b"]),
+        ("defaultAuthorization", &["deny", "allow", "Deny", "none"]),
+    ];
+    for (field, values) in mesh {
+        for v in *values {
+            let mut doc = policy("MeshConfig", "mesh", json!({*field: v}));
+            doc["metadata"].as_object_mut().unwrap().remove("namespace");
+            add(field, json!(v), doc);
+        }
+    }
+    out
+}
+
+/// Every probe above goes through `palisade check` and the CRD schema. The schema never
+/// refuses a value the control plane accepts, and it accepts one the control plane refuses
+/// only where SCHEMA_LOOSER says so: a pattern or enum drifting from the parser, either way,
+/// fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crd_schemas_agree_with_the_control_plane_value_by_value() {
+    let test = "install::crd_schemas_agree_with_the_control_plane_value_by_value";
+    let Some(python) = tools::python_with("jsonschema, yaml").await else {
+        crate::support::skip(test, "python with jsonschema and pyyaml not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let install_file = write(dir.path(), "install.yaml", &install(&[]).await);
+    let script = workspace_root().join("tests/e2e/install_schema.py");
+    let probes = probes();
+    // One directory per probe: each is checked alone (a mesh has one MeshConfig).
+    let mut files = Vec::new();
+    for (i, p) in probes.iter().enumerate() {
+        let sub = dir.path().join(format!("probe-{i:03}"));
+        std::fs::create_dir(&sub).unwrap();
+        files.push(write(
+            &sub,
+            "doc.yaml",
+            &serde_yaml_ng::to_string(&p.doc).unwrap(),
+        ));
+    }
+    let mut args = vec![script, install_file];
+    args.extend(files.iter().cloned());
+    let out = tools::run_ok(&python, &args, TOOL_LIMIT).await;
+    assert!(
+        out.status.success(),
+        "install_schema.py: {}",
+        output_text(&out)
+    );
+    let schema: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(schema.len(), probes.len());
+
+    let mut problems = Vec::new();
+    let (mut both_accept, mut both_refuse) = (0, 0);
+    for ((p, file), s) in probes.iter().zip(&files).zip(&schema) {
+        let out = run_palisade(&[
+            "check",
+            "--config",
+            file.parent().unwrap().to_str().unwrap(),
+        ])
+        .await;
+        let parser = out.status.success();
+        let by_schema = s["valid"] == true;
+        let looser = SCHEMA_LOOSER
+            .iter()
+            .any(|(f, v)| *f == p.field && p.value.as_str() == Some(*v));
+        match (parser, by_schema) {
+            (true, true) => both_accept += 1,
+            (false, false) => both_refuse += 1,
+            (true, false) => problems.push(format!(
+                "{} {}: the control plane accepts it, the schema refuses it: {}",
+                p.field, p.value, s["errors"]
+            )),
+            (false, true) if !looser => problems.push(format!(
+                "{} {}: the schema accepts it, the control plane refuses it: {}",
+                p.field,
+                p.value,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            (false, true) => {}
+        }
+        if looser && (parser || !by_schema) {
+            problems.push(format!(
+                "{} {}: listed in SCHEMA_LOOSER but no longer looser",
+                p.field, p.value
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "schema and parser disagree:\n{}",
+        problems.join("\n")
+    );
+    // Both outcomes are well represented, so the probes test something.
+    assert!(
+        both_accept >= 50 && both_refuse >= 80,
+        "{both_accept} accepted, {both_refuse} refused by both"
+    );
+}
