@@ -20,11 +20,17 @@ mod tests;
 pub const NAMESPACE: &str = "palisade-system";
 /// The DNS name the API server uses to reach the injector; its serving certificate names it.
 pub const INJECTOR_SERVICE_HOST: &str = "palisade-injector.palisade-system.svc";
-/// Webhook path for pods of opted-in namespaces: every pod is injected.
+/// Webhook path for pods of opted-in namespaces: every pod is injected (unless annotated
+/// `palisade.dev/inject: disabled`). Its webhook fails closed (`failurePolicy: Fail`): an
+/// opted-in pod must never start without its sidecar, and an injector outage only holds up
+/// namespaces that opted in.
 pub const INJECT_PATH: &str = "/inject";
-/// Webhook path for pods of other namespaces: only pods annotated `palisade.dev/inject:
-/// enabled` are injected. A path rather than a query string, because the API server refuses
-/// a webhook service path whose segments are not DNS-1123 subdomains.
+/// Webhook path for pods of every other namespace: only pods annotated `palisade.dev/inject:
+/// enabled` are injected (the API server cannot select pods by annotation, so it sends them
+/// all). Its webhook fails open (`failurePolicy: Ignore`), so an injector outage never blocks
+/// pods that did not ask for the mesh; the control plane reports annotated pods running
+/// without a sidecar. A path rather than `?require-annotation=true`: the API server refuses a
+/// webhook service path whose segments are not DNS-1123 subdomains, a query string included.
 pub const REQUIRE_ANNOTATION_PATH: &str = "/inject/require-annotation";
 
 /// The templates, in the order their documents are applied: the namespace and CRDs first,

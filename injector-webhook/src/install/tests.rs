@@ -380,7 +380,10 @@ fn crd_schemas_are_structural() {
         let schema = &spec["versions"][0]["schema"]["openAPIV3Schema"];
         let name = crd["metadata"]["name"].as_str().unwrap();
         structural(name, schema, true);
+        // The API server allows only a type and constraints on name/generateName here.
         let meta = &schema["properties"]["metadata"];
+        let keys: Vec<&String> = meta.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["properties", "type"], "{name}: metadata");
         let keys: Vec<&String> = meta["properties"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["name"], "{name}: metadata may only constrain name");
         assert!(schema["properties"]["spec"]["properties"].is_object());
