@@ -486,6 +486,25 @@ async fn ca_dir_is_carried_over_and_bad_flags_are_refused() {
         image.as_str()
     );
 
+    // Without cert-chain.pem the chain is the issuing CA alone, as the control plane reads it.
+    std::fs::remove_file(ca_dir.join("cert-chain.pem")).unwrap();
+    let docs = documents(&install(&["--ca-dir", ca_dir.to_str().unwrap()]).await);
+    let secret = find(&docs, "Secret", "palisade-ca");
+    let ca_cert = std::fs::read(ca_dir.join("ca-cert.pem")).unwrap();
+    assert_eq!(b64(&secret["data"]["cert-chain.pem"]), ca_cert);
+
+    // A CA the control plane would refuse (a key of another CA) is refused here, by file.
+    let other = dir.path().join("other");
+    let out = run_palisade(&["ca", "init", "--out", other.to_str().unwrap()]).await;
+    assert!(
+        out.status.success(),
+        "palisade ca init: {}",
+        output_text(&out)
+    );
+    std::fs::copy(other.join("ca-key.pem"), ca_dir.join("ca-key.pem")).unwrap();
+    let out = run_palisade(&["install", "--ca-dir", ca_dir.to_str().unwrap()]).await;
+    assert_one_line_error("--ca-dir with a foreign key", &out, "ca-key.pem");
+
     let missing = dir.path().join("nothing-here");
     let out = run_palisade(&["install", "--ca-dir", missing.to_str().unwrap()]).await;
     assert_one_line_error("--ca-dir missing", &out, "does not exist");
