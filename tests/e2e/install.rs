@@ -582,105 +582,39 @@ fn policy(kind: &str, name: &str, spec: Value) -> Value {
     })
 }
 
-/// Edge cases of every pattern-checked field, each in a document of its own.
+/// Edge cases of every pattern-checked field, each in a document of its own. (Not
+/// rustfmt-formatted: one value per line would make the table ten times longer.)
+#[rustfmt::skip]
 fn probes() -> Vec<Probe> {
     use serde_json::json;
     let long = |n: usize| "a".repeat(n);
     let mut out = Vec::new();
-    let mut add =
-        |field: &'static str, value: Value, doc: Value| out.push(Probe { field, value, doc });
+    let mut add = |field: &'static str, value: Value, doc: Value| {
+        out.push(Probe { field, value, doc })
+    };
+    let strings = |values: &[&str]| values.iter().map(|v| json!(v)).collect::<Vec<Value>>();
     let source: &[(&'static str, Vec<Value>)] = &[
-        (
-            "principals",
-            [
-                "cluster.local/ns/a/sa/b",
-                "spiffe://cluster.local/ns/a/sa/b",
-                "*",
-                "spiffe://*",
-                "*/sa/b",
-                "cluster.local/*",
-                "td_x.y/ns/a/sa/b",
-                "cluster.local/ns/a/sa/B",
-                "a*b",
-                "",
-                "spiffe://",
-                "cluster.local",
-                "cluster.local/ns/a/sa/b/",
-                "cluster.local/ns/%41",
-                "example.com:8080/x",
-                "CLUSTER.local/x",
-                "cluster.local/ns/./sa",
-                "cluster.local/..",
-                "*.local/x",
-                "**",
-            ]
-            .map(Value::from)
-            .to_vec(),
-        ),
-        (
-            "namespaces",
-            [
-                "shop",
-                "shop*",
-                "*shop",
-                "*",
-                "-shop",
-                "shop-",
-                "Shop",
-                &long(63),
-                &long(64),
-                "sh_op",
-                "*-",
-                "-*",
-                "s.hop",
-            ]
-            .map(Value::from)
-            .to_vec(),
-        ),
-        (
-            "ipBlocks",
-            [
-                "10.0.0.0/8",
-                "10.0.0.1",
-                "::1",
-                "::ffff:10.0.0.1",
-                "fd00::/8",
-                "10.0.0.0/33",
-                "10.0.0.0/+8",
-                "10.0.0.0/008",
-                "1.2.3",
-                "fe80::1%eth0",
-                "[::1]",
-                "0.0.0.0/0",
-                "10.0.0.0/",
-                "::/128",
-                "::/129",
-                "office",
-            ]
-            .map(Value::from)
-            .to_vec(),
-        ),
-        (
-            "serviceAccounts",
-            [
-                "shop/frontend",
-                "shop/sa.v2",
-                "frontend",
-                "shop/*",
-                "*/x",
-                "shop/",
-                "/x",
-                "Shop/a",
-                "a/b/c",
-                "shop/A",
-                "shop/a_b",
-                &format!("{}/x", long(64)),
-                &format!("shop/{}", long(64)),
-                "shop/a..b",
-            ]
-            .map(Value::from)
-            .to_vec(),
-        ),
+        ("principals", strings(&[
+            "cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/a/sa/b", "*", "spiffe://*",
+            "*/sa/b", "cluster.local/*", "td_x.y/ns/a/sa/b", "cluster.local/ns/a/sa/B",
+            "a*b", "", "spiffe://", "cluster.local", "cluster.local/ns/a/sa/b/",
+            "cluster.local/ns/%41", "example.com:8080/x", "CLUSTER.local/x",
+            "cluster.local/ns/./sa", "cluster.local/..", "*.local/x", "**",
+        ])),
+        ("namespaces", strings(&[
+            "shop", "shop*", "*shop", "*", "-shop", "shop-", "Shop", &long(63), &long(64),
+            "sh_op", "*-", "-*", "s.hop",
+        ])),
+        ("ipBlocks", strings(&[
+            "10.0.0.0/8", "10.0.0.1", "::1", "::ffff:10.0.0.1", "fd00::/8", "10.0.0.0/33",
+            "10.0.0.0/+8", "10.0.0.0/008", "1.2.3", "fe80::1%eth0", "[::1]", "0.0.0.0/0",
+            "10.0.0.0/", "::/128", "::/129", "office",
+        ])),
+        ("serviceAccounts", strings(&[
+            "shop/frontend", "shop/sa.v2", "frontend", "shop/*", "*/x", "shop/", "/x",
+            "Shop/a", "a/b/c", "shop/A", "shop/a_b", &format!("{}/x", long(64)),
+            &format!("shop/{}", long(64)), "shop/a..b",
+        ])),
     ];
     for (field, values) in source {
         for v in values {
@@ -689,82 +623,23 @@ fn probes() -> Vec<Probe> {
         }
     }
     let operation: &[(&'static str, Vec<Value>)] = &[
-        (
-            "hosts",
-            [
-                "example.com",
-                "Example.COM",
-                "*",
-                "*.example.com",
-                "example.*",
-                "example.com:8080",
-                "[::1]:8080",
-                "a_b.com",
-                "a b",
-                "ex*ample",
-                "",
-                "a/b",
-            ]
-            .map(Value::from)
-            .to_vec(),
-        ),
-        (
-            "methods",
-            [
-                "GET", "get", "*", "G*", "*T", "GE T", "M-SEARCH", "G'E", "G`E", "G\"E", "G,E",
-                "G(E",
-            ]
-            .map(Value::from)
-            .to_vec(),
-        ),
-        (
-            "paths",
-            [
-                "/",
-                "/a",
-                "/a/*",
-                "*",
-                "*.html",
-                "/a/{*}",
-                "/a/{**}",
-                "/{*}/b/{**}",
-                "/a?b",
-                "/a#b",
-                "a",
-                "/a*b",
-                "/a/%2F",
-                "/{x}",
-                "//",
-                "/a b",
-                "*a?",
-                "/a/{*}x",
-                "/{**}/{*}",
-                "/a/{*}/",
-                "/a/{*}/b*",
-            ]
-            .map(Value::from)
-            .to_vec(),
-        ),
-        (
-            "ports",
-            vec![
-                json!("80"),
-                json!(80),
-                json!("+80"),
-                json!("0080"),
-                json!("0"),
-                json!(0),
-                json!(70000),
-                json!("http"),
-                json!("-1"),
-                json!(" 80"),
-                json!("65535"),
-                json!(65535),
-                json!("65536"),
-                json!(1.5),
-                json!(true),
-            ],
-        ),
+        ("hosts", strings(&[
+            "example.com", "Example.COM", "*", "*.example.com", "example.*", "example.com:8080",
+            "[::1]:8080", "a_b.com", "a b", "ex*ample", "", "a/b",
+        ])),
+        ("methods", strings(&[
+            "GET", "get", "*", "G*", "*T", "GE T", "M-SEARCH", "G'E", "G`E", "G\"E", "G,E", "G(E",
+        ])),
+        ("paths", strings(&[
+            "/", "/a", "/a/*", "*", "*.html", "/a/{*}", "/a/{**}", "/{*}/b/{**}", "/a?b",
+            "/a#b", "a", "/a*b", "/a/%2F", "/{x}", "//", "/a b", "*a?", "/a/{*}x",
+            "/{**}/{*}", "/a/{*}/", "/a/{*}/b*",
+        ])),
+        ("ports", vec![
+            json!("80"), json!(80), json!("+80"), json!("0080"), json!("0"), json!(0),
+            json!(70000), json!("http"), json!("-1"), json!(" 80"), json!("65535"),
+            json!(65535), json!("65536"), json!(1.5), json!(true),
+        ]),
     ];
     for (field, values) in operation {
         for v in values {
@@ -773,99 +648,39 @@ fn probes() -> Vec<Probe> {
         }
     }
     for key in [
-        "request.headers[x-a]",
-        "request.headers[]",
-        "request.headers[:authority]",
-        "source.namespace",
-        "remote.ip",
-        "request.auth.claims[x]",
-        "source.user",
-        "request.headers[X_A]",
-        "request.headers[a b]",
-        "destination.port",
-        "request.headers",
+        "request.headers[x-a]", "request.headers[]", "request.headers[:authority]",
+        "source.namespace", "remote.ip", "request.auth.claims[x]", "source.user",
+        "request.headers[X_A]", "request.headers[a b]", "destination.port", "request.headers",
     ] {
         let spec = json!({"rules": [{"when": [{"key": key, "values": ["1"]}]}]});
-        add(
-            "when.key",
-            json!(key),
-            policy("AuthorizationPolicy", "p", spec),
-        );
+        add("when.key", json!(key), policy("AuthorizationPolicy", "p", spec));
     }
     for name in ["a", "a-b", "A", "a.b", &long(63), &long(64), "-a", "1a"] {
         let mut doc = policy("AuthorizationPolicy", "p", json!({}));
         doc["metadata"]["name"] = json!(name);
         add("metadata.name", json!(name), doc);
     }
-    let labels = format!(
-        "{}.com",
-        (0..4).map(|_| long(60)).collect::<Vec<_>>().join(".")
-    );
+    let labels = format!("{}.com", (0..4).map(|_| long(60)).collect::<Vec<_>>().join("."));
     for h in [
-        "api.stripe.com",
-        "*.x.com",
-        "192.0.2.1",
-        "::1",
-        "*",
-        "a.*.com",
-        "-a.com",
-        "a-.com",
-        "API.com",
-        "a..com",
-        "10.0.0.0/8",
-        "a_b.com",
-        "xn--bcher-kva.example",
-        &format!("{}.com", long(63)),
-        &format!("{}.com", long(64)),
-        &labels,
-        "*.",
-        "*.*.com",
+        "api.stripe.com", "*.x.com", "192.0.2.1", "::1", "*", "a.*.com", "-a.com", "a-.com",
+        "API.com", "a..com", "10.0.0.0/8", "a_b.com", "xn--bcher-kva.example",
+        &format!("{}.com", long(63)), &format!("{}.com", long(64)), &labels, "*.", "*.*.com",
     ] {
-        add(
-            "egress.hosts",
-            json!(h),
-            policy("EgressPolicy", "e", json!({"hosts": [h]})),
-        );
+        add("egress.hosts", json!(h), policy("EgressPolicy", "e", json!({"hosts": [h]})));
     }
     for b in [
-        "10.0.0.0/8",
-        "10.0.0.0/0",
-        "10.0.0.1",
-        "::/0",
-        "::/1",
-        "10.0.0.0/01",
-        "10.0.0.0/00",
-        "10.0.0.0/33",
-        "x",
+        "10.0.0.0/8", "10.0.0.0/0", "10.0.0.1", "::/0", "::/1", "10.0.0.0/01", "10.0.0.0/00",
+        "10.0.0.0/33", "x",
     ] {
-        add(
-            "egress.ipBlocks",
-            json!(b),
-            policy("EgressPolicy", "e", json!({"ipBlocks": [b]})),
-        );
+        add("egress.ipBlocks", json!(b), policy("EgressPolicy", "e", json!({"ipBlocks": [b]})));
     }
-    for p in [
-        json!(1),
-        json!(65535),
-        json!(0),
-        json!(65536),
-        json!("443"),
-        json!(-1),
-    ] {
+    for p in [json!(1), json!(65535), json!(0), json!(65536), json!("443"), json!(-1)] {
         let spec = json!({"hosts": ["a.com"], "ports": [p]});
         add("egress.ports", p, policy("EgressPolicy", "e", spec));
     }
     let mesh: &[(&'static str, &[&str])] = &[
-        (
-            "certificateLifetime",
-            &[
-                "24h", "1h30m", "5s", "4s", "2160h", "2161h", "24H", "1d", "", "90m0s",
-            ],
-        ),
-        (
-            "trustDomain",
-            &["cluster.local", "a_b", "Cluster", "a:b", "", "a.b-c"],
-        ),
+        ("certificateLifetime", &["24h", "1h30m", "5s", "4s", "2160h", "2161h", "24H", "1d", "", "90m0s"]),
+        ("trustDomain", &["cluster.local", "a_b", "Cluster", "a:b", "", "a.b-c"]),
         ("rootNamespace", &["istio-system", "Istio", "-a", "a.b"]),
         ("defaultAuthorization", &["deny", "allow", "Deny", "none"]),
     ];
