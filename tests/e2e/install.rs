@@ -1,8 +1,8 @@
 //! `palisade install` through the real binary: the output is schema-valid Kubernetes
 //! (kubernetes-validate --strict), the CRD schemas accept what the control plane's parser
 //! accepts and refuse what it refuses (checked with Python's jsonschema, independent of both),
-//! the webhook's caBundle verifies the injector's serving certificate (openssl, and
-//! x509-parser in-process), `--ca-dir` is carried over exactly, and the output equals a
+//! the webhook's caBundle verifies the injector's serving certificate (openssl, Python
+//! cryptography, and x509-parser in-process), `--ca-dir` is carried over exactly, and the output equals a
 //! golden file once generated key material is masked (`PALISADE_BLESS=1` rewrites it).
 
 use std::path::{Path, PathBuf};
@@ -315,7 +315,8 @@ async fn crd_schemas_agree_with_the_control_plane() {
 
 /// The webhook configuration: its caBundle is a CA that verifies the injector's serving
 /// certificate for palisade-injector.palisade-system.svc (openssl with hostname and purpose
-/// checks, and the signature in-process); both webhooks select and fail as designed.
+/// checks, Python cryptography's RFC 5280 server verifier, and the signature in-process),
+/// and not for another name; both webhooks select and fail as designed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_ca_verifies_the_injector_certificate() {
     let test = "install::webhook_ca_verifies_the_injector_certificate";
@@ -398,45 +399,77 @@ async fn webhook_ca_verifies_the_injector_certificate() {
         assert_eq!(h["clientConfig"]["service"]["port"], 443);
     }
 
-    // openssl: a full path validation for a TLS server with that host name.
-    let Some(openssl) = tools::require(test, "openssl") else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.crt");
     let leaf_file = dir.path().join("tls.crt");
     std::fs::write(&ca_file, &ca_pem).unwrap();
     std::fs::write(&leaf_file, &cert_pem).unwrap();
-    let verify = |host: &str| {
-        let args: Vec<String> = [
-            "verify",
-            "-x509_strict",
-            "-purpose",
-            "sslserver",
-            "-verify_hostname",
-            host,
-            "-CAfile",
-            ca_file.to_str().unwrap(),
-            leaf_file.to_str().unwrap(),
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        let openssl = openssl.clone();
-        async move { tools::run_ok(&openssl, &args, TOOL_LIMIT).await }
-    };
-    let out = verify(INJECTOR_HOST).await;
-    assert!(
-        out.status.success(),
-        "openssl verify: {}",
-        output_text(&out)
-    );
-    // Control: another service's name does not verify.
-    let out = verify("evil.palisade-system.svc").await;
-    assert!(
-        !out.status.success(),
-        "openssl verify accepted another name"
-    );
+
+    // openssl: a full path validation for a TLS server with that host name.
+    if let Some(openssl) = tools::require(test, "openssl") {
+        let verify = |host: &str| {
+            let args: Vec<String> = [
+                "verify",
+                "-x509_strict",
+                "-purpose",
+                "sslserver",
+                "-verify_hostname",
+                host,
+                "-CAfile",
+                ca_file.to_str().unwrap(),
+                leaf_file.to_str().unwrap(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            let openssl = openssl.clone();
+            async move { tools::run_ok(&openssl, &args, TOOL_LIMIT).await }
+        };
+        let out = verify(INJECTOR_HOST).await;
+        assert!(
+            out.status.success(),
+            "openssl verify: {}",
+            output_text(&out)
+        );
+        // Control: another service's name does not verify.
+        let out = verify("evil.palisade-system.svc").await;
+        assert!(
+            !out.status.success(),
+            "openssl verify accepted another name"
+        );
+    }
+
+    // Python cryptography: RFC 5280 path validation as a TLS client would do it, stricter
+    // than openssl on certificate profiles.
+    match tools::python_with("cryptography.x509.verification").await {
+        Some(python) => {
+            let script = write(dir.path(), "verify_server.py", VERIFY_SERVER_PY);
+            for (host, want) in [(INJECTOR_HOST, true), ("evil.palisade-system.svc", false)] {
+                let args = [&script, &ca_file, &leaf_file, Path::new(host)];
+                let out = tools::run_ok(&python, args, TOOL_LIMIT).await;
+                assert_eq!(
+                    out.status.success(),
+                    want,
+                    "cryptography verifier for {host}: {}",
+                    output_text(&out)
+                );
+            }
+        }
+        None => crate::support::skip(test, "python with cryptography not found"),
+    }
 }
+
+/// Verifies argv[2] as a TLS server certificate for the name argv[3], trusting argv[1] only.
+const VERIFY_SERVER_PY: &str = r#"
+import sys
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store
+
+ca = x509.load_pem_x509_certificate(open(sys.argv[1], "rb").read())
+leaf = x509.load_pem_x509_certificate(open(sys.argv[2], "rb").read())
+verifier = PolicyBuilder().store(Store([ca])).build_server_verifier(x509.DNSName(sys.argv[3]))
+verifier.verify(leaf, [])
+print("verified")
+"#;
 
 /// `--ca-dir` puts that CA (as `palisade ca init` wrote it) into the Secret and its roots
 /// into the trust anchors ConfigMap, unchanged; bad flags are one-line errors.
