@@ -2,8 +2,9 @@
 //! (kubernetes-validate --strict), the CRD schemas accept what the control plane's parser
 //! accepts and refuse what it refuses (checked with Python's jsonschema, independent of both),
 //! the webhook's caBundle verifies the injector's serving certificate (openssl, Python
-//! cryptography, and x509-parser in-process), `--ca-dir` is carried over exactly, and the output equals a
-//! golden file once generated key material is masked (`PALISADE_BLESS=1` rewrites it).
+//! cryptography, and x509-parser in-process), `--ca-dir` is carried over exactly, and the
+//! output equals a golden file once generated key material is masked (`PALISADE_BLESS=1`
+//! rewrites it).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
