@@ -1,1 +1,3 @@
 //! Kubernetes sidecar injection (mutating admission webhook); built in a later slice.
+
+pub mod install;

@@ -5,6 +5,7 @@ mod ca;
 mod check;
 mod control_plane;
 mod init;
+mod install;
 mod proxy;
 mod up;
 
@@ -51,6 +52,8 @@ pub enum Command {
     /// Authorization tools: `authz check` decides a request as the destination's sidecar would.
     #[command(subcommand)]
     Authz(authz::AuthzCommand),
+    /// Print the Kubernetes manifests of the mesh: CRDs, control plane, injector, RBAC, webhook.
+    Install(install::InstallArgs),
 }
 
 impl Command {
@@ -59,7 +62,11 @@ impl Command {
         match self {
             Command::Up(_) => "info,h2=warn,hyper=warn,tonic=warn",
             Command::ControlPlane(_) | Command::Proxy(_) => "info",
-            Command::Ca(_) | Command::Check(_) | Command::Authz(_) | Command::Init(_) => "warn",
+            Command::Ca(_)
+            | Command::Check(_)
+            | Command::Authz(_)
+            | Command::Init(_)
+            | Command::Install(_) => "warn",
         }
     }
 }
@@ -74,6 +81,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(args),
         Command::Ca(command) => ca::run(command),
         Command::Authz(command) => authz::run(command),
+        Command::Install(args) => install::run(args),
     }
 }
 
