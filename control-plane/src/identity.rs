@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::index::Published;
+use crate::k8s::token_review::{ReviewError, ReviewedToken, TokenReviewer};
 use crate::logsafe::{Untrusted, is_dns_label};
 use crate::metrics::Metrics;
 use crate::model::NamespacedName;
@@ -33,6 +34,9 @@ pub(crate) struct IdentityService {
     pub tokens: Arc<RwLock<Arc<TokenStore>>>,
     pub ledger: Arc<TokenLedger>,
     pub metrics: Arc<Metrics>,
+    /// In a cluster: bootstrap tokens are projected service-account tokens, checked by the
+    /// API server's TokenReview instead of the token file.
+    pub reviewer: Option<TokenReviewer>,
 }
 
 /// A refusal with its metric label.
@@ -52,6 +56,7 @@ impl IdentityService {
         &self,
         peer: Option<&PeerInfo>,
         req: &CertifyRequest,
+        reviewed: Option<Result<ReviewedToken, ReviewError>>,
     ) -> Result<CertifyResponse, Refusal> {
         // Names are checked before anything else uses them, so every message below (and
         // the log lines that quote them) holds only DNS labels.
@@ -73,29 +78,69 @@ impl IdentityService {
             self.ledger.admit(peer_ip, Instant::now()).map_err(|e| {
                 Refusal::new("rate_limited", Status::resource_exhausted(e.to_string()))
             })?;
-            let valid = self
-                .tokens
-                .read()
-                .map(|t| t.verify(&req.namespace, &req.workload, &req.token))
-                .unwrap_or(false);
-            if !valid {
-                return Err(Refusal::new(
-                    "unauthenticated",
-                    Status::unauthenticated(format!("bootstrap token rejected for {key}")),
-                ));
-            }
-            let Some(workload) = published.snapshot.workload(&req.namespace, &req.workload) else {
-                return Err(Refusal::new(
-                    "not_found",
-                    Status::not_found(format!("workload {key} is not part of the mesh")),
-                ));
-            };
-            self.ledger
-                .claim(&key, &req.token, unix_now())
-                .map_err(|e| {
-                    Refusal::new("token_in_use", Status::unauthenticated(e.to_string()))
+            if let Some(reviewed) = reviewed {
+                let who = reviewed.map_err(|e| {
+                    Refusal::new(
+                        "unauthenticated",
+                        Status::unauthenticated(format!("token rejected for {key}: {e}")),
+                    )
                 })?;
-            workload
+                let Some(workload) = published.snapshot.workload(&req.namespace, &req.workload)
+                else {
+                    return Err(Refusal::new(
+                        "not_found",
+                        Status::not_found(format!("workload {key} is not part of the mesh")),
+                    ));
+                };
+                let same_pod = who.pod_name.as_ref().is_none_or(|pod| *pod == req.workload);
+                if who.namespace != workload.namespace
+                    || who.service_account != workload.service_account
+                    || !same_pod
+                {
+                    return Err(Refusal::new(
+                        "permission_denied",
+                        Status::permission_denied(format!(
+                            "the token is service account {}/{}{} and cannot prove {key}, \
+                             which runs as {}",
+                            who.namespace,
+                            who.service_account,
+                            who.pod_name
+                                .as_ref()
+                                .map(|p| format!(" of pod {p}"))
+                                .unwrap_or_default(),
+                            workload.service_account
+                        )),
+                    ));
+                }
+                // No ledger claim: the token is bound to its pod and short-lived, and a
+                // restarted proxy in the same pod must be able to bootstrap again with it.
+                workload
+            } else {
+                let valid = self
+                    .tokens
+                    .read()
+                    .map(|t| t.verify(&req.namespace, &req.workload, &req.token))
+                    .unwrap_or(false);
+                if !valid {
+                    return Err(Refusal::new(
+                        "unauthenticated",
+                        Status::unauthenticated(format!("bootstrap token rejected for {key}")),
+                    ));
+                }
+                let Some(workload) = published.snapshot.workload(&req.namespace, &req.workload)
+                else {
+                    return Err(Refusal::new(
+                        "not_found",
+                        Status::not_found(format!("workload {key} is not part of the mesh")),
+                    ));
+                };
+                self.ledger
+                    .claim(&key, &req.token, unix_now())
+                    .map_err(|e| {
+                        Refusal::new("token_in_use", Status::unauthenticated(e.to_string()))
+                    })?;
+                workload
+            }
         } else {
             // Renewal: the connection's certificate must already be this workload's.
             let Some(peer_id) = peer.and_then(|p| p.identity.as_ref()) else {
@@ -186,7 +231,21 @@ impl Identity for IdentityService {
     ) -> Result<Response<CertifyResponse>, Status> {
         let peer = request.extensions().get::<PeerInfo>().cloned();
         let req = request.into_inner();
-        match self.certify_inner(peer.as_ref(), &req) {
+        let reviewed = match &self.reviewer {
+            Some(reviewer) if !req.token.is_empty() => {
+                // The per-address budget is spent before the API server is asked, so a
+                // flood of tokens cannot become a flood of TokenReviews.
+                let admitted = self
+                    .ledger
+                    .admit(peer.as_ref().map(|p| p.remote_addr.ip()), Instant::now());
+                match admitted {
+                    Ok(()) => Some(reviewer.review(&req.token).await),
+                    Err(e) => Some(Err(ReviewError::Api(format!("not asked: {e}")))),
+                }
+            }
+            _ => None,
+        };
+        match self.certify_inner(peer.as_ref(), &req, reviewed) {
             Ok(resp) => {
                 self.metrics.certificate_issued();
                 Ok(Response::new(resp))

@@ -385,6 +385,7 @@ pub async fn start(
         tokens: Arc::clone(&shared.tokens),
         ledger: Arc::new(TokenLedger::default()),
         metrics: Arc::clone(&metrics),
+        reviewer: kubernetes.as_ref().map(crate::k8s::RunningSource::reviewer),
     };
     let discovery_service = DiscoveryService {
         state: state_rx,

@@ -357,6 +357,18 @@ impl TestControlPlane {
         namespace: &str,
         workload: &str,
     ) -> Result<(Credentials, CertifyResponse), TestError> {
+        let token = self.token(namespace, workload)?.to_owned();
+        self.certify_with_token(namespace, workload, &token).await
+    }
+
+    /// Bootstraps a certificate for `namespace/workload` presenting `token`; the gRPC status
+    /// of a refusal is in [`TestError`].
+    pub async fn certify_with_token(
+        &self,
+        namespace: &str,
+        workload: &str,
+        token: &str,
+    ) -> Result<(Credentials, CertifyResponse), TestError> {
         let snapshot = self.control_plane.snapshot();
         let w = snapshot
             .workload(namespace, workload)
@@ -367,7 +379,7 @@ impl TestControlPlane {
             csr_pem,
             workload: workload.to_owned(),
             namespace: namespace.to_owned(),
-            token: self.token(namespace, workload)?.to_owned(),
+            token: token.to_owned(),
         };
         let resp = tokio::time::timeout(TIMEOUT, client.certify(request))
             .await

@@ -36,9 +36,10 @@ pub struct ControlPlaneArgs {
     /// create one with `palisade ca init --out DIR`.
     #[arg(long, env = "PALISADE_CA_DIR")]
     pub ca_dir: PathBuf,
-    /// Bootstrap tokens, one `namespace/workload token` per line.
-    #[arg(long, env = "PALISADE_TOKENS")]
-    pub tokens: PathBuf,
+    /// Bootstrap tokens, one `namespace/workload token` per line (directory mode; with
+    /// --kubernetes, proxies present projected service-account tokens, checked by TokenReview).
+    #[arg(long, env = "PALISADE_TOKENS", required_unless_present = "kubernetes")]
+    pub tokens: Option<PathBuf>,
     /// gRPC listener (identity and discovery, TLS).
     #[arg(long, env = "PALISADE_GRPC_ADDR", default_value = "0.0.0.0:15012")]
     pub grpc_addr: SocketAddr,
@@ -146,7 +147,10 @@ impl ControlPlaneArgs {
 pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
     // Flags first: a bad value is a one-line error before any file is read.
     let limits = args.limits()?;
-    let tokens = TokenStore::load(&args.tokens)?;
+    let tokens = match &args.tokens {
+        Some(path) => TokenStore::load(path)?,
+        None => TokenStore::new(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@
 //! in `/metrics` and not pushed: the last good one stays in force, as in directory mode.
 
 pub mod convert;
+pub mod token_review;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -205,7 +206,11 @@ impl KubernetesSource {
             });
         }
         let initial = build(&objects)?;
-        Ok(RunningSource { objects, initial })
+        Ok(RunningSource {
+            objects,
+            initial,
+            reviewer: token_review::TokenReviewer::new(self.client),
+        })
     }
 }
 
@@ -214,6 +219,7 @@ impl KubernetesSource {
 pub struct RunningSource {
     objects: Arc<Objects>,
     initial: MeshSnapshot,
+    reviewer: token_review::TokenReviewer,
 }
 
 impl std::fmt::Debug for RunningSource {
@@ -226,6 +232,11 @@ impl RunningSource {
     /// The snapshot of the first complete listing.
     pub fn initial(&self) -> &MeshSnapshot {
         &self.initial
+    }
+
+    /// TokenReviews against the same API server.
+    pub fn reviewer(&self) -> token_review::TokenReviewer {
+        self.reviewer.clone()
     }
 
     /// Rebuilds the snapshot on every change and hands it to `publish` (which may refuse it;

@@ -28,12 +28,14 @@ struct Kmock {
     /// kmock keeps no resource versions; watchers need them to resume, so each write stamps
     /// the next one, as an API server would.
     resource_version: std::sync::atomic::AtomicU64,
+    _reviews_file: Option<tempfile::NamedTempFile>,
     _child: Child,
 }
 
 impl Kmock {
-    /// Starts the emulator, or prints `SKIPPED:` and returns `None` without Python's kmock.
-    async fn start(test: &str) -> Option<Kmock> {
+    /// Starts the emulator answering TokenReviews from `reviews` (token → recorded status),
+    /// or prints `SKIPPED:` and returns `None` without Python's kmock.
+    async fn start_with_reviews(test: &str, reviews: Option<&Value>) -> Option<Kmock> {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/control_plane/kmock_server.py"
@@ -49,8 +51,17 @@ impl Kmock {
             if !has_kmock {
                 continue;
             }
+            let reviews_file = reviews.map(|r| {
+                let file = tempfile::NamedTempFile::new().unwrap();
+                std::fs::write(file.path(), r.to_string()).unwrap();
+                file
+            });
+            let mut args = vec![script.to_owned(), "120".to_owned()];
+            if let Some(file) = &reviews_file {
+                args.push(file.path().display().to_string());
+            }
             let mut child = Command::new(python)
-                .args([script, "120"])
+                .args(&args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -63,6 +74,7 @@ impl Kmock {
                 .expect("kmock exited before serving");
             let url = line.strip_prefix("URL ").expect("URL line").to_owned();
             return Some(Kmock {
+                _reviews_file: reviews_file,
                 url,
                 resource_version: std::sync::atomic::AtomicU64::new(1),
                 _child: child,
@@ -225,7 +237,9 @@ async fn next_services(stream: &mut ProxyStream) -> pb::DiscoveryResponse {
 
 #[tokio::test]
 async fn cluster_changes_reach_the_proxies() {
-    let Some(k) = Kmock::start("cluster_changes_reach_the_proxies").await else {
+    let Some(k) =
+        Kmock::start_with_reviews("cluster_changes_reach_the_proxies", Some(&client_token())).await
+    else {
         return;
     };
     seed(&k).await;
@@ -246,7 +260,7 @@ async fn cluster_changes_reach_the_proxies() {
     )
     .await
     .unwrap();
-    let (_client, mut stream, got) = connect_as(&cp, "client-1").await;
+    let (_client, mut stream, got) = connect_with_token(&cp, "client-1", "tok-client").await;
     for resp in got.values() {
         stream.send(ack(resp)).await;
     }
@@ -308,7 +322,12 @@ async fn cluster_changes_reach_the_proxies() {
 
 #[tokio::test]
 async fn two_replicas_serve_the_same_versions() {
-    let Some(k) = Kmock::start("two_replicas_serve_the_same_versions").await else {
+    let Some(k) = Kmock::start_with_reviews(
+        "two_replicas_serve_the_same_versions",
+        Some(&client_token()),
+    )
+    .await
+    else {
         return;
     };
     seed(&k).await;
@@ -330,12 +349,85 @@ async fn two_replicas_serve_the_same_versions() {
             .map(|(url, r)| (url.clone(), r.version_info.clone()))
             .collect()
     };
-    let (_ca, _sa, got_a) = connect_as(&a, "client-1").await;
-    let (_cb, _sb, got_b) = connect_as(&b, "client-1").await;
+    let (_ca, _sa, got_a) = connect_with_token(&a, "client-1", "tok-client").await;
+    let (_cb, _sb, got_b) = connect_with_token(&b, "client-1", "tok-client").await;
     assert_eq!(versions(&got_a), versions(&got_b));
     assert!(versions(&got_a).len() >= 5, "{:?}", versions(&got_a));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// The recorded review of client-1's projected token.
+fn client_token() -> Value {
+    json!({"tok-client": review("shop", "client", Some("client-1"), &["palisade"])})
+}
+
+/// A recorded TokenReview status for a projected token of `namespace/service_account`.
+fn review(namespace: &str, service_account: &str, pod: Option<&str>, audiences: &[&str]) -> Value {
+    let mut user = json!({"username": format!("system:serviceaccount:{namespace}:{service_account}"),
+                          "uid": "u-1", "groups": ["system:serviceaccounts"]});
+    if let Some(pod) = pod {
+        user["extra"] = json!({"authentication.kubernetes.io/pod-name": [pod]});
+    }
+    json!({"authenticated": true, "user": user, "audiences": audiences})
+}
+
+#[tokio::test]
+async fn token_review_decides_who_may_bootstrap() {
+    let reviews = json!({
+        "tok-client": review("shop", "client", Some("client-1"), &["palisade"]),
+        "tok-web-9": review("shop", "web", Some("web-9"), &["palisade"]),
+        "tok-web": review("shop", "web", None, &["palisade"]),
+        "tok-apiserver": review("shop", "client", Some("client-1"), &["https://kubernetes.default.svc"]),
+        "tok-other-ns": review("prod", "client", Some("client-1"), &["palisade"]),
+        "tok-node": {"authenticated": true, "user": {"username": "system:node:n1"}, "audiences": ["palisade"]},
+        "tok-expired": {"authenticated": false, "error": "token has expired"},
+    });
+    let Some(k) =
+        Kmock::start_with_reviews("token_review_decides_who_may_bootstrap", Some(&reviews)).await
+    else {
+        return;
+    };
+    seed(&k).await;
+    let cp = timed(
+        "start",
+        TestControlPlane::start_kubernetes(k.source().await, TestOptions::default()),
+    )
+    .await
+    .unwrap();
+    // The identity comes from the reviewed token, and a restarted proxy of the same pod
+    // bootstraps again with the same projected token.
+    for attempt in 0..2 {
+        let (_, issued) = cp
+            .certify_with_token("shop", "client-1", "tok-client")
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+        assert_eq!(issued.spiffe_id, "spiffe://cluster.local/ns/shop/sa/client");
+    }
+    for (workload, token, refusal) in [
+        ("web-1", "tok-client", "cannot prove shop/web-1"),
+        ("web-1", "tok-web-9", "of pod web-9"),
+        ("client-1", "tok-web", "service account shop/web"),
+        ("client-1", "tok-apiserver", "audiences"),
+        ("client-1", "tok-other-ns", "service account prod/client"),
+        ("client-1", "tok-node", "not a service account"),
+        ("client-1", "tok-expired", "token has expired"),
+        ("client-1", "tok-unknown", "invalid bearer token"),
+    ] {
+        let err = cp
+            .certify_with_token("shop", workload, token)
+            .await
+            .expect_err(token)
+            .to_string();
+        assert!(err.contains(refusal), "{workload} with {token}: {err}");
+    }
+    // A token without a pod name still binds namespace and service account.
+    let (_, issued) = cp
+        .certify_with_token("shop", "web-1", "tok-web")
+        .await
+        .unwrap();
+    assert_eq!(issued.spiffe_id, "spiffe://cluster.local/ns/shop/sa/web");
+    cp.stop().await.unwrap();
 }
 
 fn rejected_reloads(cp: &TestControlPlane) -> u64 {

@@ -208,7 +208,24 @@ pub async fn connect_as(
     ProxyStream,
     BTreeMap<String, pb::DiscoveryResponse>,
 ) {
-    let (creds, _) = cp.certify("shop", workload).await.unwrap();
+    let token = cp.token("shop", workload).unwrap().to_owned();
+    connect_with_token(cp, workload, &token).await
+}
+
+/// [`connect_as`], bootstrapping with `token`.
+pub async fn connect_with_token(
+    cp: &palisade_control_plane::test_util::TestControlPlane,
+    workload: &str,
+    token: &str,
+) -> (
+    DiscoveryClient<tonic::transport::Channel>,
+    ProxyStream,
+    BTreeMap<String, pb::DiscoveryResponse>,
+) {
+    let (creds, _) = cp
+        .certify_with_token("shop", workload, token)
+        .await
+        .unwrap();
     let mut client = DiscoveryClient::new(cp.channel(Some(&creds)).await.unwrap());
     let mut urls = pb::ALL_TYPE_URLS.iter();
     let first = subscribe(urls.next().unwrap(), Some(("shop", workload)));
