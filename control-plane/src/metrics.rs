@@ -52,6 +52,7 @@ pub(crate) struct Metrics {
     serving_certificate_renewals: Counter,
     grpc_connections: Gauge,
     grpc_refusals: Family<ReasonLabel, Counter>,
+    unmeshed_pods: Gauge,
 }
 
 impl Metrics {
@@ -68,6 +69,13 @@ impl Metrics {
         let serving_certificate_renewals = Counter::default();
         let grpc_connections = Gauge::default();
         let grpc_refusals = Family::<ReasonLabel, Counter>::default();
+        let unmeshed_pods = Gauge::default();
+        registry.register(
+            "palisade_kubernetes_unmeshed_pods",
+            "Pods opted in to the mesh (namespace label or pod annotation) running without a \
+             sidecar, as the Kubernetes source last saw them",
+            unmeshed_pods.clone(),
+        );
         registry.register(
             "palisade_identity_certificates_issued",
             "Workload certificates signed by the identity service",
@@ -136,7 +144,13 @@ impl Metrics {
             serving_certificate_renewals,
             grpc_connections,
             grpc_refusals,
+            unmeshed_pods,
         }
+    }
+
+    pub fn unmeshed_pods(&self, count: usize) {
+        self.unmeshed_pods
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// The exposition in the Prometheus text format 0.0.4.

@@ -455,8 +455,14 @@ pub async fn start(
         tracker.spawn(watcher.run(Arc::clone(&shared), shutdown.clone()));
     }
     if let Some(source) = kubernetes {
-        let shared = Arc::clone(&shared);
-        tracker.spawn(source.run(move |built| shared.publish_built(built), shutdown.clone()));
+        let publisher = Arc::clone(&shared);
+        let gauge = Arc::clone(&metrics);
+        tracker.spawn(source.run(
+            move |built| publisher.publish_built(built),
+            config.ca.bundle().to_pem_list().concat(),
+            move |count| gauge.unmeshed_pods(count),
+            shutdown.clone(),
+        ));
     }
     tracker.close();
     ready.store(true, Ordering::Release);

@@ -15,6 +15,11 @@ const PALISADE_API_VERSION: &str = "palisade.dev/v1alpha1";
 pub const PROXY_CONTAINER: &str = "palisade-proxy";
 /// Pod annotation listing ports whose traffic is opaque TCP, never parsed as HTTP.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "palisade.dev/opaque-ports";
+/// Pod annotation and namespace label that opt in to (or out of) injection.
+pub const INJECT: &str = "palisade.dev/inject";
+/// Kind of the marker [`pod_document`] returns for a running Pod without a sidecar; never
+/// handed to the loader.
+pub const UNMESHED_POD: &str = "UnmeshedPod";
 
 /// `metadata` reduced to what the mesh reads.
 fn metadata(object: &Value, namespaced: bool) -> Value {
@@ -42,17 +47,41 @@ pub fn has_sidecar(pod: &Value) -> bool {
     })
 }
 
+/// What the source keeps of a Pod: its `Workload` when meshed; for a running Pod without a
+/// sidecar, an [`UNMESHED_POD`] marker (name, namespace, its `palisade.dev/inject`
+/// annotation) so opted-in Pods that escaped injection can be reported; else nothing.
+pub fn pod_document(pod: &Value) -> Option<Value> {
+    match pod_skip_reason(pod) {
+        None => pod_to_workload(pod),
+        Some("no sidecar") => {
+            let mut annotations = Map::new();
+            if let Some(value) = pod["metadata"]["annotations"][INJECT].as_str() {
+                annotations.insert(INJECT.into(), value.into());
+            }
+            Some(json!({
+                "kind": UNMESHED_POD,
+                "metadata": {
+                    "name": pod["metadata"]["name"],
+                    "namespace": pod["metadata"]["namespace"],
+                    "annotations": annotations,
+                },
+            }))
+        }
+        Some(_) => None,
+    }
+}
+
 /// Why a Pod is not a Workload of the mesh (`None`: it is one).
 pub fn pod_skip_reason(pod: &Value) -> Option<&'static str> {
     if pod["spec"]["hostNetwork"] == Value::Bool(true) {
         Some("host network")
-    } else if !has_sidecar(pod) {
-        Some("no sidecar")
     } else if matches!(
         pod["status"]["phase"].as_str(),
         Some("Succeeded" | "Failed")
     ) {
         Some("finished")
+    } else if !has_sidecar(pod) {
+        Some("no sidecar")
     } else if pod["status"]["podIP"].as_str().is_none_or(str::is_empty) {
         Some("no IP yet")
     } else {
@@ -293,6 +322,23 @@ mod tests {
             pod(json!({"spec": {"containers": [{"name": "palisade-proxy"}, {"name": "app"}]}}));
         let w = pod_to_workload(&classic).expect("classic sidecar");
         assert_eq!(w["spec"]["serviceAccount"], "default");
+        // A running Pod without a sidecar is kept as a marker, with its opt-in annotation.
+        let mut escaped = pod(json!({"spec": {"containers": [{"name": "app"}]}}));
+        escaped["metadata"]["annotations"] =
+            json!({"palisade.dev/inject": "enabled", "other": "x"});
+        assert_eq!(
+            pod_document(&escaped),
+            Some(
+                json!({"kind": "UnmeshedPod", "metadata": {"name": "web-1", "namespace": "shop",
+                "annotations": {"palisade.dev/inject": "enabled"}}})
+            )
+        );
+        assert!(
+            pod_document(&pod(
+                json!({"spec": {"hostNetwork": true, "containers": []}})
+            ))
+            .is_none()
+        );
     }
 
     #[test]

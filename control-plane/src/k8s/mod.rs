@@ -11,8 +11,9 @@
 
 pub mod convert;
 pub mod token_review;
+pub mod trust;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -72,7 +73,7 @@ fn kinds() -> Vec<Kind> {
         Kind {
             name: "pods",
             resource: resource("", "v1", "Pod", "pods"),
-            convert: convert::pod_to_workload,
+            convert: convert::pod_document,
         },
         Kind {
             name: "services",
@@ -205,11 +206,16 @@ impl KubernetesSource {
                 last_error: lock(&objects.last_error).clone(),
             });
         }
-        let initial = build(&objects)?;
+        let built = build(&objects);
+        let initial = built.snapshot?;
+        report_unmeshed(&built.unmeshed);
         Ok(RunningSource {
             objects,
             initial,
-            reviewer: token_review::TokenReviewer::new(self.client),
+            unmeshed: built.unmeshed,
+            meshed_namespaces: built.meshed_namespaces,
+            reviewer: token_review::TokenReviewer::new(self.client.clone()),
+            client: self.client,
         })
     }
 }
@@ -219,7 +225,10 @@ impl KubernetesSource {
 pub struct RunningSource {
     objects: Arc<Objects>,
     initial: MeshSnapshot,
+    unmeshed: Vec<String>,
+    meshed_namespaces: BTreeSet<String>,
     reviewer: token_review::TokenReviewer,
+    client: Client,
 }
 
 impl std::fmt::Debug for RunningSource {
@@ -234,18 +243,33 @@ impl RunningSource {
         &self.initial
     }
 
+    /// Pods opted in to the mesh but running without a sidecar (`namespace/name`), at the
+    /// first listing.
+    pub fn unmeshed_pods(&self) -> &[String] {
+        &self.unmeshed
+    }
+
     /// TokenReviews against the same API server.
     pub fn reviewer(&self) -> token_review::TokenReviewer {
         self.reviewer.clone()
     }
 
     /// Rebuilds the snapshot on every change and hands it to `publish` (which may refuse it;
-    /// the refusal is logged), until `shutdown`.
-    pub async fn run(
+    /// the refusal is logged), keeps `trust_anchors_pem` in every meshed namespace, and
+    /// reports opted-in Pods without a sidecar through `unmeshed`, until `shutdown`.
+    pub(crate) async fn run(
         self,
         publish: impl Fn(Result<MeshSnapshot, ConfigErrors>) -> Result<(), ConfigErrors>,
+        trust_anchors_pem: String,
+        unmeshed: impl Fn(usize),
         shutdown: CancellationToken,
     ) {
+        let mut trust = trust::TrustAnchorWriter::default();
+        unmeshed(self.unmeshed.len());
+        trust
+            .sync(&self.client, &self.meshed_namespaces, &trust_anchors_pem)
+            .await;
+        let mut last_unmeshed = self.unmeshed;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -260,20 +284,14 @@ impl RunningSource {
                 }
             }
             let objects = Arc::clone(&self.objects);
-            let built = tokio::task::spawn_blocking(move || build(&objects)).await;
-            let result = match built {
-                Ok(Ok(snapshot)) => publish(Ok(snapshot)),
-                Ok(Err(KubernetesError::Invalid(errors))) => publish(Err(errors)),
-                Ok(Err(other)) => {
-                    tracing::warn!(error = %other, "cannot build the snapshot");
-                    continue;
-                }
+            let built = match tokio::task::spawn_blocking(move || build(&objects)).await {
+                Ok(built) => built,
                 Err(e) => {
                     tracing::error!(error = %e, "snapshot build panicked");
                     continue;
                 }
             };
-            match result {
+            match publish(built.snapshot) {
                 Ok(()) => tracing::info!("cluster configuration changed; pushed"),
                 Err(errors) => {
                     for e in &errors {
@@ -281,7 +299,27 @@ impl RunningSource {
                     }
                 }
             }
+            unmeshed(built.unmeshed.len());
+            if built.unmeshed != last_unmeshed {
+                report_unmeshed(&built.unmeshed);
+                last_unmeshed = built.unmeshed;
+            }
+            trust
+                .sync(&self.client, &built.meshed_namespaces, &trust_anchors_pem)
+                .await;
         }
+    }
+}
+
+/// Logs each opted-in Pod running without a sidecar, with the fix.
+fn report_unmeshed(pods: &[String]) {
+    for pod in pods {
+        tracing::warn!(
+            pod = %pod,
+            "pod opted in to the mesh runs without a sidecar (created while the injector was \
+             unreachable, or before the namespace was labelled): delete it so that it is \
+             recreated with one"
+        );
     }
 }
 
@@ -299,10 +337,20 @@ fn unsynced(objects: &Objects) -> Vec<&'static str> {
         .collect()
 }
 
-/// The snapshot of everything the watchers hold, validated by the directory loader.
-fn build(objects: &Objects) -> Result<MeshSnapshot, KubernetesError> {
+/// What one pass over the watched objects gives.
+struct Built {
+    /// The snapshot, validated by the directory loader.
+    snapshot: Result<MeshSnapshot, ConfigErrors>,
+    /// `namespace/name` of running Pods opted in to the mesh without a sidecar.
+    unmeshed: Vec<String>,
+    /// Namespaces that need the trust anchors: opted in, or running meshed or opted-in Pods.
+    meshed_namespaces: BTreeSet<String>,
+}
+
+/// One pass over everything the watchers hold.
+fn build(objects: &Objects) -> Built {
     let names: Vec<&'static str> = kinds().iter().map(|k| k.name).collect();
-    let mut documents: Vec<(PathBuf, Value)> = lock(&objects.kinds)
+    let all: Vec<(PathBuf, Value)> = lock(&objects.kinds)
         .iter()
         .zip(names)
         .flat_map(|(state, kind)| {
@@ -313,17 +361,51 @@ fn build(objects: &Objects) -> Result<MeshSnapshot, KubernetesError> {
             })
         })
         .collect();
+    let (markers, mut documents): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(_, d)| d["kind"] == convert::UNMESHED_POD);
+    let opted_in_namespaces: BTreeSet<String> = documents
+        .iter()
+        .filter(|(_, d)| {
+            d["kind"] == "Namespace" && d["metadata"]["labels"][convert::INJECT] == "enabled"
+        })
+        .filter_map(|(_, d)| d["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut meshed_namespaces = opted_in_namespaces.clone();
+    let mut unmeshed = Vec::new();
+    for (_, marker) in &markers {
+        let namespace = marker["metadata"]["namespace"].as_str().unwrap_or_default();
+        let annotation = marker["metadata"]["annotations"][convert::INJECT].as_str();
+        let opted_in = annotation == Some("enabled")
+            || (opted_in_namespaces.contains(namespace) && annotation != Some("disabled"));
+        if opted_in {
+            meshed_namespaces.insert(namespace.to_owned());
+            unmeshed.push(format!(
+                "{namespace}/{}",
+                marker["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+        }
+    }
     let workloads: Vec<Value> = documents
         .iter()
         .filter(|(_, d)| d["kind"] == "Workload")
         .map(|(_, d)| d.clone())
         .collect();
+    meshed_namespaces.extend(
+        workloads
+            .iter()
+            .filter_map(|w| w["metadata"]["namespace"].as_str().map(str::to_owned)),
+    );
     for (_, document) in &mut documents {
         if document["kind"] == "Service" {
             convert::resolve_target_ports(document, &workloads);
         }
     }
-    Ok(config::load_json_documents(documents)?)
+    Built {
+        snapshot: config::load_json_documents(documents),
+        unmeshed,
+        meshed_namespaces,
+    }
 }
 
 /// Keeps one kind's objects in `objects` until `shutdown`, relisting with backoff on errors.

@@ -34,6 +34,7 @@ RESOURCES = [
     "v1/pods",
     "v1/services",
     "v1/namespaces",
+    "v1/configmaps",
     "networking.k8s.io/v1/networkpolicies",
     "palisade.dev/v1alpha1/authorizationpolicies",
     "palisade.dev/v1alpha1/egresspolicies",

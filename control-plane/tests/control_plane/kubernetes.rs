@@ -191,6 +191,11 @@ async fn seed(k: &Kmock) {
         "spec": {"containers": [{"name": "legacy", "image": "x"}]},
         "status": {"phase": "Running", "podIP": "10.1.0.9"}}))
         .await;
+    k.create(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "batch", "namespace": "shop", "annotations": {"palisade.dev/inject": "disabled"}},
+        "spec": {"containers": [{"name": "batch", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": "10.1.0.12"}}))
+        .await;
     k.create(json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "shop"},
         "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"},
@@ -265,6 +270,31 @@ async fn cluster_changes_reach_the_proxies() {
         stream.send(ack(resp)).await;
     }
     assert_eq!(web_endpoints(&got[pb::SERVICES_TYPE_URL]), ["10.1.0.7"]);
+    assert!(
+        cp.control_plane
+            .metrics_text()
+            .contains("\npalisade_kubernetes_unmeshed_pods 1\n"),
+        "{}",
+        cp.control_plane.metrics_text()
+    );
+    // The meshed namespace got the trust anchors the injector mounts.
+    let anchors = timed("trust anchors written", async {
+        loop {
+            let list = k
+                .send(Method::GET, "/api/v1/namespaces/shop/configmaps", None)
+                .await;
+            if let Some(cm) = list["items"].as_array().and_then(|items| items.first()) {
+                return cm.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(anchors["metadata"]["name"], "palisade-trust-anchors");
+    assert_eq!(
+        anchors["data"]["ca.crt"].as_str(),
+        Some(cp.bundle().to_pem_list().concat().as_str())
+    );
     match &got[pb::WORKLOAD_TYPE_URL].resources {
         Some(Resources::Workload(w)) => {
             assert_eq!(w.spiffe_id, "spiffe://cluster.local/ns/shop/sa/client");

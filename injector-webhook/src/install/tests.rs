@@ -346,7 +346,7 @@ fn rbac_is_least_privilege() {
         "tokenreviews",
         "create"
     ));
-    for v in ["get", "list", "watch", "create", "update"] {
+    for v in ["get", "list", "watch", "create", "update", "patch"] {
         assert!(has(&cluster, "", "configmaps", v), "configmaps {v}");
     }
     assert!(
