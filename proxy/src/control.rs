@@ -36,7 +36,8 @@ pub enum ControlPlaneError {
 /// Where the control plane is and how to recognise it.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneTarget {
-    /// `host:port` of the gRPC listener (15012).
+    /// `host:port` of the gRPC listener (15012); several, comma-separated, are replicas
+    /// tried in turn (as are the several addresses a name may resolve to).
     pub addr: String,
     /// The SPIFFE ID it must present.
     pub identity: SpiffeId,
@@ -55,17 +56,28 @@ impl ControlPlaneTarget {
             self.identity.clone(),
             &[ALPN_H2],
         )?);
-        let endpoint = Endpoint::from_shared(format!("https://{}", self.addr))
+        let replicas: Vec<String> = self
+            .addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let Some(first) = replicas.first() else {
+            return Err(ControlPlaneError::BadAddress(self.addr.clone()));
+        };
+        // The URI only names the channel; the connector below picks the replica.
+        let endpoint = Endpoint::from_shared(format!("https://{first}"))
             .map_err(|_| ControlPlaneError::BadAddress(self.addr.clone()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        let addr = self.addr.clone();
+        let replicas = Arc::new(replicas);
         let connector = tower::service_fn(move |_uri: http::Uri| {
             let config = config.clone();
-            let addr = addr.clone();
+            let replicas = replicas.clone();
             async move {
-                let tcp = TcpStream::connect(&addr).await?;
+                let tcp = connect_any(&replicas).await?;
                 tcp.set_nodelay(true)?;
                 let tls = TlsConnector::from(config)
                     .connect(tls::placeholder_server_name(), tcp)
@@ -81,6 +93,27 @@ impl ControlPlaneTarget {
                 source,
             })
     }
+}
+
+/// Connects to the first replica that answers, starting from a random one so that proxies
+/// spread over the replicas; a replica that is down costs one refused or timed-out connect.
+async fn connect_any(replicas: &[String]) -> std::io::Result<TcpStream> {
+    let start = fastrand::usize(..replicas.len().max(1));
+    let mut last_error = None;
+    for i in 0..replicas.len() {
+        let addr = &replicas[(start + i) % replicas.len()];
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str())).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last_error = Some(std::io::Error::new(e.kind(), format!("{addr}: {e}"))),
+            Err(_) => {
+                last_error = Some(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{addr}: no answer within {CONNECT_TIMEOUT:?}"),
+                ))
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no control plane address")))
 }
 
 /// Exponential backoff with full jitter, for reconnects and certificate retries.
