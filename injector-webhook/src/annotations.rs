@@ -113,7 +113,7 @@ pub struct PodOptions {
     pub resources: ProxyResources,
 }
 
-/// The annotation's value; `Err` names the annotation when it is not a string.
+/// The raw value of annotation `name`, if the pod has it.
 pub fn get<'a>(annotations: Option<&'a Map>, name: &'static str) -> Option<&'a Value> {
     annotations.and_then(|a| a.get(name))
 }

@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -24,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::mutate::Settings;
 use crate::review::{self, Answer};
@@ -40,8 +40,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time a client gets to finish its TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time a client gets to send a request's headers (also bounds idle keep-alive).
+    /// Time a client gets to send a request's headers once it started one.
     pub header_read_timeout: Duration,
+    /// Age after which a connection is closed gracefully (the API server reconnects), so
+    /// idle keep-alive connections cannot hold the connection slots forever.
+    pub max_connection_age: Duration,
     /// Time one request may take, body included (the API server waits at most 30 s).
     pub request_timeout: Duration,
     /// Time open connections get to finish after shutdown before they are dropped.
@@ -55,6 +58,7 @@ impl Default for Limits {
             max_connections: 256,
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
         }
@@ -172,7 +176,7 @@ async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToke
     let settings = Arc::new(config.settings);
     let limits = Arc::new(config.limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -194,8 +198,8 @@ async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToke
         let acceptor = acceptor.clone();
         let settings = settings.clone();
         let limits = limits.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
             let _permit = permit;
             let tls =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -209,7 +213,11 @@ async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToke
                         return;
                     }
                 };
-            let header_read_timeout = limits.header_read_timeout;
+            let (header_read_timeout, max_age, drain) = (
+                limits.header_read_timeout,
+                limits.max_connection_age,
+                limits.drain_timeout,
+            );
             let service = service_fn(move |req| {
                 let settings = settings.clone();
                 let limits = limits.clone();
@@ -229,18 +237,26 @@ async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToke
                 .header_read_timeout(Some(header_read_timeout))
                 .keep_alive(true);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::pin!(conn);
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(max_age) => {}
             }
+            // Finish the request in flight, then close; dropped at the drain deadline.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(drain, conn).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout; dropping them");
-    }
+    connections.close();
+    // Every connection task ends by itself within the drain timeout (plus a handshake).
+    connections.wait().await;
 }
 
 async fn handle(

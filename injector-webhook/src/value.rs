@@ -95,8 +95,8 @@ impl Value {
 
     /// Compact JSON text (key order kept).
     pub fn to_json(&self) -> String {
-        // Writing a tree of plain values to a String cannot fail except for non-finite
-        // floats, which only YAML input can hold; JSON has no spelling for them.
+        // Keys are strings and non-finite floats are written as null, so serialising to a
+        // String cannot fail; the fallback only keeps this function total.
         serde_json::to_string(self).unwrap_or_else(|_| "null".to_owned())
     }
 
@@ -156,6 +156,9 @@ impl Serialize for Value {
             Value::Bool(b) => serializer.serialize_bool(*b),
             Value::Int(i) => serializer.serialize_i64(*i),
             Value::UInt(u) => serializer.serialize_u64(*u),
+            // JSON has no spelling for infinities and NaN (only YAML input can hold them):
+            // they are written as null rather than failing the whole document.
+            Value::Float(f) if !f.is_finite() => serializer.serialize_unit(),
             Value::Float(f) => serializer.serialize_f64(*f),
             Value::String(s) => serializer.serialize_str(s),
             Value::Array(items) => {

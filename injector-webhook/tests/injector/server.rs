@@ -355,3 +355,29 @@ async fn slow_headers_and_extra_connections_are_dropped() {
     drop(served);
     webhook.stop().await;
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_at_their_age_and_on_shutdown() {
+    let webhook = Webhook::start(Limits {
+        max_connection_age: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let mut idle = webhook.tls().await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(LIMIT, idle.read(&mut buf))
+        .await
+        .expect("an idle connection is closed at its age")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    webhook.stop().await;
+
+    // Shutdown with a connection open: the server still stops within the drain timeout.
+    let webhook = Webhook::start(Limits {
+        drain_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let _open = webhook.tls().await;
+    webhook.stop().await;
+}
