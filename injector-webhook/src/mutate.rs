@@ -517,9 +517,9 @@ fn probe_rewrites(
             continue;
         }
         let mut left_alone = |why: String| {
+            // Short: the API server truncates admission warnings past 120 characters.
             warnings.push(format!(
-                "container {name:?} {probe_key}: {why}; the probe is left unchanged and may \
-                 fail under default deny"
+                "container {name:?} {probe_key} left unchanged: {why}"
             ));
         };
         let port = match resolve_port(container, handler.get("port"), handler_key == "grpc") {
@@ -642,7 +642,7 @@ fn resolve_port(container: &Map, port: Option<&Value>, numeric_only: bool) -> Re
                 })
             })
             .filter(|p| (1..=65535).contains(p))
-            .ok_or_else(|| format!("port {name:?} is not the name of a port of the container")),
+            .ok_or_else(|| format!("port {name:?} is no port name of the container")),
         Some(other) => Err(format!("port {} is not a port number", other.to_json())),
         None => Err("no port".to_owned()),
     }

@@ -7,7 +7,13 @@ use palisade_injector::mutate::Settings;
 use palisade_injector::review::{self, Answer};
 use palisade_injector::{inject_stream, yaml};
 
-const ROUNDS: usize = 3000;
+/// Rounds per test; `PALISADE_RANDOM_ROUNDS` runs more (a longer local soak, not in CI).
+fn rounds() -> usize {
+    std::env::var("PALISADE_RANDOM_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
 
 fn seeds() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -83,8 +89,12 @@ fn mutate(rng: &mut fastrand::Rng, input: &mut Vec<u8>) {
 fn mutated_reviews_and_manifests_never_panic() {
     let settings = Settings::default();
     let seeds = seeds();
-    let mut rng = fastrand::Rng::with_seed(0x9a115ade);
-    for round in 0..ROUNDS {
+    let seed = std::env::var("PALISADE_RANDOM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x9a115ade);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for round in 0..rounds() {
         let mut input = seeds[rng.usize(..seeds.len())].clone();
         for _ in 0..rng.usize(1..8) {
             mutate(&mut rng, &mut input);
@@ -110,7 +120,7 @@ fn mutated_reviews_and_manifests_never_panic() {
 fn random_bytes_never_panic() {
     let settings = Settings::default();
     let mut rng = fastrand::Rng::with_seed(7);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         let len = rng.usize(..256);
         let input: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
         let _ = review::answer(&input, false, &settings);
