@@ -220,6 +220,9 @@ pub enum Problem {
         /// The name.
         name: &'static str,
     },
+    /// A field injection needs is absent.
+    #[error("missing")]
+    Missing,
     /// A bug: the operations did not apply to the pod they were made for.
     #[error("internal error: {0}")]
     Internal(String),
@@ -299,8 +302,10 @@ pub fn decide(pod: &Value, policy: Policy, settings: &Settings) -> Result<Decisi
         Some(m) => opt_object(m, "annotations", "metadata.annotations")?,
         None => None,
     };
-    let empty = Map::new();
-    let spec = opt_object(pod, "spec", "spec")?.unwrap_or(&empty);
+    let spec = opt_object(pod, "spec", "spec")?.ok_or_else(|| InjectError {
+        field: "spec".to_owned(),
+        problem: Problem::Missing,
+    })?;
     let containers = opt_objects(spec, "containers", "spec.containers")?.unwrap_or_default();
     let init_containers =
         opt_objects(spec, "initContainers", "spec.initContainers")?.unwrap_or_default();

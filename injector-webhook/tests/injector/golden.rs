@@ -239,3 +239,18 @@ fn manifest_errors_name_document_and_field() {
         "{err}"
     );
 }
+
+#[test]
+fn templates_without_spec_are_refused_by_name() {
+    let settings = Settings::default();
+    let err = inject_stream(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {a: b}}\n",
+        &settings,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "document 1 (Deployment d): spec.template.spec: missing"
+    );
+}
