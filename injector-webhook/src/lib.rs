@@ -13,7 +13,9 @@
 //!   with `NET_ADMIN` and `NET_RAW` only;
 //! - the proxy `palisade-proxy`: a native sidecar (init container with
 //!   `restartPolicy: Always`, right after `palisade-init`), or the first app container with
-//!   `palisade.dev/sidecar: classic`; UID/GID 1337, no capabilities, read-only root;
+//!   `palisade.dev/sidecar: classic`; UID/GID 1337, no capabilities, read-only root. In
+//!   classic form the user's init containers run after the capture rules and before the
+//!   proxy, so they have no network: prefer the native form (Kubernetes 1.29+);
 //! - volumes `palisade-token` (projected service-account token, audience `palisade`) and
 //!   `palisade-trust` (ConfigMap `palisade-trust-anchors`, key `ca.crt`);
 //! - annotation `palisade.dev/status: injected` (an injected pod is never injected again).

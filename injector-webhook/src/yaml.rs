@@ -11,6 +11,10 @@
 //! stay strings. Mapping keys that resolve to non-strings are turned into their text
 //! (`on:` is the key `"true"`), as `kubectl` does.
 //!
+//! PyYAML departs from YAML 1.1 in one place: it reads `y` and `n` as strings. Those are
+//! booleans here, as in go-yaml; the writer quotes them, so written output reads the same in
+//! both.
+//!
 //! Writing is the other direction: every string that any YAML reader (1.1 or 1.2) could take
 //! for something else is double-quoted, so `yaml.safe_load` and `kubectl` read back exactly
 //! the tree that was written.
@@ -887,5 +891,32 @@ mod tests {
         assert_eq!(docs[1].value, Value::Null);
         let text = write_documents([&docs[0].value, &docs[2].value]);
         assert_eq!(text, "a: 1\n---\nb:\n- 1\n- c: d\n");
+    }
+}
+
+#[cfg(test)]
+mod long_key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_longer_than_an_implicit_key_read_back() {
+        let long = "k".repeat(1500);
+        let mut inner = Map::new();
+        inner.insert(
+            long.clone(),
+            Value::Array(vec![Value::from("a"), Value::Int(1)]),
+        );
+        inner.insert(format!("{long}2"), {
+            let mut m = Map::new();
+            m.insert("x".into(), Value::from("y"));
+            Value::Object(m)
+        });
+        inner.insert(format!("{long}3"), Value::from("v"));
+        let mut outer = Map::new();
+        outer.insert("top".into(), Value::Object(inner));
+        let doc = Value::Object(outer);
+        let text = to_yaml(&doc);
+        let back = read_documents(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back[0].value, doc, "{text}");
     }
 }
