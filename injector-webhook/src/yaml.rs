@@ -91,6 +91,8 @@ struct Reader {
 
 /// Reads every document of a YAML stream (`---`-separated).
 pub fn read_documents(text: &str) -> Result<Vec<Document>, YamlError> {
+    // Editors on Windows write a byte-order mark; it is no part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut parser = Parser::new_from_str(text);
     let mut reader = Reader {
         document: 0,
@@ -786,6 +788,12 @@ mod tests {
         }
         let err = read_documents(&bomb).unwrap_err();
         assert!(err.to_string().contains("nodes"), "{err}");
+    }
+
+    #[test]
+    fn byte_order_mark_and_crlf_are_read_as_kubectl_reads_them() {
+        let v = one("\u{feff}kind: Pod\r\nspec: {a: 1}\r\n");
+        assert_eq!(v.to_json(), r#"{"kind":"Pod","spec":{"a":1}}"#);
     }
 
     #[test]

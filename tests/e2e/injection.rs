@@ -12,7 +12,7 @@ use palisade_injector::review::{self, Answer};
 use palisade_injector::value::{Value, from_json};
 use palisade_injector::{Settings, yaml};
 
-use crate::support::procs::{ChildGuard, run_palisade, workspace_root};
+use crate::support::procs::{ChildGuard, palisade_bin, run_palisade, workspace_root};
 use crate::support::tools::{self, output_text};
 use crate::support::{Block, poll, skip};
 
@@ -445,5 +445,20 @@ async fn injector_process_answers_curl_and_stops() {
         stderr.contains("document 1 (Pod p)")
             && stderr.contains("metadata.annotations[\"palisade.dev/proxy-cpu\"]"),
         "{stderr}"
+    );
+
+    // `-f -` reads stdin; the output is injected and reads back as YAML.
+    let out = tools::run_with_stdin(
+        palisade_bin(),
+        &["inject", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: b}]\n",
+        TOOL_LIMIT,
+    )
+    .await;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("palisade.dev/status: injected") && text.contains("name: palisade-proxy"),
+        "{text}"
     );
 }
