@@ -138,8 +138,118 @@ pub fn tls_config(
     Ok(config)
 }
 
-/// Reads `--tls-cert` and `--tls-key` files into a server config.
+/// How often the serving certificate files are checked for a change.
+pub const CERT_RECHECK: Duration = Duration::from_secs(10);
+
+/// Reads `--tls-cert` and `--tls-key` files into a server config that picks up new files
+/// (a renewed Secret) within [`CERT_RECHECK`], without a restart.
 pub fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServerError> {
+    load_tls_with_recheck(cert, key, CERT_RECHECK)
+}
+
+/// [`load_tls`] with another recheck interval (tests use a short one).
+pub fn load_tls_with_recheck(
+    cert: &Path,
+    key: &Path,
+    recheck: Duration,
+) -> Result<rustls::ServerConfig, ServerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let files = CertFiles::load(cert, key, provider.clone(), recheck)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(files));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+// === impl CertFiles ===
+
+/// The serving certificate, re-read when its files change. Certificates for admission
+/// webhooks are rotated by replacing a mounted Secret; a process that kept the first pair
+/// would serve an expired one and block every pod creation in meshed namespaces.
+#[derive(Debug)]
+struct CertFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    recheck: Duration,
+    state: std::sync::Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    current: Arc<rustls::sign::CertifiedKey>,
+    stamp: FileStamp,
+    checked: tokio::time::Instant,
+}
+
+/// Modification time and length of both files: what tells a rewrite apart.
+type FileStamp = [Option<(std::time::SystemTime, u64)>; 2];
+
+impl CertFiles {
+    fn load(
+        cert: &Path,
+        key: &Path,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        recheck: Duration,
+    ) -> Result<Self, ServerError> {
+        let stamp = stamp(cert, key);
+        let current = read_pair(cert, key, &provider)?;
+        Ok(CertFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            provider,
+            recheck,
+            state: std::sync::Mutex::new(Loaded {
+                current: Arc::new(current),
+                stamp,
+                checked: tokio::time::Instant::now(),
+            }),
+        })
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertFiles {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        // A poisoned lock still holds a usable pair.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.checked.elapsed() >= self.recheck {
+            state.checked = tokio::time::Instant::now();
+            let now = stamp(&self.cert, &self.key);
+            if now != state.stamp {
+                match read_pair(&self.cert, &self.key, &self.provider) {
+                    Ok(pair) => {
+                        tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
+                        state.current = Arc::new(pair);
+                        state.stamp = now;
+                    }
+                    // Half-written files during a rotation: keep serving the last good pair
+                    // and try again at the next check.
+                    Err(e) => tracing::warn!(error = %e, "serving certificate not reloaded"),
+                }
+            }
+        }
+        Some(state.current.clone())
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> FileStamp {
+    [cert, key].map(|p| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+}
+
+fn read_pair(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, ServerError> {
     let file_error = |path: &Path, problem: String| ServerError::TlsFile {
         path: path.display().to_string(),
         problem,
@@ -152,7 +262,9 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, ServerE
         return Err(file_error(cert, "no CERTIFICATE block".to_owned()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e.to_string()))?;
-    tls_config(chain, key_der)
+    Ok(rustls::sign::CertifiedKey::from_der(
+        chain, key_der, provider,
+    )?)
 }
 
 /// Binds `config.listen` and serves until `shutdown` fires.

@@ -381,3 +381,74 @@ async fn idle_connections_are_closed_at_their_age_and_on_shutdown() {
     let _open = webhook.tls().await;
     webhook.stop().await;
 }
+
+fn client_trusting(cert: &rcgen::Certificate) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.der().to_vec()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn handshake_ok(client: &TlsConnector, addr: SocketAddr) -> bool {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    matches!(
+        tokio::time::timeout(LIMIT, client.connect(name, tcp)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[tokio::test]
+async fn a_rotated_serving_certificate_is_picked_up_without_restart() {
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let second = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, first.cert.pem()).unwrap();
+    std::fs::write(&key_path, first.signing_key.serialize_pem()).unwrap();
+    let tls =
+        server::load_tls_with_recheck(&cert_path, &key_path, Duration::from_millis(50)).unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = server::run(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: Arc::new(tls),
+            settings: Settings::default(),
+            limits: Limits::default(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = handle.local_addr();
+    let (old_client, new_client) = (client_trusting(&first.cert), client_trusting(&second.cert));
+    assert!(handshake_ok(&old_client, addr).await);
+    assert!(!handshake_ok(&new_client, addr).await);
+
+    // A half-written rotation (garbage certificate): the last good pair stays in service.
+    std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(handshake_ok(&old_client, addr).await);
+
+    std::fs::write(&key_path, second.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, second.cert.pem()).unwrap();
+    let mut rotated = false;
+    for _ in 0..100 {
+        if handshake_ok(&new_client, addr).await {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rotated, "the new certificate was never served");
+    assert!(!handshake_ok(&old_client, addr).await);
+    shutdown.cancel();
+    tokio::time::timeout(LIMIT, handle.wait()).await.unwrap();
+}
