@@ -53,7 +53,7 @@ pub struct InjectorArgs {
     )]
     pub listen: SocketAddr,
     /// PEM certificate chain the webhook serves (the webhook configuration's caBundle must
-    /// trust it).
+    /// trust it); re-read within 10 s when the file changes.
     #[arg(long, env = "PALISADE_INJECTOR_TLS_CERT")]
     pub tls_cert: PathBuf,
     /// PEM private key of --tls-cert.
