@@ -6,7 +6,7 @@ set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/tmp/palisade-ci-target}/fuzz"
 
-for crate in certs proxy control-plane; do
+for crate in certs proxy control-plane injector-webhook; do
     printf -- '--> %s/fuzz\n' "$crate"
     # Start from the workspace's pinned versions; cargo adds only the fuzz-only crates.
     cp Cargo.lock "$crate/fuzz/Cargo.lock"

