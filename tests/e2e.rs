@@ -67,14 +67,14 @@ mod bypass;
 /// and connections within a memory bound.
 #[path = "e2e/control_plane_limits.rs"]
 mod control_plane_limits;
-/// `palisade install`: kubernetes-validate, CRD schemas against the control plane's parser,
-/// the webhook's CA and serving certificate, `--ca-dir`, and the golden manifests.
-#[path = "e2e/install.rs"]
-mod install;
 /// Sidecar injection: golden patches applied by python `jsonpatch`, `inject -f` output
 /// validated by `kubernetes-validate`, YAML 1.1 against python `yaml`, the webhook process.
 #[path = "e2e/injection.rs"]
 mod injection;
+/// `palisade install`: kubernetes-validate, CRD schemas against the control plane's parser,
+/// the webhook's CA and serving certificate, `--ca-dir`, and the golden manifests.
+#[path = "e2e/install.rs"]
+mod install;
 /// Data-path resource bounds: certificate expiry, streams, app pool, timeouts, connection
 /// caps, bounded metric labels, and a load test against one sidecar process.
 #[path = "e2e/limits.rs"]

@@ -23,7 +23,8 @@ pub const EXCLUDE_INBOUND_CIDRS: &str = "palisade.dev/exclude-inbound-cidrs";
 pub const EXCLUDE_OUTBOUND_CIDRS: &str = "palisade.dev/exclude-outbound-cidrs";
 /// UDP ports let through the non-TCP default deny.
 pub const ALLOW_UDP_PORTS: &str = "palisade.dev/allow-udp-ports";
-/// Ports the proxy treats as opaque TCP (env `PALISADE_OPAQUE_PORTS`).
+/// Ports whose traffic is opaque TCP: validated at injection, read by the control plane from
+/// the pod (every caller's sidecar must know, not only this pod's).
 pub const OPAQUE_PORTS: &str = "palisade.dev/opaque-ports";
 /// The proxy's CPU request.
 pub const PROXY_CPU: &str = "palisade.dev/proxy-cpu";

@@ -722,9 +722,8 @@ fn proxy_container(settings: &Settings, options: &PodOptions, app_probes: &Map) 
         let probes = Value::Object(app_probes.clone()).to_json();
         env_list.push(env("PALISADE_APP_PROBES", &probes));
     }
-    if let Some(ports) = &options.opaque_ports {
-        env_list.push(env("PALISADE_OPAQUE_PORTS", ports));
-    }
+    // `palisade.dev/opaque-ports` is checked here but read by the control plane from the pod:
+    // callers' sidecars need it too, so it travels in the Workload, not to this proxy alone.
     let r = &options.resources;
     let mut resources = Map::new();
     resources.insert(

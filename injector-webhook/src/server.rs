@@ -1,4 +1,7 @@
-//! The HTTPS admission webhook: `POST /inject` (and `/inject?require-annotation=true`).
+//! The HTTPS admission webhook: `POST /inject` (namespaces opted in by label) and
+//! `POST /inject/require-annotation` (elsewhere: only pods annotated
+//! `palisade.dev/inject: enabled`; a webhook configuration's service path cannot carry a
+//! query, so this is a path; `/inject?require-annotation=true` means the same).
 //!
 //! Bounded everywhere, because the API server is not the only thing that can reach the port:
 //! connections (more are closed at once), TLS handshake time, header read time, body size
@@ -376,12 +379,16 @@ async fn handle(
     settings: &Settings,
     limits: &Limits,
 ) -> Response<Full<Bytes>> {
-    if req.uri().path() != INJECT_PATH {
-        return text(
-            StatusCode::NOT_FOUND,
-            "not found: the webhook serves POST /inject",
-        );
-    }
+    let path_requires_annotation = match req.uri().path() {
+        INJECT_PATH => false,
+        crate::install::REQUIRE_ANNOTATION_PATH => true,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: the webhook serves POST /inject and /inject/require-annotation",
+            );
+        }
+    };
     if req.method() != Method::POST {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -392,7 +399,7 @@ async fn handle(
         return r;
     }
     let require_annotation = match require_annotation(req.uri().query()) {
-        Ok(v) => v,
+        Ok(v) => v || path_requires_annotation,
         Err(message) => return text(StatusCode::BAD_REQUEST, &message),
     };
     let declared = req

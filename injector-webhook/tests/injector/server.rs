@@ -172,19 +172,29 @@ async fn pod_creation_is_answered_with_a_patch() {
 }
 
 #[tokio::test]
-async fn require_annotation_query_only_injects_annotated_pods() {
+async fn require_annotation_only_injects_annotated_pods() {
     let webhook = Webhook::start(Limits::default()).await;
-    let path = "/inject?require-annotation=true";
+    // The path `palisade install` configures, and the query form.
+    for path in [
+        palisade_injector::install::REQUIRE_ANNOTATION_PATH,
+        "/inject?require-annotation=true",
+    ] {
+        let (_, text) = webhook
+            .post(path, golden("inject-require-annotation/not-annotated"))
+            .await;
+        let response = response_of(&text);
+        assert_eq!(response.get("allowed"), Some(&Value::Bool(true)));
+        assert!(response.get("patch").is_none(), "{path}: {text}");
+        let (_, text) = webhook
+            .post(path, golden("inject-require-annotation/annotated"))
+            .await;
+        assert!(response_of(&text).get("patch").is_some(), "{path}: {text}");
+    }
+    // Without the annotation requirement (a labelled namespace), the same pod is injected.
     let (_, text) = webhook
-        .post(path, golden("inject-require-annotation/not-annotated"))
+        .post("/inject", golden("inject-require-annotation/not-annotated"))
         .await;
-    let response = response_of(&text);
-    assert_eq!(response.get("allowed"), Some(&Value::Bool(true)));
-    assert!(response.get("patch").is_none(), "{text}");
-    let (_, text) = webhook
-        .post(path, golden("inject-require-annotation/annotated"))
-        .await;
-    assert!(response_of(&text).get("patch").is_some(), "{text}");
+    assert!(response_of(&text).get("patch").is_some(), "/inject: {text}");
     let (status, text) = webhook
         .post(
             "/inject?require-annotation=yes",
