@@ -75,6 +75,10 @@ mod injection;
 /// the webhook's CA and serving certificate, `--ca-dir`, and the golden manifests.
 #[path = "e2e/install.rs"]
 mod install;
+/// The Kubernetes source with real processes: two control-plane replicas on the kmock API
+/// emulator, a proxy failing over between them.
+#[path = "e2e/kubernetes.rs"]
+mod kubernetes;
 /// Data-path resource bounds: certificate expiry, streams, app pool, timeouts, connection
 /// caps, bounded metric labels, and a load test against one sidecar process.
 #[path = "e2e/limits.rs"]

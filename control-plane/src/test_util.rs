@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod kmock;
 pub mod raw_h2;
 
 use crate::{

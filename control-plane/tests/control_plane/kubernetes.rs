@@ -4,164 +4,35 @@
 //! last good view kept; two replicas on the same API serve the same versions.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::Method;
 use palisade_control_plane::k8s::{KubernetesSource, RunningSource};
+use palisade_control_plane::test_util::kmock::{self, Kmock, review};
 use palisade_control_plane::test_util::{TestControlPlane, TestOptions};
 use palisade_proto::v1 as pb;
 use palisade_proto::v1::discovery_response::Resources;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 use super::support::*;
 
-/// The emulator, killed when dropped.
-struct Kmock {
-    url: String,
-    /// kmock keeps no resource versions; watchers need them to resume, so each write stamps
-    /// the next one, as an API server would.
-    resource_version: std::sync::atomic::AtomicU64,
-    _reviews_file: Option<tempfile::NamedTempFile>,
-    _child: Child,
-}
-
-impl Kmock {
-    /// Starts the emulator answering TokenReviews from `reviews` (token → recorded status),
-    /// or prints `SKIPPED:` and returns `None` without Python's kmock.
-    async fn start_with_reviews(test: &str, reviews: Option<&Value>) -> Option<Kmock> {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/control_plane/kmock_server.py"
-        );
-        for python in ["/opt/meshtools/bin/python", "python3"] {
-            let has_kmock = Command::new(python)
-                .args(["-c", "import kmock"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .is_ok_and(|s| s.success());
-            if !has_kmock {
-                continue;
-            }
-            let reviews_file = reviews.map(|r| {
-                let file = tempfile::NamedTempFile::new().unwrap();
-                std::fs::write(file.path(), r.to_string()).unwrap();
-                file
-            });
-            let mut args = vec![script.to_owned(), "120".to_owned()];
-            if let Some(file) = &reviews_file {
-                args.push(file.path().display().to_string());
-            }
-            let mut child = Command::new(python)
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let line = timed("kmock prints its URL", lines.next_line())
-                .await
-                .unwrap()
-                .expect("kmock exited before serving");
-            let url = line.strip_prefix("URL ").expect("URL line").to_owned();
-            return Some(Kmock {
-                _reviews_file: reviews_file,
-                url,
-                resource_version: std::sync::atomic::AtomicU64::new(1),
-                _child: child,
-            });
-        }
+/// The emulator (SKIPPED without Python's kmock) answering TokenReviews from `reviews`.
+async fn kmock(test: &str, reviews: &Value) -> Option<Kmock> {
+    let Some(python) = kmock::python().await else {
         println!(
             "SKIPPED: {test}: Python's kmock not found (pip install kmock; tests/run.sh installs it)"
         );
-        None
-    }
-
-    fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_owned()
-    }
-
-    async fn send(&self, method: Method, path: &str, mut body: Option<Value>) -> Value {
-        if let Some(body) = &mut body {
-            let version = self
-                .resource_version
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            body["metadata"]["resourceVersion"] = Value::String(version.to_string());
-        }
-        let tcp = TcpStream::connect(self.addr()).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let content_type = if method == Method::PATCH {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
-        let request = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header("host", self.addr())
-            .header("content-type", content_type)
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
-            .unwrap();
-        let response = timed("kmock request", sender.send_request(request))
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        assert!(status.is_success(), "{method} {path}: {status} {bytes:?}");
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-    }
-
-    async fn create(&self, object: Value) {
-        let path = collection_path(&object);
-        self.send(Method::POST, &path, Some(object)).await;
-    }
-
-    async fn patch(&self, object_path: &str, patch: Value) {
-        self.send(Method::PATCH, object_path, Some(patch)).await;
-    }
-
-    async fn delete(&self, object_path: &str) {
-        self.send(Method::DELETE, object_path, None).await;
-    }
-
-    async fn source(&self) -> RunningSource {
-        let config = kube::Config::new(self.url.parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        KubernetesSource::new(client)
-            .start(TIMEOUT, tokio_util::sync::CancellationToken::new())
-            .await
-            .unwrap()
-    }
+        return None;
+    };
+    Some(Kmock::start(python, Some(reviews)).await.unwrap())
 }
 
-/// The collection URL of an object, from its apiVersion, kind and namespace.
-fn collection_path(object: &Value) -> String {
-    let api_version = object["apiVersion"].as_str().unwrap();
-    let kind = object["kind"].as_str().unwrap();
-    let plural = format!("{}s", kind.to_ascii_lowercase()).replace("policys", "policies");
-    let prefix = if api_version.contains('/') {
-        format!("/apis/{api_version}")
-    } else {
-        format!("/api/{api_version}")
-    };
-    match object["metadata"]["namespace"].as_str() {
-        Some(ns) => format!("{prefix}/namespaces/{ns}/{plural}"),
-        None => format!("{prefix}/{plural}"),
-    }
+/// A Kubernetes source on the emulator, listed once.
+async fn source(k: &Kmock) -> RunningSource {
+    KubernetesSource::new(k.client().unwrap())
+        .start(TIMEOUT, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap()
 }
 
 fn meshed_pod(name: &str, app: &str, ip: &str) -> Value {
@@ -183,35 +54,41 @@ fn meshed_pod(name: &str, app: &str, ip: &str) -> Value {
 async fn seed(k: &Kmock) {
     k.create(json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "shop", "labels": {"palisade.dev/inject": "enabled"}}}))
-        .await;
-    k.create(meshed_pod("web-1", "web", "10.1.0.7")).await;
-    k.create(meshed_pod("client-1", "client", "10.1.0.8")).await;
+        .await
+        .unwrap();
+    k.create(meshed_pod("web-1", "web", "10.1.0.7"))
+        .await
+        .unwrap();
+    k.create(meshed_pod("client-1", "client", "10.1.0.8"))
+        .await
+        .unwrap();
     k.create(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "legacy", "namespace": "shop", "labels": {"app": "web"}},
         "spec": {"containers": [{"name": "legacy", "image": "x"}]},
         "status": {"phase": "Running", "podIP": "10.1.0.9"}}))
-        .await;
+        .await
+        .unwrap();
     k.create(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "batch", "namespace": "shop", "annotations": {"palisade.dev/inject": "disabled"}},
         "spec": {"containers": [{"name": "batch", "image": "x"}]},
-        "status": {"phase": "Running", "podIP": "10.1.0.12"}}))
-        .await;
+        "status": {"phase": "Running", "podIP": "10.1.0.12"}})).await.unwrap();
     k.create(json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "shop"},
         "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"},
                  "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}))
-        .await;
+        .await
+        .unwrap();
     k.create(
         json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "MeshConfig",
         "metadata": {"name": "mesh", "namespace": "palisade-system"},
         "spec": {"certificateLifetime": "1h"}}),
     )
-    .await;
+    .await
+    .unwrap();
     k.create(json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AuthorizationPolicy",
         "metadata": {"name": "web-callers", "namespace": "shop"},
         "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
-                 "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}}))
-        .await;
+                 "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/client"]}}]}]}})).await.unwrap();
 }
 
 /// The web Service's endpoint addresses in a Services snapshot.
@@ -242,13 +119,11 @@ async fn next_services(stream: &mut ProxyStream) -> pb::DiscoveryResponse {
 
 #[tokio::test]
 async fn cluster_changes_reach_the_proxies() {
-    let Some(k) =
-        Kmock::start_with_reviews("cluster_changes_reach_the_proxies", Some(&client_token())).await
-    else {
+    let Some(k) = kmock("cluster_changes_reach_the_proxies", &client_token()).await else {
         return;
     };
     seed(&k).await;
-    let source = k.source().await;
+    let source = source(&k).await;
     let names: Vec<String> = source
         .initial()
         .workloads()
@@ -282,7 +157,8 @@ async fn cluster_changes_reach_the_proxies() {
         loop {
             let list = k
                 .send(Method::GET, "/api/v1/namespaces/shop/configmaps", None)
-                .await;
+                .await
+                .unwrap();
             if let Some(cm) = list["items"].as_array().and_then(|items| items.first()) {
                 return cm.clone();
             }
@@ -303,7 +179,9 @@ async fn cluster_changes_reach_the_proxies() {
     }
 
     // A new replica of web appears.
-    k.create(meshed_pod("web-2", "web", "10.1.0.10")).await;
+    k.create(meshed_pod("web-2", "web", "10.1.0.10"))
+        .await
+        .unwrap();
     let resp = timed("web-2 pushed", next_services(&mut stream)).await;
     assert_eq!(web_endpoints(&resp), ["10.1.0.10", "10.1.0.7"]);
 
@@ -312,12 +190,15 @@ async fn cluster_changes_reach_the_proxies() {
         "/api/v1/namespaces/shop/pods/web-1",
         json!({"metadata": {"labels": {"app": "retired"}}}),
     )
-    .await;
+    .await
+    .unwrap();
     let resp = timed("web-1 relabelled", next_services(&mut stream)).await;
     assert_eq!(web_endpoints(&resp), ["10.1.0.10"]);
 
     // Deleted.
-    k.delete("/api/v1/namespaces/shop/pods/web-2").await;
+    k.delete("/api/v1/namespaces/shop/pods/web-2")
+        .await
+        .unwrap();
     let resp = timed("web-2 deleted", next_services(&mut stream)).await;
     assert!(web_endpoints(&resp).is_empty());
 
@@ -328,7 +209,8 @@ async fn cluster_changes_reach_the_proxies() {
         "metadata": {"name": "broken", "namespace": "shop"},
         "spec": {"action": "MAYBE"}}),
     )
-    .await;
+    .await
+    .unwrap();
     timed("rejection counted", async {
         while rejected_reloads(&cp) == rejected_before {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -343,8 +225,11 @@ async fn cluster_changes_reach_the_proxies() {
     assert!(snapshot.workload("shop", "client-1").is_some());
     // Once it is fixed, changes flow again.
     k.delete("/apis/palisade.dev/v1alpha1/namespaces/shop/authorizationpolicies/broken")
-        .await;
-    k.create(meshed_pod("web-3", "web", "10.1.0.11")).await;
+        .await
+        .unwrap();
+    k.create(meshed_pod("web-3", "web", "10.1.0.11"))
+        .await
+        .unwrap();
     let resp = timed("web-3 pushed", next_services(&mut stream)).await;
     assert_eq!(web_endpoints(&resp), ["10.1.0.11"]);
     cp.stop().await.unwrap();
@@ -352,24 +237,19 @@ async fn cluster_changes_reach_the_proxies() {
 
 #[tokio::test]
 async fn two_replicas_serve_the_same_versions() {
-    let Some(k) = Kmock::start_with_reviews(
-        "two_replicas_serve_the_same_versions",
-        Some(&client_token()),
-    )
-    .await
-    else {
+    let Some(k) = kmock("two_replicas_serve_the_same_versions", &client_token()).await else {
         return;
     };
     seed(&k).await;
     let a = timed(
         "replica a",
-        TestControlPlane::start_kubernetes(k.source().await, TestOptions::default()),
+        TestControlPlane::start_kubernetes(source(&k).await, TestOptions::default()),
     )
     .await
     .unwrap();
     let b = timed(
         "replica b",
-        TestControlPlane::start_kubernetes(k.source().await, TestOptions::default()),
+        TestControlPlane::start_kubernetes(source(&k).await, TestOptions::default()),
     )
     .await
     .unwrap();
@@ -392,16 +272,6 @@ fn client_token() -> Value {
     json!({"tok-client": review("shop", "client", Some("client-1"), &["palisade"])})
 }
 
-/// A recorded TokenReview status for a projected token of `namespace/service_account`.
-fn review(namespace: &str, service_account: &str, pod: Option<&str>, audiences: &[&str]) -> Value {
-    let mut user = json!({"username": format!("system:serviceaccount:{namespace}:{service_account}"),
-                          "uid": "u-1", "groups": ["system:serviceaccounts"]});
-    if let Some(pod) = pod {
-        user["extra"] = json!({"authentication.kubernetes.io/pod-name": [pod]});
-    }
-    json!({"authenticated": true, "user": user, "audiences": audiences})
-}
-
 #[tokio::test]
 async fn token_review_decides_who_may_bootstrap() {
     let reviews = json!({
@@ -413,15 +283,13 @@ async fn token_review_decides_who_may_bootstrap() {
         "tok-node": {"authenticated": true, "user": {"username": "system:node:n1"}, "audiences": ["palisade"]},
         "tok-expired": {"authenticated": false, "error": "token has expired"},
     });
-    let Some(k) =
-        Kmock::start_with_reviews("token_review_decides_who_may_bootstrap", Some(&reviews)).await
-    else {
+    let Some(k) = kmock("token_review_decides_who_may_bootstrap", &reviews).await else {
         return;
     };
     seed(&k).await;
     let cp = timed(
         "start",
-        TestControlPlane::start_kubernetes(k.source().await, TestOptions::default()),
+        TestControlPlane::start_kubernetes(source(&k).await, TestOptions::default()),
     )
     .await
     .unwrap();
