@@ -87,3 +87,7 @@ mod limits;
 /// ingress at the receiver, egress at the sender, counted and logged.
 #[path = "e2e/netpol.rs"]
 mod netpol;
+/// Kubelet probes rewritten by `palisade inject`, passing under default deny in the
+/// network-namespace bed while the same app path stays denied to other pods.
+#[path = "e2e/probes.rs"]
+mod probes;

@@ -125,6 +125,9 @@ pub struct PodSpec {
     pub host: u8,
     /// With `palisade init` and a sidecar; `false`: a plain namespace outside the mesh.
     pub meshed: bool,
+    /// Environment of its sidecar beyond the bed's flags (as an injected pod's
+    /// `palisade-proxy` container has it); `PALISADE_ADMIN_ADDR` here replaces `--admin`.
+    pub sidecar_env: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -134,6 +137,7 @@ impl PodSpec {
             name,
             host,
             meshed: true,
+            sidecar_env: Vec::new(),
         }
     }
 
@@ -143,6 +147,7 @@ impl PodSpec {
             name,
             host,
             meshed: false,
+            sidecar_env: Vec::new(),
         }
     }
 }
@@ -425,14 +430,21 @@ async fn start_sidecar(dir: &tempfile::TempDir, pod: &BedPod, token: &str) -> Ch
             "0.0.0.0:15006",
             "--outbound",
             "127.0.0.1:15001",
-            "--admin",
-            &admin_addr().to_string(),
             "--app-host",
             &pod.ip().to_string(),
             "--drain-seconds",
             "1",
             "--log-decisions",
         ]);
+    if !pod
+        .spec
+        .sidecar_env
+        .iter()
+        .any(|(k, _)| k == "PALISADE_ADMIN_ADDR")
+    {
+        cmd.args(["--admin", &admin_addr().to_string()]);
+    }
+    cmd.envs(pod.spec.sidecar_env.iter().map(|(k, v)| (k, v)));
     let proxy = spawn_logged(&format!("sidecar-{name}"), cmd, dir.path());
     await_ready(&pod.pod, admin_addr(), &format!("sidecar {name}"), &proxy).await;
     proxy
