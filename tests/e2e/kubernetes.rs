@@ -219,3 +219,87 @@ async fn proxies_fail_over_between_control_plane_replicas() {
     drop(proxy);
     drop(replicas);
 }
+
+/// `palisade check --kubernetes` with `KUBECONFIG` naming the emulator.
+async fn check_cluster(kubeconfig: &std::path::Path) -> std::process::Output {
+    let child = Command::new(palisade_bin())
+        .args(["check", "--kubernetes", "--kubernetes-sync-seconds", "20"])
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("RUST_LOG")
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("palisade check exits")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn check_lists_opted_in_pods_without_a_sidecar_and_invalid_objects() {
+    const TEST: &str = "check_lists_opted_in_pods_without_a_sidecar_and_invalid_objects";
+    let Some(python) = kmock::python().await else {
+        skip(TEST, "Python's kmock not found (tests/run.sh installs it)");
+        return;
+    };
+    let k = Kmock::start(python, None).await.unwrap();
+    k.create(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"palisade.dev/inject": "enabled"}}}))
+        .await
+        .unwrap();
+    k.create(pod("web-1", "web", "10.1.0.7")).await.unwrap();
+    for (name, annotations) in [
+        ("legacy", json!({})),
+        ("batch", json!({"palisade.dev/inject": "disabled"})),
+    ] {
+        k.create(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": {"containers": [{"name": name, "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "10.1.0.30"}}))
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, k.kubeconfig()).unwrap();
+
+    let out = check_cluster(&kubeconfig).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pod shop/legacy is opted in to the mesh but runs without a sidecar")
+            && stderr.contains("kubectl delete pod -n shop legacy"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("batch"), "opted out: {stderr}");
+
+    k.delete("/api/v1/namespaces/shop/pods/legacy")
+        .await
+        .unwrap();
+    let out = check_cluster(&kubeconfig).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    k.create(
+        json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "broken", "namespace": "shop"}, "spec": {"action": "MAYBE"}}),
+    )
+    .await
+    .unwrap();
+    let out = check_cluster(&kubeconfig).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("authorizationpolicies.palisade.dev shop/broken")
+            && stderr.contains("spec.action"),
+        "the error names the object and field: {stderr}"
+    );
+}
