@@ -63,6 +63,9 @@ struct Kind {
     name: &'static str,
     resource: ApiResource,
     convert: fn(&Value) -> Option<Value>,
+    /// A kind whose CRD may not be installed (Istio's): while the API answers 404 it counts
+    /// as listed and empty, and the watcher keeps retrying in case it is installed later.
+    optional: bool,
 }
 
 fn kinds() -> Vec<Kind> {
@@ -74,16 +77,19 @@ fn kinds() -> Vec<Kind> {
             name: "pods",
             resource: resource("", "v1", "Pod", "pods"),
             convert: convert::pod_document,
+            optional: false,
         },
         Kind {
             name: "services",
             resource: resource("", "v1", "Service", "services"),
             convert: convert::service_to_service,
+            optional: false,
         },
         Kind {
             name: "namespaces",
             resource: resource("", "v1", "Namespace", "namespaces"),
             convert: convert::namespace,
+            optional: false,
         },
         Kind {
             name: "networkpolicies.networking.k8s.io",
@@ -94,6 +100,7 @@ fn kinds() -> Vec<Kind> {
                 "networkpolicies",
             ),
             convert: |o| convert::with_spec(o, "networking.k8s.io/v1", "NetworkPolicy"),
+            optional: false,
         },
         Kind {
             name: "authorizationpolicies.palisade.dev",
@@ -104,16 +111,32 @@ fn kinds() -> Vec<Kind> {
                 "authorizationpolicies",
             ),
             convert: |o| convert::with_spec(o, "palisade.dev/v1alpha1", "AuthorizationPolicy"),
+            optional: false,
         },
         Kind {
             name: "egresspolicies.palisade.dev",
             resource: resource("palisade.dev", "v1alpha1", "EgressPolicy", "egresspolicies"),
             convert: |o| convert::with_spec(o, "palisade.dev/v1alpha1", "EgressPolicy"),
+            optional: false,
         },
         Kind {
             name: "meshconfigs.palisade.dev",
             resource: resource("palisade.dev", "v1alpha1", "MeshConfig", "meshconfigs"),
             convert: |o| convert::with_spec(o, "palisade.dev/v1alpha1", "MeshConfig"),
+            optional: false,
+        },
+        // Users coming from Istio keep their AuthorizationPolicies (CONTRACT: accepted as
+        // they are); a cluster without Istio's CRDs simply has none.
+        Kind {
+            name: "authorizationpolicies.security.istio.io",
+            resource: resource(
+                "security.istio.io",
+                "v1",
+                "AuthorizationPolicy",
+                "authorizationpolicies",
+            ),
+            convert: |o| convert::with_spec(o, "security.istio.io/v1", "AuthorizationPolicy"),
+            optional: true,
         },
     ]
 }
@@ -428,6 +451,31 @@ async fn watch_kind(
         let Some(event) = event else { return };
         let event = match event {
             Ok(event) => event,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if kind.optional && status.code == 404 =>
+            {
+                let mut kinds = lock(&objects.kinds);
+                let Some(state) = kinds.get_mut(index) else {
+                    return;
+                };
+                let had_objects = !state.objects.is_empty();
+                if !state.synced {
+                    tracing::info!(kind = kind.name, "not installed in this cluster; none read");
+                }
+                state.objects.clear();
+                state.relisting = None;
+                state.synced = true;
+                drop(kinds);
+                if had_objects {
+                    tracing::warn!(
+                        kind = kind.name,
+                        "no longer installed; its objects are gone"
+                    );
+                }
+                objects.changed.notify_waiters();
+                objects.changed.notify_one();
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(kind = kind.name, error = %e, "Kubernetes watch error; retrying");
                 *lock(&objects.last_error) = Some(format!("{}: {e}", kind.name));
