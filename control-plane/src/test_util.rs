@@ -225,12 +225,37 @@ impl TestControlPlane {
         options: TestOptions,
     ) -> Result<Self, TestError> {
         let dir = write_config_dir(files)?;
-        let (ca, ca_material) = generate_ca(&options.trust_domain)?;
         // Tokens for the workloads that load; an invalid config fails in `start` below.
         let tokens = match crate::load_dir(dir.path()) {
             Ok(snapshot) => TokenStore::generate(snapshot.workloads())?,
             Err(_) => TokenStore::new(),
         };
+        Self::start_in(dir, tokens, None, options).await
+    }
+
+    /// Starts a control plane on loopback reading the mesh from a Kubernetes source that has
+    /// listed the cluster once; tokens are made for the workloads of that first listing.
+    pub async fn start_kubernetes(
+        source: crate::k8s::RunningSource,
+        options: TestOptions,
+    ) -> Result<Self, TestError> {
+        let tokens = TokenStore::generate(source.initial().workloads())?;
+        let options = TestOptions {
+            watch: false,
+            ..options
+        };
+        Self::start_in(tempfile::tempdir()?, tokens, Some(source), options).await
+    }
+
+    /// Starts a control plane on loopback with a new CA, the configuration in `dir` (or from
+    /// `kubernetes`), and `tokens`.
+    async fn start_in(
+        dir: TempDir,
+        tokens: TokenStore,
+        kubernetes: Option<crate::k8s::RunningSource>,
+        options: TestOptions,
+    ) -> Result<Self, TestError> {
+        let (ca, ca_material) = generate_ca(&options.trust_domain)?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let shutdown = CancellationToken::new();
         let control_plane = crate::start(
@@ -243,43 +268,7 @@ impl TestControlPlane {
                 watch: options.watch,
                 assigned_addresses: Default::default(),
                 limits: options.limits.clone(),
-                kubernetes: None,
-            },
-            shutdown.clone(),
-        )
-        .await?;
-        Ok(Self {
-            control_plane,
-            dir,
-            ca,
-            ca_material,
-            tokens,
-            shutdown,
-        })
-    }
-
-    /// Starts a control plane on loopback reading the mesh from a Kubernetes source that has
-    /// listed the cluster once; tokens are made for the workloads of that first listing.
-    pub async fn start_kubernetes(
-        source: crate::k8s::RunningSource,
-        options: TestOptions,
-    ) -> Result<Self, TestError> {
-        let dir = tempfile::tempdir()?;
-        let (ca, ca_material) = generate_ca(&options.trust_domain)?;
-        let tokens = TokenStore::generate(source.initial().workloads())?;
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let shutdown = CancellationToken::new();
-        let control_plane = crate::start(
-            ControlPlaneConfig {
-                config_dir: dir.path().to_owned(),
-                ca: Arc::clone(&ca),
-                tokens: tokens.clone(),
-                grpc_addr: loopback,
-                admin_addr: options.admin.then_some(loopback),
-                watch: false,
-                assigned_addresses: Default::default(),
-                limits: options.limits.clone(),
-                kubernetes: Some(source),
+                kubernetes,
             },
             shutdown.clone(),
         )

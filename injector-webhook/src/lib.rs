@@ -49,6 +49,8 @@ pub mod mutate;
 pub mod patch;
 pub mod review;
 pub mod server;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod value;
 pub mod yaml;
 

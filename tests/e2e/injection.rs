@@ -9,33 +9,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use palisade_injector::review::{self, Answer};
+use palisade_injector::test_util::{golden_dir, review_cases};
 use palisade_injector::value::{Value, from_json};
 use palisade_injector::{Settings, yaml};
 
-use crate::support::procs::{ChildGuard, palisade_bin, run_palisade, workspace_root};
+use crate::support::procs::{ChildGuard, palisade_bin, run_palisade};
 use crate::support::tools::{self, output_text};
 use crate::support::{Block, poll, skip};
 
 const TOOL_LIMIT: Duration = Duration::from_secs(120);
-
-fn golden_dir() -> PathBuf {
-    workspace_root().join("injector-webhook/tests/golden")
-}
-
-/// Every golden review and whether it is sent with `?require-annotation=true`.
-fn review_cases() -> Vec<(PathBuf, bool)> {
-    let mut cases = Vec::new();
-    for (dir, require) in [("inject", false), ("inject-require-annotation", true)] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir().join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().ends_with(".review.json"))
-            .collect();
-        files.sort();
-        cases.extend(files.into_iter().map(|p| (p, require)));
-    }
-    cases
-}
 
 fn answer(body: &[u8], require: bool) -> Value {
     match review::answer(body, require, &Settings::default()) {
@@ -245,72 +227,7 @@ nested: {a: {b: [x, {c: Off}]}}
     let work = tempfile::tempdir().unwrap();
     let in_path = work.path().join("in.yaml");
     std::fs::write(&in_path, input).unwrap();
-    let tricky = [
-        "yes",
-        "No",
-        "ON",
-        "off",
-        "y",
-        "n",
-        "Y",
-        "~",
-        "null",
-        "",
-        "0644",
-        "0x1F",
-        "1_000",
-        "1:30",
-        "1.5",
-        "1e3",
-        "1.0e+3",
-        ".inf",
-        "-.inf",
-        ".NaN",
-        "-",
-        "- a",
-        "a: b",
-        "#x",
-        "x #y",
-        "'q'",
-        "\"d\"",
-        "True",
-        "100m",
-        "64Mi",
-        "10.0.0.0/8",
-        "2001-12-14",
-        "<<",
-        "=",
-        "!tag",
-        "&a",
-        "*a",
-        "@x",
-        "`x",
-        "|",
-        ">",
-        "%x",
-        "a\nb",
-        " lead",
-        "trail ",
-        "tab\t",
-        "\u{85}x",
-        "\u{2028}",
-        "é",
-        "ghcr.io/x:1.0",
-        "key:",
-        "{a}",
-        "[a]",
-        "?",
-        "0o17",
-        "09",
-        "+1",
-        ".5",
-        "--proxy-uid",
-        "-v",
-        "---",
-        "...",
-        "12:30:45",
-        "190:20:30",
-    ];
+    let tricky = yaml::AMBIGUOUS_STRINGS;
     let mut map = palisade_injector::value::Map::new();
     for (i, s) in tricky.iter().enumerate() {
         map.insert(format!("k{i}"), Value::from(*s));

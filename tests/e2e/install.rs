@@ -11,6 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine as _;
+use palisade_injector::test_util::{find, install_documents as documents};
 use serde_json::Value;
 
 use crate::support::procs::{run_palisade, workspace_root};
@@ -43,22 +44,6 @@ async fn install(args: &[&str]) -> String {
         output_text(&out)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Every YAML document of the output (comment-only documents left out).
-fn documents(yaml: &str) -> Vec<Value> {
-    // The output separates documents with `---` lines only; the separator takes the
-    // newline that ends each document, which a literal block's value needs back.
-    yaml.split("\n---\n")
-        .map(|doc| serde_yaml_ng::from_str::<Value>(&format!("{doc}\n")).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} in the install output"))
 }
 
 fn b64(v: &Value) -> Vec<u8> {

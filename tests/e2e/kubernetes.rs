@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use palisade_control_plane::test_util::kmock::{self, Kmock, review};
+use palisade_control_plane::test_util::kmock::{self, Kmock, meshed_pod as pod, review};
 use serde_json::json;
 use tokio::process::Command;
 
@@ -22,20 +22,6 @@ use crate::support::{metric, poll, skip};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(50);
-
-fn pod(name: &str, app: &str, ip: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
-        "spec": {
-            "serviceAccountName": app,
-            "initContainers": [{"name": "palisade-init", "image": "palisade"},
-                               {"name": "palisade-proxy", "image": "palisade", "restartPolicy": "Always"}],
-            "containers": [{"name": app, "image": app, "ports": [{"name": "http", "containerPort": 8080}]}]
-        },
-        "status": {"phase": "Running", "podIP": ip}
-    })
-}
 
 /// A control-plane replica reading the cluster through `kubeconfig`.
 fn replica(name: &str, dir: &std::path::Path, grpc: SocketAddr, admin: SocketAddr) -> ChildGuard {

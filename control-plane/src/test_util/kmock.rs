@@ -65,6 +65,22 @@ pub fn review(
     json!({"authenticated": true, "user": user, "audiences": audiences})
 }
 
+/// A running Pod of namespace `shop` with Palisade's native sidecar (as the injector makes
+/// it), labelled `app: <app>`, running as service account `app`, serving `http` on 8080.
+pub fn meshed_pod(name: &str, app: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}, "uid": format!("uid-{name}")},
+        "spec": {
+            "serviceAccountName": app,
+            "initContainers": [{"name": "palisade-init", "image": "palisade"},
+                               {"name": "palisade-proxy", "image": "palisade", "restartPolicy": "Always"}],
+            "containers": [{"name": app, "image": app, "ports": [{"name": "http", "containerPort": 8080}]}]
+        },
+        "status": {"phase": "Running", "podIP": ip}
+    })
+}
+
 /// The collection URL of an object, from its apiVersion, kind and namespace.
 pub fn collection_path(object: &Value) -> String {
     let api_version = object["apiVersion"].as_str().unwrap_or("v1");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::Method;
 use palisade_control_plane::k8s::{KubernetesSource, RunningSource};
-use palisade_control_plane::test_util::kmock::{self, Kmock, review};
+use palisade_control_plane::test_util::kmock::{self, Kmock, meshed_pod, review};
 use palisade_control_plane::test_util::{TestControlPlane, TestOptions};
 use palisade_proto::v1 as pb;
 use palisade_proto::v1::discovery_response::Resources;
@@ -33,20 +33,6 @@ async fn source(k: &Kmock) -> RunningSource {
         .start(TIMEOUT, tokio_util::sync::CancellationToken::new())
         .await
         .unwrap()
-}
-
-fn meshed_pod(name: &str, app: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}, "uid": format!("uid-{name}")},
-        "spec": {
-            "serviceAccountName": app,
-            "initContainers": [{"name": "palisade-init", "image": "palisade"},
-                               {"name": "palisade-proxy", "image": "palisade", "restartPolicy": "Always"}],
-            "containers": [{"name": app, "image": app, "ports": [{"name": "http", "containerPort": 8080}]}]
-        },
-        "status": {"phase": "Running", "podIP": ip}
-    })
 }
 
 /// The shop in the emulator: a labelled namespace, the web and client pods (meshed), a pod

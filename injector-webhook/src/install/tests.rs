@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use crate::test_util::{find, install_documents as documents};
+
 use super::*;
 
 fn fake_pem(label: &str, body: &str) -> String {
@@ -29,21 +31,6 @@ fn options() -> InstallOptions {
             key: fake_pem("PRIVATE KEY", "c2VydmluZy1rZXk="),
         },
     }
-}
-
-/// Every document of the output, parsed.
-fn documents(yaml: &str) -> Vec<Value> {
-    // The separator takes the newline that ends each document; put it back.
-    yaml.split("\n---\n")
-        .map(|doc| serde_yaml_ng::from_str::<Value>(&format!("{doc}\n")).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 fn b64_decode(v: &Value) -> String {

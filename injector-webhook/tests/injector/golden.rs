@@ -11,12 +11,9 @@ use std::path::{Path, PathBuf};
 
 use palisade_injector::mutate::{Decision, Policy, Settings};
 use palisade_injector::review::{self, Answer};
+use palisade_injector::test_util::{golden_dir, review_cases};
 use palisade_injector::value::{Value, from_json};
 use palisade_injector::{inject_stream, patch};
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
 
 fn bless() -> bool {
     std::env::var("PALISADE_BLESS").is_ok_and(|v| v == "1")
@@ -61,21 +58,6 @@ fn diff(expected: &str, actual: &str) -> String {
         }
     }
     out
-}
-
-/// Every review golden: (path, require-annotation).
-pub fn review_cases() -> Vec<(PathBuf, bool)> {
-    let mut cases = Vec::new();
-    for (dir, require) in [("inject", false), ("inject-require-annotation", true)] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir().join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().ends_with(".review.json"))
-            .collect();
-        files.sort();
-        cases.extend(files.into_iter().map(|p| (p, require)));
-    }
-    cases
 }
 
 fn sibling(review: &Path, suffix: &str) -> PathBuf {
