@@ -354,37 +354,8 @@ async fn webhook_ca_verifies_the_injector_certificate() {
         "{sans:?}"
     );
 
-    // Failure policies and selectors.
-    let expressions = |h: &Value| h["namespaceSelector"]["matchExpressions"].clone();
-    assert_eq!(hooks[0]["name"], "namespace.inject.palisade.dev");
-    assert_eq!(hooks[0]["failurePolicy"], "Fail");
-    assert_eq!(
-        expressions(&hooks[0]),
-        serde_json::json!([
-            {"key": "palisade.dev/inject", "operator": "In", "values": ["enabled"]},
-            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["palisade-system", "kube-system"]},
-        ])
-    );
-    assert_eq!(hooks[1]["name"], "pod.inject.palisade.dev");
-    assert_eq!(hooks[1]["failurePolicy"], "Ignore");
-    assert_eq!(
-        expressions(&hooks[1]),
-        serde_json::json!([
-            {"key": "palisade.dev/inject", "operator": "NotIn", "values": ["enabled"]},
-            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["palisade-system", "kube-system", "kube-public", "kube-node-lease"]},
-        ])
-    );
-    for h in hooks {
-        assert_eq!(h["sideEffects"], "None");
-        assert_eq!(h["timeoutSeconds"], 10);
-        assert_eq!(h["reinvocationPolicy"], "Never");
-        assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
-        assert_eq!(h["rules"][0]["operations"], serde_json::json!(["CREATE"]));
-        assert_eq!(h["rules"][0]["resources"], serde_json::json!(["pods"]));
-        assert_eq!(h["clientConfig"]["service"]["name"], "palisade-injector");
-        assert_eq!(h["clientConfig"]["service"]["port"], 443);
-    }
-
+    // Failure policies and selectors are checked on the rendered output by the unit tests
+    // (`injector-webhook/src/install/tests.rs`); here, the certificates.
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.crt");
     let leaf_file = dir.path().join("tls.crt");
