@@ -146,17 +146,21 @@ pub fn pod_to_workload(pod: &Value) -> Option<Value> {
     }))
 }
 
-/// The mesh `Service` of a Kubernetes Service (ExternalName Services route nowhere in the
-/// mesh and are left out; a headless Service has no cluster IP).
+/// The mesh `Service` of a Kubernetes Service, with its TCP ports: the mesh routes TCP only.
+/// Left out, as the mesh cannot route them: ExternalName Services, Services without a
+/// selector (their endpoints are managed by hand, like `default/kubernetes`), and Services
+/// without a TCP port (like a DNS Service's UDP ports alone). A headless Service has no
+/// cluster IP.
 pub fn service_to_service(service: &Value) -> Option<Value> {
     let spec = &service["spec"];
     if spec["type"] == "ExternalName" {
         return None;
     }
+    let selector = spec
+        .get("selector")
+        .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))?;
     let mut out = Map::new();
-    if let Some(selector) = spec.get("selector").filter(|v| v.is_object()) {
-        out.insert("selector".into(), selector.clone());
-    }
+    out.insert("selector".into(), selector.clone());
     if let Some(ip) = spec["clusterIP"]
         .as_str()
         .filter(|ip| *ip != "None" && !ip.is_empty())
@@ -167,6 +171,7 @@ pub fn service_to_service(service: &Value) -> Option<Value> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|port| port["protocol"].as_str().is_none_or(|p| p == "TCP"))
         .map(|port| {
             let mut p = Map::new();
             for key in ["name", "port", "targetPort", "appProtocol", "protocol"] {
@@ -177,6 +182,9 @@ pub fn service_to_service(service: &Value) -> Option<Value> {
             Value::Object(p)
         })
         .collect();
+    if ports.is_empty() {
+        return None;
+    }
     out.insert("ports".into(), ports.into());
     Some(json!({
         "apiVersion": PALISADE_API_VERSION,
@@ -354,14 +362,43 @@ mod tests {
                    "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.9",
                             "ports": [{"name": "http", "port": 80, "targetPort": "http", "appProtocol": "http", "protocol": "TCP"}]}})
         );
-        let headless = json!({"metadata": {"name": "db", "namespace": "shop"}, "spec": {"clusterIP": "None", "ports": []}});
+        let headless = json!({"metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"port": 5432}]}});
         assert!(
             service_to_service(&headless).expect("headless")["spec"]
                 .get("clusterIP")
                 .is_none()
         );
-        let external = json!({"metadata": {"name": "ext", "namespace": "shop"}, "spec": {"type": "ExternalName"}});
-        assert!(service_to_service(&external).is_none());
+        // What the mesh cannot route is left out rather than failing the whole cluster's view.
+        for (what, svc) in [
+            (
+                "external name",
+                json!({"metadata": {"name": "ext", "namespace": "shop"}, "spec": {"type": "ExternalName"}}),
+            ),
+            (
+                "no selector",
+                json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}}),
+            ),
+            (
+                "empty selector",
+                json!({"metadata": {"name": "x", "namespace": "shop"}, "spec": {"selector": {}, "ports": [{"port": 80}]}}),
+            ),
+            (
+                "UDP only",
+                json!({"metadata": {"name": "dns", "namespace": "kube-system"},
+                "spec": {"selector": {"k8s-app": "kube-dns"}, "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+            ),
+        ] {
+            assert!(service_to_service(&svc).is_none(), "{what}");
+        }
+        let dns = json!({"metadata": {"name": "dns", "namespace": "kube-system"},
+            "spec": {"selector": {"k8s-app": "kube-dns"}, "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
+        assert_eq!(
+            service_to_service(&dns).expect("TCP port kept")["spec"]["ports"],
+            json!([{"name": "dns-tcp", "port": 53, "protocol": "TCP"}])
+        );
     }
 
     #[test]
