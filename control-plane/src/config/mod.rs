@@ -239,6 +239,10 @@ pub fn load_files_assigned<P: AsRef<Path>, S: AsRef<str>>(
     finish(parsed, errors, assigned)
 }
 
+/// Service annotation, read in cluster mode only: comma-separated addresses Kubernetes reports
+/// not ready (from EndpointSlices), left out of the Service's endpoints.
+pub const NOT_READY_ANNOTATION: &str = "palisade.dev/not-ready-addresses";
+
 /// Validates documents read from a cluster (the Kubernetes source), each named by where it
 /// comes from: the checks of [`load_files`], except that a Service may select no Workload
 /// and a Workload need not declare a port a Service targets (normal in a cluster).

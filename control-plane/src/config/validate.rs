@@ -65,6 +65,8 @@ struct ServiceDraft {
     selector: BTreeMap<String, String>,
     cluster_ip: Option<IpAddr>,
     ports: Vec<ServicePortDraft>,
+    /// In cluster mode: addresses Kubernetes reports not ready, left out of the endpoints.
+    not_ready: std::collections::BTreeSet<IpAddr>,
 }
 
 /// Documents that passed their own checks, waiting for the cross-resource phase.
@@ -183,6 +185,20 @@ impl Parsed {
                 }
             },
         };
+        // Set by the Kubernetes source from EndpointSlices; a directory has no such view.
+        let not_ready = if self.cluster {
+            doc.metadata
+                .annotations
+                .get(super::NOT_READY_ANNOTATION)
+                .map(|list| {
+                    list.split(',')
+                        .filter_map(|a| a.trim().parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
         if errors.len() == before {
             self.services.push(ServiceDraft {
                 ctx: ctx.clone(),
@@ -191,6 +207,7 @@ impl Parsed {
                 selector,
                 cluster_ip,
                 ports,
+                not_ready,
             });
         }
     }
@@ -517,6 +534,7 @@ fn resolve_service(
     let selected: Vec<&Workload> = workloads
         .values()
         .filter(|w| w.namespace == s.namespace && w.matches(&s.selector))
+        .filter(|w| !s.not_ready.contains(&w.address))
         .collect();
     if selected.is_empty() && !cluster {
         errors.push(s.ctx.error(

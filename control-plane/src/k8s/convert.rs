@@ -17,6 +17,13 @@ pub const PROXY_CONTAINER: &str = "palisade-proxy";
 pub const OPAQUE_PORTS_ANNOTATION: &str = "palisade.dev/opaque-ports";
 /// Pod annotation and namespace label that opt in to (or out of) injection.
 pub const INJECT: &str = "palisade.dev/inject";
+/// Kind of the marker [`endpoint_slice`] returns; never handed to the loader.
+pub const ENDPOINT_SLICE: &str = "EndpointSliceMarker";
+/// Service annotation set from the EndpointSlices (see the loader's constant); whatever a
+/// user wrote there is replaced.
+pub use crate::config::NOT_READY_ANNOTATION;
+/// Label naming an EndpointSlice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Kind of the marker [`pod_document`] returns for a running Pod without a sidecar; never
 /// handed to the loader.
 pub const UNMESHED_POD: &str = "UnmeshedPod";
@@ -192,6 +199,64 @@ pub fn service_to_service(service: &Value) -> Option<Value> {
         "metadata": metadata(service, true),
         "spec": out,
     }))
+}
+
+/// What the source keeps of an EndpointSlice: its Service, and the addresses it reports
+/// ready and not ready (`ready` absent counts as ready, as the API defines).
+pub fn endpoint_slice(slice: &Value) -> Option<Value> {
+    let service = slice["metadata"]["labels"][SERVICE_NAME_LABEL].as_str()?;
+    let mut ready = Vec::new();
+    let mut not_ready = Vec::new();
+    for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+        let is_ready = endpoint["conditions"]["ready"].as_bool().unwrap_or(true);
+        for address in endpoint["addresses"].as_array().into_iter().flatten() {
+            if let Some(address) = address.as_str() {
+                if is_ready {
+                    ready.push(address.to_owned());
+                } else {
+                    not_ready.push(address.to_owned());
+                }
+            }
+        }
+    }
+    Some(json!({
+        "kind": ENDPOINT_SLICE,
+        "metadata": {"namespace": slice["metadata"]["namespace"], "name": slice["metadata"]["name"]},
+        "service": service,
+        "ready": ready,
+        "notReady": not_ready,
+    }))
+}
+
+/// Sets [`NOT_READY_ANNOTATION`] on a mesh Service document from the EndpointSlice markers
+/// of its Service: the addresses some slice reports not ready and none reports ready.
+pub fn mark_not_ready(service: &mut Value, slices: &[Value]) {
+    let namespace = &service["metadata"]["namespace"];
+    let name = &service["metadata"]["name"];
+    let mine: Vec<&Value> = slices
+        .iter()
+        .filter(|s| s["metadata"]["namespace"] == *namespace && s["service"] == *name)
+        .collect();
+    let listed = |key: &str| -> std::collections::BTreeSet<String> {
+        mine.iter()
+            .flat_map(|s| s[key].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+    let ready = listed("ready");
+    let not_ready: Vec<String> = listed("notReady").difference(&ready).cloned().collect();
+    let Some(metadata) = service["metadata"].as_object_mut() else {
+        return;
+    };
+    let annotations = metadata
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(annotations) = annotations.as_object_mut() {
+        annotations.remove(NOT_READY_ANNOTATION);
+        if !not_ready.is_empty() {
+            annotations.insert(NOT_READY_ANNOTATION.into(), not_ready.join(",").into());
+        }
+    }
 }
 
 /// Replaces each named `targetPort` of a mesh Service document by the number the Workloads it
@@ -399,6 +464,53 @@ mod tests {
             service_to_service(&dns).expect("TCP port kept")["spec"]["ports"],
             json!([{"name": "dns-tcp", "port": 53, "protocol": "TCP"}])
         );
+    }
+
+    #[test]
+    fn not_ready_addresses_come_from_the_services_slices() {
+        let slice = |name: &str, service: &str, endpoints: Value| {
+            endpoint_slice(&json!({"metadata": {"name": name, "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": service}}, "endpoints": endpoints}))
+            .expect("slice of a service")
+        };
+        let slices = [
+            slice(
+                "web-a",
+                "web",
+                json!([
+                {"addresses": ["10.1.0.7"], "conditions": {"ready": false}},
+                {"addresses": ["10.1.0.8"], "conditions": {"ready": true}},
+                {"addresses": ["10.1.0.9"]},
+                {"addresses": ["10.1.0.10"], "conditions": {"ready": false, "terminating": true}}]),
+            ),
+            // An address another slice of the same Service reports ready is ready.
+            slice(
+                "web-b",
+                "web",
+                json!([{"addresses": ["10.1.0.10"], "conditions": {"ready": true}}]),
+            ),
+            slice(
+                "other",
+                "other",
+                json!([{"addresses": ["10.1.0.8"], "conditions": {"ready": false}}]),
+            ),
+        ];
+        let mut svc = json!({"kind": "Service", "metadata": {"name": "web", "namespace": "shop",
+            "annotations": {"palisade.dev/not-ready-addresses": "10.1.0.8"}}, "spec": {}});
+        mark_not_ready(&mut svc, &slices);
+        assert_eq!(
+            svc["metadata"]["annotations"]["palisade.dev/not-ready-addresses"],
+            "10.1.0.7"
+        );
+        let mut quiet =
+            json!({"kind": "Service", "metadata": {"name": "db", "namespace": "shop"}, "spec": {}});
+        mark_not_ready(&mut quiet, &slices);
+        assert!(
+            quiet["metadata"]["annotations"]
+                .get("palisade.dev/not-ready-addresses")
+                .is_none()
+        );
+        assert!(endpoint_slice(&json!({"metadata": {"name": "x", "namespace": "shop"}})).is_none());
     }
 
     #[test]

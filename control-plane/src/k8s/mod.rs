@@ -1,4 +1,5 @@
-//! The cluster as the configuration source: Pods, Services, Namespaces, NetworkPolicies and
+//! The cluster as the configuration source: Pods, Services (with their EndpointSlices' view
+//! of which Pods are ready), Namespaces, NetworkPolicies and
 //! Palisade's custom resources (AuthorizationPolicy, EgressPolicy, MeshConfig) are watched
 //! through the API server (kube-rs watchers: list, then watch, relisting after an error with
 //! backoff), converted to the mesh's own documents ([`convert`]) and validated by the same
@@ -83,6 +84,12 @@ fn kinds() -> Vec<Kind> {
             name: "services",
             resource: resource("", "v1", "Service", "services"),
             convert: convert::service_to_service,
+            optional: false,
+        },
+        Kind {
+            name: "endpointslices.discovery.k8s.io",
+            resource: resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+            convert: convert::endpoint_slice,
             optional: false,
         },
         Kind {
@@ -384,6 +391,10 @@ fn build(objects: &Objects) -> Built {
             })
         })
         .collect();
+    let (slices, all): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(_, d)| d["kind"] == convert::ENDPOINT_SLICE);
+    let slices: Vec<Value> = slices.into_iter().map(|(_, d)| d).collect();
     let (markers, mut documents): (Vec<_>, Vec<_>) = all
         .into_iter()
         .partition(|(_, d)| d["kind"] == convert::UNMESHED_POD);
@@ -422,6 +433,7 @@ fn build(objects: &Objects) -> Built {
     for (_, document) in &mut documents {
         if document["kind"] == "Service" {
             convert::resolve_target_ports(document, &workloads);
+            convert::mark_not_ready(document, &slices);
         }
     }
     Built {

@@ -35,6 +35,7 @@ RESOURCES = [
     "v1/services",
     "v1/namespaces",
     "v1/configmaps",
+    "discovery.k8s.io/v1/endpointslices",
     "networking.k8s.io/v1/networkpolicies",
     "palisade.dev/v1alpha1/authorizationpolicies",
     "palisade.dev/v1alpha1/egresspolicies",

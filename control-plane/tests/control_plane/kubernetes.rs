@@ -218,6 +218,27 @@ async fn cluster_changes_reach_the_proxies() {
         .unwrap();
     let resp = timed("web-3 pushed", next_services(&mut stream)).await;
     assert_eq!(web_endpoints(&resp), ["10.1.0.11"]);
+
+    // Kubernetes reports web-3 not ready (its EndpointSlice): it leaves the Service, and
+    // comes back when ready.
+    let slice = |ready: bool| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abcde", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.11"], "conditions": {"ready": ready}}]})
+    };
+    k.create(slice(false)).await.unwrap();
+    let resp = timed("web-3 not ready", next_services(&mut stream)).await;
+    assert!(web_endpoints(&resp).is_empty());
+    k.patch(
+        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices/web-abcde",
+        json!({"endpoints": [{"addresses": ["10.1.0.11"], "conditions": {"ready": true}}]}),
+    )
+    .await
+    .unwrap();
+    let resp = timed("web-3 ready again", next_services(&mut stream)).await;
+    assert_eq!(web_endpoints(&resp), ["10.1.0.11"]);
     cp.stop().await.unwrap();
 }
 
