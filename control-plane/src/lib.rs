@@ -20,6 +20,7 @@
 mod admin;
 pub mod config;
 mod discovery;
+mod expiry;
 mod identity;
 pub mod index;
 pub mod k8s;

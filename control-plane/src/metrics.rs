@@ -31,6 +31,13 @@ pub(crate) struct ReasonLabel {
     reason: &'static str,
 }
 
+/// Label set of the CA expiry gauge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct CaCertLabel {
+    role: &'static str,
+    serial: String,
+}
+
 /// Label set of the reload counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct ResultLabel {
@@ -53,6 +60,7 @@ pub(crate) struct Metrics {
     grpc_connections: Gauge,
     grpc_refusals: Family<ReasonLabel, Counter>,
     unmeshed_pods: Gauge,
+    ca_expiry: Family<CaCertLabel, Gauge>,
 }
 
 impl Metrics {
@@ -70,6 +78,13 @@ impl Metrics {
         let grpc_connections = Gauge::default();
         let grpc_refusals = Family::<ReasonLabel, Counter>::default();
         let unmeshed_pods = Gauge::default();
+        let ca_expiry = Family::<CaCertLabel, Gauge>::default();
+        registry.register(
+            "palisade_ca_certificate_expiry_seconds",
+            "Seconds until each CA certificate expires (role root: in the trust bundle; \
+             intermediate: issuing), by serial",
+            ca_expiry.clone(),
+        );
         registry.register(
             "palisade_kubernetes_unmeshed_pods",
             "Pods opted in to the mesh (namespace label or pod annotation) running without a \
@@ -145,6 +160,17 @@ impl Metrics {
             grpc_connections,
             grpc_refusals,
             unmeshed_pods,
+            ca_expiry,
+        }
+    }
+
+    /// Replaces the CA expiry gauges: (role, serial, seconds left) per certificate.
+    pub fn ca_expiry(&self, certs: impl Iterator<Item = (&'static str, String, i64)>) {
+        self.ca_expiry.clear();
+        for (role, serial, left) in certs {
+            self.ca_expiry
+                .get_or_create(&CaCertLabel { role, serial })
+                .set(left);
         }
     }
 

@@ -454,6 +454,11 @@ pub async fn start(
     if let Some(watcher) = watcher {
         tracker.spawn(watcher.run(Arc::clone(&shared), shutdown.clone()));
     }
+    tracker.spawn(crate::expiry::watch(
+        Arc::clone(&config.ca),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     if let Some(source) = kubernetes {
         let publisher = Arc::clone(&shared);
         let gauge = Arc::clone(&metrics);

@@ -92,8 +92,16 @@ pub fn write_config_dir(files: &[(&str, &str)]) -> io::Result<TempDir> {
 pub fn generate_ca(
     trust_domain: &str,
 ) -> Result<(Arc<CertificateAuthority>, CaMaterial), TestError> {
+    generate_ca_with(trust_domain, &CaOptions::default())
+}
+
+/// [`generate_ca`] with the given lifetimes.
+pub fn generate_ca_with(
+    trust_domain: &str,
+    options: &CaOptions,
+) -> Result<(Arc<CertificateAuthority>, CaMaterial), TestError> {
     let td = TrustDomain::new(trust_domain).map_err(|e| TestError::Other(e.to_string()))?;
-    let (ca, material) = CertificateAuthority::generate(td, &CaOptions::default())?;
+    let (ca, material) = CertificateAuthority::generate(td, options)?;
     Ok((Arc::new(ca), material))
 }
 
@@ -183,6 +191,8 @@ pub struct TestOptions {
     pub watch: bool,
     /// Bounds on the gRPC listener.
     pub limits: crate::GrpcLimits,
+    /// Lifetimes of the generated CA.
+    pub ca: CaOptions,
 }
 
 impl Default for TestOptions {
@@ -192,6 +202,7 @@ impl Default for TestOptions {
             admin: true,
             watch: false,
             limits: crate::GrpcLimits::default(),
+            ca: CaOptions::default(),
         }
     }
 }
@@ -255,7 +266,7 @@ impl TestControlPlane {
         kubernetes: Option<crate::k8s::RunningSource>,
         options: TestOptions,
     ) -> Result<Self, TestError> {
-        let (ca, ca_material) = generate_ca(&options.trust_domain)?;
+        let (ca, ca_material) = generate_ca_with(&options.trust_domain, &options.ca)?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let shutdown = CancellationToken::new();
         let control_plane = crate::start(

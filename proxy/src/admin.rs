@@ -104,11 +104,14 @@ impl Admin {
                     &format!("not ready: {reason}\n"),
                 ),
             },
-            "/metrics" => respond(
-                StatusCode::OK,
-                palisade_proto::exposition::PROMETHEUS_TEXT,
-                self.metrics.encode(),
-            ),
+            "/metrics" => {
+                self.refresh_expiry();
+                respond(
+                    StatusCode::OK,
+                    palisade_proto::exposition::PROMETHEUS_TEXT,
+                    self.metrics.encode(),
+                )
+            }
             "/certs" => json(&self.certs()),
             "/config" => json(&self.config()),
             _ => text(
@@ -116,6 +119,29 @@ impl Admin {
                 "not found; try /live /ready /metrics /certs /config\n",
             ),
         }
+    }
+
+    /// Sets the seconds left of the leaf, its intermediates and the trusted roots, as of now.
+    fn refresh_expiry(&self) {
+        let Some(tls) = self.tls.borrow().clone() else {
+            return;
+        };
+        let now = unix_now();
+        let creds = tls.credentials();
+        let chain = creds
+            .chain()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (if i == 0 { "leaf" } else { "intermediate" }, c));
+        let roots = tls.bundle().roots().iter().map(|c| ("root", c));
+        let certs: Vec<(&'static str, String, i64)> = chain
+            .chain(roots)
+            .filter_map(|(role, c)| {
+                let info = palisade_certs::svid::inspect(c.as_ref()).ok()?;
+                Some((role, info.serial, info.not_after - now))
+            })
+            .collect();
+        self.metrics.certificate_expiry(certs.into_iter());
     }
 
     fn certs(&self) -> serde_json::Value {

@@ -174,6 +174,12 @@ struct DirectionLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CertLabels {
+    role: &'static str,
+    serial: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PlaintextLabels {
     stage: PlaintextStage,
 }
@@ -261,6 +267,7 @@ pub struct Metrics {
     handshake_failures: Family<DirectionLabels, Counter>,
     plaintext_refused: Family<PlaintextLabels, Counter>,
     cert_expiry: Gauge,
+    cert_expiry_left: Family<CertLabels, Gauge>,
     cert_renewals: Counter,
     cert_failures: Counter,
     discovery_connected: Gauge,
@@ -353,6 +360,13 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "When the current workload certificate expires (Unix time)",
             cert_expiry.clone(),
+        );
+        let cert_expiry_left = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until each certificate the proxy uses expires, at the scrape: its leaf, \
+             the leaf's intermediates, and the roots it trusts; by role and serial",
+            cert_expiry_left.clone(),
         );
         let cert_renewals = Counter::default();
         registry.register(
@@ -457,6 +471,7 @@ impl Metrics {
             handshake_failures,
             plaintext_refused,
             cert_expiry,
+            cert_expiry_left,
             cert_renewals,
             cert_failures,
             discovery_connected,
@@ -536,6 +551,16 @@ impl Metrics {
     pub fn certificate_renewed(&self, not_after: i64) {
         self.cert_renewals.inc();
         self.cert_expiry.set(not_after);
+    }
+
+    /// Replaces the per-certificate expiry gauges: (role, serial, seconds left) each.
+    pub fn certificate_expiry(&self, certs: impl Iterator<Item = (&'static str, String, i64)>) {
+        self.cert_expiry_left.clear();
+        for (role, serial, left) in certs {
+            self.cert_expiry_left
+                .get_or_create(&CertLabels { role, serial })
+                .set(left);
+        }
     }
 
     /// Records a failed certificate request.

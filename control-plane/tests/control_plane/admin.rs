@@ -3,7 +3,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::support::{start_shop, timed};
+use super::support::{shop, start_shop, timed};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut tcp = timed("connect admin", TcpStream::connect(addr))
@@ -40,5 +40,45 @@ async fn live_ready_and_metrics() {
         "{metrics}"
     );
     assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    cp.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ca_expiry_is_in_metrics() {
+    use palisade_control_plane::test_util::{TestControlPlane, TestOptions};
+    let day = std::time::Duration::from_secs(86_400);
+    let options = TestOptions {
+        ca: palisade_certs::CaOptions {
+            root_lifetime: day * 20,
+            intermediate_lifetime: day * 5,
+            ..Default::default()
+        },
+        ..TestOptions::default()
+    };
+    let cp = timed("start", TestControlPlane::start_with(&shop(), options))
+        .await
+        .unwrap();
+    let addr = cp.control_plane.admin_addr().unwrap();
+    let metrics = get(addr, "/metrics").await;
+    let left = |role: &str| -> Vec<f64> {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("palisade_ca_certificate_expiry_seconds{")
+                    && l.contains(&format!("role=\"{role}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let days = |v: f64| v / 86_400.0;
+    let roots = left("root");
+    assert_eq!(roots.len(), 1, "{metrics}");
+    assert!((19.9..=20.0).contains(&days(roots[0])), "{roots:?}");
+    let intermediates = left("intermediate");
+    assert_eq!(intermediates.len(), 1, "{metrics}");
+    assert!(
+        (4.9..=5.0).contains(&days(intermediates[0])),
+        "{intermediates:?}"
+    );
     cp.stop().await.unwrap();
 }

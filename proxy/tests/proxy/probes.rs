@@ -1,6 +1,7 @@
-//! Kubelet probes rewritten to the admin port: each handler kind against a real app (HTTP,
+//! The admin port: kubelet probes rewritten to it, each handler kind against a real app (HTTP,
 //! HTTPS with a certificate nobody verifies, TCP, a real gRPC health server), the verdict only
-//! (never the app's body), and a flood held to the concurrency bound.
+//! (never the app's body), and a flood held to the concurrency bound;
+//! and the seconds left on each certificate in `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -307,4 +308,34 @@ async fn a_probe_flood_is_held_to_the_concurrency_bound() {
     );
     mesh.stop().await;
     apps.cancel();
+}
+
+#[tokio::test]
+async fn admin_metrics_give_seconds_until_each_certificate_expires() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let reply = send(
+        mesh.search.admin_addr(),
+        Request::get("/metrics")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(reply.body()).into_owned();
+    let left = |role: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("palisade_proxy_certificate_expiry_seconds{")
+                    && l.contains(&format!("role=\"{role}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    // The test mesh's leaves live an hour; its CA the default years.
+    let leaf = left("leaf");
+    assert_eq!(leaf.len(), 1, "{text}");
+    assert!((3_500.0..=3_600.0).contains(&leaf[0]), "{leaf:?}");
+    let roots = left("root");
+    assert_eq!(roots.len(), 1, "{text}");
+    assert!(roots[0] > 365.0 * 86_400.0, "{roots:?}");
+    mesh.stop().await;
 }
