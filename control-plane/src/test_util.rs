@@ -148,6 +148,8 @@ pub async fn connect(
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
         async move {
             let tcp = TcpStream::connect(addr).await?;
+            // As the proxy does: without it each small gRPC message waits for a delayed ACK.
+            tcp.set_nodelay(true)?;
             let tls = connector.connect(placeholder_server_name(), tcp).await?;
             Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
