@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint (plaintext): `/live`, `/ready`, `/metrics`.
+//! The admin HTTP endpoint (plaintext): `/live`, `/ready`, `/metrics`, `/ca` (the CA's
+//! certificates and the trust bundle versions proxies hold, JSON).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    pub ca: Arc<palisade_certs::CertificateAuthority>,
+    pub proxies: crate::discovery::ProxyRegistry,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -55,9 +58,23 @@ pub(crate) fn route(state: &AdminState, method: &Method, path: &str) -> Response
             );
             resp
         }
+        "/ca" => {
+            let status = crate::ca_status::status(
+                &state.ca,
+                &state.proxies.list(),
+                crate::transport::unix_now(),
+            );
+            let body = serde_json::to_string_pretty(&status).unwrap_or_else(|_| "{}".into());
+            let mut resp = Response::new(Full::new(Bytes::from(body + "\n")));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found (try /live, /ready, /metrics)\n",
+            "not found (try /live, /ready, /metrics, /ca)\n",
         ),
     }
 }
@@ -122,9 +139,14 @@ mod tests {
 
     #[test]
     fn routes() {
+        let td = palisade_certs::TrustDomain::new("cluster.local").expect("trust domain");
+        let (ca, _) =
+            palisade_certs::CertificateAuthority::generate(td, &Default::default()).expect("CA");
         let state = AdminState {
             ready: Arc::new(AtomicBool::new(false)),
             metrics: Arc::new(Metrics::new()),
+            ca: Arc::new(ca),
+            proxies: crate::discovery::ProxyRegistry::new(),
         };
         assert_eq!(
             route(&state, &Method::GET, "/live").status(),

@@ -442,6 +442,8 @@ pub async fn start(
         let state = AdminState {
             ready: Arc::clone(&ready),
             metrics: Arc::clone(&metrics),
+            ca: Arc::clone(&config.ca),
+            proxies: shared.proxies.clone(),
         };
         tracker.spawn(admin::serve(
             listener,

@@ -37,8 +37,19 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// CA directory.
+    #[arg(
+        long,
+        required_unless_present = "control_plane",
+        conflicts_with = "control_plane"
+    )]
+    pub dir: Option<PathBuf>,
+    /// A running control plane's admin address (host:port, e.g. 127.0.0.1:15014): its CA and
+    /// the trust bundle versions its connected proxies have acknowledged.
     #[arg(long)]
-    pub dir: PathBuf,
+    pub control_plane: Option<std::net::SocketAddr>,
+    /// Print the control plane's answer as JSON (with --control-plane).
+    #[arg(long, requires = "control_plane")]
+    pub json: bool,
     /// Trust domain.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
@@ -112,7 +123,10 @@ pub fn load(dir: &std::path::Path, td: TrustDomain) -> anyhow::Result<Certificat
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let ca = load(&args.dir, trust_domain(&args.trust_domain)?)?;
+    let Some(dir) = &args.dir else {
+        return control_plane_status(&args);
+    };
+    let ca = load(dir, trust_domain(&args.trust_domain)?)?;
     let now = palisade_certs::ca::fmt_unix(time_now());
     println!("trust domain: {}   (now {now})", ca.trust_domain());
     for (i, root) in ca.bundle().roots().iter().enumerate() {
@@ -130,6 +144,52 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             info.subject,
             palisade_certs::ca::fmt_unix(info.not_after)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ca status --control-plane`: what a running control plane reports on `/ca`.
+fn control_plane_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let addr = args
+        .control_plane
+        .context("--dir or --control-plane is required")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let status = runtime.block_on(palisade_control_plane::ca_status::fetch(addr))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let days = |seconds: i64| seconds.div_euclid(86_400);
+    println!(
+        "trust domain: {}   (control plane {addr})",
+        status.trust_domain
+    );
+    for (i, root) in status.roots.iter().enumerate() {
+        println!(
+            "root {i}: {}  expires {} ({} days)",
+            root.subject,
+            root.not_after,
+            days(root.expires_in_seconds)
+        );
+    }
+    for cert in &status.intermediates {
+        println!(
+            "issuing: {}  expires {} ({} days)",
+            cert.subject,
+            cert.not_after,
+            days(cert.expires_in_seconds)
+        );
+    }
+    let p = &status.proxies;
+    println!(
+        "proxies: {} connected, {} not yet acknowledging the trust bundle sent to them",
+        p.connected, p.trust_bundle_pending
+    );
+    for (version, count) in &p.trust_bundle_acked {
+        println!("  trust bundle {version}: acknowledged by {count}");
     }
     Ok(ExitCode::SUCCESS)
 }

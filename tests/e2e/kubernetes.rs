@@ -202,6 +202,21 @@ async fn proxies_fail_over_between_control_plane_replicas() {
             .filter(|e| *e == ["10.1.0.10", "10.1.0.7"])
     })
     .await;
+    // The surviving replica's CA view, through the CLI.
+    let surviving = admin[other].to_string();
+    let out = run_palisade(&["ca", "status", "--control-plane", &surviving]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("trust domain: cluster.local")
+            && text.contains("root 0:")
+            && text.contains("proxies: 1 connected"),
+        "{text}"
+    );
     drop(proxy);
     drop(replicas);
 }

@@ -82,3 +82,42 @@ async fn ca_expiry_is_in_metrics() {
     );
     cp.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn ca_status_reports_certificates_and_trust_bundle_acks() {
+    use palisade_control_plane::ca_status;
+    let cp = start_shop().await;
+    let addr = cp.control_plane.admin_addr().unwrap();
+    let before = timed("GET /ca", ca_status::fetch(addr)).await.unwrap();
+    assert_eq!(before.trust_domain, "cluster.local");
+    assert_eq!(before.roots.len(), 1, "{before:?}");
+    assert!(before.roots[0].expires_in_seconds > 365 * 86_400);
+    assert_eq!(before.proxies.connected, 0);
+
+    // A proxy that has acknowledged everything it was sent.
+    let (_client, stream, got) = super::support::connect_as(&cp, "search").await;
+    for resp in got.values() {
+        stream.send(super::support::ack(resp)).await;
+    }
+    let bundle_version = got[palisade_proto::v1::TRUST_BUNDLE_TYPE_URL]
+        .version_info
+        .clone();
+    let synced = timed("the ACKs are recorded", async {
+        loop {
+            let status = ca_status::fetch(addr).await.unwrap();
+            if status.proxies.trust_bundle_pending == 0 && status.proxies.connected == 1 {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        synced.proxies.trust_bundle_acked,
+        std::collections::BTreeMap::from([(bundle_version, 1)])
+    );
+    // Something that is not a control plane's admin port is a clear error.
+    let err = ca_status::fetch(cp.addr()).await.expect_err("gRPC port");
+    assert!(err.to_string().contains(&cp.addr().to_string()), "{err}");
+    cp.stop().await.unwrap();
+}

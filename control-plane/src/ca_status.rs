@@ -1,0 +1,167 @@
+//! The CA as a running control plane sees it (`GET /ca` on the admin port, and `palisade ca
+//! status --control-plane`): roots of the trust bundle and issuing intermediates with their
+//! expiry, and which trust bundle version the connected proxies have acknowledged, the
+//! number a staged rotation waits on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use palisade_certs::CertificateAuthority;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+
+use crate::discovery::ProxyStatus;
+use crate::expiry::ca_certs;
+use crate::index::ResourceType;
+
+/// Bound on fetching the status.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest status answer read.
+const MAX_ANSWER: usize = 4 << 20;
+
+/// One CA certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCertStatus {
+    /// Subject.
+    pub subject: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+    /// Seconds left (negative once expired).
+    pub expires_in_seconds: i64,
+}
+
+/// What the connected proxies hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxiesStatus {
+    /// Discovery streams open.
+    pub connected: usize,
+    /// Proxies by the trust bundle version they acknowledged last.
+    pub trust_bundle_acked: BTreeMap<String, usize>,
+    /// Proxies that have not acknowledged the trust bundle last sent to them.
+    pub trust_bundle_pending: usize,
+}
+
+/// The CA status of one control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Roots of the trust bundle (several during a rotation).
+    pub roots: Vec<CaCertStatus>,
+    /// Certificates leaves are issued from, below the root.
+    pub intermediates: Vec<CaCertStatus>,
+    /// The connected proxies.
+    pub proxies: ProxiesStatus,
+}
+
+/// Why the status could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Connecting or the HTTP exchange failed.
+    #[error("control plane admin at {addr}: {reason}")]
+    Http {
+        /// The admin address.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// The answer is not a CA status.
+    #[error("control plane admin at {addr} answered {status}: {body}")]
+    Answer {
+        /// The admin address.
+        addr: SocketAddr,
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+}
+
+/// The status of `ca` with `proxies` connected, at `now` (Unix seconds).
+pub(crate) fn status(ca: &CertificateAuthority, proxies: &[ProxyStatus], now: i64) -> CaStatus {
+    let mut roots = Vec::new();
+    let mut intermediates = Vec::new();
+    for cert in ca_certs(ca) {
+        let entry = CaCertStatus {
+            subject: cert.subject,
+            serial: cert.serial,
+            not_after: palisade_certs::ca::fmt_unix(cert.not_after),
+            expires_in_seconds: cert.not_after - now,
+        };
+        match cert.role {
+            "root" => roots.push(entry),
+            _ => intermediates.push(entry),
+        }
+    }
+    let mut summary = ProxiesStatus {
+        connected: proxies.len(),
+        ..Default::default()
+    };
+    for proxy in proxies {
+        let Some(bundle) = proxy.types.get(&ResourceType::TrustBundle) else {
+            summary.trust_bundle_pending += 1;
+            continue;
+        };
+        if let Some(acked) = &bundle.acked_version {
+            *summary.trust_bundle_acked.entry(acked.clone()).or_default() += 1;
+        }
+        if bundle.acked_version != bundle.sent_version || bundle.acked_version.is_none() {
+            summary.trust_bundle_pending += 1;
+        }
+    }
+    CaStatus {
+        trust_domain: ca.trust_domain().to_string(),
+        roots,
+        intermediates,
+        proxies: summary,
+    }
+}
+
+/// Fetches `GET /ca` from a control plane's admin address.
+pub async fn fetch(addr: SocketAddr) -> Result<CaStatus, FetchError> {
+    let http = |reason: String| FetchError::Http { addr, reason };
+    let exchange = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        tokio::spawn(conn);
+        let request = http::Request::get("/ca")
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| http(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| http(e.to_string()))?
+            .to_bytes();
+        if status != 200 {
+            return Err(FetchError::Answer {
+                addr,
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| FetchError::Answer {
+            addr,
+            status,
+            body: format!("not a CA status: {e}"),
+        })
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, exchange)
+        .await
+        .map_err(|_| http(format!("no answer within {FETCH_TIMEOUT:?}")))?
+}
