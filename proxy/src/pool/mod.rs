@@ -176,7 +176,11 @@ impl PeerPool {
         let own_expiry = limits::expiry_instant(tls.credentials().not_after());
         let aged = Instant::now() + self.limits.max_connection_age;
         let first_expiry = expiry.map_or(own_expiry, |e| e.min(own_expiry));
-        (limits::retire_before(first_expiry).min(aged), expiry)
+        // The receiving sidecar sends GOAWAY at `retire_before` of the same expiry: the
+        // caller stops sending a head start before that, so no new request races the GOAWAY
+        // (a request refused after it was sent cannot be retried safely).
+        let retire = limits::retire_before(limits::retire_before(first_expiry));
+        (retire.min(aged), expiry)
     }
 
     /// TCP connect plus mTLS handshake with `config`, which verifies the peer's identity;
