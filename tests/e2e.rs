@@ -91,3 +91,7 @@ mod netpol;
 /// network-namespace bed while the same app path stays denied to other pods.
 #[path = "e2e/probes.rs"]
 mod probes;
+
+/// CA rotation under HTTP/1.1, HTTP/2 and gRPC load, driven by `palisade ca rotate`.
+#[path = "e2e/rotation.rs"]
+mod rotation;

@@ -233,7 +233,7 @@ impl CaMaterial {
 /// Creates `path`, which must not exist: `O_CREAT | O_EXCL` refuses any existing entry,
 /// a symbolic link included (dangling or not), and `O_NOFOLLOW` says so once more. A secret
 /// file gets mode 0600 at creation, so it is never readable by others, not even briefly.
-fn create_new(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
+pub(crate) fn create_new(path: &Path, contents: &str, secret: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -286,6 +286,18 @@ pub struct CertificateAuthority {
     chain: Vec<CertificateDer<'static>>,
     bundle: TrustBundle,
     issuer_not_after: i64,
+    /// SHA-256 of the issuing certificate: names the issuer a leaf came from.
+    issuer_fingerprint: String,
+}
+
+/// SHA-256 of a DER certificate, lower-case hex: how issuers and roots are named on the
+/// wire and in status output (as `openssl x509 -fingerprint -sha256` prints it, without colons).
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -439,7 +451,7 @@ impl CertificateAuthority {
         )
     }
 
-    fn build(
+    pub(crate) fn build(
         trust_domain: TrustDomain,
         (ca_path, ca_pem): (&Path, &str),
         (key_path, key_pem): (&Path, &str),
@@ -525,6 +537,7 @@ impl CertificateAuthority {
             chain,
             bundle,
             issuer_not_after: info.not_after,
+            issuer_fingerprint: fingerprint(issuing.as_ref()),
         };
         // Prove the whole path works before anyone relies on it: issue a throwaway leaf
         // and verify it against the roots exactly as a peer would.
@@ -565,6 +578,24 @@ impl CertificateAuthority {
     /// When the issuing CA expires, Unix seconds.
     pub fn not_after(&self) -> i64 {
         self.issuer_not_after
+    }
+
+    /// [`fingerprint`] of the certificate that signs leaves.
+    pub fn issuer_fingerprint(&self) -> &str {
+        &self.issuer_fingerprint
+    }
+
+    /// The same issuer, trusting `extra` roots besides its own: during a rotation, the
+    /// bundle holds the roots of both generations.
+    pub fn trusting_also(mut self, extra: &TrustBundle) -> Result<Self, CaError> {
+        self.bundle = self
+            .bundle
+            .merged_with(extra)
+            .map_err(|source| CaError::Bundle {
+                path: PathBuf::from("root-cert.pem"),
+                source,
+            })?;
+        Ok(self)
     }
 
     /// Signs a PEM CSR for `identity`. The CSR's signature must verify, its key must be

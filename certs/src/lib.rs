@@ -9,6 +9,7 @@
 pub mod bundle;
 pub mod ca;
 pub mod pem;
+pub mod rotation;
 pub mod spiffe;
 pub mod svid;
 pub mod tls;
@@ -16,6 +17,7 @@ pub mod workload;
 
 pub use bundle::{BundleError, TrustBundle};
 pub use ca::{CaError, CaFiles, CaMaterial, CaOptions, CertificateAuthority, IssuedLeaf};
+pub use rotation::{ActiveCa, CaState, RotationRecord, Stage};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{CertInfo, SvidError};
 pub use tls::{ClientAuth, Credentials, TlsError};

@@ -152,6 +152,7 @@ pub struct Credentials {
     not_before: i64,
     not_after: i64,
     serial: String,
+    issuer_fingerprint: String,
 }
 
 impl Credentials {
@@ -186,6 +187,12 @@ impl Credentials {
         certified
             .keys_match()
             .map_err(|e| TlsError::Credentials(format!("key does not match certificate: {e}")))?;
+        // The issuing CA is the second certificate, unless a root signs leaves directly
+        // (then it is not sent, and the issuer says which it is: see `with_issuer`).
+        let issuer_fingerprint = chain
+            .get(1)
+            .map(|c| crate::ca::fingerprint(c.as_ref()))
+            .unwrap_or_default();
         Ok(Self {
             chain,
             key: Arc::new(key),
@@ -193,7 +200,21 @@ impl Credentials {
             not_before: info.not_before,
             not_after: info.not_after,
             serial: info.serial,
+            issuer_fingerprint,
         })
+    }
+
+    /// Names the issuing CA when the chain does not hold it (a root signs leaves directly).
+    pub fn with_issuer(mut self, fingerprint: &str) -> Self {
+        if self.issuer_fingerprint.is_empty() {
+            self.issuer_fingerprint = fingerprint.to_owned();
+        }
+        self
+    }
+
+    /// SHA-256 of the CA certificate that signed the leaf ("" if unknown).
+    pub fn issuer_fingerprint(&self) -> &str {
+        &self.issuer_fingerprint
     }
 
     /// The SPIFFE ID of the leaf.

@@ -14,6 +14,7 @@ mod certs {
     mod openssl;
     mod python;
     mod robustness;
+    mod rotation;
     mod spiffe;
     mod support;
     mod tls;

@@ -28,7 +28,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
-    pub ca: Arc<palisade_certs::CertificateAuthority>,
+    pub ca: tokio::sync::watch::Receiver<Arc<palisade_certs::ActiveCa>>,
+    pub state: tokio::sync::watch::Receiver<Arc<crate::index::Published>>,
     pub proxies: crate::discovery::ProxyRegistry,
 }
 
@@ -59,9 +60,12 @@ pub(crate) fn route(state: &AdminState, method: &Method, path: &str) -> Response
             resp
         }
         "/ca" => {
+            let active = Arc::clone(&state.ca.borrow());
+            let bundle_version = state.state.borrow().trust_bundle_version();
             let status = crate::ca_status::status(
-                &state.ca,
+                &active,
                 &state.proxies.list(),
+                &bundle_version,
                 crate::transport::unix_now(),
             );
             let body = serde_json::to_string_pretty(&status).unwrap_or_else(|_| "{}".into());
@@ -142,10 +146,15 @@ mod tests {
         let td = palisade_certs::TrustDomain::new("cluster.local").expect("trust domain");
         let (ca, _) =
             palisade_certs::CertificateAuthority::generate(td, &Default::default()).expect("CA");
+        let ca = Arc::new(ca);
+        let snapshot = Arc::new(crate::model::MeshSnapshot::default());
+        let published =
+            crate::index::Published::new(snapshot, ca.bundle().clone(), ca.issuer_fingerprint());
         let state = AdminState {
             ready: Arc::new(AtomicBool::new(false)),
             metrics: Arc::new(Metrics::new()),
-            ca: Arc::new(ca),
+            ca: tokio::sync::watch::channel(Arc::new(palisade_certs::ActiveCa::steady(ca))).1,
+            state: tokio::sync::watch::channel(Arc::new(published)).1,
             proxies: crate::discovery::ProxyRegistry::new(),
         };
         assert_eq!(

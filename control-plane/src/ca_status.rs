@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use palisade_certs::CertificateAuthority;
+use palisade_certs::ActiveCa;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
@@ -45,6 +45,34 @@ pub struct ProxiesStatus {
     pub trust_bundle_acked: BTreeMap<String, usize>,
     /// Proxies that have not acknowledged the trust bundle last sent to them.
     pub trust_bundle_pending: usize,
+    /// Proxies that acknowledged the trust bundle version served now.
+    #[serde(default)]
+    pub trust_bundle_current: usize,
+    /// Proxies by the issuer fingerprint of the certificate they serve with ("unknown":
+    /// not reported yet).
+    #[serde(default)]
+    pub leaves_by_issuer: BTreeMap<String, usize>,
+    /// Proxies (`namespace/workload`) whose certificate is not from the issuer in force,
+    /// at most [`MAX_LISTED`] of them.
+    #[serde(default)]
+    pub not_on_current_issuer: Vec<String>,
+}
+
+/// A rotation as a control plane serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationStatus {
+    /// `trust-new-root`, `issue-from-new` or `remove-old-root`.
+    pub stage: String,
+    /// 1, 2 or 3.
+    pub stage_number: u8,
+    /// When the rotation began, RFC 3339.
+    pub started: String,
+    /// Fingerprint of the issuer being replaced.
+    pub old_issuer: String,
+    /// Fingerprint of the issuer replacing it.
+    pub new_issuer: String,
+    /// Fingerprints of the roots stage 3 stops trusting.
+    pub retired_roots: Vec<String>,
 }
 
 /// The CA status of one control plane.
@@ -56,9 +84,21 @@ pub struct CaStatus {
     pub roots: Vec<CaCertStatus>,
     /// Certificates leaves are issued from, below the root.
     pub intermediates: Vec<CaCertStatus>,
+    /// Fingerprint of the certificate that signs leaves now.
+    #[serde(default)]
+    pub issuer_fingerprint: String,
+    /// The trust bundle version pushed now.
+    #[serde(default)]
+    pub trust_bundle_version: String,
+    /// The rotation in progress, as this control plane serves it.
+    #[serde(default)]
+    pub rotation: Option<RotationStatus>,
     /// The connected proxies.
     pub proxies: ProxiesStatus,
 }
+
+/// Longest list of workloads in a status.
+pub const MAX_LISTED: usize = 100;
 
 /// Why the status could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +123,15 @@ pub enum FetchError {
     },
 }
 
-/// The status of `ca` with `proxies` connected, at `now` (Unix seconds).
-pub(crate) fn status(ca: &CertificateAuthority, proxies: &[ProxyStatus], now: i64) -> CaStatus {
+/// The status of `active` with `proxies` connected and trust bundle `bundle_version`
+/// served, at `now` (Unix seconds).
+pub(crate) fn status(
+    active: &ActiveCa,
+    proxies: &[ProxyStatus],
+    bundle_version: &str,
+    now: i64,
+) -> CaStatus {
+    let ca = &active.ca;
     let mut roots = Vec::new();
     let mut intermediates = Vec::new();
     for cert in ca_certs(ca) {
@@ -99,26 +146,53 @@ pub(crate) fn status(ca: &CertificateAuthority, proxies: &[ProxyStatus], now: i6
             _ => intermediates.push(entry),
         }
     }
+    let issuer = ca.issuer_fingerprint();
     let mut summary = ProxiesStatus {
         connected: proxies.len(),
         ..Default::default()
     };
     for proxy in proxies {
+        let leaf = if proxy.certificate_issuer.is_empty() {
+            "unknown"
+        } else {
+            proxy.certificate_issuer.as_str()
+        };
+        *summary.leaves_by_issuer.entry(leaf.to_owned()).or_default() += 1;
+        if leaf != issuer && summary.not_on_current_issuer.len() < MAX_LISTED {
+            summary
+                .not_on_current_issuer
+                .push(proxy.workload.to_string());
+        }
         let Some(bundle) = proxy.types.get(&ResourceType::TrustBundle) else {
             summary.trust_bundle_pending += 1;
             continue;
         };
         if let Some(acked) = &bundle.acked_version {
             *summary.trust_bundle_acked.entry(acked.clone()).or_default() += 1;
+            if acked == bundle_version {
+                summary.trust_bundle_current += 1;
+            }
         }
         if bundle.acked_version != bundle.sent_version || bundle.acked_version.is_none() {
             summary.trust_bundle_pending += 1;
         }
     }
+    summary.not_on_current_issuer.sort();
+    let rotation = active.rotation.as_ref().map(|r| RotationStatus {
+        stage: r.stage.to_string(),
+        stage_number: r.stage.number(),
+        started: palisade_certs::ca::fmt_unix(r.started_unix),
+        old_issuer: r.old_issuer.clone(),
+        new_issuer: r.new_issuer.clone(),
+        retired_roots: r.retired_roots().into_iter().map(str::to_owned).collect(),
+    });
     CaStatus {
         trust_domain: ca.trust_domain().to_string(),
         roots,
         intermediates,
+        issuer_fingerprint: issuer.to_owned(),
+        trust_bundle_version: bundle_version.to_owned(),
+        rotation,
         proxies: summary,
     }
 }

@@ -71,6 +71,9 @@ pub struct ProxyStatus {
     pub connected_at: SystemTime,
     /// Per subscribed type.
     pub types: BTreeMap<ResourceType, TypeStatus>,
+    /// Issuer fingerprint of the certificate the proxy reports serving with ("" until it
+    /// reports one).
+    pub certificate_issuer: String,
 }
 
 impl ProxyStatus {
@@ -167,6 +170,7 @@ impl Discovery for DiscoveryService {
             metrics: Arc::clone(&self.metrics),
             registry: self.registry.clone(),
             types: BTreeMap::new(),
+            certificate_issuer: String::new(),
         };
         let shutdown = self.shutdown.clone();
         // The node is validated inside the task, after the response headers have gone out:
@@ -188,6 +192,11 @@ fn release(published: Arc<Published>) {
             drop(runtime.spawn_blocking(move || drop(published)));
         }
     }
+}
+
+/// A SHA-256 fingerprint in lower-case hex; anything else a proxy reports is ignored.
+fn is_fingerprint(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn next_stream_id() -> u64 {
@@ -241,6 +250,8 @@ struct StreamTask {
     metrics: Arc<Metrics>,
     registry: ProxyRegistry,
     types: BTreeMap<ResourceType, TypeState>,
+    /// Last issuer fingerprint the proxy reported.
+    certificate_issuer: String,
 }
 
 /// Keeps the registry and the connected gauge right however the task ends.
@@ -409,6 +420,7 @@ impl StreamTask {
             proxy_version: proxy_version.to_owned(),
             connected_at: SystemTime::now(),
             types: BTreeMap::new(),
+            certificate_issuer: String::new(),
         });
         self.metrics.proxy_connected();
         Registration {
@@ -425,6 +437,15 @@ impl StreamTask {
         key: &NamespacedName,
         req: DiscoveryRequest,
     ) -> Result<(), StreamEnd> {
+        // Before the type and nonce checks: a proxy repeats its last ACK after renewing
+        // just to report this, whatever has been sent since.
+        if is_fingerprint(&req.certificate_issuer)
+            && req.certificate_issuer != self.certificate_issuer
+        {
+            self.certificate_issuer.clone_from(&req.certificate_issuer);
+            let issuer = req.certificate_issuer.clone();
+            self.registry.update(self.id, |p| p.certificate_issuer = issuer);
+        }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             // A newer proxy may ask for types this control plane does not know yet.
             tracing::warn!(workload = %key, type_url = %Untrusted(&req.type_url), "ignoring a request for an unknown type");

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_certs::CertificateAuthority;
+use palisade_certs::{ActiveCa, CertificateAuthority};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -67,13 +68,13 @@ pub(crate) fn new_warnings(
 
 /// Refreshes the expiry gauges and logs crossed thresholds until `shutdown`.
 pub(crate) async fn watch(
-    ca: Arc<CertificateAuthority>,
+    mut ca: watch::Receiver<Arc<ActiveCa>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let certs = ca_certs(&ca);
     let mut warned = HashSet::new();
     loop {
+        let certs = ca_certs(&ca.borrow_and_update().ca);
         let now = unix_now();
         metrics.ca_expiry(
             certs
@@ -99,6 +100,7 @@ pub(crate) async fn watch(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
+            changed = ca.changed() => if changed.is_err() { return },
         }
     }
 }

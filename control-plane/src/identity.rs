@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use palisade_certs::{CaError, CertificateAuthority};
+use palisade_certs::{ActiveCa, CaError};
 use palisade_proto::v1::identity_server::Identity;
 use palisade_proto::v1::{CertifyRequest, CertifyResponse};
 use tokio::sync::watch;
@@ -29,7 +29,8 @@ use crate::transport::{PeerInfo, unix_now};
 
 /// The identity service.
 pub(crate) struct IdentityService {
-    pub ca: Arc<CertificateAuthority>,
+    /// The CA in force; replaced at each rotation stage.
+    pub ca: watch::Receiver<Arc<ActiveCa>>,
     pub state: watch::Receiver<Arc<Published>>,
     pub tokens: Arc<RwLock<Arc<TokenStore>>>,
     pub ledger: Arc<TokenLedger>,
@@ -169,7 +170,8 @@ impl IdentityService {
             }
             workload
         };
-        let issued = match self.ca.sign_csr(&req.csr_pem, &workload.identity, lifetime) {
+        let ca = Arc::clone(&self.ca.borrow().ca);
+        let issued = match ca.sign_csr(&req.csr_pem, &workload.identity, lifetime) {
             Ok(issued) => issued,
             Err(e) => {
                 if bootstrap {
@@ -215,10 +217,11 @@ impl IdentityService {
         Ok(CertifyResponse {
             certificate_pem: issued.leaf_pem(),
             chain_pem: issued.chain_pem(),
-            trust_bundle_pem: self.ca.bundle().to_pem_list(),
+            trust_bundle_pem: ca.bundle().to_pem_list(),
             spiffe_id: issued.spiffe_id.to_string(),
             not_before_unix: issued.not_before,
             not_after_unix: issued.not_after,
+            issuer_fingerprint: ca.issuer_fingerprint().to_owned(),
         })
     }
 }

@@ -253,6 +253,8 @@ fn built_once<K: Eq + std::hash::Hash>(
 pub(crate) struct Published {
     pub snapshot: Arc<MeshSnapshot>,
     pub bundle: TrustBundle,
+    /// Fingerprint of the CA certificate leaves are issued from now.
+    pub issuer_fingerprint: String,
     /// Encoded once per change, identical for every proxy.
     shared: BTreeMap<ResourceType, Arc<Versioned>>,
     /// Filled lazily, one cell per workload: a change costs one build per workload that has
@@ -264,7 +266,15 @@ pub(crate) struct Published {
 }
 
 impl Published {
-    pub fn new(snapshot: Arc<MeshSnapshot>, bundle: TrustBundle) -> Self {
+    /// The version of the trust bundle streamed now.
+    pub fn trust_bundle_version(&self) -> String {
+        self.shared
+            .get(&ResourceType::TrustBundle)
+            .map(|v| v.version.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn new(snapshot: Arc<MeshSnapshot>, bundle: TrustBundle, issuer_fingerprint: &str) -> Self {
         let mut shared = BTreeMap::new();
         shared.insert(
             ResourceType::Services,
@@ -276,6 +286,7 @@ impl Published {
             ResourceType::TrustBundle,
             Arc::new(Versioned::new(Resources::TrustBundle(bundle_proto(
                 &bundle,
+                issuer_fingerprint,
             )))),
         );
         shared.insert(
@@ -292,6 +303,7 @@ impl Published {
         Self {
             snapshot,
             bundle,
+            issuer_fingerprint: issuer_fingerprint.to_owned(),
             shared,
             per_workload,
             builds,
@@ -336,7 +348,10 @@ impl Published {
                 &self.builds.peers,
             )),
             ResourceType::Services => Resources::Services(services_proto(&self.snapshot)),
-            ResourceType::TrustBundle => Resources::TrustBundle(bundle_proto(&self.bundle)),
+            ResourceType::TrustBundle => Resources::TrustBundle(bundle_proto(
+                &self.bundle,
+                &self.issuer_fingerprint,
+            )),
             ResourceType::Mesh => Resources::Mesh(mesh_proto(self.snapshot.settings())),
         })
     }
@@ -368,7 +383,8 @@ pub fn snapshots_for(
         .workload(namespace, name)
         .cloned()
         .ok_or_else(|| unknown(namespace, name))?;
-    let published = Published::new(snapshot, bundle);
+    // Static proxies never renew: no issuer to compare with.
+    let published = Published::new(snapshot, bundle, "");
     Ok(ResourceType::ALL
         .iter()
         .filter(|ty| pb::ALL_TYPE_URLS.contains(&ty.type_url()))
@@ -641,10 +657,11 @@ pub(crate) fn services_proto(snapshot: &MeshSnapshot) -> pb::ServiceSnapshot {
     }
 }
 
-pub(crate) fn bundle_proto(bundle: &TrustBundle) -> pb::TrustBundle {
+pub(crate) fn bundle_proto(bundle: &TrustBundle, issuer_fingerprint: &str) -> pb::TrustBundle {
     pb::TrustBundle {
         trust_domain: bundle.trust_domain().to_string(),
         roots_pem: bundle.to_pem_list(),
+        issuer_fingerprint: issuer_fingerprint.to_owned(),
     }
 }
 
@@ -712,7 +729,7 @@ spec: {address: 127.0.1.3}
         let td = palisade_certs::TrustDomain::new("cluster.local").unwrap();
         let (ca, _) =
             palisade_certs::CertificateAuthority::generate(td, &Default::default()).unwrap();
-        Published::new(Arc::new(snapshot), ca.bundle().clone())
+        Published::new(Arc::new(snapshot), ca.bundle().clone(), ca.issuer_fingerprint())
     }
 
     fn version(p: &Published, ns: &str, name: &str, ty: ResourceType) -> String {
@@ -750,7 +767,7 @@ spec: {podSelector: {matchLabels: {tier: web}}, ingress: [{ports: [{port: http}]
         let td = palisade_certs::TrustDomain::new("cluster.local").unwrap();
         let (ca, _) =
             palisade_certs::CertificateAuthority::generate(td, &Default::default()).unwrap();
-        let published = Published::new(Arc::new(snapshot), ca.bundle().clone());
+        let published = Published::new(Arc::new(snapshot), ca.bundle().clone(), ca.issuer_fingerprint());
         let get = |name: &str, ty: ResourceType| {
             let w = published.snapshot.workload("shop", name).unwrap();
             published.resource(ty, w)

@@ -18,6 +18,7 @@
 //! receives, for tools that decide offline as a sidecar would (`palisade authz check`).
 
 mod admin;
+pub mod ca_source;
 pub mod ca_status;
 pub mod config;
 mod discovery;
@@ -30,6 +31,7 @@ mod metrics;
 pub mod model;
 pub mod netpol;
 pub mod policy;
+pub mod rotate;
 mod runtime;
 pub mod tokens;
 mod transport;
@@ -48,6 +50,7 @@ pub use discovery::{Nack, ProxyStatus, TypeStatus};
 pub use index::{
     ResourceType, UnknownWorkload, authorization_for, egress_for, network_policy_for, snapshots_for,
 };
+pub use ca_source::CaSource;
 pub use model::MeshSnapshot;
 pub use runtime::{
     ControlPlane, ControlPlaneConfig, DEFAULT_ADMIN_ADDR, DEFAULT_GRPC_ADDR, GrpcLimits,

@@ -61,6 +61,7 @@ pub(crate) struct Metrics {
     grpc_refusals: Family<ReasonLabel, Counter>,
     unmeshed_pods: Gauge,
     ca_expiry: Family<CaCertLabel, Gauge>,
+    ca_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -79,6 +80,13 @@ impl Metrics {
         let grpc_refusals = Family::<ReasonLabel, Counter>::default();
         let unmeshed_pods = Gauge::default();
         let ca_expiry = Family::<CaCertLabel, Gauge>::default();
+        let ca_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "palisade_ca_reloads",
+            "Changes of the CA directory (a rotation stage, new files) loaded, by result; on \
+             failure the CA in force stays",
+            ca_reloads.clone(),
+        );
         registry.register(
             "palisade_ca_certificate_expiry_seconds",
             "Seconds until each CA certificate expires (role root: in the trust bundle; \
@@ -161,6 +169,7 @@ impl Metrics {
             grpc_refusals,
             unmeshed_pods,
             ca_expiry,
+            ca_reloads,
         }
     }
 
@@ -221,6 +230,11 @@ impl Metrics {
 
     pub fn nacked(&self, t: ResourceType) {
         self.nacks.get_or_create(&t.into()).inc();
+    }
+
+    pub fn ca_reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.ca_reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn reloaded(&self, ok: bool) {

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use palisade_certs::{CaError, CertificateAuthority, SpiffeId, TlsError, TrustBundle, TrustDomain};
+use palisade_certs::rotation::RotationError;
+use palisade_certs::{ActiveCa, CaError, SpiffeId, TlsError, TrustBundle, TrustDomain};
 use palisade_proto::v1::discovery_server::DiscoveryServer;
 use palisade_proto::v1::identity_server::IdentityServer;
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::ca_source::CaSource;
 use crate::config::{self, ConfigError, ConfigErrors, DocumentRef};
 use crate::discovery::{DiscoveryService, ProxyRegistry, ProxyStatus};
 use crate::identity::IdentityService;
@@ -47,8 +49,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ControlPlaneConfig {
     /// Directory of YAML resources.
     pub config_dir: PathBuf,
-    /// The mesh CA (loaded by the caller); its trust domain must be MeshConfig's.
-    pub ca: Arc<CertificateAuthority>,
+    /// The mesh CA: fixed, or a directory read at start and polled for rotation stages;
+    /// its trust domain must be MeshConfig's.
+    pub ca: CaSource,
     /// Bootstrap tokens of the workloads.
     pub tokens: TokenStore,
     /// gRPC listener (identity and discovery over TLS); port 0 picks a free port.
@@ -138,6 +141,9 @@ pub enum StartError {
         /// Where the mesh's value comes from, in words.
         where_: String,
     },
+    /// The CA directory cannot be loaded.
+    #[error("{0}")]
+    Ca(#[from] RotationError),
     /// The serving certificate could not be issued.
     #[error("cannot issue the control plane's serving certificate: {0}")]
     Certificate(#[source] CaError),
@@ -177,7 +183,7 @@ impl From<ServingCertError> for StartError {
 pub(crate) struct Shared {
     config_dir: PathBuf,
     assigned_addresses: config::AddressAssignments,
-    ca: Arc<CertificateAuthority>,
+    ca: watch::Sender<Arc<ActiveCa>>,
     state: watch::Sender<Arc<Published>>,
     /// Serialises load-and-publish, so a slow reload cannot publish over a newer one; holds
     /// the YAML of the files last loaded, so a reload parses only what changed.
@@ -200,12 +206,13 @@ impl Shared {
     /// trust domain at runtime.
     fn check_trust_domain(&self, snapshot: &MeshSnapshot) -> Result<(), ConfigErrors> {
         let mesh = &snapshot.settings().trust_domain;
-        if mesh == self.ca.trust_domain() {
+        let ca = Arc::clone(&self.ca.borrow().ca);
+        if mesh == ca.trust_domain() {
             return Ok(());
         }
         let message = format!(
             "trust domain {mesh} differs from the CA's ({}); it cannot change while running",
-            self.ca.trust_domain()
+            ca.trust_domain()
         );
         let error = match snapshot.settings_source() {
             Some(src) => ConfigError {
@@ -227,9 +234,31 @@ impl Shared {
 
     fn publish(&self, snapshot: MeshSnapshot) -> Result<(), ConfigErrors> {
         self.check_trust_domain(&snapshot)?;
-        let published = Published::new(Arc::new(snapshot), self.ca.bundle().clone());
+        let ca = Arc::clone(&self.ca.borrow().ca);
+        let published = Published::new(
+            Arc::new(snapshot),
+            ca.bundle().clone(),
+            ca.issuer_fingerprint(),
+        );
         self.state.send_replace(Arc::new(published));
         Ok(())
+    }
+
+    /// Serves `active` from now on (a rotation stage, or new CA files): new certificates
+    /// come from it, and its trust bundle goes to every proxy with the current snapshot.
+    pub(crate) fn set_ca(&self, active: Arc<ActiveCa>) {
+        let _guard = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.ca.send_replace(Arc::clone(&active));
+        let snapshot = Arc::clone(&self.state.borrow().snapshot);
+        let published = Published::new(
+            snapshot,
+            active.ca.bundle().clone(),
+            active.ca.issuer_fingerprint(),
+        );
+        self.state.send_replace(Arc::new(published));
     }
 
     /// Publishes a snapshot another source built (or counts its rejection), serialised with
@@ -305,15 +334,17 @@ pub async fn start(
         )?,
     };
     let settings = snapshot.settings().clone();
-    if &settings.trust_domain != config.ca.trust_domain() {
+    let active = Arc::new(config.ca.initial(&settings.trust_domain)?);
+    if &settings.trust_domain != active.ca.trust_domain() {
         return Err(StartError::TrustDomainMismatch {
-            ca: config.ca.trust_domain().clone(),
+            ca: active.ca.trust_domain().clone(),
             mesh: settings.trust_domain.clone(),
             where_: trust_domain_origin(&snapshot),
         });
     }
     let identity = control_plane_identity(&settings.trust_domain);
-    let cert = transport::issue_serving_cert(&config.ca, &identity, settings.certificate_lifetime)?;
+    let cert =
+        transport::issue_serving_cert(&active.ca, &identity, settings.certificate_lifetime)?;
 
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc_addr)?;
@@ -327,12 +358,17 @@ pub async fn start(
     };
 
     let metrics = Arc::new(Metrics::new());
-    let published = Published::new(Arc::new(snapshot), config.ca.bundle().clone());
+    let published = Published::new(
+        Arc::new(snapshot),
+        active.ca.bundle().clone(),
+        active.ca.issuer_fingerprint(),
+    );
     let (state_tx, state_rx) = watch::channel(Arc::new(published));
+    let (ca_tx, ca_rx) = watch::channel(Arc::clone(&active));
     let shared = Arc::new(Shared {
         config_dir: config.config_dir.clone(),
         assigned_addresses: config.assigned_addresses.clone(),
-        ca: Arc::clone(&config.ca),
+        ca: ca_tx,
         state: state_tx,
         reload_lock: Mutex::new(parse_cache),
         tokens: Arc::new(RwLock::new(Arc::new(config.tokens))),
@@ -370,7 +406,7 @@ pub async fn start(
         tracker.clone(),
     ));
     tracker.spawn(transport::renew_serving_cert(
-        Arc::clone(&config.ca),
+        ca_rx.clone(),
         identity.clone(),
         (cert.issued_at, cert.not_after),
         state_rx.clone(),
@@ -380,7 +416,7 @@ pub async fn start(
     ));
 
     let identity_service = IdentityService {
-        ca: Arc::clone(&config.ca),
+        ca: ca_rx.clone(),
         state: state_rx.clone(),
         tokens: Arc::clone(&shared.tokens),
         ledger: Arc::new(TokenLedger::default()),
@@ -442,7 +478,8 @@ pub async fn start(
         let state = AdminState {
             ready: Arc::clone(&ready),
             metrics: Arc::clone(&metrics),
-            ca: Arc::clone(&config.ca),
+            ca: ca_rx.clone(),
+            state: shared.state.subscribe(),
             proxies: shared.proxies.clone(),
         };
         tracker.spawn(admin::serve(
@@ -456,8 +493,18 @@ pub async fn start(
     if let Some(watcher) = watcher {
         tracker.spawn(watcher.run(Arc::clone(&shared), shutdown.clone()));
     }
+    if let CaSource::Dir { dir, poll } = &config.ca {
+        tracker.spawn(crate::ca_source::watch_dir(
+            dir.clone(),
+            *poll,
+            settings.trust_domain.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
     tracker.spawn(crate::expiry::watch(
-        Arc::clone(&config.ca),
+        ca_rx.clone(),
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
@@ -466,7 +513,7 @@ pub async fn start(
         let gauge = Arc::clone(&metrics);
         tracker.spawn(source.run(
             move |built| publisher.publish_built(built),
-            config.ca.bundle().to_pem_list().concat(),
+            ca_rx.clone(),
             move |count| gauge.unmeshed_pods(count),
             shutdown.clone(),
         ));
@@ -537,7 +584,12 @@ impl ControlPlane {
 
     /// The roots the mesh trusts.
     pub fn trust_bundle(&self) -> TrustBundle {
-        self.shared.ca.bundle().clone()
+        self.shared.ca.borrow().ca.bundle().clone()
+    }
+
+    /// The CA in force (during a rotation, as its stage says).
+    pub fn active_ca(&self) -> Arc<ActiveCa> {
+        Arc::clone(&self.shared.ca.borrow())
     }
 
     /// The configuration in force.

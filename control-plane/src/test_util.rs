@@ -274,7 +274,7 @@ impl TestControlPlane {
         let control_plane = crate::start(
             ControlPlaneConfig {
                 config_dir: dir.path().to_owned(),
-                ca: Arc::clone(&ca),
+                ca: Arc::clone(&ca).into(),
                 tokens: tokens.clone(),
                 grpc_addr: loopback,
                 admin_addr: options.admin.then_some(loopback),

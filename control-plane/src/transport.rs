@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_certs::tls::{ClientAuth, Credentials, server_config};
-use palisade_certs::{CaError, CertificateAuthority, SpiffeId, TlsError};
+use palisade_certs::{ActiveCa, CaError, CertificateAuthority, SpiffeId, TlsError};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -312,7 +312,7 @@ pub(crate) fn renew_delay(issued_at: i64, not_after: i64, now: i64) -> Duration 
 /// certificate lifetime) and publishes the new configuration for new handshakes; open
 /// connections keep theirs.
 pub(crate) async fn renew_serving_cert(
-    ca: Arc<CertificateAuthority>,
+    mut ca: watch::Receiver<Arc<ActiveCa>>,
     identity: SpiffeId,
     mut current: (i64, i64),
     state: watch::Receiver<Arc<Published>>,
@@ -322,12 +322,16 @@ pub(crate) async fn renew_serving_cert(
 ) {
     let mut delay = renew_delay(current.0, current.1, unix_now());
     loop {
+        // A new CA (a rotation stage) means a new issuer or new roots to verify clients
+        // with: both take a fresh configuration at once.
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+            changed = ca.changed() => if changed.is_err() { return },
         }
         let lifetime = state.borrow().snapshot.settings().certificate_lifetime;
-        match issue_serving_cert(&ca, &identity, lifetime) {
+        let issuer = Arc::clone(&ca.borrow_and_update().ca);
+        match issue_serving_cert(&issuer, &identity, lifetime) {
             Ok(cert) => {
                 tracing::info!(
                     identity = %identity,

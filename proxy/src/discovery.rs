@@ -32,7 +32,7 @@ pub const INVALID_NETWORK_POLICY: &str = "invalid-network-policy";
 pub struct Snapshots {
     workload: Option<Arc<LocalWorkload>>,
     services: Option<Arc<ServiceTable>>,
-    bundle: Option<TrustBundle>,
+    bundle: Option<(TrustBundle, Arc<str>)>,
     settings: Option<Arc<MeshSettings>>,
     authorization: Option<Arc<Authorizer>>,
     egress: Option<Arc<EgressRules>>,
@@ -78,7 +78,7 @@ impl Snapshots {
                         ),
                     });
                 }
-                self.bundle = Some(bundle);
+                self.bundle = Some((bundle, Arc::from(b.issuer_fingerprint.as_str())));
             }
             Some(Resources::Mesh(m)) if response.type_url == v1::MESH_TYPE_URL => {
                 self.settings = Some(Arc::new(MeshSettings::try_from(m)?));
@@ -136,7 +136,8 @@ impl Snapshots {
         Some(MeshView {
             workload: self.workload.clone()?,
             services: self.services.clone()?,
-            bundle: self.bundle.clone()?,
+            bundle: self.bundle.as_ref()?.0.clone(),
+            issuer_fingerprint: self.bundle.as_ref()?.1.clone(),
             settings: self.settings.clone()?,
             authz: self.authorization.clone()?,
             egress: self.egress.clone()?,
@@ -181,7 +182,7 @@ pub async fn run(
         let bundle = verify_bundle.borrow().clone();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = stream_once(&target, &node, &current, &bundle, &mut snapshots, &outputs, &metrics, &mut backoff) => r,
+            r = stream_once(&target, &node, (&current, creds.clone()), &bundle, &mut snapshots, &outputs, &metrics, &mut backoff) => r,
         };
         metrics.discovery_connected(false);
         let wait = backoff.next_delay();
@@ -217,7 +218,7 @@ enum StreamError {
 async fn stream_once(
     target: &ControlPlaneTarget,
     node: &Node,
-    creds: &Credentials,
+    (creds, mut renewals): (&Credentials, watch::Receiver<Option<Arc<Credentials>>>),
     bundle: &TrustBundle,
     snapshots: &mut Snapshots,
     outputs: &DiscoveryOutputs,
@@ -226,6 +227,19 @@ async fn stream_once(
 ) -> Result<(), StreamError> {
     let channel = target.connect(bundle, Some(creds)).await?;
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+    // Every request says which CA the certificate served now comes from, so the control
+    // plane can tell when a rotation may drop the old root.
+    let issuer = |renewals: &mut watch::Receiver<Option<Arc<Credentials>>>| {
+        renewals
+            .borrow_and_update()
+            .as_ref()
+            .map(|c| c.issuer_fingerprint().to_owned())
+            .unwrap_or_default()
+    };
+    let mut certificate_issuer = issuer(&mut renewals);
+    let mut watching_renewals = true;
+    // The last answer to a trust bundle, repeated after a renewal to report it.
+    let mut last_bundle_answer: Option<DiscoveryRequest> = None;
     for (i, type_url) in v1::ALL_TYPE_URLS.iter().enumerate() {
         let request = DiscoveryRequest {
             node: (i == 0).then(|| node.clone()),
@@ -237,6 +251,7 @@ async fn stream_once(
                 .unwrap_or_default(),
             response_nonce: String::new(),
             error_detail: None,
+            certificate_issuer: certificate_issuer.clone(),
         };
         tx.send(request).await.map_err(|_| StreamError::Closed)?;
     }
@@ -246,7 +261,25 @@ async fn stream_once(
         .into_inner();
     tracing::info!(control_plane = %target.addr, "discovery stream open");
     metrics.discovery_connected(true);
-    while let Some(response) = responses.message().await? {
+    loop {
+        let response = tokio::select! {
+            message = responses.message() => match message? {
+                Some(response) => response,
+                None => break,
+            },
+            changed = renewals.changed(), if watching_renewals => {
+                if changed.is_err() {
+                    watching_renewals = false;
+                    continue;
+                }
+                certificate_issuer = issuer(&mut renewals);
+                if let Some(mut again) = last_bundle_answer.clone() {
+                    again.certificate_issuer.clone_from(&certificate_issuer);
+                    tx.send(again).await.map_err(|_| StreamError::Closed)?;
+                }
+                continue;
+            }
+        };
         backoff.reset();
         let ack = match snapshots.apply(&response) {
             Ok(()) => {
@@ -258,6 +291,7 @@ async fn stream_once(
                     version_info: response.version_info.clone(),
                     response_nonce: response.nonce.clone(),
                     error_detail: None,
+                    certificate_issuer: certificate_issuer.clone(),
                 }
             }
             Err(e) => {
@@ -278,9 +312,13 @@ async fn stream_once(
                     error_detail: Some(ErrorDetail {
                         message: e.to_string(),
                     }),
+                    certificate_issuer: certificate_issuer.clone(),
                 }
             }
         };
+        if ack.type_url == v1::TRUST_BUNDLE_TYPE_URL {
+            last_bundle_answer = Some(ack.clone());
+        }
         publish(snapshots, outputs);
         tx.send(ack).await.map_err(|_| StreamError::Closed)?;
     }

@@ -14,11 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{Backoff, ControlPlaneTarget};
 use crate::metrics::Metrics;
+use crate::model::MeshView;
 
 /// Fraction of a leaf's remaining life after which it is renewed.
 const REFRESH_FRACTION: f64 = 0.7;
 /// Never renew sooner than this after receiving a certificate.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// When the control plane starts issuing from another CA (a rotation's second stage),
+/// proxies renew within this spread, so thousands do not ask in the same instant.
+const ROTATION_SPREAD: Duration = Duration::from_secs(3);
+/// If the leaf still comes from another issuer after such a renewal (a control plane
+/// replica that has not switched yet), the next attempt waits this long.
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
 
 /// What the proxy needs to obtain certificates from the control plane.
 #[derive(Debug, Clone)]
@@ -101,7 +108,8 @@ pub async fn certify(
         chain_pem.push_str(c);
     }
     let creds = Credentials::from_pem(&chain_pem, &key.private_key_pem())
-        .map_err(|e| IdentityError::Unusable(e.to_string()))?;
+        .map_err(|e| IdentityError::Unusable(e.to_string()))?
+        .with_issuer(&response.issuer_fingerprint);
     if creds.identity() != &request.identity {
         return Err(IdentityError::Unusable(format!(
             "certificate is for {}, expected {}",
@@ -112,19 +120,81 @@ pub async fn certify(
     Ok((creds, response.trust_bundle_pem))
 }
 
-/// Keeps `creds` fresh until `shutdown`: renews at 70% of each leaf's life, retries with
+/// The issuer the control plane advertises, if the current leaf is not from it.
+fn rotation_target(
+    view: &watch::Receiver<Option<Arc<MeshView>>>,
+    creds: &watch::Sender<Option<Arc<Credentials>>>,
+) -> Option<Arc<str>> {
+    let advertised = view.borrow().as_ref()?.issuer_fingerprint.clone();
+    let held = creds.borrow().as_ref()?.issuer_fingerprint().to_owned();
+    (!advertised.is_empty() && *advertised != *held).then_some(advertised)
+}
+
+/// Sleeps until `deadline`, or earlier when the control plane issues from a CA other than
+/// the current leaf's (then within [`ROTATION_SPREAD`], and at most once per
+/// [`ROTATION_RETRY`] for the same issuer); false on shutdown.
+async fn wait_for_renewal(
+    deadline: tokio::time::Instant,
+    view: &mut watch::Receiver<Option<Arc<MeshView>>>,
+    creds: &watch::Sender<Option<Arc<Credentials>>>,
+    early: &mut Option<(Arc<str>, tokio::time::Instant)>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let mut wake = deadline;
+        let target = rotation_target(view, creds);
+        if let Some(target) = &target {
+            let at = match early {
+                Some((t, at)) if t == target => *at,
+                _ => {
+                    let spread = ROTATION_SPREAD.mul_f64(fastrand::f64());
+                    let at = tokio::time::Instant::now() + spread;
+                    *early = Some((target.clone(), at));
+                    at
+                }
+            };
+            wake = wake.min(at);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep_until(wake) => {
+                if let (Some(target), true) = (target, wake < deadline) {
+                    tracing::info!(
+                        issuer = %palisade_certs::rotation::short(&target),
+                        "the control plane issues from another CA: renewing now"
+                    );
+                    *early = Some((target, tokio::time::Instant::now() + ROTATION_RETRY));
+                }
+                return true;
+            }
+            changed = view.changed() => if changed.is_err() {
+                // No more views: only the schedule matters.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep_until(deadline) => return true,
+                }
+            },
+        }
+    }
+}
+
+/// Keeps `creds` fresh until `shutdown`: renews at 70% of each leaf's life, at once (spread
+/// over a few seconds) when the control plane starts issuing from another CA, retries with
 /// jittered backoff on failure, and publishes every new certificate (and, until discovery
 /// provides one, the bundle that came with it).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_refresh(
     target: ControlPlaneTarget,
     request: IdentityRequest,
     bundle: watch::Receiver<TrustBundle>,
+    mut view: watch::Receiver<Option<Arc<MeshView>>>,
     creds: watch::Sender<Option<Arc<Credentials>>>,
     issued_bundle: watch::Sender<Option<Vec<String>>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut early = None;
     loop {
         let current = creds.borrow().clone();
         let verify_with = bundle.borrow().clone();
@@ -164,9 +234,9 @@ pub async fn run_refresh(
                 wait
             }
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        let deadline = tokio::time::Instant::now() + wait;
+        if !wait_for_renewal(deadline, &mut view, &creds, &mut early, &shutdown).await {
+            return;
         }
     }
 }

@@ -364,6 +364,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
                 target.clone(),
                 request,
                 bundle_rx.clone(),
+                view_rx.clone(),
                 creds_tx.clone(),
                 issued_bundle_tx.clone(),
                 metrics.clone(),

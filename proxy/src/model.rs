@@ -448,6 +448,9 @@ pub struct MeshView {
     pub services: Arc<ServiceTable>,
     /// Roots peers must chain to.
     pub bundle: TrustBundle,
+    /// The CA the control plane issues from now ("" for static configuration): a leaf
+    /// from another one is renewed at once.
+    pub issuer_fingerprint: Arc<str>,
     /// Mesh settings.
     pub settings: Arc<MeshSettings>,
     /// The compiled AuthorizationPolicies selecting this workload.

@@ -6,15 +6,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use palisade_certs::{CaFiles, CaOptions, CertificateAuthority, SpiffeId, TrustDomain};
+use std::sync::Arc;
+
+use palisade_certs::{
+    ActiveCa, CaOptions, CaState, CertificateAuthority, SpiffeId, TrustDomain,
+};
 
 /// CA operations.
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Create a new root and intermediate CA in a directory (Istio plug-in CA file names).
     Init(InitArgs),
-    /// Show the CA in a directory: roots and issuing CA with expiry.
+    /// Show the CA in a directory or of a running control plane: roots and issuing CA with
+    /// expiry, the rotation stage, and which CA the connected workloads' certificates come from.
     Status(StatusArgs),
+    /// Rotate to a new CA in three stages (trust the new root; issue from the new CA and have
+    /// every proxy renew; drop the old root), each waiting for every connected proxy.
+    /// Interrupted, it resumes where it stopped when run again.
+    Rotate(RotateArgs),
     /// Issue a workload certificate and key (for static proxies and tests).
     Issue(IssueArgs),
 }
@@ -55,6 +64,38 @@ pub struct StatusArgs {
     pub trust_domain: String,
 }
 
+/// Flags of `ca rotate`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The CA directory the control planes serve (`--ca-dir`).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The CA to rotate to: a directory with ca-cert.pem, ca-key.pem, root-cert.pem and
+    /// optionally cert-chain.pem (`palisade ca init --out`, openssl, cert-manager). Without
+    /// it, a rotation in progress is resumed.
+    #[arg(long, conflicts_with_all = ["status", "abort"])]
+    pub new: Option<PathBuf>,
+    /// Admin addresses of every control plane serving the directory, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:15014")]
+    pub control_plane: Vec<std::net::SocketAddr>,
+    /// Trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Longest wait for one stage (seconds); running again resumes.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stage_timeout_seconds: u64,
+    /// Remove the old root even while workloads still hold certificates chaining to it
+    /// (after the stage timeout; their names are printed).
+    #[arg(long)]
+    pub force: bool,
+    /// Only print the rotation recorded in the directory.
+    #[arg(long, conflicts_with = "abort")]
+    pub status: bool,
+    /// Abandon a rotation still at stage 1.
+    #[arg(long)]
+    pub abort: bool,
+}
+
 /// Flags of `ca issue`.
 #[derive(Debug, Args)]
 pub struct IssueArgs {
@@ -75,11 +116,15 @@ pub struct IssueArgs {
     pub key: PathBuf,
 }
 
+/// The Secret manifest `ca init` writes beside the files.
+const SECRET_FILE: &str = "palisade-ca.yaml";
+
 /// Runs a `ca` subcommand.
 pub fn run(command: CaCommand) -> anyhow::Result<ExitCode> {
     match command {
         CaCommand::Init(args) => init(args),
         CaCommand::Status(args) => status(args),
+        CaCommand::Rotate(args) => crate::cmd::ca_rotate::run(args),
         CaCommand::Issue(args) => issue(args),
     }
 }
@@ -98,7 +143,7 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
             args.out.display()
         );
     }
-    let (_, material) = CertificateAuthority::generate(td, &CaOptions::default())?;
+    let (_, material) = CertificateAuthority::generate(td.clone(), &CaOptions::default())?;
     // Files are created new (never through a link planted at their path); `--force` removes
     // the old ones first.
     if args.force {
@@ -106,27 +151,51 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     } else {
         material.write_to(&args.out)?;
     }
-    println!("CA written to {}", args.out.display());
+    // The same CA as a Secret and trust anchors ConfigMap, for a cluster install.
+    let secret = palisade_injector::install::render_mesh_ca(
+        td.as_str(),
+        &palisade_injector::install::MeshCaPem {
+            root_cert: material.root_cert_pem.clone(),
+            ca_cert: material.ca_cert_pem.clone(),
+            ca_key: material.ca_key_pem.clone(),
+            cert_chain: material.cert_chain_pem.clone(),
+        },
+    )?;
+    // Replaced whole through a new file (never through a link planted at its path), 0600.
+    palisade_certs::rotation::apply_to_dir(
+        &args.out,
+        &[palisade_certs::rotation::Change::Write {
+            name: SECRET_FILE.to_owned(),
+            contents: secret,
+            secret: true,
+        }],
+    )?;
+    let secret_path = args.out.join(SECRET_FILE);
+    println!(
+        "CA written to {} (and as a Kubernetes Secret in {})",
+        args.out.display(),
+        secret_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads the CA in `dir`, with errors naming the file.
-pub fn load(dir: &std::path::Path, td: TrustDomain) -> anyhow::Result<CertificateAuthority> {
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "CA directory {} does not exist (create one with `palisade ca init --out {}`)",
-            dir.display(),
-            dir.display()
-        );
-    }
-    Ok(CertificateAuthority::load(td, &CaFiles::in_dir(dir))?)
+/// Loads the CA in `dir` as a control plane serves it (during a rotation, as its stage
+/// says), with errors naming the file.
+pub fn load_active(dir: &std::path::Path, td: &TrustDomain) -> anyhow::Result<ActiveCa> {
+    Ok(CaState::read_dir(dir)?.active(td)?)
+}
+
+/// The issuing CA in `dir` (during a rotation, the one in force).
+pub fn load(dir: &std::path::Path, td: TrustDomain) -> anyhow::Result<Arc<CertificateAuthority>> {
+    Ok(load_active(dir, &td)?.ca)
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let Some(dir) = &args.dir else {
         return control_plane_status(&args);
     };
-    let ca = load(dir, trust_domain(&args.trust_domain)?)?;
+    let active = load_active(dir, &trust_domain(&args.trust_domain)?)?;
+    let ca = &active.ca;
     let now = palisade_certs::ca::fmt_unix(time_now());
     println!("trust domain: {}   (now {now})", ca.trust_domain());
     for (i, root) in ca.bundle().roots().iter().enumerate() {
@@ -144,6 +213,11 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             info.subject,
             palisade_certs::ca::fmt_unix(info.not_after)
         );
+    }
+    println!("issuer fingerprint: {}", ca.issuer_fingerprint());
+    match &active.rotation {
+        Some(record) => println!("rotation: {}", palisade_control_plane::rotate::describe(record)),
+        None => println!("rotation: none in progress"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -183,13 +257,47 @@ fn control_plane_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             days(cert.expires_in_seconds)
         );
     }
+    println!("issuer fingerprint: {}", status.issuer_fingerprint);
+    match &status.rotation {
+        Some(r) => println!(
+            "rotation: stage {}/3 ({}), started {}, issuer {} -> {}",
+            r.stage_number,
+            r.stage,
+            r.started,
+            palisade_certs::rotation::short(&r.old_issuer),
+            palisade_certs::rotation::short(&r.new_issuer)
+        ),
+        None => println!("rotation: none in progress"),
+    }
     let p = &status.proxies;
     println!(
         "proxies: {} connected, {} not yet acknowledging the trust bundle sent to them",
         p.connected, p.trust_bundle_pending
     );
     for (version, count) in &p.trust_bundle_acked {
-        println!("  trust bundle {version}: acknowledged by {count}");
+        let current = if *version == status.trust_bundle_version {
+            " (current)"
+        } else {
+            ""
+        };
+        println!("  trust bundle {version}{current}: acknowledged by {count}");
+    }
+    for (issuer, count) in &p.leaves_by_issuer {
+        let which = if *issuer == status.issuer_fingerprint {
+            " (current issuer)"
+        } else {
+            ""
+        };
+        println!(
+            "  certificates from issuer {}{which}: {count}",
+            palisade_certs::rotation::short(issuer)
+        );
+    }
+    if !p.not_on_current_issuer.is_empty() {
+        println!(
+            "  not yet renewed from the current issuer: {}",
+            p.not_on_current_issuer.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

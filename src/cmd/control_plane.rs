@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use palisade_control_plane::k8s::KubernetesSource;
-use palisade_control_plane::{ControlPlaneConfig, GrpcLimits, TokenStore};
+use palisade_control_plane::{CaSource, ControlPlaneConfig, GrpcLimits, TokenStore};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `palisade control-plane`.
@@ -36,6 +36,10 @@ pub struct ControlPlaneArgs {
     /// create one with `palisade ca init --out DIR`.
     #[arg(long, env = "PALISADE_CA_DIR")]
     pub ca_dir: PathBuf,
+    /// Seconds between reads of the CA directory, which is how the stages of
+    /// `palisade ca rotate` (and new CA files, e.g. an updated Secret) take effect.
+    #[arg(long, env = "PALISADE_CA_POLL_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ca_poll_seconds: u64,
     /// Bootstrap tokens, one `namespace/workload token` per line (directory mode; with
     /// --kubernetes, proxies present projected service-account tokens, checked by TokenReview).
     #[arg(long, env = "PALISADE_TOKENS", required_unless_present = "kubernetes")]
@@ -171,10 +175,14 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
                 (PathBuf::from("kubernetes"), snapshot, Some(source))
             }
         };
-        let ca = crate::cmd::ca::load(&args.ca_dir, snapshot.settings().trust_domain.clone())?;
+        // Loaded here first, so a bad CA is one clear error naming its file.
+        crate::cmd::ca::load_active(&args.ca_dir, &snapshot.settings().trust_domain)?;
         let config = ControlPlaneConfig {
             config_dir,
-            ca: Arc::new(ca),
+            ca: CaSource::Dir {
+                dir: args.ca_dir.clone(),
+                poll: Duration::from_secs(args.ca_poll_seconds),
+            },
             tokens,
             grpc_addr: args.grpc_addr,
             admin_addr: Some(args.admin_addr),

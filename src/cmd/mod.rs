@@ -2,6 +2,7 @@
 
 mod authz;
 mod ca;
+mod ca_rotate;
 mod check;
 mod control_plane;
 mod init;

@@ -75,6 +75,31 @@ impl Layout {
         .unwrap();
     }
 
+    /// A CA made by the binary, the mesh (client and search, plus `extra` files), and a
+    /// tokens file in the documented format; returns the tokens.
+    async fn prepare(&self, extra: &[(&str, &str)]) -> TokenStore {
+        let out = run_palisade(&["ca", "init", "--out", &self.arg("ca")]).await;
+        assert!(out.status.success(), "ca init: {}", output_text(&out));
+        std::fs::create_dir(self.path("config")).unwrap();
+        self.write("config/mesh.yaml", MESH_CONFIG);
+        self.write("config/workloads.yaml", CLIENT_AND_SEARCH);
+        for (name, contents) in extra {
+            self.write(name, contents);
+        }
+        let snapshot = palisade_control_plane::load_dir(&self.path("config")).unwrap();
+        let generated = TokenStore::generate(snapshot.workloads()).unwrap();
+        let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
+        self.write(
+            "tokens",
+            &format!(
+                "shop/client {}\nshop/search {}\n",
+                token("client"),
+                token("search")
+            ),
+        );
+        generated
+    }
+
     fn cp_grpc(&self) -> SocketAddr {
         self.block.addr(250, 15012)
     }
@@ -206,24 +231,8 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
     };
     let block = layout.block;
 
-    // A CA made by the binary, the mesh, and a tokens file in the documented format.
-    let out = run_palisade(&["ca", "init", "--out", &layout.arg("ca")]).await;
-    assert!(out.status.success(), "ca init: {}", output_text(&out));
-    std::fs::create_dir(layout.path("config")).unwrap();
-    layout.write("config/mesh.yaml", MESH_CONFIG);
-    layout.write("config/workloads.yaml", CLIENT_AND_SEARCH);
-    layout.write("config/policies.yaml", DENY_ADMIN);
-    let snapshot = palisade_control_plane::load_dir(&layout.path("config")).unwrap();
-    let generated = TokenStore::generate(snapshot.workloads()).unwrap();
+    let generated = layout.prepare(&[("config/policies.yaml", DENY_ADMIN)]).await;
     let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
-    layout.write(
-        "tokens",
-        &format!(
-            "shop/client {}\nshop/search {}\n",
-            token("client"),
-            token("search")
-        ),
-    );
 
     let mut cp = layout.control_plane("control-plane-1");
     await_ready(layout.cp_admin(), &mut cp).await;
@@ -390,6 +399,130 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
         &mut orders_proxy,
         &mut cp,
     ] {
+        assert!(p.exited().is_none(), "{} exited:\n{}", p.name, p.log_text());
+        p.kill9().await;
+    }
+}
+
+/// A control plane killed (SIGKILL) in the middle of a CA rotation comes back serving the
+/// same stage from the CA directory, and `palisade ca rotate` run again resumes there and
+/// finishes, with the proxies (separate processes) following throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_resumes_a_ca_rotation_at_its_stage() {
+    use palisade_certs::rotation::{self, Stage};
+    use palisade_certs::{CaState, TrustDomain};
+    use palisade_control_plane::ca_status::{CaStatus, fetch};
+
+    crate::support::init_logging();
+    let layout = Layout {
+        block: Block::next(),
+        dir: tempfile::Builder::new()
+            .prefix("palisade-e2e-procs-")
+            .tempdir()
+            .unwrap(),
+    };
+    let block = layout.block;
+    let generated = layout.prepare(&[]).await;
+    let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
+    let mut cp = layout.control_plane("control-plane-1");
+    await_ready(layout.cp_admin(), &mut cp).await;
+    let stop_apps = CancellationToken::new();
+    let _stop_apps = stop_apps.clone().drop_guard();
+    let outbound = |host| block.addr(host, 15001);
+    apps::start(
+        block.addr(2, 8080),
+        App::shop("search", outbound(2)),
+        stop_apps.clone(),
+    )
+    .await;
+    let mut client_proxy = layout.proxy("client", 1, &token("client"));
+    let mut search_proxy = layout.proxy("search", 2, &token("search"));
+    await_ready(block.addr(1, 15000), &mut client_proxy).await;
+    await_ready(block.addr(2, 15000), &mut search_proxy).await;
+    await_discovery(block.addr(1, 15000), 1.0, "client").await;
+    await_discovery(block.addr(2, 15000), 1.0, "search").await;
+
+    // Stages 1 and 2 written into the CA directory, as `palisade ca rotate` writes them.
+    let out = run_palisade(&["ca", "init", "--out", &layout.arg("new-ca")]).await;
+    assert!(out.status.success(), "ca init: {}", output_text(&out));
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let ca_dir = layout.path("ca");
+    let files = rotation::read_generation(&layout.path("new-ca")).unwrap();
+    let (record, changes) = CaState::read_dir(&ca_dir)
+        .unwrap()
+        .begin(&td, &layout.path("new-ca"), &files, 1)
+        .unwrap();
+    rotation::apply_to_dir(&ca_dir, &changes).unwrap();
+    let (_, changes) = CaState::read_dir(&ca_dir)
+        .unwrap()
+        .advance(Stage::IssueFromNew)
+        .unwrap();
+    rotation::apply_to_dir(&ca_dir, &changes).unwrap();
+    let serving = |stage: u8| {
+        let admin = layout.cp_admin();
+        let issuer = record.new_issuer.clone();
+        move || {
+            let issuer = issuer.clone();
+            async move {
+                let status: CaStatus = fetch(admin).await.ok()?;
+                let at = status.rotation.as_ref().map(|r| r.stage_number);
+                let renewed = status.proxies.leaves_by_issuer.get(&issuer).copied();
+                (at == Some(stage) && renewed == Some(2)).then_some(status)
+            }
+        }
+    };
+    let before = poll(
+        PROCESS_READY,
+        POLL_EVERY,
+        "stage 2 served and both proxies renewed from the new CA",
+        serving(2),
+    )
+    .await;
+    assert_eq!(before.issuer_fingerprint, record.new_issuer);
+    assert_eq!(before.roots.len(), 2, "both roots during stage 2");
+
+    // SIGKILL mid-rotation, and a new control plane on the same directory.
+    cp.kill9().await;
+    let mut cp = layout.control_plane("control-plane-2");
+    await_ready(layout.cp_admin(), &mut cp).await;
+    let after = poll(
+        PROCESS_READY,
+        POLL_EVERY,
+        "the restarted control plane serves stage 2 and the proxies are back",
+        serving(2),
+    )
+    .await;
+    assert_eq!(after.issuer_fingerprint, record.new_issuer);
+    assert_eq!(after.roots, before.roots, "the same trust bundle");
+    assert_eq!(after.rotation, before.rotation, "the same rotation, same stage");
+
+    // The operator runs the command again, without --new: it resumes at stage 2.
+    let out = run_palisade(&[
+        "ca",
+        "rotate",
+        "--dir",
+        &layout.arg("ca"),
+        "--control-plane",
+        &layout.cp_admin().to_string(),
+        "--stage-timeout-seconds",
+        "20",
+    ])
+    .await;
+    let text = output_text(&out);
+    assert!(out.status.success(), "ca rotate (resume): {text}");
+    assert!(text.contains("resuming rotation: stage 2/3"), "{text}");
+    assert!(!text.contains("stage 1/3"), "stage 1 is not repeated: {text}");
+    assert!(text.contains("rotation complete"), "{text}");
+    let done = fetch(layout.cp_admin()).await.unwrap();
+    assert!(done.rotation.is_none(), "{done:?}");
+    assert_eq!(done.roots.len(), 1);
+    assert_eq!(done.issuer_fingerprint, record.new_issuer);
+    assert!(CaState::read_dir(&ca_dir).unwrap().rotation().unwrap().is_none());
+
+    // Traffic between the proxy processes on a new connection, with the new CA only.
+    let mut client = H1Client::new(outbound(1));
+    get_ok(&mut client, "http://search.shop:8080/search?q=lamp").await;
+    for p in [&mut client_proxy, &mut search_proxy, &mut cp] {
         assert!(p.exited().is_none(), "{} exited:\n{}", p.name, p.log_text());
         p.kill9().await;
     }

@@ -46,7 +46,7 @@ impl Reply {
     }
 }
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Reply, Error> {
     let (parts, body) = resp.into_parts();

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use palisade_certs::tls::Credentials;
 use palisade_certs::{CaMaterial, CaOptions, CertificateAuthority, SpiffeId, TrustBundle};
-use palisade_control_plane::{ControlPlane, ControlPlaneConfig, MeshSnapshot, TokenStore};
+use palisade_control_plane::{
+    CaSource, ControlPlane, ControlPlaneConfig, MeshSnapshot, TokenStore,
+};
 use palisade_proxy::{ConfigSource, ControlPlaneTarget, Proxy, ProxyConfig};
 use tempfile::TempDir;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -51,6 +53,7 @@ pub struct MeshBuilder {
     without_sidecar: HashSet<String>,
     apps: Vec<(u8, u16, App)>,
     watch: bool,
+    ca_dir: bool,
 }
 
 /// One running sidecar.
@@ -107,6 +110,8 @@ pub struct TestMesh {
     pub ca: Arc<CertificateAuthority>,
     /// Its PEM files.
     pub ca_material: CaMaterial,
+    /// The CA directory the control plane polls (with [`MeshBuilder::ca_dir`]).
+    pub ca_dir: Option<TempDir>,
     /// Bootstrap tokens of every workload.
     pub tokens: TokenStore,
     /// Sidecars by workload name.
@@ -132,6 +137,7 @@ impl TestMesh {
             without_sidecar: HashSet::new(),
             apps: Vec::new(),
             watch: false,
+            ca_dir: false,
         }
     }
 
@@ -241,6 +247,13 @@ impl MeshBuilder {
         self
     }
 
+    /// Keeps the CA in a directory (`TestMesh::ca_dir`) that the control plane polls, as
+    /// `palisade control-plane --ca-dir` does, so `palisade ca rotate` can rotate it.
+    pub fn ca_dir(mut self) -> Self {
+        self.ca_dir = true;
+        self
+    }
+
     /// Runs `app` on `<block>.host:port`.
     pub fn app(mut self, host: u8, port: u16, app: App) -> Self {
         self.apps.push((host, port, app));
@@ -265,13 +278,28 @@ impl MeshBuilder {
             .expect("generate a CA");
         let ca = Arc::new(ca);
         let tokens = TokenStore::generate(snapshot.workloads()).expect("tokens");
+        let ca_dir = self.ca_dir.then(|| {
+            let ca_dir = tempfile::Builder::new()
+                .prefix("palisade-e2e-ca-")
+                .tempdir()
+                .expect("temp dir");
+            ca_material.replace_in(ca_dir.path()).expect("write the CA");
+            ca_dir
+        });
+        let ca_source = match &ca_dir {
+            Some(d) => CaSource::Dir {
+                dir: d.path().to_owned(),
+                poll: CA_POLL,
+            },
+            None => ca.clone().into(),
+        };
 
         let shutdown = CancellationToken::new();
         let guard = shutdown.clone().drop_guard();
         let cp = palisade_control_plane::start(
             ControlPlaneConfig {
                 config_dir: dir.path().to_owned(),
-                ca: ca.clone(),
+                ca: ca_source,
                 tokens: tokens.clone(),
                 grpc_addr: block.addr(CONTROL_PLANE_HOST, 15012),
                 admin_addr: Some(block.addr(CONTROL_PLANE_HOST, 15014)),
@@ -367,6 +395,7 @@ impl MeshBuilder {
             snapshot: Arc::new(snapshot),
             ca,
             ca_material,
+            ca_dir,
             tokens,
             sidecars,
             cp_grpc: cp.grpc_addr(),

@@ -12,6 +12,7 @@
 pub mod apps;
 pub mod bed;
 pub mod clients;
+pub mod load;
 pub mod mesh;
 pub mod net;
 pub mod netns;

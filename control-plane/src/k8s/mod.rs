@@ -25,7 +25,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde_json::Value;
-use tokio::sync::Notify;
+use palisade_certs::ActiveCa;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigErrors};
@@ -290,20 +291,30 @@ impl RunningSource {
     pub(crate) async fn run(
         self,
         publish: impl Fn(Result<MeshSnapshot, ConfigErrors>) -> Result<(), ConfigErrors>,
-        trust_anchors_pem: String,
+        mut ca: watch::Receiver<Arc<ActiveCa>>,
         unmeshed: impl Fn(usize),
         shutdown: CancellationToken,
     ) {
         let mut trust = trust::TrustAnchorWriter::default();
         unmeshed(self.unmeshed.len());
+        let anchors = |ca: &mut watch::Receiver<Arc<ActiveCa>>| {
+            ca.borrow_and_update().ca.bundle().to_pem_list().concat()
+        };
+        let mut meshed_namespaces = self.meshed_namespaces.clone();
         trust
-            .sync(&self.client, &self.meshed_namespaces, &trust_anchors_pem)
+            .sync(&self.client, &meshed_namespaces, &anchors(&mut ca))
             .await;
         let mut last_unmeshed = self.unmeshed;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.objects.changed.notified() => {}
+                // A rotation stage changed the roots: every meshed namespace gets them.
+                changed = ca.changed() => {
+                    if changed.is_err() { return }
+                    trust.sync(&self.client, &meshed_namespaces, &anchors(&mut ca)).await;
+                    continue;
+                }
             }
             // Take a burst (a rollout, a relist) as one change.
             loop {
@@ -334,8 +345,9 @@ impl RunningSource {
                 report_unmeshed(&built.unmeshed);
                 last_unmeshed = built.unmeshed;
             }
+            meshed_namespaces = built.meshed_namespaces;
             trust
-                .sync(&self.client, &built.meshed_namespaces, &trust_anchors_pem)
+                .sync(&self.client, &meshed_namespaces, &anchors(&mut ca))
                 .await;
         }
     }

@@ -80,7 +80,7 @@ async fn start_refuses_a_ca_of_another_trust_domain() {
     let result = start(
         ControlPlaneConfig {
             config_dir: dir.path().to_owned(),
-            ca,
+            ca: ca.into(),
             tokens: TokenStore::new(),
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: None,

@@ -161,27 +161,10 @@ pub enum InstallError {
 /// Renders every manifest, in apply order, as one multi-document YAML string.
 pub fn render(options: &InstallOptions) -> Result<String, InstallError> {
     let image = check_image(&options.image)?;
-    let trust_domain = check_trust_domain(&options.trust_domain)?;
-    let ca = &options.mesh_ca;
     let tls = &options.webhook_tls;
-    let root_cert = pem(&ca.root_cert, "mesh CA root-cert.pem", CERTIFICATE)?;
-    let values: [(&str, String); 10] = [
+    let mut values = mesh_ca_values(&options.trust_domain, &options.mesh_ca)?;
+    values.extend([
         ("image", quoted(image)),
-        ("trust_domain", quoted(trust_domain)),
-        ("mesh_root_cert_b64", b64(&root_cert)),
-        (
-            "mesh_ca_cert_b64",
-            b64(&pem(&ca.ca_cert, "mesh CA ca-cert.pem", CERTIFICATE)?),
-        ),
-        (
-            "mesh_ca_key_b64",
-            b64(&pem(&ca.ca_key, "mesh CA ca-key.pem", PRIVATE_KEY)?),
-        ),
-        (
-            "mesh_cert_chain_b64",
-            b64(&pem(&ca.cert_chain, "mesh CA cert-chain.pem", CERTIFICATE)?),
-        ),
-        ("trust_anchors_block", literal_block(&root_cert, 4)),
         (
             "webhook_ca_b64",
             b64(&pem(&tls.ca_cert, "webhook CA certificate", CERTIFICATE)?),
@@ -198,12 +181,53 @@ pub fn render(options: &InstallOptions) -> Result<String, InstallError> {
             "webhook_key_b64",
             b64(&pem(&tls.key, "injector serving key", PRIVATE_KEY)?),
         ),
-    ];
+    ]);
     let mut out = String::from(HEADER);
     for (name, template) in TEMPLATES {
         out.push_str("---\n");
         out.push_str(&fill(name, template, &values)?);
     }
+    Ok(out)
+}
+
+/// The template values of the mesh CA and trust domain.
+fn mesh_ca_values(
+    trust_domain: &str,
+    ca: &MeshCaPem,
+) -> Result<Vec<(&'static str, String)>, InstallError> {
+    let trust_domain = check_trust_domain(trust_domain)?;
+    let root_cert = pem(&ca.root_cert, "mesh CA root-cert.pem", CERTIFICATE)?;
+    Ok(vec![
+        ("trust_domain", quoted(trust_domain)),
+        ("mesh_root_cert_b64", b64(&root_cert)),
+        (
+            "mesh_ca_cert_b64",
+            b64(&pem(&ca.ca_cert, "mesh CA ca-cert.pem", CERTIFICATE)?),
+        ),
+        (
+            "mesh_ca_key_b64",
+            b64(&pem(&ca.ca_key, "mesh CA ca-key.pem", PRIVATE_KEY)?),
+        ),
+        (
+            "mesh_cert_chain_b64",
+            b64(&pem(&ca.cert_chain, "mesh CA cert-chain.pem", CERTIFICATE)?),
+        ),
+        ("trust_anchors_block", literal_block(&root_cert, 4)),
+    ])
+}
+
+/// The mesh CA's Secret (`palisade-system/palisade-ca`, keys named as the CA directory's
+/// files) and trust anchors ConfigMap, as `palisade install` writes them: for
+/// `palisade ca init`, so a CA made beside the install can be applied on its own.
+pub fn render_mesh_ca(trust_domain: &str, ca: &MeshCaPem) -> Result<String, InstallError> {
+    let values = mesh_ca_values(trust_domain, ca)?;
+    let (name, template) = TEMPLATES[3];
+    let mut out = String::from(
+        "# The Palisade mesh CA for a cluster, written by `palisade ca init`. It holds the \
+         issuing CA's\n# private key: keep it private. Apply with `kubectl apply -f`.\n",
+    );
+    out.push_str("---\n");
+    out.push_str(&fill(name, template, &values)?);
     Ok(out)
 }
 

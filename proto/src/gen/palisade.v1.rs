@@ -38,6 +38,10 @@ pub struct CertifyResponse {
     pub not_before_unix: i64,
     #[prost(int64, tag = "6")]
     pub not_after_unix: i64,
+    /// SHA-256 (lower-case hex) of the CA certificate that signed the leaf: compared with
+    /// TrustBundle.issuer_fingerprint to tell whether the leaf comes from the current issuer.
+    #[prost(string, tag = "7")]
+    pub issuer_fingerprint: ::prost::alloc::string::String,
 }
 /// Generated client implementations.
 pub mod identity_client {
@@ -704,6 +708,11 @@ pub struct DiscoveryRequest {
     /// Set on a NACK: why the snapshot was rejected.
     #[prost(message, optional, tag = "5")]
     pub error_detail: ::core::option::Option<ErrorDetail>,
+    /// CertifyResponse.issuer_fingerprint of the leaf the proxy serves with now ("" before it
+    /// has one); sent on every request, and again (repeating the last ACK) after each renewal,
+    /// so the control plane knows which CA every connected workload's certificate comes from.
+    #[prost(string, tag = "6")]
+    pub certificate_issuer: ::prost::alloc::string::String,
 }
 /// Why a proxy rejected a snapshot.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -840,6 +849,10 @@ pub struct TrustBundle {
     pub trust_domain: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "2")]
     pub roots_pem: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// SHA-256 (lower-case hex) of the CA certificate that signs leaves now. A proxy whose
+    /// leaf came from another issuer renews it at once (a CA rotation's second stage).
+    #[prost(string, tag = "3")]
+    pub issuer_fingerprint: ::prost::alloc::string::String,
 }
 /// Mesh-wide settings from MeshConfig.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

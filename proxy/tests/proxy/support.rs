@@ -343,6 +343,7 @@ impl Mesh {
         let bundle = response(Resources::TrustBundle(v1::TrustBundle {
             trust_domain: "cluster.local".into(),
             roots_pem: ca.bundle().to_pem_list(),
+            issuer_fingerprint: String::new(),
         }));
         let settings = mesh_settings(
             options.default_allow,

@@ -50,7 +50,7 @@ async fn up(settings: Settings, snapshot: MeshSnapshot) -> anyhow::Result<ExitCo
     let cp = palisade_control_plane::start(
         ControlPlaneConfig {
             config_dir: settings.dir.clone(),
-            ca: Arc::new(ca),
+            ca: Arc::new(ca).into(),
             tokens: tokens.clone(),
             grpc_addr: settings.control_plane,
             admin_addr: Some(settings.control_plane_admin),

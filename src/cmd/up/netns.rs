@@ -496,7 +496,7 @@ fn start(
     check_stop(stop)?;
     let config = ControlPlaneConfig {
         config_dir: plan.dir.clone(),
-        ca: Arc::new(ca),
+        ca: Arc::new(ca).into(),
         tokens: tokens.clone(),
         grpc_addr: plan.control_plane_addr(),
         admin_addr: Some(plan.control_plane_admin_addr()),
