@@ -14,7 +14,8 @@ mod support;
 #[path = "e2e/skeleton.rs"]
 mod skeleton;
 
-/// Inbound mTLS: who is refused at 15006, and an impostor behind a Service.
+/// Inbound mTLS: who is refused at 15006, an impostor behind a Service, and crafted leaves
+/// (expired, not yet valid, wrongly signed) refused in both directions.
 #[path = "e2e/mtls.rs"]
 mod mtls;
 

@@ -102,6 +102,69 @@ pub enum CaError {
         /// Unix seconds.
         not_after: i64,
     },
+    /// A CA certificate in a file may not sign certificates now: the issuing CA, an
+    /// intermediate sent with every leaf, or a root peers would anchor leaves to.
+    #[error("{path}: {role} ({subject}) {reason}")]
+    UnfitCa {
+        /// The file.
+        path: PathBuf,
+        /// Which certificate of the CA it is.
+        role: CaRole,
+        /// Its subject, to find it.
+        subject: String,
+        /// What is wrong with it.
+        reason: UnfitReason,
+    },
+}
+
+/// Which certificate of a CA an [`CaError::UnfitCa`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaRole {
+    /// The certificate that signs leaves (`ca-cert.pem`).
+    Issuing,
+    /// An intermediate between the issuing CA and a root, sent with every leaf.
+    Intermediate,
+    /// A root of `root-cert.pem`, by position among its distinct certificates.
+    Root(usize),
+}
+
+impl std::fmt::Display for CaRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaRole::Issuing => f.write_str("issuing CA"),
+            CaRole::Intermediate => f.write_str("intermediate"),
+            CaRole::Root(index) => write!(f, "root {index}"),
+        }
+    }
+}
+
+/// Why a CA certificate may not sign certificates now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnfitReason {
+    /// basicConstraints says cA=false.
+    #[error("is not a CA certificate (basicConstraints cA=false)")]
+    NotCa,
+    /// No basicConstraints extension: RFC 5280 forbids using its key to verify certificates.
+    #[error("is not a CA certificate (no basicConstraints extension)")]
+    NoBasicConstraints,
+    /// Past its notAfter.
+    #[error("expired at {}", fmt_unix(*not_after))]
+    Expired {
+        /// Unix seconds.
+        not_after: i64,
+    },
+    /// Before its notBefore, beyond the tolerated clock skew.
+    #[error("is not valid before {}", fmt_unix(*not_before))]
+    NotYetValid {
+        /// Unix seconds.
+        not_before: i64,
+    },
+    /// keyUsage is present without keyCertSign.
+    #[error("may not sign certificates (key usage does not include keyCertSign)")]
+    NoKeyCertSign,
+    /// An extension that decides the above cannot be parsed.
+    #[error("has an unreadable extension: {0}")]
+    Unreadable(String),
 }
 
 /// Paths of a CA on disk, with the file names Istio's plug-in CA uses so that existing
@@ -409,8 +472,9 @@ impl CertificateAuthority {
         Ok((ca, material))
     }
 
-    /// Loads a CA from files, checking that the issuing certificate is a valid, unexpired CA,
-    /// that the key belongs to it, and that it chains to one of the roots.
+    /// Loads a CA from files, checking that the issuing certificate, every intermediate and
+    /// every root is a CA that may sign now (valid dates, keyCertSign), that the key belongs
+    /// to the issuing certificate, and that it chains to one of the roots.
     pub fn load(trust_domain: TrustDomain, files: &CaFiles) -> Result<Self, CaError> {
         let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| CaError::Read {
@@ -468,39 +532,19 @@ impl CertificateAuthority {
                 source,
             }
         })?;
+        let unix_now = now().unix_timestamp();
+        // webpki looks neither at a trust anchor's dates nor at its key usage, so sidecars
+        // would accept leaves under such a root that other verifiers (openssl, Go) refuse.
+        for (index, root) in bundle.roots().iter().enumerate() {
+            check_ca_cert(root_path, CaRole::Root(index), root, unix_now)?;
+        }
         let ca_certs = decode_certs(ca_pem).map_err(|source| CaError::Pem {
             path: ca_path.to_owned(),
             source,
         })?;
         let issuing = ca_certs[0].clone();
         let info = inspect(issuing.as_ref()).map_err(|e| invalid(ca_path, e.to_string()))?;
-        if !info.is_ca {
-            return Err(invalid(
-                ca_path,
-                format!(
-                    "{} is not a CA certificate (basicConstraints cA=false)",
-                    info.subject
-                ),
-            ));
-        }
-        let unix_now = now().unix_timestamp();
-        if info.not_after <= unix_now {
-            return Err(invalid(
-                ca_path,
-                format!("{} expired at {}", info.subject, fmt_unix(info.not_after)),
-            ));
-        }
-        if info.not_before > unix_now + CLOCK_SKEW.as_secs() as i64 {
-            return Err(invalid(
-                ca_path,
-                format!(
-                    "{} is not valid before {}",
-                    info.subject,
-                    fmt_unix(info.not_before)
-                ),
-            ));
-        }
-        check_can_sign(issuing.as_ref()).map_err(|reason| invalid(ca_path, reason))?;
+        check_ca_cert(ca_path, CaRole::Issuing, &issuing, unix_now)?;
 
         let key = crate::workload::key_pair_from_pem(key_pem).map_err(|e| CaError::Invalid {
             path: key_path.to_owned(),
@@ -517,16 +561,30 @@ impl CertificateAuthority {
         }
 
         // The chain to send with leaves: the issuing cert, then intermediates up to the root.
+        // A root in the chain is redundant: receivers already hold it in the bundle. Every
+        // other certificate is checked as the issuing one was, naming the file it came from:
+        // webpki would refuse an expired one only as "does not chain", and would not notice
+        // one without keyCertSign at all.
         let mut chain: Vec<CertificateDer<'static>> = vec![issuing.clone()];
+        let mut extend = |path: &Path, certs: Vec<CertificateDer<'static>>| {
+            for cert in certs {
+                if cert == issuing || bundle.roots().contains(&cert) {
+                    continue;
+                }
+                check_ca_cert(path, CaRole::Intermediate, &cert, unix_now)?;
+                chain.push(cert);
+            }
+            Ok::<_, CaError>(())
+        };
         if let Some((chain_path, chain_pem)) = chain_source {
             let extra = decode_certs(chain_pem).map_err(|source| CaError::Pem {
                 path: chain_path.to_owned(),
                 source,
             })?;
-            chain.extend(extra.into_iter().filter(|c| *c != issuing));
+            extend(chain_path, extra)?;
         }
-        chain.extend(ca_certs.into_iter().skip(1));
-        // A root in the chain is redundant: receivers already hold it in the bundle.
+        extend(ca_path, ca_certs.into_iter().skip(1).collect())?;
+        // The issuing certificate may itself be a root (a root acting as issuer).
         chain.retain(|c| !bundle.roots().contains(c));
 
         let issuer = Issuer::from_ca_cert_der(&issuing, key)
@@ -738,14 +796,51 @@ fn spki_key_bytes(der: &[u8]) -> Option<Vec<u8>> {
     Some(cert.public_key().subject_public_key.data.to_vec())
 }
 
-fn check_can_sign(der: &[u8]) -> Result<(), String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+/// Checks that the CA certificate `der`, found in `path` in the role `role`, may sign
+/// certificates at `now` (Unix seconds).
+fn check_ca_cert(
+    path: &Path,
+    role: CaRole,
+    der: &CertificateDer<'_>,
+    now: i64,
+) -> Result<(), CaError> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| CaError::Invalid {
+        path: path.to_owned(),
+        reason: format!("{role}: not a valid X.509 certificate: {e}"),
+    })?;
+    match unfit_reason(&cert, now) {
+        None => Ok(()),
+        Some(reason) => Err(CaError::UnfitCa {
+            path: path.to_owned(),
+            role,
+            subject: cert.subject().to_string(),
+            reason,
+        }),
+    }
+}
+
+/// What keeps `cert` from signing certificates at `now`, if anything: RFC 5280 wants
+/// basicConstraints cA=true, a validity period covering `now` (a little early is tolerated,
+/// as for clock skew between hosts) and, when keyUsage is present, keyCertSign.
+fn unfit_reason(cert: &X509Certificate<'_>, now: i64) -> Option<UnfitReason> {
+    match cert.basic_constraints() {
+        Err(e) => return Some(UnfitReason::Unreadable(e.to_string())),
+        Ok(None) => return Some(UnfitReason::NoBasicConstraints),
+        Ok(Some(bc)) if !bc.value.ca => return Some(UnfitReason::NotCa),
+        Ok(Some(_)) => {}
+    }
+    let not_after = cert.validity().not_after.timestamp();
+    if not_after <= now {
+        return Some(UnfitReason::Expired { not_after });
+    }
+    let not_before = cert.validity().not_before.timestamp();
+    if not_before > now + CLOCK_SKEW.as_secs() as i64 {
+        return Some(UnfitReason::NotYetValid { not_before });
+    }
     match cert.key_usage() {
-        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
-            Err("key usage does not include keyCertSign".into())
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Some(UnfitReason::Unreadable(e.to_string())),
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => Some(UnfitReason::NoKeyCertSign),
+        Ok(_) => None,
     }
 }
 

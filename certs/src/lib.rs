@@ -16,7 +16,9 @@ pub mod tls;
 pub mod workload;
 
 pub use bundle::{BundleError, TrustBundle};
-pub use ca::{CaError, CaFiles, CaMaterial, CaOptions, CertificateAuthority, IssuedLeaf};
+pub use ca::{
+    CaError, CaFiles, CaMaterial, CaOptions, CaRole, CertificateAuthority, IssuedLeaf, UnfitReason,
+};
 pub use rotation::{ActiveCa, CaState, RotationRecord, Stage};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{CertInfo, SvidError};

@@ -28,6 +28,9 @@ use super::{READY_TIMEOUT, within};
 
 /// Annotation naming the shop app to run on every port of a workload (as `palisade up`).
 pub const APP_ANNOTATION: &str = "palisade.dev/app";
+/// How often the control plane reads a [`MeshBuilder::ca_dir`] CA directory.
+const CA_POLL: Duration = Duration::from_millis(200);
+
 /// Host octet of the control plane in every block.
 pub const CONTROL_PLANE_HOST: u8 = 250;
 

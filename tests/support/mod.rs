@@ -1,6 +1,6 @@
 //! The end-to-end harness: loopback blocks, an in-process mesh ([`TestMesh`]), apps, HTTP and
-//! gRPC clients, a recording TCP relay, child processes of the real binary, and external
-//! tools with visible skips.
+//! gRPC clients, a recording TCP relay, child processes of the real binary, external tools
+//! with visible skips, and hand-crafted certificates.
 //!
 //! Rules every test follows through these helpers: each test owns a loopback block
 //! `127.X.Y.0/24` (so the fixed sidecar ports never collide between parallel tests); every
@@ -12,6 +12,7 @@
 pub mod apps;
 pub mod bed;
 pub mod clients;
+pub mod craft;
 pub mod load;
 pub mod mesh;
 pub mod net;

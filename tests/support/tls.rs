@@ -1,19 +1,24 @@
 //! Talking TLS straight to a sidecar's inbound port (15006), as a peer sidecar would (or as
-//! an attacker without a mesh certificate would).
+//! an attacker without a mesh certificate would), and standing in for a peer sidecar that
+//! presents whatever certificate a test gives it.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use palisade_certs::tls::{Credentials, client_config};
-use palisade_certs::{ALPN_H2, CertificateAuthority, SpiffeId, TrustBundle};
+use hyper_util::server::conn::auto;
+use palisade_certs::tls::{ClientAuth, Credentials, client_config, server_config};
+use palisade_certs::{ALPN_H2, ALPN_HTTP11, CertificateAuthority, SpiffeId, TrustBundle};
 use rustls_pki_types::{CertificateDer, DnsName, ServerName};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
 
 use super::{Reply, TIMEOUT};
 
@@ -134,4 +139,56 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// What a [`stand_in_peer`] answers to every request.
+pub const STAND_IN_BODY: &str = "stand-in peer\n";
+
+/// Stands in for a peer sidecar's inbound port on `addr` until `shutdown`: terminates mTLS
+/// presenting `creds` as they are (a test may hand it a forged chain), requires a client
+/// certificate that verifies against `bundle`, and answers every HTTP/2 or HTTP/1.1 request
+/// with 200 [`STAND_IN_BODY`]. Returns the count of requests answered.
+pub async fn stand_in_peer(
+    addr: SocketAddr,
+    creds: &Credentials,
+    bundle: &TrustBundle,
+    shutdown: CancellationToken,
+) -> Arc<AtomicUsize> {
+    let config = server_config(creds, bundle, ClientAuth::Required, &[ALPN_H2, ALPN_HTTP11])
+        .expect("stand-in server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind the stand-in peer on {addr}: {e}"));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
+            };
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the connection here.
+                let Ok(Ok(tls)) = tokio::time::timeout(TIMEOUT, acceptor.accept(tcp)).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_: Request<_>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let body = Full::new(Bytes::from_static(STAND_IN_BODY.as_bytes()));
+                    async move { Ok::<_, Infallible>(Response::new(body)) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = conn => {}
+                }
+            });
+        }
+    });
+    answered
 }
