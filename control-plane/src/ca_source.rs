@@ -4,6 +4,7 @@
 //! service issues from, the trust bundle pushed to proxies and the gRPC server's own
 //! certificate. A state that cannot be loaded is logged and counted; the last good CA stays.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,12 +112,15 @@ pub(crate) async fn watch_dir(
     }
 }
 
+/// The files of a CA directory, by name.
+type Files = BTreeMap<String, String>;
+
 /// Reads `dir`; `None` when nothing changed since `last`.
 fn load(
     dir: &std::path::Path,
     td: &TrustDomain,
-    last: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<Option<(std::collections::BTreeMap<String, String>, ActiveCa)>, RotationError> {
+    last: Option<&Files>,
+) -> Result<Option<(Files, ActiveCa)>, RotationError> {
     let state = CaState::read_dir(dir)?;
     if last == Some(state.files()) {
         return Ok(None);

@@ -196,7 +196,9 @@ fn release(published: Arc<Published>) {
 
 /// A SHA-256 fingerprint in lower-case hex; anything else a proxy reports is ignored.
 fn is_fingerprint(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn next_stream_id() -> u64 {
@@ -444,7 +446,8 @@ impl StreamTask {
         {
             self.certificate_issuer.clone_from(&req.certificate_issuer);
             let issuer = req.certificate_issuer.clone();
-            self.registry.update(self.id, |p| p.certificate_issuer = issuer);
+            self.registry
+                .update(self.id, |p| p.certificate_issuer = issuer);
         }
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             // A newer proxy may ask for types this control plane does not know yet.

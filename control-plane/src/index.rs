@@ -348,10 +348,9 @@ impl Published {
                 &self.builds.peers,
             )),
             ResourceType::Services => Resources::Services(services_proto(&self.snapshot)),
-            ResourceType::TrustBundle => Resources::TrustBundle(bundle_proto(
-                &self.bundle,
-                &self.issuer_fingerprint,
-            )),
+            ResourceType::TrustBundle => {
+                Resources::TrustBundle(bundle_proto(&self.bundle, &self.issuer_fingerprint))
+            }
             ResourceType::Mesh => Resources::Mesh(mesh_proto(self.snapshot.settings())),
         })
     }
@@ -729,7 +728,11 @@ spec: {address: 127.0.1.3}
         let td = palisade_certs::TrustDomain::new("cluster.local").unwrap();
         let (ca, _) =
             palisade_certs::CertificateAuthority::generate(td, &Default::default()).unwrap();
-        Published::new(Arc::new(snapshot), ca.bundle().clone(), ca.issuer_fingerprint())
+        Published::new(
+            Arc::new(snapshot),
+            ca.bundle().clone(),
+            ca.issuer_fingerprint(),
+        )
     }
 
     fn version(p: &Published, ns: &str, name: &str, ty: ResourceType) -> String {
@@ -767,7 +770,11 @@ spec: {podSelector: {matchLabels: {tier: web}}, ingress: [{ports: [{port: http}]
         let td = palisade_certs::TrustDomain::new("cluster.local").unwrap();
         let (ca, _) =
             palisade_certs::CertificateAuthority::generate(td, &Default::default()).unwrap();
-        let published = Published::new(Arc::new(snapshot), ca.bundle().clone(), ca.issuer_fingerprint());
+        let published = Published::new(
+            Arc::new(snapshot),
+            ca.bundle().clone(),
+            ca.issuer_fingerprint(),
+        );
         let get = |name: &str, ty: ResourceType| {
             let w = published.snapshot.workload("shop", name).unwrap();
             published.resource(ty, w)

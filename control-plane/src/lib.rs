@@ -42,6 +42,7 @@ pub mod test_util;
 
 use palisade_certs::{SpiffeId, TrustDomain};
 
+pub use ca_source::CaSource;
 pub use config::{
     AddressAssignments, ConfigError, ConfigErrors, DocumentRef, load_dir, load_dir_assigned,
     load_json_documents,
@@ -50,7 +51,6 @@ pub use discovery::{Nack, ProxyStatus, TypeStatus};
 pub use index::{
     ResourceType, UnknownWorkload, authorization_for, egress_for, network_policy_for, snapshots_for,
 };
-pub use ca_source::CaSource;
 pub use model::MeshSnapshot;
 pub use runtime::{
     ControlPlane, ControlPlaneConfig, DEFAULT_ADMIN_ADDR, DEFAULT_GRPC_ADDR, GrpcLimits,

@@ -13,7 +13,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use palisade_certs::rotation::{self, RotationError, RotationRecord, Stage, short};
 use palisade_certs::{CaState, TrustDomain};
@@ -263,8 +265,7 @@ async fn wait_for_stage(
             return Err(RotateError::Timeout {
                 stage,
                 timeout: options.stage_timeout,
-                reason: blocked
-                    .unwrap_or_else(|| format!("{done} of {total} {}", what(stage))),
+                reason: blocked.unwrap_or_else(|| format!("{done} of {total} {}", what(stage))),
             });
         }
         tokio::time::sleep(options.poll).await;

@@ -343,8 +343,7 @@ pub async fn start(
         });
     }
     let identity = control_plane_identity(&settings.trust_domain);
-    let cert =
-        transport::issue_serving_cert(&active.ca, &identity, settings.certificate_lifetime)?;
+    let cert = transport::issue_serving_cert(&active.ca, &identity, settings.certificate_lifetime)?;
 
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc_addr)?;

@@ -8,9 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::sync::Arc;
 
-use palisade_certs::{
-    ActiveCa, CaOptions, CaState, CertificateAuthority, SpiffeId, TrustDomain,
-};
+use palisade_certs::{ActiveCa, CaOptions, CaState, CertificateAuthority, SpiffeId, TrustDomain};
 
 /// CA operations.
 #[derive(Debug, Subcommand)]
@@ -216,7 +214,10 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     println!("issuer fingerprint: {}", ca.issuer_fingerprint());
     match &active.rotation {
-        Some(record) => println!("rotation: {}", palisade_control_plane::rotate::describe(record)),
+        Some(record) => println!(
+            "rotation: {}",
+            palisade_control_plane::rotate::describe(record)
+        ),
         None => println!("rotation: none in progress"),
     }
     Ok(ExitCode::SUCCESS)

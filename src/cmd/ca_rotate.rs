@@ -92,16 +92,12 @@ impl View {
             }
             Progress::Entered(stage) => {
                 self.finish_bar();
-                self.line(format!(
-                    "stage {}/3: {}",
-                    stage.number(),
-                    stage.describe()
-                ));
+                self.line(format!("stage {}/3: {}", stage.number(), stage.describe()));
                 if self.terminal {
                     let bar = ProgressBar::new(0);
-                    if let Ok(style) = ProgressStyle::with_template(
-                        "  [{bar:30}] {pos}/{len} {msg} ({elapsed})",
-                    ) {
+                    if let Ok(style) =
+                        ProgressStyle::with_template("  [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                    {
                         bar.set_style(style.progress_chars("=> "));
                     }
                     bar.enable_steady_tick(Duration::from_millis(200));
@@ -119,12 +115,12 @@ impl View {
                     bar.set_length(total as u64);
                     bar.set_position(done as u64);
                     bar.set_message(match &blocked {
-                        Some(why) => format!("{what}; waiting: {why}"),
+                        Some(why) => format!("waiting: {why}"),
                         None => what.to_owned(),
                     });
                 }
                 None => self.line(match blocked {
-                    Some(why) => format!("  {done}/{total} {what}; waiting: {why}"),
+                    Some(why) => format!("  waiting: {why}"),
                     None => format!("  {done}/{total} {what}"),
                 }),
             },

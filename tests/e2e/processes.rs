@@ -231,7 +231,9 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
     };
     let block = layout.block;
 
-    let generated = layout.prepare(&[("config/policies.yaml", DENY_ADMIN)]).await;
+    let generated = layout
+        .prepare(&[("config/policies.yaml", DENY_ADMIN)])
+        .await;
     let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
 
     let mut cp = layout.control_plane("control-plane-1");
@@ -494,7 +496,10 @@ async fn a_restarted_control_plane_resumes_a_ca_rotation_at_its_stage() {
     .await;
     assert_eq!(after.issuer_fingerprint, record.new_issuer);
     assert_eq!(after.roots, before.roots, "the same trust bundle");
-    assert_eq!(after.rotation, before.rotation, "the same rotation, same stage");
+    assert_eq!(
+        after.rotation, before.rotation,
+        "the same rotation, same stage"
+    );
 
     // The operator runs the command again, without --new: it resumes at stage 2.
     let out = run_palisade(&[
@@ -511,13 +516,22 @@ async fn a_restarted_control_plane_resumes_a_ca_rotation_at_its_stage() {
     let text = output_text(&out);
     assert!(out.status.success(), "ca rotate (resume): {text}");
     assert!(text.contains("resuming rotation: stage 2/3"), "{text}");
-    assert!(!text.contains("stage 1/3"), "stage 1 is not repeated: {text}");
+    assert!(
+        !text.contains("stage 1/3"),
+        "stage 1 is not repeated: {text}"
+    );
     assert!(text.contains("rotation complete"), "{text}");
     let done = fetch(layout.cp_admin()).await.unwrap();
     assert!(done.rotation.is_none(), "{done:?}");
     assert_eq!(done.roots.len(), 1);
     assert_eq!(done.issuer_fingerprint, record.new_issuer);
-    assert!(CaState::read_dir(&ca_dir).unwrap().rotation().unwrap().is_none());
+    assert!(
+        CaState::read_dir(&ca_dir)
+            .unwrap()
+            .rotation()
+            .unwrap()
+            .is_none()
+    );
 
     // Traffic between the proxy processes on a new connection, with the new CA only.
     let mut client = H1Client::new(outbound(1));

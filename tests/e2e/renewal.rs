@@ -43,7 +43,12 @@ async fn certificates_renew_under_load_without_failed_requests() {
     let deadline = Instant::now() + LOAD;
     let load = Load::start(
         outbound,
-        &[Protocol::Http1, Protocol::Grpc, Protocol::Http1, Protocol::Grpc],
+        &[
+            Protocol::Http1,
+            Protocol::Grpc,
+            Protocol::Http1,
+            Protocol::Grpc,
+        ],
     );
 
     // Sample the certificates while the load runs.

@@ -44,8 +44,9 @@ async fn ca_rotation_under_load_fails_no_request() {
     assert!(init.status.success(), "{init:?}");
     assert!(new_dir.path().join("palisade-ca.yaml").exists());
     let new_root_pem = std::fs::read_to_string(new_dir.path().join("root-cert.pem")).unwrap();
-    let new_issuer =
-        fingerprint(&der_of(&std::fs::read_to_string(new_dir.path().join("ca-cert.pem")).unwrap()));
+    let new_issuer = fingerprint(&der_of(
+        &std::fs::read_to_string(new_dir.path().join("ca-cert.pem")).unwrap(),
+    ));
     let old_root = der_of(&mesh.ca_material.root_cert_pem);
     let old_issuer = fingerprint(&der_of(&mesh.ca_material.ca_cert_pem));
 
@@ -90,7 +91,12 @@ async fn ca_rotation_under_load_fails_no_request() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("palisade ca rotate:\n{stderr}");
     assert!(out.status.success(), "ca rotate failed: {stderr}");
-    for stage in ["stage 1/3 done", "stage 2/3 done", "stage 3/3 done", "rotation complete"] {
+    for stage in [
+        "stage 1/3 done",
+        "stage 2/3 done",
+        "stage 3/3 done",
+        "rotation complete",
+    ] {
         assert!(stderr.contains(stage), "{stage:?} missing:\n{stderr}");
     }
 
@@ -120,11 +126,19 @@ async fn ca_rotation_under_load_fails_no_request() {
         let tls = mesh.sidecar(w).proxy.tls_state().unwrap();
         let creds = tls.credentials();
         assert_eq!(creds.issuer_fingerprint(), new_issuer, "{w}: leaf issuer");
-        verify_chain(&creds.chain()[0], &creds.chain()[1..], &new_only, Usage::Server)
-            .unwrap_or_else(|e| panic!("{w}: leaf does not chain to the new root: {e}"));
+        verify_chain(
+            &creds.chain()[0],
+            &creds.chain()[1..],
+            &new_only,
+            Usage::Server,
+        )
+        .unwrap_or_else(|e| panic!("{w}: leaf does not chain to the new root: {e}"));
         let roots: Vec<&[u8]> = tls.bundle().roots().iter().map(|r| r.as_ref()).collect();
         assert_eq!(roots, [new_only.roots()[0].as_ref()], "{w}: trust bundle");
-        assert!(!roots.contains(&old_root.as_slice()), "{w} still trusts the old root");
+        assert!(
+            !roots.contains(&old_root.as_slice()),
+            "{w} still trusts the old root"
+        );
     }
 
     // The control plane serves the new CA outside any rotation, and the directory holds

@@ -103,7 +103,11 @@ fn each_stage_serves_the_issuer_and_roots_it_names() {
     bed.begin();
     let one = bed.active();
     assert_eq!(one.rotation.as_ref().unwrap().stage, Stage::TrustNewRoot);
-    assert_eq!(one.ca.issuer_fingerprint(), issuer_of(&bed.old), "still the old issuer");
+    assert_eq!(
+        one.ca.issuer_fingerprint(),
+        issuer_of(&bed.old),
+        "still the old issuer"
+    );
     assert_eq!(one.ca.bundle().roots().len(), 2, "both roots");
     let new_ca = CertificateAuthority::from_pem(
         td(),
@@ -118,7 +122,11 @@ fn each_stage_serves_the_issuer_and_roots_it_names() {
 
     bed.advance(Stage::IssueFromNew);
     let two = bed.active();
-    assert_eq!(two.ca.issuer_fingerprint(), issuer_of(&bed.new), "the new issuer");
+    assert_eq!(
+        two.ca.issuer_fingerprint(),
+        issuer_of(&bed.new),
+        "the new issuer"
+    );
     assert_eq!(two.ca.bundle().roots().len(), 2);
     let issued_in_two = leaf(&two.ca);
     assert!(verifies(&old_leaf, &two) && verifies(&issued_in_two, &two));
@@ -142,7 +150,12 @@ fn each_stage_serves_the_issuer_and_roots_it_names() {
     // root's key (which `ca init` had written here).
     assert_eq!(
         bed.names(),
-        ["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
+        [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem"
+        ]
     );
     let read = |name: &str| std::fs::read_to_string(bed.dir.join(name)).unwrap();
     assert_eq!(read(CA_CERT), bed.new.ca_cert_pem);
@@ -153,7 +166,10 @@ fn each_stage_serves_the_issuer_and_roots_it_names() {
 fn every_step_repeats_without_change_and_refuses_out_of_order() {
     let bed = Bed::new("repeat");
     bed.begin();
-    assert!(bed.begin_changes().is_empty(), "the same new CA again resumes");
+    assert!(
+        bed.begin_changes().is_empty(),
+        "the same new CA again resumes"
+    );
 
     // Another new CA while one rotation runs.
     let other = TempDir::new("repeat-other");
@@ -221,14 +237,22 @@ fn a_crash_part_way_through_any_step_is_read_consistently_and_completed_by_a_rer
     for cut in 0..=record_removed + 1 {
         bed.apply(&changes[..cut]);
         let active = bed.active();
-        assert_eq!(active.ca.issuer_fingerprint(), issuer_of(&bed.new), "prefix {cut}");
+        assert_eq!(
+            active.ca.issuer_fingerprint(),
+            issuer_of(&bed.new),
+            "prefix {cut}"
+        );
         assert_eq!(active.ca.bundle().roots().len(), 1, "prefix {cut}");
         if cut > record_removed {
             // Crashed just after the record went: a steady state on the new CA. Leftover
             // next files are ignored, and overwritten by the next rotation.
             assert!(active.rotation.is_none());
         } else {
-            assert_eq!(bed.state().finish().unwrap(), changes, "a rerun does the same");
+            assert_eq!(
+                bed.state().finish().unwrap(),
+                changes,
+                "a rerun does the same"
+            );
         }
     }
     bed.apply(&changes);
@@ -299,7 +323,10 @@ fn a_root_that_issues_directly_can_be_rotated_to() {
         .begin(&td(), root_only.path(), &files, 1)
         .unwrap();
     bed.apply(&changes);
-    assert_eq!(record.new_issuer, fingerprint(super::support::der(&m.root_cert_pem).as_ref()));
+    assert_eq!(
+        record.new_issuer,
+        fingerprint(super::support::der(&m.root_cert_pem).as_ref())
+    );
     bed.advance(Stage::IssueFromNew);
     let two = bed.active();
     assert_eq!(two.ca.issuer_fingerprint(), record.new_issuer);
