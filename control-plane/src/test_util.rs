@@ -195,6 +195,9 @@ pub struct TestOptions {
     pub limits: crate::GrpcLimits,
     /// Lifetimes of the generated CA.
     pub ca: CaOptions,
+    /// Keep the CA in a directory the control plane polls (every 100 ms), so it can be
+    /// rotated (`TestControlPlane::ca_dir`).
+    pub ca_dir: bool,
 }
 
 impl Default for TestOptions {
@@ -205,6 +208,7 @@ impl Default for TestOptions {
             watch: false,
             limits: crate::GrpcLimits::default(),
             ca: CaOptions::default(),
+            ca_dir: false,
         }
     }
 }
@@ -224,6 +228,8 @@ pub struct TestControlPlane {
     pub tokens: TokenStore,
     /// Cancelling it stops the control plane.
     pub shutdown: CancellationToken,
+    /// The CA directory, with [`TestOptions::ca_dir`].
+    pub ca_dir: Option<TempDir>,
 }
 
 impl TestControlPlane {
@@ -271,10 +277,25 @@ impl TestControlPlane {
         let (ca, ca_material) = generate_ca_with(&options.trust_domain, &options.ca)?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let shutdown = CancellationToken::new();
+        let ca_dir = match options.ca_dir {
+            true => {
+                let ca_dir = tempfile::tempdir()?;
+                ca_material.replace_in(ca_dir.path())?;
+                Some(ca_dir)
+            }
+            false => None,
+        };
+        let ca_source = match &ca_dir {
+            Some(d) => crate::CaSource::Dir {
+                dir: d.path().to_owned(),
+                poll: std::time::Duration::from_millis(100),
+            },
+            None => Arc::clone(&ca).into(),
+        };
         let control_plane = crate::start(
             ControlPlaneConfig {
                 config_dir: dir.path().to_owned(),
-                ca: Arc::clone(&ca).into(),
+                ca: ca_source,
                 tokens: tokens.clone(),
                 grpc_addr: loopback,
                 admin_addr: options.admin.then_some(loopback),
@@ -293,6 +314,7 @@ impl TestControlPlane {
             ca_material,
             tokens,
             shutdown,
+            ca_dir,
         })
     }
 

@@ -15,5 +15,6 @@ mod control_plane {
     mod netpol;
     mod policy;
     mod reload;
+    mod rotation;
     mod support;
 }

@@ -501,6 +501,10 @@ async fn a_restarted_control_plane_resumes_a_ca_rotation_at_its_stage() {
         "the same rotation, same stage"
     );
 
+    let out = run_palisade(&["ca", "rotate", "--dir", &layout.arg("ca"), "--status"]).await;
+    let text = output_text(&out);
+    assert!(out.status.success() && text.contains("stage 2/3"), "{text}");
+
     // The operator runs the command again, without --new: it resumes at stage 2.
     let out = run_palisade(&[
         "ca",

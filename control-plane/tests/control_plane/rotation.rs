@@ -1,0 +1,121 @@
+//! `rotate`: stage 3 is refused while a connected proxy still serves a certificate from the
+//! old CA, naming it; `force` goes ahead with a warning naming it; and what the control
+//! plane serves at each stage (roots, issuer) follows the CA directory.
+
+use std::time::Duration;
+
+use palisade_certs::ca::fingerprint;
+use palisade_certs::rotation;
+use palisade_control_plane::ca_status::fetch;
+use palisade_control_plane::rotate::{Progress, RotateError, RotateOptions, rotate};
+use palisade_control_plane::test_util::{TestControlPlane, TestOptions, generate_ca};
+
+use super::support::{ack, connect_as, shop, timed};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_root_stays_while_a_proxy_holds_its_certificate_unless_forced() {
+    let cp = timed(
+        "start",
+        TestControlPlane::start_with(
+            &shop(),
+            TestOptions {
+                ca_dir: true,
+                ..TestOptions::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let ca_dir = cp.ca_dir.as_ref().unwrap().path().to_owned();
+    let admin = cp.control_plane.admin_addr().unwrap();
+    let old_issuer = cp.ca.issuer_fingerprint().to_owned();
+
+    // A proxy that acknowledges every push but never renews: it keeps reporting a leaf
+    // from the old issuer.
+    let (_client, mut stream, _) = connect_as(&cp, "frontend").await;
+    let stale = {
+        let old_issuer = old_issuer.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(Some(resp)) = stream.rx.message().await else {
+                    return;
+                };
+                let mut answer = ack(&resp);
+                answer.certificate_issuer.clone_from(&old_issuer);
+                if stream.tx.send(answer).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let new_dir = tempfile::tempdir().unwrap();
+    let (new_ca, material) = generate_ca("cluster.local").unwrap();
+    material.replace_in(new_dir.path()).unwrap();
+    let options = RotateOptions {
+        dir: ca_dir.clone(),
+        new: Some(new_dir.path().to_owned()),
+        control_planes: vec![admin],
+        trust_domain: palisade_certs::TrustDomain::new("cluster.local").unwrap(),
+        stage_timeout: Duration::from_secs(3),
+        poll: Duration::from_millis(100),
+        force: false,
+    };
+    let mut seen = Vec::new();
+    let err = timed("rotate", rotate(&options, |p| seen.push(p)))
+        .await
+        .unwrap_err();
+    match &err {
+        RotateError::WouldBreak { count, names } => {
+            assert_eq!(*count, 1, "{err}");
+            assert!(names.contains("shop/frontend"), "{err}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert!(seen.contains(&Progress::Completed(rotation::Stage::TrustNewRoot)));
+    // Still at stage 2: both roots trusted, the new CA issuing.
+    let status = fetch(admin).await.unwrap();
+    assert_eq!(status.rotation.as_ref().unwrap().stage_number, 2);
+    assert_eq!(status.roots.len(), 2);
+    assert_eq!(status.issuer_fingerprint, new_ca.issuer_fingerprint());
+    assert_eq!(status.proxies.not_on_current_issuer, ["shop/frontend"]);
+    assert_eq!(
+        status.proxies.leaves_by_issuer.get(&old_issuer).copied(),
+        Some(1)
+    );
+
+    // Forced: it goes ahead, naming the workload it breaks.
+    let forced = RotateOptions {
+        new: None,
+        force: true,
+        ..options
+    };
+    let mut seen = Vec::new();
+    timed("rotate --force", rotate(&forced, |p| seen.push(p)))
+        .await
+        .unwrap();
+    assert!(
+        seen.iter().any(
+            |p| matches!(p, Progress::Forced(names) if names == &["shop/frontend".to_owned()])
+        ),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&Progress::Finished));
+    let status = fetch(admin).await.unwrap();
+    assert!(status.rotation.is_none());
+    assert_eq!(status.roots.len(), 1);
+    assert_eq!(
+        fingerprint(
+            palisade_certs::pem::decode_certs(&material.root_cert_pem).unwrap()[0].as_ref()
+        ),
+        fingerprint(
+            palisade_certs::pem::decode_certs(
+                &std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap()
+            )
+            .unwrap()[0]
+                .as_ref()
+        ),
+        "the directory holds the new root only"
+    );
+    stale.abort();
+    cp.stop().await.unwrap();
+}
