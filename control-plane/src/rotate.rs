@@ -17,16 +17,53 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use palisade_certs::rotation::{self, RotationError, RotationRecord, Stage, short};
+use palisade_certs::rotation::{self, Change, RotationError, RotationRecord, Stage, short};
 use palisade_certs::{CaState, TrustDomain};
 
 use crate::ca_status::{CaStatus, FetchError, fetch};
+use crate::k8s::ca_secret::{CaSecret, CaSecretError};
+
+/// Where the CA state is kept.
+#[derive(Debug)]
+pub enum CaStore {
+    /// A CA directory (`palisade control-plane --ca-dir`).
+    Dir(PathBuf),
+    /// A cluster's CA Secret, which the control plane replicas mount as their CA directory.
+    Secret(CaSecret),
+}
+
+impl CaStore {
+    /// The state as it is now.
+    pub async fn read(&self) -> Result<CaState, RotateError> {
+        match self {
+            CaStore::Dir(dir) => Ok(CaState::read_dir(dir)?),
+            CaStore::Secret(secret) => Ok(secret.read().await?),
+        }
+    }
+
+    /// Applies `changes` (read the state first: a Secret is only changed if it did not
+    /// change since).
+    pub async fn apply(&self, changes: &[Change]) -> Result<(), RotateError> {
+        match self {
+            CaStore::Dir(dir) => Ok(rotation::apply_to_dir(dir, changes)?),
+            CaStore::Secret(secret) => Ok(secret.apply(changes).await?),
+        }
+    }
+
+    /// How the store is named in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            CaStore::Dir(dir) => dir.display().to_string(),
+            CaStore::Secret(secret) => secret.origin().display().to_string(),
+        }
+    }
+}
 
 /// What `palisade ca rotate` was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RotateOptions {
-    /// The CA directory the control planes serve.
-    pub dir: PathBuf,
+    /// Where the CA state the control planes serve is kept.
+    pub store: CaStore,
     /// The CA to rotate to (`ca init --out`, openssl, cert-manager); `None` resumes.
     pub new: Option<PathBuf>,
     /// Admin addresses of every control plane serving `dir`.
@@ -77,6 +114,9 @@ pub enum RotateError {
     /// The CA directory or the new CA is unusable, or the step does not apply.
     #[error(transparent)]
     State(#[from] RotationError),
+    /// The CA Secret could not be read or changed.
+    #[error(transparent)]
+    Secret(#[from] CaSecretError),
     /// A stage's condition did not hold in time; running again resumes.
     #[error(
         "stage {} ({}) did not complete within {timeout:?}: {reason}; run `palisade ca \
@@ -158,14 +198,14 @@ pub async fn rotate(
     if options.control_planes.is_empty() {
         return Err(RotateError::NoControlPlane);
     }
-    let dir = &options.dir;
+    let store = &options.store;
     let td = &options.trust_domain;
-    let state = CaState::read_dir(dir)?;
+    let state = store.read().await?;
     let mut record = match (&options.new, state.rotation()?) {
         (Some(new), existing) => {
             let files = rotation::read_generation(new)?;
             let (record, changes) = state.begin(td, new, &files, unix_now())?;
-            rotation::apply_to_dir(dir, &changes)?;
+            store.apply(&changes).await?;
             progress(match existing {
                 Some(_) => Progress::Resumed(record.clone()),
                 None => Progress::Began(record.clone()),
@@ -179,7 +219,7 @@ pub async fn rotate(
         (None, None) => {
             return Err(RotationError::Refused(format!(
                 "no rotation is in progress in {}; pass --new DIR to begin one",
-                dir.display()
+                store.describe()
             ))
             .into());
         }
@@ -203,16 +243,16 @@ pub async fn rotate(
             }
             (_, Err(e)) => return Err(e),
         }
-        let state = CaState::read_dir(dir)?;
+        let state = store.read().await?;
         match stage.next() {
             Some(next) => {
                 let (advanced, changes) = state.advance(next)?;
-                rotation::apply_to_dir(dir, &changes)?;
+                store.apply(&changes).await?;
                 record = advanced;
             }
             None => {
                 let changes = state.finish()?;
-                rotation::apply_to_dir(dir, &changes)?;
+                store.apply(&changes).await?;
                 wait_steady(options, &record).await?;
                 progress(Progress::Finished);
                 return Ok(());

@@ -66,8 +66,23 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct RotateArgs {
     /// The CA directory the control planes serve (`--ca-dir`).
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub dir: Option<PathBuf>,
+    /// Keep the rotation in the cluster's CA Secret (see --secret), which the control plane
+    /// replicas mount as their CA directory; through KUBECONFIG or the pod's service account.
     #[arg(long)]
-    pub dir: PathBuf,
+    pub kubernetes: bool,
+    /// With --kubernetes: the CA Secret, NAMESPACE/NAME.
+    #[arg(
+        long,
+        default_value = "palisade-system/palisade-ca",
+        requires = "kubernetes"
+    )]
+    pub secret: String,
     /// The CA to rotate to: a directory with ca-cert.pem, ca-key.pem, root-cert.pem and
     /// optionally cert-chain.pem (`palisade ca init --out`, openssl, cert-manager). Without
     /// it, a rotation in progress is resumed.

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use palisade_certs::{CaState, TrustDomain};
-use palisade_control_plane::rotate::{self, Progress, RotateOptions};
+use palisade_certs::TrustDomain;
+use palisade_control_plane::k8s::ca_secret::CaSecret;
+use palisade_control_plane::rotate::{self, CaStore, Progress, RotateOptions};
 
 use super::ca::RotateArgs;
 
@@ -19,40 +20,59 @@ const POLL: Duration = Duration::from_millis(500);
 pub fn run(args: RotateArgs) -> anyhow::Result<ExitCode> {
     let td = TrustDomain::new(&args.trust_domain)
         .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
-    if args.status {
-        let state = CaState::read_dir(&args.dir)?;
-        match state.rotation()? {
-            Some(record) => println!("{}: {}", args.dir.display(), rotate::describe(&record)),
-            None => println!("{}: no rotation in progress", args.dir.display()),
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.abort {
-        let state = CaState::read_dir(&args.dir)?;
-        let changes = state.abort()?;
-        palisade_certs::rotation::apply_to_dir(&args.dir, &changes)?;
-        println!(
-            "rotation abandoned; the control planes drop the new root at their next read of {}",
-            args.dir.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let options = RotateOptions {
-        dir: args.dir.clone(),
-        new: args.new.clone(),
-        control_planes: args.control_plane.clone(),
-        trust_domain: td,
-        stage_timeout: Duration::from_secs(args.stage_timeout_seconds),
-        poll: POLL,
-        force: args.force,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let mut view = View::new(std::io::stderr().is_terminal());
-    runtime.block_on(rotate::rotate(&options, |p| view.show(p)))?;
-    Ok(ExitCode::SUCCESS)
+    runtime.block_on(async {
+        let store = store(&args).await?;
+        if args.status {
+            let state = store.read().await?;
+            match state.rotation()? {
+                Some(record) => println!("{}: {}", store.describe(), rotate::describe(&record)),
+                None => println!("{}: no rotation in progress", store.describe()),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if args.abort {
+            let changes = store.read().await?.abort()?;
+            store.apply(&changes).await?;
+            println!(
+                "rotation abandoned; the control planes drop the new root at their next read of {}",
+                store.describe()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let options = RotateOptions {
+            store,
+            new: args.new.clone(),
+            control_planes: args.control_plane.clone(),
+            trust_domain: td,
+            stage_timeout: Duration::from_secs(args.stage_timeout_seconds),
+            poll: POLL,
+            force: args.force,
+        };
+        let mut view = View::new(std::io::stderr().is_terminal());
+        rotate::rotate(&options, |p| view.show(p)).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The CA directory, or the cluster's CA Secret.
+async fn store(args: &RotateArgs) -> anyhow::Result<CaStore> {
+    if let Some(dir) = &args.dir {
+        return Ok(CaStore::Dir(dir.clone()));
+    }
+    let (namespace, name) = args
+        .secret
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .with_context(|| format!("--secret {:?}: expected NAMESPACE/NAME", args.secret))?;
+    Ok(CaStore::Secret(
+        CaSecret::infer(namespace, name)
+            .await
+            .context("--kubernetes")?,
+    ))
 }
 
 /// Renders progress: a bar per stage in a terminal, plain lines otherwise (logs, CI).

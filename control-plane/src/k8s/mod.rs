@@ -10,6 +10,7 @@
 //! within [`DEBOUNCE`] are taken together); a snapshot the loader rejects is logged, counted
 //! in `/metrics` and not pushed: the last good one stays in force, as in directory mode.
 
+pub mod ca_secret;
 pub mod convert;
 pub mod token_review;
 pub mod trust;
