@@ -29,7 +29,7 @@ pub enum CaStore {
     /// A CA directory (`palisade control-plane --ca-dir`).
     Dir(PathBuf),
     /// A cluster's CA Secret, which the control plane replicas mount as their CA directory.
-    Secret(CaSecret),
+    Secret(Box<CaSecret>),
 }
 
 impl CaStore {

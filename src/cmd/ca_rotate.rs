@@ -68,11 +68,11 @@ async fn store(args: &RotateArgs) -> anyhow::Result<CaStore> {
         .split_once('/')
         .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
         .with_context(|| format!("--secret {:?}: expected NAMESPACE/NAME", args.secret))?;
-    Ok(CaStore::Secret(
+    Ok(CaStore::Secret(Box::new(
         CaSecret::infer(namespace, name)
             .await
             .context("--kubernetes")?,
-    ))
+    )))
 }
 
 /// Renders progress: a bar per stage in a terminal, plain lines otherwise (logs, CI).

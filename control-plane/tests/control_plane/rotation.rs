@@ -206,11 +206,11 @@ async fn a_rotation_kept_in_the_cluster_secret_reaches_a_control_plane_mounting_
     let (new_ca, material) = generate_ca("cluster.local").unwrap();
     material.replace_in(new_dir.path()).unwrap();
     let options = RotateOptions {
-        store: CaStore::Secret(CaSecret::new(
+        store: CaStore::Secret(Box::new(CaSecret::new(
             k.client().unwrap(),
             "palisade-system",
             "palisade-ca",
-        )),
+        ))),
         new: Some(new_dir.path().to_owned()),
         control_planes: vec![admin],
         trust_domain: palisade_certs::TrustDomain::new("cluster.local").unwrap(),
