@@ -691,3 +691,79 @@ fn openssl_root_without_key_cert_sign_is_refused() {
     assert!(msg.contains("CN=Acme-Root-CA"), "{msg}");
     assert!(msg.contains("keyCertSign"), "{msg}");
 }
+
+/// `palisade ca rotate --new` takes a CA made by openssl (Istio's file names, cert-chain.pem
+/// ending in the root); an openssl CA whose key does not match is refused before anything in
+/// the CA directory changes.
+#[test]
+fn openssl_made_ca_can_be_rotated_to_and_an_unfit_one_changes_nothing() {
+    use palisade_certs::CaState;
+    use palisade_certs::rotation::{self, Stage};
+    if !have_openssl("openssl_made_ca_can_be_rotated_to_and_an_unfit_one_changes_nothing") {
+        return;
+    }
+    let current = TempDir::new("openssl-rotate-current");
+    new_ca().1.replace_in(current.path()).unwrap();
+    let before = CaState::read_dir(current.path()).unwrap().files().clone();
+
+    // Unfit: the intermediate's key replaced by another openssl key.
+    let unfit = TempDir::new("openssl-rotate-unfit");
+    openssl_ca(&unfit, "prime256v1");
+    openssl(
+        unfit.path(),
+        "ecparam -name prime256v1 -genkey -out ca-key.pem",
+    );
+    let files = rotation::read_generation(unfit.path()).unwrap();
+    let err = CaState::read_dir(current.path())
+        .unwrap()
+        .begin(&td(), unfit.path(), &files, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&unfit.join("ca-key.pem").display().to_string())
+            && err.contains("does not match"),
+        "{err}"
+    );
+    assert_eq!(CaState::read_dir(current.path()).unwrap().files(), &before);
+
+    let good = TempDir::new("openssl-rotate-good");
+    openssl_ca(&good, "prime256v1");
+    let files = rotation::read_generation(good.path()).unwrap();
+    let (record, changes) = CaState::read_dir(current.path())
+        .unwrap()
+        .begin(&td(), good.path(), &files, 1)
+        .unwrap();
+    rotation::apply_to_dir(current.path(), &changes).unwrap();
+    let one = CaState::read_dir(current.path())
+        .unwrap()
+        .active(&td())
+        .unwrap();
+    assert_eq!(one.rotation.unwrap().stage, Stage::TrustNewRoot);
+    assert_eq!(one.ca.bundle().roots().len(), 2);
+    let (_, changes) = CaState::read_dir(current.path())
+        .unwrap()
+        .advance(Stage::IssueFromNew)
+        .unwrap();
+    rotation::apply_to_dir(current.path(), &changes).unwrap();
+    let two = CaState::read_dir(current.path())
+        .unwrap()
+        .active(&td())
+        .unwrap();
+    assert_eq!(two.ca.issuer_fingerprint(), record.new_issuer);
+    let (leaf, _) = two.ca.issue(&id("shop", "web"), HOUR).unwrap();
+    dir_verify(&good, &leaf);
+}
+
+/// `openssl verify` accepts `leaf` against the root of the openssl CA in `dir`.
+fn dir_verify(dir: &TempDir, leaf: &palisade_certs::IssuedLeaf) {
+    dir.write("rotated-leaf.pem", &leaf.leaf_pem());
+    dir.write("rotated-untrusted.pem", &leaf.chain_pem().concat());
+    let (ok, out) = openssl_verify(
+        dir.path(),
+        "sslserver",
+        "root-cert.pem",
+        "rotated-untrusted.pem",
+        "rotated-leaf.pem",
+    );
+    assert!(ok, "openssl verify: {out}");
+}
