@@ -592,9 +592,28 @@ pub fn apply_to_dir(dir: &Path, changes: &[Change]) -> Result<(), RotationError>
     Ok(())
 }
 
-/// Reads the generation files of a CA directory (a new CA to rotate to), by name.
+/// cert-manager's names for a CA Secret's keys, mounted or saved as files, and the names
+/// they stand for: `tls.crt` holds the issuing CA followed by its chain.
+const CERT_MANAGER_NAMES: [(&str, &str); 3] = [
+    ("tls.crt", CA_CERT),
+    ("tls.key", CA_KEY),
+    ("ca.crt", ROOT_CERT),
+];
+
+/// Reads the generation files of a CA directory (a new CA to rotate to), by name: Istio's
+/// plug-in CA names (`palisade ca init`, openssl), or cert-manager's (`tls.crt`, `tls.key`,
+/// `ca.crt`) when there is no `ca-cert.pem`.
 pub fn read_generation(dir: &Path) -> Result<BTreeMap<String, String>, RotationError> {
     let mut files = BTreeMap::new();
+    if !dir.join(CA_CERT).exists() && dir.join("tls.crt").exists() {
+        for (theirs, ours) in CERT_MANAGER_NAMES {
+            let path = dir.join(theirs);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| RotationError::Io { path, source })?;
+            files.insert(ours.to_owned(), text);
+        }
+        return Ok(files);
+    }
     for (name, _) in GENERATION {
         let path = dir.join(name);
         match std::fs::read_to_string(&path) {

@@ -299,8 +299,13 @@ fn control_plane_status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         println!("  trust bundle {version}{current}: acknowledged by {count}");
     }
     for (issuer, count) in &p.leaves_by_issuer {
-        let which = if *issuer == status.issuer_fingerprint {
-            " (current issuer)"
+        let rotation = status.rotation.as_ref();
+        let which = if rotation.is_some_and(|r| r.old_issuer == *issuer) {
+            " (the old CA: chains to the root being retired)"
+        } else if rotation.is_some_and(|r| r.new_issuer == *issuer) {
+            " (the new CA: chains to the new root)"
+        } else if *issuer == status.issuer_fingerprint {
+            " (the current CA)"
         } else {
             ""
         };

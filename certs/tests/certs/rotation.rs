@@ -334,3 +334,29 @@ fn a_root_that_issues_directly_can_be_rotated_to() {
     assert!(issued.chain.is_empty(), "a root is never sent in the chain");
     assert!(verifies(&issued, &two));
 }
+
+#[test]
+fn a_ca_in_cert_manager_layout_can_be_rotated_to() {
+    let bed = Bed::new("cert-manager");
+    // cert-manager's CA Secret as files: tls.crt = issuing CA then its chain, tls.key, ca.crt.
+    let cm = TempDir::new("cert-manager-secret");
+    let (_, m) = new_ca();
+    cm.write("tls.crt", &format!("{}{}", m.ca_cert_pem, m.root_cert_pem));
+    cm.write("tls.key", &m.ca_key_pem);
+    cm.write("ca.crt", &m.root_cert_pem);
+    let files = rotation::read_generation(cm.path()).unwrap();
+    let (record, changes) = bed.state().begin(&td(), cm.path(), &files, 1).unwrap();
+    bed.apply(&changes);
+    assert_eq!(record.new_issuer, issuer_of(&m));
+    bed.advance(Stage::IssueFromNew);
+    let two = bed.active();
+    let issued = leaf(&two.ca);
+    assert!(verifies(&issued, &two));
+    assert!(
+        !issued
+            .chain
+            .iter()
+            .any(|c| *c == super::support::der(&m.root_cert_pem)),
+        "the root from tls.crt is not sent"
+    );
+}
