@@ -96,3 +96,7 @@ mod probes;
 /// CA rotation under HTTP/1.1, HTTP/2 and gRPC load, driven by `palisade ca rotate`.
 #[path = "e2e/rotation.rs"]
 mod rotation;
+
+/// The live view: `palisade tap` against a running shop.
+#[path = "e2e/live_view.rs"]
+mod live_view;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -31,6 +31,10 @@ pub(crate) struct AdminState {
     pub ca: tokio::sync::watch::Receiver<Arc<palisade_certs::ActiveCa>>,
     pub state: tokio::sync::watch::Receiver<Arc<crate::index::Published>>,
     pub proxies: crate::discovery::ProxyRegistry,
+    /// The live view (`/tap`, `/top`).
+    pub hub: Arc<crate::telemetry::Hub>,
+    /// Answer the live view to callers other than loopback ones.
+    pub live_view_remote: bool,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -83,6 +87,41 @@ pub(crate) fn route(state: &AdminState, method: &Method, path: &str) -> Response
     }
 }
 
+/// The live view's endpoints (`/tap`, `/top`), or `None` for another path. They show who
+/// calls whom, so they answer loopback callers only unless the control plane was told
+/// otherwise (`--live-view-remote`).
+fn live_view(
+    state: &AdminState,
+    method: &Method,
+    uri: &http::Uri,
+    peer: std::net::SocketAddr,
+) -> Option<Response<crate::telemetry::http::Body>> {
+    let path = uri.path();
+    if path != "/tap" && path != "/top" {
+        return None;
+    }
+    if method != Method::GET {
+        return Some(
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").map(BodyExt::boxed),
+        );
+    }
+    if !state.live_view_remote && !peer.ip().is_loopback() {
+        return Some(
+            text(
+                StatusCode::FORBIDDEN,
+                "the live view answers loopback callers only (start the control plane with \
+                 --live-view-remote to change that)\n",
+            )
+            .map(BodyExt::boxed),
+        );
+    }
+    let query = uri.query().unwrap_or("");
+    Some(match path {
+        "/tap" => crate::telemetry::http::tap(&state.hub, query),
+        _ => crate::telemetry::http::top(&state.hub),
+    })
+}
+
 /// Serves the admin endpoint until `shutdown`, then gives open connections a grace period.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -109,7 +148,9 @@ pub(crate) async fn serve(
         };
         let state = state.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = route(&state, req.method(), req.uri().path());
+            let resp = live_view(&state, req.method(), req.uri(), peer).unwrap_or_else(|| {
+                route(&state, req.method(), req.uri().path()).map(BodyExt::boxed)
+            });
             async move { Ok::<_, Infallible>(resp) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
@@ -141,8 +182,8 @@ pub(crate) async fn serve(
 mod tests {
     use super::*;
 
-    #[test]
-    fn routes() {
+    #[tokio::test]
+    async fn routes() {
         let td = palisade_certs::TrustDomain::new("cluster.local").expect("trust domain");
         let (ca, _) =
             palisade_certs::CertificateAuthority::generate(td, &Default::default()).expect("CA");
@@ -156,6 +197,8 @@ mod tests {
             ca: tokio::sync::watch::channel(Arc::new(palisade_certs::ActiveCa::steady(ca))).1,
             state: tokio::sync::watch::channel(Arc::new(published)).1,
             proxies: crate::discovery::ProxyRegistry::new(),
+            hub: Arc::default(),
+            live_view_remote: false,
         };
         assert_eq!(
             route(&state, &Method::GET, "/live").status(),
@@ -178,6 +221,26 @@ mod tests {
             route(&state, &Method::GET, "/nope").status(),
             StatusCode::NOT_FOUND
         );
+        // The live view shows who calls whom: loopback callers only, unless allowed.
+        let top: http::Uri = "/top".parse().expect("uri");
+        let remote = std::net::SocketAddr::from(([10, 0, 0, 7], 40000));
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+        let status = |state: &AdminState, peer| {
+            live_view(state, &Method::GET, &top, peer).map(|r| r.status())
+        };
+        assert_eq!(status(&state, remote), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status(&state, local), Some(StatusCode::OK));
+        let open = AdminState {
+            live_view_remote: true,
+            ..state.clone()
+        };
+        assert_eq!(status(&open, remote), Some(StatusCode::OK));
+        let tap: http::Uri = "/tap?workload=a%20b".parse().expect("uri");
+        assert_eq!(
+            live_view(&state, &Method::GET, &tap, local).map(|r| r.status()),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert!(live_view(&state, &Method::GET, &"/ca".parse().expect("uri"), local).is_none());
         assert_eq!(
             route(&state, &Method::POST, "/live").status(),
             StatusCode::METHOD_NOT_ALLOWED

@@ -33,6 +33,7 @@ pub mod netpol;
 pub mod policy;
 pub mod rotate;
 mod runtime;
+pub mod telemetry;
 pub mod tokens;
 mod transport;
 mod watcher;

@@ -11,6 +11,7 @@ use palisade_certs::rotation::RotationError;
 use palisade_certs::{ActiveCa, CaError, SpiffeId, TlsError, TrustBundle, TrustDomain};
 use palisade_proto::v1::discovery_server::DiscoveryServer;
 use palisade_proto::v1::identity_server::IdentityServer;
+use palisade_proto::v1::telemetry_server::TelemetryServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -65,6 +66,8 @@ pub struct ControlPlaneConfig {
     pub assigned_addresses: config::AddressAssignments,
     /// Bounds on what gRPC clients can hold.
     pub limits: GrpcLimits,
+    /// Answer the live view (`/tap`, `/top`) on the admin port to non-loopback callers.
+    pub live_view_remote: bool,
     /// Read the mesh from the cluster instead of `config_dir` (which then only names the
     /// source in messages); already listed once, see [`crate::k8s`].
     pub kubernetes: Option<crate::k8s::RunningSource>,
@@ -98,6 +101,8 @@ pub struct GrpcLimits {
     pub max_local_error_resets: usize,
     /// Largest `Identity` request message (a CSR is under 1 KiB).
     pub max_identity_message: usize,
+    /// Largest telemetry report (a proxy sends at most 512 decisions of a few hundred bytes).
+    pub max_telemetry_message: usize,
     /// Age at which a connection is sent GOAWAY (no new streams), and at which a discovery
     /// stream is ended (the proxy reconnects): so no connection outlives the client
     /// certificate it was verified with by more than twice this, nor holds a place forever.
@@ -117,6 +122,7 @@ impl Default for GrpcLimits {
             max_pending_reset_streams: 20,
             max_local_error_resets: 100,
             max_identity_message: 16 * 1024,
+            max_telemetry_message: 1 << 20,
             max_connection_age: Duration::from_secs(3600),
         }
     }
@@ -422,6 +428,14 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
         reviewer: kubernetes.as_ref().map(crate::k8s::RunningSource::reviewer),
     };
+    let hub = Arc::new(crate::telemetry::Hub::default());
+    let telemetry_service = crate::telemetry::service::TelemetryService {
+        hub: Arc::clone(&hub),
+        state: state_rx.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        max_age: limits.max_connection_age,
+    };
     let discovery_service = DiscoveryService {
         state: state_rx,
         metrics: Arc::clone(&metrics),
@@ -447,7 +461,11 @@ pub async fn start(
             IdentityServer::new(identity_service)
                 .max_decoding_message_size(limits.max_identity_message),
         )
-        .add_service(DiscoveryServer::new(discovery_service));
+        .add_service(DiscoveryServer::new(discovery_service))
+        .add_service(
+            TelemetryServer::new(telemetry_service)
+                .max_decoding_message_size(limits.max_telemetry_message),
+        );
     let ready = Arc::new(AtomicBool::new(false));
     {
         let shutdown = shutdown.clone();
@@ -480,6 +498,8 @@ pub async fn start(
             ca: ca_rx.clone(),
             state: shared.state.subscribe(),
             proxies: shared.proxies.clone(),
+            hub: Arc::clone(&hub),
+            live_view_remote: config.live_view_remote,
         };
         tracker.spawn(admin::serve(
             listener,

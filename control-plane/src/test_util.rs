@@ -303,6 +303,7 @@ impl TestControlPlane {
                 assigned_addresses: Default::default(),
                 limits: options.limits.clone(),
                 kubernetes,
+                live_view_remote: false,
             },
             shutdown.clone(),
         )

@@ -36,6 +36,26 @@ pub mod v1 {
         EGRESS_TYPE_URL,
         NETWORK_POLICY_TYPE_URL,
     ];
+
+    /// Upper bounds (milliseconds) of [`EdgeDelta::latency_buckets`]; the last bucket counts
+    /// everything slower.
+    pub const LATENCY_BUCKETS_MS: &[f64] = &[
+        0.25,
+        0.5,
+        1.0,
+        2.0,
+        5.0,
+        10.0,
+        25.0,
+        50.0,
+        100.0,
+        250.0,
+        500.0,
+        1000.0,
+        2500.0,
+        5000.0,
+        f64::INFINITY,
+    ];
 }
 
 /// Conventions of the admin endpoints every Palisade component serves.

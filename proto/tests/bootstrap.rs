@@ -12,6 +12,7 @@ fn generated_code_is_up_to_date() {
         "palisade/v1/authorization.proto",
         "palisade/v1/network_policy.proto",
         "palisade/v1/discovery.proto",
+        "palisade/v1/telemetry.proto",
     ];
     let fds = protox::compile(protos, [root]).expect("the .proto files compile");
 

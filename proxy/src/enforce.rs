@@ -9,6 +9,7 @@ use palisade_certs::SpiffeId;
 
 use crate::authz::{Decision, normalized};
 use crate::metrics::{AuthzLabels, Direction, DryRunLabels, Metrics};
+use crate::observe::{Seen, Verdict};
 
 /// The `tracing` target of every decision line.
 pub const LOG_TARGET: &str = "palisade::authz";
@@ -45,6 +46,55 @@ impl Subject<'_> {
                 .map_or_else(|| UNAUTHENTICATED.to_owned(), |s| s.to_string()),
             destination: destination.to_owned(),
         }
+    }
+
+    /// The live view's record of this subject, decided by `policy`/`rule`; `source` and
+    /// `path` are rendered into the buffers given.
+    fn seen<'b>(
+        &'b self,
+        policy: &'b str,
+        rule: Option<usize>,
+        source: &'b mut String,
+        path: &'b mut String,
+    ) -> Seen<'b> {
+        use std::fmt::Write;
+        if let Some(id) = self.source {
+            let _ = write!(source, "{id}");
+        }
+        if self.path.is_some() {
+            let _ = write!(path, "{}", LogPath(self.path));
+        }
+        Seen {
+            direction: self.direction.as_str(),
+            source,
+            destination: self.destination,
+            method: self.method.unwrap_or(""),
+            path,
+            policy,
+            rule,
+        }
+    }
+
+    /// Hands the decision to the live view (which keeps every denial and AUDIT match, and
+    /// samples allows while watched).
+    fn observe(
+        &self,
+        metrics: &Metrics,
+        verdict: Verdict,
+        policy: &str,
+        rule: Option<usize>,
+        explain: impl FnOnce() -> String,
+    ) {
+        let observer = metrics.observer();
+        if verdict == Verdict::Allow && !observer.watched() {
+            return;
+        }
+        let (mut source, mut path) = (String::new(), String::new());
+        observer.decision(
+            verdict,
+            &self.seen(policy, rule, &mut source, &mut path),
+            explain,
+        );
     }
 
     fn kind(&self) -> &'static str {
@@ -109,6 +159,9 @@ pub fn record<P: AsRef<str>>(
     for audit in &decision.audits.matched {
         let policy = audit.policy.as_ref();
         metrics.authz_audit(&subject.labels(policy));
+        subject.observe(metrics, Verdict::Audit, policy, Some(audit.rule), || {
+            format!("AUDIT by {policy} rule {}", audit.rule)
+        });
         tracing::info!(
             target: LOG_TARGET,
             source = %Source(subject.source),
@@ -147,6 +200,13 @@ pub fn record<P: AsRef<str>>(
         }
     }
     if decision.allowed {
+        subject.observe(
+            metrics,
+            Verdict::Allow,
+            &decision.policy_label(),
+            decision.rule(),
+            || decision.explain(),
+        );
         if log_allows {
             tracing::info!(
                 target: LOG_TARGET,
@@ -195,6 +255,7 @@ pub fn denial_counted_as(
     explain: &str,
 ) {
     metrics.authz_denial(&subject.labels_for(policy, metric_destination));
+    subject.observe(metrics, Verdict::Deny, policy, rule, || explain.to_owned());
     tracing::warn!(
         target: LOG_TARGET,
         source = %Source(subject.source),

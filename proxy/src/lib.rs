@@ -40,11 +40,13 @@ pub mod model;
 mod netgate;
 pub mod netns;
 pub mod netpol;
+pub mod observe;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;
 pub mod probes;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -378,6 +380,17 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
             namespace: config.namespace.clone(),
             proxy_version: concat!("palisade-proxy ", env!("CARGO_PKG_VERSION")).to_owned(),
         };
+        tasks.spawn_on(
+            telemetry::run(
+                target.clone(),
+                creds_rx.clone(),
+                bundle_rx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
+            &control,
+        );
         tasks.spawn_on(
             discovery::run(
                 target.clone(),

@@ -18,6 +18,16 @@ pub enum Direction {
 
 // The derive would write the variant names (`Inbound`); label values are lower case, like
 // every other label value of the mesh (`ack`, `permission_denied`).
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
 impl EncodeLabelValue for Direction {
     fn encode(
         &self,
@@ -281,6 +291,8 @@ pub struct Metrics {
     capture_refused: Family<RefusalLabels, Counter>,
     detections: Family<DetectionLabels, Counter>,
     detection_time: HistogramFamily<DirectionLabels>,
+    /// The live view's decision ring and traffic counts.
+    observer: crate::observe::Observer,
 }
 
 fn detection_histogram() -> Histogram {
@@ -461,6 +473,7 @@ impl Metrics {
             capture_refused,
             detections,
             detection_time,
+            observer: Default::default(),
             requests,
             latency,
             latency_by_direction: Default::default(),
@@ -483,8 +496,16 @@ impl Metrics {
         }
     }
 
+    /// The live view's decision ring and traffic counts.
+    pub fn observer(&self) -> &crate::observe::Observer {
+        &self.observer
+    }
+
     /// Records one finished request.
     pub fn request(&self, direction: Direction, status: u16, peer: &PeerLabel, seconds: f64) {
+        if direction == Direction::Inbound {
+            self.observer.latency(peer.as_str(), seconds);
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 direction,

@@ -15,6 +15,7 @@ use crate::http::Failure;
 use crate::metrics::{Metrics, NetpolLabels};
 use crate::model::MeshView;
 use crate::netpol::{NetDecidedBy, NetDecision, NetDirection, NetworkPolicies};
+use crate::observe::{Seen, Verdict};
 
 /// One TCP connection as NetworkPolicy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,29 @@ pub(crate) fn record_denial(
             SocketText(conn.peer, conn.port).to_string(),
         ),
     };
+    let (observed_direction, observed_source) = match conn.direction {
+        NetDirection::Ingress => (
+            "inbound",
+            conn.identity
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        ),
+        NetDirection::Egress => ("outbound", identity.clone()),
+    };
+    metrics.observer().decision(
+        Verdict::Deny,
+        &Seen {
+            direction: observed_direction,
+            source: &observed_source,
+            destination: &destination,
+            method: "",
+            path: "",
+            policy: decision.policy_label(),
+            rule: None,
+        },
+        || decision.explain().to_string(),
+    );
     let policies = match &decision.decided_by {
         NetDecidedBy::NoRuleAllows { isolating } => {
             isolating.iter().map(|p| &**p).collect::<Vec<_>>().join(",")

@@ -50,6 +50,10 @@ pub struct ControlPlaneArgs {
     /// Admin listener (/live, /ready, /metrics).
     #[arg(long, env = "PALISADE_CP_ADMIN_ADDR", default_value = "0.0.0.0:15014")]
     pub admin_addr: SocketAddr,
+    /// Answer the live view (`/tap`, `/top`: who calls whom, and what is denied) on the
+    /// admin port to callers other than loopback ones.
+    #[arg(long, env = "PALISADE_LIVE_VIEW_REMOTE")]
+    pub live_view_remote: bool,
     /// Do not watch the config directory for changes.
     #[arg(long)]
     pub no_watch: bool,
@@ -142,6 +146,7 @@ impl ControlPlaneArgs {
             max_pending_reset_streams: self.grpc_max_pending_reset_streams,
             max_local_error_resets: self.grpc_max_local_error_resets,
             max_identity_message: self.grpc_max_identity_message,
+            max_telemetry_message: GrpcLimits::default().max_telemetry_message,
             max_connection_age: Duration::from_secs(self.grpc_max_connection_age_seconds),
         })
     }
@@ -190,6 +195,7 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
             assigned_addresses: Default::default(),
             limits,
             kubernetes,
+            live_view_remote: args.live_view_remote,
         };
         let cp = palisade_control_plane::start(config, shutdown.clone()).await?;
         tracing::info!(grpc = %cp.grpc_addr(), admin = ?cp.admin_addr(), identity = %cp.identity(), "control plane serving");

@@ -10,6 +10,8 @@ mod inject;
 mod injector;
 mod install;
 mod proxy;
+mod tap;
+mod top;
 mod up;
 
 use std::process::ExitCode;
@@ -61,6 +63,11 @@ pub enum Command {
     Authz(authz::AuthzCommand),
     /// Print the Kubernetes manifests of the mesh: CRDs, control plane, injector, RBAC, webhook.
     Install(install::InstallArgs),
+    /// Stream the decisions of a running mesh, one line each (who, what, allowed or denied,
+    /// by which policy and rule).
+    Tap(tap::TapArgs),
+    /// Per-edge request rate, denial rate and p99 latency of a running mesh, refreshing.
+    Top(top::TopArgs),
 }
 
 impl Command {
@@ -74,7 +81,9 @@ impl Command {
             | Command::Authz(_)
             | Command::Init(_)
             | Command::Inject(_)
-            | Command::Install(_) => "warn",
+            | Command::Install(_)
+            | Command::Tap(_)
+            | Command::Top(_) => "warn",
         }
     }
 }
@@ -92,6 +101,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ca(command) => ca::run(command),
         Command::Authz(command) => authz::run(command),
         Command::Install(args) => install::run(args),
+        Command::Tap(args) => tap::run(args),
+        Command::Top(args) => top::run(args),
     }
 }
 

@@ -310,6 +310,7 @@ impl MeshBuilder {
                 assigned_addresses: Default::default(),
                 limits: Default::default(),
                 kubernetes: None,
+                live_view_remote: false,
             },
             shutdown.clone(),
         )

@@ -88,6 +88,7 @@ async fn start_refuses_a_ca_of_another_trust_domain() {
             assigned_addresses: Default::default(),
             limits: Default::default(),
             kubernetes: None,
+            live_view_remote: false,
         },
         CancellationToken::new(),
     )

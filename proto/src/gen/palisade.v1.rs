@@ -1355,3 +1355,387 @@ pub mod discovery_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// What the control plane asks of a proxy.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TelemetryControl {
+    /// Send reports while true; while false the proxy only keeps its bounded ring.
+    #[prost(bool, tag = "1")]
+    pub active: bool,
+}
+/// What happened since the last report.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TelemetryReport {
+    /// Decisions in order: every denial and AUDIT match, allowed requests sampled.
+    #[prost(message, repeated, tag = "1")]
+    pub decisions: ::prost::alloc::vec::Vec<DecisionRecord>,
+    /// Decisions left out because more were made than a report carries.
+    #[prost(uint64, tag = "2")]
+    pub decisions_dropped: u64,
+    /// Traffic per edge since the last report.
+    #[prost(message, repeated, tag = "3")]
+    pub edges: ::prost::alloc::vec::Vec<EdgeDelta>,
+    /// True for the first report after activation, which carries the ring's recent past.
+    #[prost(bool, tag = "4")]
+    pub backlog: bool,
+}
+/// One authorization decision.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DecisionRecord {
+    /// Milliseconds since the Unix epoch.
+    #[prost(int64, tag = "1")]
+    pub time_unix_ms: i64,
+    /// "inbound" (this workload is the destination) or "outbound".
+    #[prost(string, tag = "2")]
+    pub direction: ::prost::alloc::string::String,
+    /// The caller's verified SPIFFE ID ("" for a plaintext caller).
+    #[prost(string, tag = "3")]
+    pub source: ::prost::alloc::string::String,
+    /// Inbound: "<namespace>/<workload>:<port>"; outbound: "host:port".
+    #[prost(string, tag = "4")]
+    pub destination: ::prost::alloc::string::String,
+    /// HTTP method, "" for an opaque TCP connection.
+    #[prost(string, tag = "5")]
+    pub method: ::prost::alloc::string::String,
+    /// Normalised path without the query, "" for an opaque TCP connection.
+    #[prost(string, tag = "6")]
+    pub path: ::prost::alloc::string::String,
+    /// "allow", "deny" or "audit".
+    #[prost(string, tag = "7")]
+    pub decision: ::prost::alloc::string::String,
+    /// The deciding policy ("namespace/name", or a built-in reason such as default-deny).
+    #[prost(string, tag = "8")]
+    pub policy: ::prost::alloc::string::String,
+    /// Index of the deciding rule, -1 when no rule decided.
+    #[prost(int32, tag = "9")]
+    pub rule: i32,
+    /// Why, in words, as `palisade authz check` explains it.
+    #[prost(string, tag = "10")]
+    pub explain: ::prost::alloc::string::String,
+}
+/// Requests from one caller to this workload over a report's interval.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EdgeDelta {
+    /// The caller's verified SPIFFE ID ("" for plaintext callers).
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    /// Requests and connections decided.
+    #[prost(uint64, tag = "2")]
+    pub requests: u64,
+    /// Of which denied.
+    #[prost(uint64, tag = "3")]
+    pub denied: u64,
+    /// Response latency histogram: counts per bucket, upper bounds LATENCY_BUCKETS_MS.
+    #[prost(uint64, repeated, tag = "4")]
+    pub latency_buckets: ::prost::alloc::vec::Vec<u64>,
+}
+/// Generated client implementations.
+pub mod telemetry_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// The live view's feed.
+    #[derive(Debug, Clone)]
+    pub struct TelemetryClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl TelemetryClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> TelemetryClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> TelemetryClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            TelemetryClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// The proxy opens it once it has a certificate and keeps it open; the control plane says
+        /// when to report (TelemetryControl), the proxy then sends a report about every half second.
+        pub async fn report(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::TelemetryReport>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::TelemetryControl>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/palisade.v1.Telemetry/Report",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("palisade.v1.Telemetry", "Report"));
+            self.inner.streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod telemetry_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with TelemetryServer.
+    #[async_trait]
+    pub trait Telemetry: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Report method.
+        type ReportStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::TelemetryControl, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The proxy opens it once it has a certificate and keeps it open; the control plane says
+        /// when to report (TelemetryControl), the proxy then sends a report about every half second.
+        async fn report(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::TelemetryReport>>,
+        ) -> std::result::Result<tonic::Response<Self::ReportStream>, tonic::Status>;
+    }
+    /// The live view's feed.
+    #[derive(Debug)]
+    pub struct TelemetryServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> TelemetryServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for TelemetryServer<T>
+    where
+        T: Telemetry,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/palisade.v1.Telemetry/Report" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportSvc<T: Telemetry>(pub Arc<T>);
+                    impl<
+                        T: Telemetry,
+                    > tonic::server::StreamingService<super::TelemetryReport>
+                    for ReportSvc<T> {
+                        type Response = super::TelemetryControl;
+                        type ResponseStream = T::ReportStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::TelemetryReport>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Telemetry>::report(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for TelemetryServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "palisade.v1.Telemetry";
+    impl<T> tonic::server::NamedService for TelemetryServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}

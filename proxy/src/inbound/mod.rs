@@ -478,7 +478,12 @@ impl Inbound {
         http: Option<(&str, &str)>,
         decision: &Decision<&str>,
     ) {
-        if decision.allowed && decision.audits.is_empty() && !self.log_decisions {
+        // Allowed requests cost nothing here unless logged or watched (the live view).
+        if decision.allowed
+            && decision.audits.is_empty()
+            && !self.log_decisions
+            && !self.metrics.observer().watched()
+        {
             return;
         }
         let destination = destination_label(view, port);

@@ -58,6 +58,7 @@ async fn up(settings: Settings, snapshot: MeshSnapshot) -> anyhow::Result<ExitCo
             assigned_addresses: Default::default(),
             limits: Default::default(),
             kubernetes: None,
+            live_view_remote: false,
         },
         shutdown.clone(),
     )

@@ -504,6 +504,7 @@ fn start(
         assigned_addresses: plan.assigned.clone(),
         limits: Default::default(),
         kubernetes: None,
+        live_view_remote: false,
     };
     let (anchors, control_plane) = spawn_service(
         &node_ns,

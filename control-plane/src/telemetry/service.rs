@@ -1,0 +1,134 @@
+//! `palisade.v1.Telemetry`: proxies' report streams. The reporter is the workload of the
+//! client certificate, never a name the proxy gives; it is told to report while the hub is
+//! watched.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use palisade_proto::v1::telemetry_server::Telemetry;
+use palisade_proto::v1::{TelemetryControl, TelemetryReport};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Hub, Resolver};
+use crate::index::Published;
+use crate::transport::PeerInfo;
+
+/// Identities remembered per stream before the cache starts over.
+const RESOLVE_CACHE: usize = 1024;
+
+/// The telemetry service.
+pub(crate) struct TelemetryService {
+    pub hub: Arc<Hub>,
+    pub state: watch::Receiver<Arc<Published>>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    /// Streams end after this long (the proxy reconnects), like discovery streams, so none
+    /// outlives the client certificate it was opened with by much.
+    pub max_age: std::time::Duration,
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<TelemetryControl, Status>> + Send>>;
+
+/// `namespace/name` of the only workload running as `identity`, if there is one.
+fn workload_of(state: &watch::Receiver<Arc<Published>>, identity: &str) -> Option<String> {
+    let published = state.borrow();
+    let mut found = published
+        .snapshot
+        .workloads()
+        .filter(|w| w.identity.as_str() == identity);
+    let first = found.next()?;
+    found
+        .next()
+        .is_none()
+        .then(|| format!("{}/{}", first.namespace, first.name))
+}
+
+/// A resolver for one stream, remembering what it looked up (bounded).
+fn resolver(state: watch::Receiver<Arc<Published>>) -> Resolver {
+    let cache = std::sync::Mutex::new(HashMap::<String, Option<String>>::new());
+    Arc::new(move |identity: &str| {
+        let mut cache = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(hit) = cache.get(identity) {
+            return hit.clone();
+        }
+        if cache.len() >= RESOLVE_CACHE {
+            cache.clear();
+        }
+        let found = workload_of(&state, identity);
+        cache.insert(identity.to_owned(), found.clone());
+        found
+    })
+}
+
+#[tonic::async_trait]
+impl Telemetry for TelemetryService {
+    type ReportStream = ControlStream;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<TelemetryReport>>,
+    ) -> Result<Response<ControlStream>, Status> {
+        let Some(identity) = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone())
+        else {
+            return Err(Status::unauthenticated(
+                "the telemetry stream requires a client certificate",
+            ));
+        };
+        let reporter =
+            workload_of(&self.state, identity.as_str()).unwrap_or_else(|| identity.to_string());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let hub = Arc::clone(&self.hub);
+        let resolve = resolver(self.state.clone());
+        let shutdown = self.shutdown.clone();
+        let end = tokio::time::sleep(self.max_age);
+        self.tracker.spawn(async move {
+            tokio::pin!(end);
+            let mut active = hub.active();
+            let mut last = *active.borrow_and_update();
+            if tx
+                .send(Ok(TelemetryControl { active: last }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = &mut end => return,
+                    changed = active.changed() => {
+                        if changed.is_err() { return }
+                        let now = *active.borrow_and_update();
+                        if now != last {
+                            last = now;
+                            if tx.send(Ok(TelemetryControl { active: now })).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    report = inbound.message() => match report {
+                        Ok(Some(report)) => hub.ingest(&reporter, report, &resolve),
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::debug!(%reporter, error = %e, "telemetry stream failed");
+                            return;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

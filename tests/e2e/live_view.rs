@@ -1,0 +1,252 @@
+//! The live view: `palisade tap` (the real binary) against a running shop shows exactly the
+//! denied requests, with the policy and rule that denied each, and nothing else.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use palisade_control_plane::telemetry::Event;
+use palisade_example_shop::payments_proto::ChargeRequest;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::clients::{H1Client, payments_client};
+use crate::support::mesh;
+use crate::support::procs::palisade_bin;
+use crate::support::{poll, within};
+
+/// Denials to see: admin paths on search, and the client charging payments.
+const POLICIES: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: search-no-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: search}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [\"/admin*\"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: payments-not-from-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: payments}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+    to: [{operation: {methods: [POST]}}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_shows_exactly_the_denied_requests_with_their_policies() {
+    const TEST: &str = "tap_shows_exactly_the_denied_requests_with_their_policies";
+    let mesh = mesh::shop(TEST)
+        .file("policies.yaml", POLICIES)
+        .start()
+        .await;
+    let outbound = mesh.sidecar("client").outbound();
+
+    // Decisions made before the tap starts are not part of its stream.
+    let mut client = H1Client::new(outbound);
+    let before = client
+        .get("http://search.shop:8080/admin/before-tap", &[])
+        .await
+        .unwrap();
+    assert_eq!(before.status, 403);
+
+    let mut tap = tokio::process::Command::new(palisade_bin())
+        .args(["tap", "--denied", "--output", "json", "--count", "6"])
+        .args(["--duration-seconds", "60"])
+        .args(["--control-plane", &mesh.cp_admin().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The sidecars learn that someone watches.
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "sidecars report to the tap",
+        || async {
+            ["search", "payments"]
+                .iter()
+                .all(|w| mesh.sidecar(w).proxy.metrics().observer().watched())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Allowed traffic (HTTP/1.1 and gRPC), then denied traffic, then a last denial that marks
+    // the end.
+    for i in 0..5 {
+        let r = client
+            .get(&format!("http://search.shop:8080/search?q=lamp&i={i}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let mut payments =
+        payments_client(mesh.sidecar("search").outbound(), "payments.shop:9090").await;
+    payments
+        .charge(ChargeRequest {
+            order_id: "allowed".into(),
+            cents: 1,
+        })
+        .await
+        .expect("search may charge");
+    for path in ["/admin/users", "/admin/keys?token=secret", "/admin/users"] {
+        let r = client
+            .get(&format!("http://search.shop:8080{path}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{path}");
+    }
+    let mut denied_payments = payments_client(outbound, "payments.shop:9090").await;
+    for i in 0..2 {
+        let status = denied_payments
+            .charge(ChargeRequest {
+                order_id: format!("denied-{i}"),
+                cents: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    }
+    let r = client
+        .get("http://search.shop:8080/admin/last", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+
+    let out = within(
+        Duration::from_secs(30),
+        "tap prints six denials and exits",
+        async {
+            let stdout = tap.stdout.take().unwrap();
+            let mut lines = BufReader::new(stdout).lines();
+            let mut got = Vec::new();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                got.push(line);
+            }
+            let status = tap.wait().await.unwrap();
+            (got, status)
+        },
+    )
+    .await;
+    assert!(out.1.success(), "tap exited with {:?}", out.1);
+    let mut events: Vec<Event> = out
+        .0
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    // Each sidecar reports on its own schedule: the stream interleaves them in arrival
+    // order, so compare in the order the decisions were made.
+    events.sort_by_key(|e| e.time_unix_ms);
+    let summary: Vec<(String, String, String, i32)> = events
+        .iter()
+        .map(|e| (e.reporter.clone(), e.path.clone(), e.policy.clone(), e.rule))
+        .collect();
+    let expected: Vec<(String, String, String, i32)> = [
+        ("shop/search", "/admin/users", "shop/search-no-admin"),
+        ("shop/search", "/admin/keys", "shop/search-no-admin"),
+        ("shop/search", "/admin/users", "shop/search-no-admin"),
+        (
+            "shop/payments",
+            "/payments.Payments/Charge",
+            "shop/payments-not-from-client",
+        ),
+        (
+            "shop/payments",
+            "/payments.Payments/Charge",
+            "shop/payments-not-from-client",
+        ),
+        ("shop/search", "/admin/last", "shop/search-no-admin"),
+    ]
+    .iter()
+    .map(|(w, p, pol)| (w.to_string(), p.to_string(), pol.to_string(), 0))
+    .collect();
+    assert_eq!(summary, expected, "{events:#?}");
+    for e in &events {
+        assert_eq!(e.decision, "deny");
+        assert_eq!(e.direction, "inbound");
+        assert_eq!(e.source, "spiffe://cluster.local/ns/shop/sa/client");
+        assert_eq!(e.source_workload, "shop/client");
+        assert!(
+            !e.path.contains("secret"),
+            "the query never leaves the sidecar"
+        );
+        assert!(!e.explain.is_empty());
+    }
+    assert_eq!(events[3].method, "POST");
+    mesh.stop().await;
+}
+
+/// `palisade top --once --json`: the first call starts the sidecars counting; after traffic,
+/// the client -> search edge shows its requests, its denials and a p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_rates_denials_and_latency_per_edge() {
+    use palisade_control_plane::telemetry::EdgeStats;
+    const TEST: &str = "top_shows_rates_denials_and_latency_per_edge";
+    let mesh = mesh::shop(TEST)
+        .file("policies.yaml", POLICIES)
+        .start()
+        .await;
+    let admin = mesh.cp_admin().to_string();
+    let top = || {
+        let admin = admin.clone();
+        async move {
+            let out = crate::support::procs::run_palisade(&[
+                "top",
+                "--once",
+                "--json",
+                "--control-plane",
+                &admin,
+            ])
+            .await;
+            assert!(out.status.success(), "{out:?}");
+            serde_json::from_slice::<Vec<EdgeStats>>(&out.stdout).unwrap()
+        }
+    };
+    assert!(top().await.is_empty(), "no traffic yet");
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "sidecars count traffic for top",
+        || async {
+            mesh.sidecar("search")
+                .proxy
+                .metrics()
+                .observer()
+                .watched()
+                .then_some(())
+        },
+    )
+    .await;
+    let mut client = H1Client::new(mesh.sidecar("client").outbound());
+    for i in 0..20 {
+        let path = if i % 4 == 0 {
+            "/admin/x"
+        } else {
+            "/search?q=lamp"
+        };
+        client
+            .get(&format!("http://search.shop:8080{path}"), &[])
+            .await
+            .unwrap();
+    }
+    let edge = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        "the client -> search edge in top",
+        || async {
+            top().await.into_iter().find(|e| {
+                e.source == "shop/client" && e.destination == "shop/search" && e.requests >= 20
+            })
+        },
+    )
+    .await;
+    assert_eq!(edge.requests, 20, "{edge:?}");
+    assert_eq!(edge.denied, 5, "{edge:?}");
+    assert!(edge.requests_per_second > 0.0 && edge.denied_per_second > 0.0);
+    assert!(edge.p99_ms.is_some_and(|p| p > 0.0), "{edge:?}");
+    mesh.stop().await;
+}
