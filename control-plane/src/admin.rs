@@ -87,7 +87,7 @@ pub(crate) fn route(state: &AdminState, method: &Method, path: &str) -> Response
     }
 }
 
-/// The live view's endpoints (`/tap`, `/top`), or `None` for another path. They show who
+/// The live view's endpoints (`/tap`, `/top`, `/ui`), or `None` for another path. They show who
 /// calls whom, so they answer loopback callers only unless the control plane was told
 /// otherwise (`--live-view-remote`).
 fn live_view(
@@ -97,7 +97,7 @@ fn live_view(
     peer: std::net::SocketAddr,
 ) -> Option<Response<crate::telemetry::http::Body>> {
     let path = uri.path();
-    if path != "/tap" && path != "/top" {
+    if path != "/tap" && path != "/top" && path != "/ui" && !path.starts_with("/ui/") {
         return None;
     }
     if method != Method::GET {
@@ -118,7 +118,13 @@ fn live_view(
     let query = uri.query().unwrap_or("");
     Some(match path {
         "/tap" => crate::telemetry::http::tap(&state.hub, query),
-        _ => crate::telemetry::http::top(&state.hub),
+        "/top" => crate::telemetry::http::top(&state.hub),
+        _ => {
+            let published = Arc::clone(&state.state.borrow());
+            crate::telemetry::ui::route(&state.hub, &published, path, query).unwrap_or_else(|| {
+                text(StatusCode::NOT_FOUND, "not found (try /ui)\n").map(BodyExt::boxed)
+            })
+        }
     })
 }
 

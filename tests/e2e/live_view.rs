@@ -250,3 +250,201 @@ async fn top_shows_rates_denials_and_latency_per_edge() {
     assert!(edge.p99_ms.is_some_and(|p| p > 0.0), "{edge:?}");
     mesh.stop().await;
 }
+
+/// Policies for the page: search may not call payments.
+const UI_POLICIES: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: search-no-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: search}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [\"/admin*\"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: payments-not-from-search, namespace: shop}
+spec:
+  selector: {matchLabels: {app: payments}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/search]}}]
+";
+
+/// Where the page's screenshots go: `<target dir>/e2e-artifacts/`.
+fn artifacts_dir() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::support::procs::workspace_root().join("target"));
+    target.join("e2e-artifacts")
+}
+
+/// The `/ui` page in headless Chromium (selenium driving Debian's chromium): the graph shows
+/// the workloads and the observed edges with search -> payments marked denied; a new
+/// violation appears in the table within 2 s without a reload; the edge's policies open from
+/// the keyboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_page_shows_the_graph_and_violations_live_in_a_browser() {
+    use tokio::io::AsyncWriteExt;
+    const TEST: &str = "the_ui_page_shows_the_graph_and_violations_live_in_a_browser";
+    let python = "/opt/meshtools/bin/python";
+    let have_selenium = std::process::Command::new(python)
+        .args(["-c", "import selenium"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_selenium
+        || !std::path::Path::new("/usr/bin/chromium").exists()
+        || !std::path::Path::new("/usr/bin/chromedriver").exists()
+    {
+        crate::support::skip(
+            TEST,
+            "needs Debian's chromium and chromium-driver and selenium in /opt/meshtools (tests/run.sh installs them as root)",
+        );
+        return;
+    }
+    let mesh = mesh::shop(TEST)
+        .file("policies.yaml", UI_POLICIES)
+        .start()
+        .await;
+    let admin = mesh.cp_admin();
+
+    // The page keeps the sidecars reporting; traffic starts once it is watched. Opening
+    // /ui/graph starts the lease the page then keeps alive.
+    let graph = || async move {
+        crate::support::clients::admin_get(admin, "/ui/graph")
+            .await
+            .json()
+    };
+    graph().await;
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "sidecars report for the page",
+        || async {
+            ["search", "payments"]
+                .iter()
+                .all(|w| mesh.sidecar(w).proxy.metrics().observer().watched())
+                .then_some(())
+        },
+    )
+    .await;
+    let mut client = H1Client::new(mesh.sidecar("client").outbound());
+    for i in 0..10 {
+        let r = client
+            .get(&format!("http://search.shop:8080/search?q=lamp&i={i}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let mut from_search =
+        payments_client(mesh.sidecar("search").outbound(), "payments.shop:9090").await;
+    for i in 0..3 {
+        let status = from_search
+            .charge(ChargeRequest {
+                order_id: format!("ui-{i}"),
+                cents: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    }
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        "the graph has both edges",
+        || async {
+            let g = graph().await;
+            let edges = g["edges"].as_array().cloned().unwrap_or_default();
+            let has = |s: &str, d: &str, denied: bool| {
+                edges
+                    .iter()
+                    .any(|e| e["source"] == s && e["destination"] == d && e["denied"] == denied)
+            };
+            (has("shop/client", "shop/search", false) && has("shop/search", "shop/payments", true))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let artifacts = artifacts_dir();
+    let script = crate::support::procs::workspace_root().join("tests/e2e/ui_check.py");
+    let mut browser = tokio::process::Command::new(python)
+        .arg(&script)
+        .arg(format!("http://{admin}/ui"))
+        .arg(&artifacts)
+        .arg("shop/search->shop/payments")
+        .arg("shop/payments-not-from-search")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = browser.stdin.take().unwrap();
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let ready = within(
+        Duration::from_secs(60),
+        "the page shows the graph",
+        lines.next_line(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready.as_deref(), Some("READY"), "browser: {ready:?}");
+
+    // A new violation while the page is open.
+    let probe = "/admin/from-the-ui-test";
+    stdin
+        .write_all(format!("GO {probe}\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let r = client
+        .get(&format!("http://search.shop:8080{probe}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+
+    let report = within(
+        Duration::from_secs(60),
+        "the browser checks finish",
+        lines.next_line(),
+    )
+    .await
+    .unwrap()
+    .expect("a result line");
+    let status = within(Duration::from_secs(20), "the browser exits", browser.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "browser checks failed: {report}");
+    let result: serde_json::Value = serde_json::from_str(&report).unwrap();
+    println!("ui_check: {result}");
+    assert!(
+        result["violation_seconds"].as_f64().unwrap() <= 2.0,
+        "{result}"
+    );
+    let row = result["violation_row"].to_string();
+    assert!(
+        row.contains("shop/search-no-admin") && row.contains("shop/client"),
+        "{row}"
+    );
+    assert!(
+        result["explain"]
+            .as_str()
+            .unwrap()
+            .contains("payments-not-from-search"),
+        "{result}"
+    );
+    assert_eq!(result["console_errors"], serde_json::json!([]), "{result}");
+    for shot in ["ui-graph.png", "ui-violation.png", "ui-edge.png"] {
+        let path = artifacts.join(shot);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            size > 1000,
+            "screenshot {} missing or empty",
+            path.display()
+        );
+        println!("screenshot: {}", path.display());
+    }
+    mesh.stop().await;
+}

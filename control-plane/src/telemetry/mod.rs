@@ -8,6 +8,7 @@
 
 pub mod http;
 pub(crate) mod service;
+pub(crate) mod ui;
 pub mod watch;
 
 use std::collections::{HashMap, VecDeque};

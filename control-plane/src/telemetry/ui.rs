@@ -1,0 +1,263 @@
+//! The `/ui` page on the admin port: the service graph (workloads as nodes, observed edges
+//! coloured by allowed and denied, with rates), a live table of violations with the deciding
+//! policy, and for a chosen edge the policies that apply to it and the sidecar's explanation
+//! of its last decision. Read-only; everything it loads comes from this server (no CDN:
+//! HTML, CSS and JavaScript are embedded), under a Content-Security-Policy of `'self'`.
+//!
+//! Routes: `/ui` (page), `/ui/app.js`, `/ui/app.css`, `/ui/graph` (JSON), `/ui/violations`
+//! (JSON), `/ui/edge?source=NS/W&destination=NS/W` (JSON); the table's live feed is `/tap`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde::Serialize;
+
+use super::http::Body;
+use super::{EdgeStats, Event, Hub};
+use crate::index::Published;
+
+const PAGE: &str = include_str!("ui/index.html");
+const SCRIPT: &str = include_str!("ui/app.js");
+const STYLE: &str = include_str!("ui/app.css");
+const ICON: &str = include_str!("ui/favicon.svg");
+/// Nothing but this server: no inline script, no other origin, no framing.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                   img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// A workload on the graph.
+#[derive(Debug, Serialize)]
+struct Node {
+    id: String,
+    namespace: String,
+    name: String,
+}
+
+/// An observed edge on the graph.
+#[derive(Debug, Serialize)]
+struct GraphEdge {
+    #[serde(flatten)]
+    stats: EdgeStats,
+    /// Denials seen on it, in the window or among the recent violations.
+    denied: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Graph {
+    nodes: Vec<Node>,
+    edges: Vec<GraphEdge>,
+}
+
+/// A policy that applies to an edge's destination.
+#[derive(Debug, Serialize)]
+struct AppliedPolicy {
+    kind: &'static str,
+    name: String,
+    action: String,
+    dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct EdgeDetail {
+    source: String,
+    destination: String,
+    policies: Vec<AppliedPolicy>,
+    last_decision: Option<Event>,
+    check_command: String,
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body).boxed());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+fn json(value: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    respond(StatusCode::OK, "application/json", Bytes::from(body))
+}
+
+/// Answers a `/ui` path, or `None` if `path` is not one.
+pub(crate) fn route(
+    hub: &Arc<Hub>,
+    published: &Published,
+    path: &str,
+    query: &str,
+) -> Option<Response<Body>> {
+    Some(match path {
+        "/ui" | "/ui/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            Bytes::from_static(PAGE.as_bytes()),
+        ),
+        "/ui/app.js" => respond(
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            Bytes::from_static(SCRIPT.as_bytes()),
+        ),
+        "/ui/app.css" => respond(
+            StatusCode::OK,
+            "text/css; charset=utf-8",
+            Bytes::from_static(STYLE.as_bytes()),
+        ),
+        "/ui/favicon.svg" => respond(
+            StatusCode::OK,
+            "image/svg+xml",
+            Bytes::from_static(ICON.as_bytes()),
+        ),
+        "/ui/graph" => {
+            hub.lease();
+            json(&graph(hub, published))
+        }
+        "/ui/violations" => json(&hub.recent_violations()),
+        "/ui/edge" => match edge_query(query) {
+            Ok((source, destination)) => json(&edge(hub, published, &source, &destination)),
+            Err(e) => respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                Bytes::from(format!("/ui/edge: {e}\n")),
+            ),
+        },
+        _ => return None,
+    })
+}
+
+fn graph(hub: &Hub, published: &Published) -> Graph {
+    let nodes: Vec<Node> = published
+        .snapshot
+        .workloads()
+        .map(|w| Node {
+            id: format!("{}/{}", w.namespace, w.name),
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+        })
+        .collect();
+    let denied_recently: BTreeSet<(String, String)> = hub
+        .recent_violations()
+        .iter()
+        .filter(|e| e.denied() && e.direction == "inbound" && !e.source_workload.is_empty())
+        .map(|e| (e.source_workload.clone(), e.reporter.clone()))
+        .collect();
+    let mut edges: BTreeMap<(String, String), GraphEdge> = hub
+        .top()
+        .into_iter()
+        .map(|stats| {
+            let key = (stats.source.clone(), stats.destination.clone());
+            let denied = stats.denied > 0 || denied_recently.contains(&key);
+            (key, GraphEdge { stats, denied })
+        })
+        .collect();
+    // A denial outside the window still marks its edge.
+    for (source, destination) in denied_recently {
+        edges
+            .entry((source.clone(), destination.clone()))
+            .or_insert_with(|| GraphEdge {
+                stats: EdgeStats {
+                    source,
+                    destination,
+                    requests_per_second: 0.0,
+                    denied_per_second: 0.0,
+                    p99_ms: None,
+                    requests: 0,
+                    denied: 0,
+                },
+                denied: true,
+            });
+    }
+    Graph {
+        nodes,
+        edges: edges.into_values().collect(),
+    }
+}
+
+fn edge_query(query: &str) -> Result<(String, String), String> {
+    let mut source = None;
+    let mut destination = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // Browsers encode the `/` of `namespace/name`; nothing else a name holds needs it.
+        let v = v.replace("%2F", "/").replace("%2f", "/");
+        let ok = !v.is_empty()
+            && v.len() <= 253
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-./".contains(&b));
+        if !ok {
+            return Err(format!("{k}: not a workload name: {v:?}"));
+        }
+        match k {
+            "source" => source = Some(v),
+            "destination" => destination = Some(v),
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    match (source, destination) {
+        (Some(s), Some(d)) => Ok((s, d)),
+        _ => Err("source and destination are required".to_owned()),
+    }
+}
+
+fn edge(hub: &Hub, published: &Published, source: &str, destination: &str) -> EdgeDetail {
+    let snapshot = &published.snapshot;
+    let mut policies = Vec::new();
+    let (ns, name) = destination.split_once('/').unwrap_or(("", destination));
+    if let Some(w) = snapshot.workload(ns, name) {
+        for p in snapshot.authorization_policies_for(w) {
+            policies.push(AppliedPolicy {
+                kind: "AuthorizationPolicy",
+                name: format!("{}/{}", p.namespace, p.name),
+                action: p.action.as_str().to_owned(),
+                dry_run: p.dry_run,
+            });
+        }
+        for p in snapshot.network_policies_for(w) {
+            policies.push(AppliedPolicy {
+                kind: "NetworkPolicy",
+                name: format!("{}/{}", p.namespace, p.name),
+                action: "ISOLATE".to_owned(),
+                dry_run: false,
+            });
+        }
+    }
+    let last_decision = hub
+        .recent_violations()
+        .into_iter()
+        .rev()
+        .find(|e| e.source_workload == source && e.reporter == destination)
+        .map(|e| (*e).clone());
+    let check_command = match &last_decision {
+        Some(e) if !e.method.is_empty() => format!(
+            "palisade authz check --config DIR --from-workload {source} --to {destination} \
+             --method {} --path {}",
+            e.method, e.path
+        ),
+        _ => {
+            format!("palisade authz check --config DIR --from-workload {source} --to {destination}")
+        }
+    };
+    EdgeDetail {
+        source: source.to_owned(),
+        destination: destination.to_owned(),
+        policies,
+        last_decision,
+        check_command,
+    }
+}

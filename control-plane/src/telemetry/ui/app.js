@@ -1,0 +1,151 @@
+// Palisade live view: the graph and edge list from /ui/graph (refreshed), the violations
+// table from /ui/violations then live from /tap?denied=true (Server-Sent Events), and the
+// policies of a chosen edge from /ui/edge. Read-only; nothing leaves this origin.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const MAX_ROWS = 200;
+let selected = null;
+
+function el(tag, attrs, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function svg(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function edgeId(e) { return e.source + "->" + e.destination; }
+
+function rate(x) { return (Math.round(x * 10) / 10).toString(); }
+
+let lastGraph = "";
+
+function drawGraph(graph) {
+  // Redrawn only when something changed, and the keyboard focus survives a redraw.
+  const text = JSON.stringify(graph);
+  if (text === lastGraph) return;
+  lastGraph = text;
+  const focusedEdge = document.activeElement && document.activeElement.dataset
+    ? document.activeElement.dataset.edge : undefined;
+  const root = document.getElementById("graph");
+  root.replaceChildren();
+  const defs = svg("defs");
+  for (const kind of ["allowed", "denied"]) {
+    const marker = svg("marker", { id: "arrow-" + kind, viewBox: "0 0 10 10", refX: "32", refY: "5", markerWidth: "10", markerHeight: "10", markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" });
+    marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: kind === "denied" ? "#cf222e" : "#1a7f37" }));
+    defs.append(marker);
+  }
+  root.append(defs);
+  // Workloads on a circle; callers that are not workloads (plaintext, other meshes) too.
+  const ids = graph.nodes.map(n => n.id);
+  for (const e of graph.edges) for (const id of [e.source, e.destination]) if (!ids.includes(id)) ids.push(id);
+  const pos = {};
+  const cx = 400, cy = 260, r = Math.min(210, 60 + ids.length * 25);
+  ids.forEach((id, i) => {
+    const a = (2 * Math.PI * i) / Math.max(ids.length, 1) - Math.PI / 2;
+    pos[id] = [cx + r * Math.cos(a), cy + r * Math.sin(a)];
+  });
+  for (const e of graph.edges) {
+    const [x1, y1] = pos[e.source], [x2, y2] = pos[e.destination];
+    const kind = e.denied ? "denied" : "allowed";
+    const line = svg("line", { x1, y1, x2, y2, class: "edge " + kind + (selected === edgeId(e) ? " selected" : ""), "data-edge": edgeId(e), "marker-end": "url(#arrow-" + kind + ")" });
+    line.append(svg("title", {}, edgeId(e) + ": " + rate(e.requests_per_second) + " req/s, " + rate(e.denied_per_second) + " denied/s"));
+    line.addEventListener("click", () => choose(e));
+    root.append(line);
+    root.append(svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 6, class: "edge-label" }, rate(e.requests_per_second) + "/s" + (e.denied ? " (" + rate(e.denied_per_second) + " denied)" : "")));
+  }
+  for (const id of ids) {
+    const [x, y] = pos[id];
+    const g = svg("g", { class: "node", "data-node": id });
+    g.append(svg("circle", { cx: x, cy: y, r: 22 }));
+    g.append(svg("text", { x, y: y + 40 }, id));
+    root.append(g);
+  }
+  const list = document.getElementById("edges");
+  list.replaceChildren();
+  for (const e of graph.edges) {
+    const b = el("button", { type: "button", class: "edge-button " + (e.denied ? "denied" : "allowed"), "data-edge": edgeId(e), "aria-pressed": String(selected === edgeId(e)) },
+      edgeId(e) + (e.denied ? " (denied)" : "") + " " + rate(e.requests_per_second) + "/s");
+    b.addEventListener("click", () => choose(e));
+    const li = el("li");
+    li.append(b);
+    list.append(li);
+  }
+  if (!graph.edges.length) list.append(el("li", {}, "No traffic observed yet."));
+  if (focusedEdge) {
+    const again = list.querySelector('button[data-edge="' + CSS.escape(focusedEdge) + '"]');
+    if (again) again.focus();
+  }
+}
+
+async function refreshGraph() {
+  try {
+    const resp = await fetch("/ui/graph", { cache: "no-store" });
+    if (resp.ok) drawGraph(await resp.json());
+  } catch (_) { /* the next refresh retries */ }
+}
+
+async function choose(e) {
+  selected = edgeId(e);
+  lastGraph = "";
+  const q = "source=" + encodeURIComponent(e.source) + "&destination=" + encodeURIComponent(e.destination);
+  const resp = await fetch("/ui/edge?" + q, { cache: "no-store" });
+  const section = document.getElementById("detail");
+  const body = document.getElementById("detail-body");
+  body.replaceChildren();
+  if (!resp.ok) {
+    body.append(el("p", {}, "No details: " + (await resp.text())));
+  } else {
+    const d = await resp.json();
+    body.append(el("p", {}, d.source + " → " + d.destination));
+    const ul = el("ul", { id: "detail-policies" });
+    for (const p of d.policies) ul.append(el("li", { "data-policy": p.name }, p.kind + " " + p.name + " (" + p.action + (p.dry_run ? ", dry run" : "") + ")"));
+    if (!d.policies.length) ul.append(el("li", {}, "No policy selects the destination: the mesh default applies."));
+    body.append(el("h3", {}, "Policies that apply"), ul);
+    body.append(el("h3", {}, "Last denial, as the sidecar explained it"));
+    body.append(el("p", { id: "detail-explain" }, d.last_decision ? d.last_decision.method + " " + d.last_decision.path + ": " + d.last_decision.explain : "None recorded."));
+    const command = el("p");
+    command.append(el("code", { id: "detail-command" }, d.check_command));
+    body.append(el("h3", {}, "Check it"), command);
+  }
+  section.hidden = false;
+  document.getElementById("detail-title").focus?.();
+  refreshGraph();
+}
+
+function addViolation(v, fresh) {
+  const tbody = document.getElementById("violations");
+  const tr = el("tr", { "data-path": v.path, class: fresh ? "fresh" : "" });
+  const request = v.method ? v.method + " " + v.path : "connection " + v.destination;
+  for (const text of [v.time, v.source_workload || v.source || "(plaintext)", v.reporter, request, v.decision.toUpperCase(), v.policy, v.rule < 0 ? "-" : String(v.rule)]) {
+    tr.append(el("td", {}, text));
+  }
+  tbody.prepend(tr);
+  while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(tbody.rows.length - 1);
+}
+
+async function start() {
+  try {
+    const resp = await fetch("/ui/violations", { cache: "no-store" });
+    if (resp.ok) for (const v of await resp.json()) addViolation(v, false);
+  } catch (_) { /* the live feed still fills the table */ }
+  const status = document.getElementById("status");
+  const feed = new EventSource("/tap?denied=true");
+  feed.onopen = () => { status.textContent = "live"; };
+  feed.onerror = () => { status.textContent = "reconnecting…"; };
+  feed.onmessage = (m) => {
+    try { addViolation(JSON.parse(m.data), true); } catch (_) { return; }
+    refreshGraph();
+  };
+  refreshGraph();
+  setInterval(refreshGraph, 2000);
+}
+
+document.addEventListener("DOMContentLoaded", start);
