@@ -127,6 +127,9 @@ pub(crate) type Resolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub struct Hub {
     events: broadcast::Sender<Arc<Event>>,
     recent: Mutex<VecDeque<Arc<Event>>>,
+    /// The last decision recorded per edge (caller workload, reporter), allowed or not, for
+    /// the page's explanation of a chosen edge; at most [`MAX_EDGES`].
+    last: Mutex<HashMap<(String, String), Arc<Event>>>,
     edges: Mutex<HashMap<(String, String), EdgeWindow>>,
     watchers: Mutex<(usize, Option<Instant>)>,
     active: channel::Sender<bool>,
@@ -143,6 +146,7 @@ impl Default for Hub {
         Self {
             events: broadcast::channel(BROADCAST).0,
             recent: Mutex::new(VecDeque::new()),
+            last: Mutex::new(HashMap::new()),
             edges: Mutex::new(HashMap::new()),
             watchers: Mutex::new((0, None)),
             active: channel::channel(false).0,
@@ -229,6 +233,15 @@ impl Hub {
             .collect()
     }
 
+    /// The last decision recorded on the edge from workload `source` to `destination`.
+    pub fn last_decision(&self, source: &str, destination: &str) -> Option<Arc<Event>> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(source.to_owned(), destination.to_owned()))
+            .cloned()
+    }
+
     /// Takes a report from `reporter` (`namespace/name`).
     pub(crate) fn ingest(&self, reporter: &str, report: TelemetryReport, resolve: &Resolver) {
         let now = Instant::now();
@@ -253,6 +266,13 @@ impl Hub {
                 rule: d.rule,
                 explain: d.explain,
             });
+            if event.direction == "inbound" && !event.source_workload.is_empty() {
+                let key = (event.source_workload.clone(), event.reporter.clone());
+                let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+                if last.contains_key(&key) || last.len() < MAX_EDGES {
+                    last.insert(key, Arc::clone(&event));
+                }
+            }
             if event.decision != "allow" {
                 let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
                 if recent.len() == RECENT_VIOLATIONS {
@@ -397,6 +417,13 @@ mod tests {
         assert_eq!(event.time, "2023-11-14T22:13:20.123Z");
         assert!(event.involves("search") && event.involves("shop/client"));
         assert_eq!(hub.recent_violations().len(), 2);
+        assert_eq!(
+            hub.last_decision("shop/client", "shop/search")
+                .unwrap()
+                .path,
+            "/admin",
+            "the page explains an edge by its last decision"
+        );
         drop(guard);
         assert!(!*active.borrow());
     }

@@ -237,12 +237,7 @@ fn edge(hub: &Hub, published: &Published, source: &str, destination: &str) -> Ed
             });
         }
     }
-    let last_decision = hub
-        .recent_violations()
-        .into_iter()
-        .rev()
-        .find(|e| e.source_workload == source && e.reporter == destination)
-        .map(|e| (*e).clone());
+    let last_decision = hub.last_decision(source, destination).map(|e| (*e).clone());
     let check_command = match &last_decision {
         Some(e) if !e.method.is_empty() => format!(
             "palisade authz check --config DIR --from-workload {source} --to {destination} \

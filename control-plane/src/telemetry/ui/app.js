@@ -109,7 +109,7 @@ async function choose(e) {
     for (const p of d.policies) ul.append(el("li", { "data-policy": p.name }, p.kind + " " + p.name + " (" + p.action + (p.dry_run ? ", dry run" : "") + ")"));
     if (!d.policies.length) ul.append(el("li", {}, "No policy selects the destination: the mesh default applies."));
     body.append(el("h3", {}, "Policies that apply"), ul);
-    body.append(el("h3", {}, "Last denial, as the sidecar explained it"));
+    body.append(el("h3", {}, "Last decision recorded, as the sidecar explained it"));
     body.append(el("p", { id: "detail-explain" }, d.last_decision ? d.last_decision.method + " " + d.last_decision.path + ": " + d.last_decision.explain : "None recorded."));
     const command = el("p");
     command.append(el("code", { id: "detail-command" }, d.check_command));
