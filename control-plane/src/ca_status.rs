@@ -5,21 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use palisade_certs::ActiveCa;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 use crate::discovery::ProxyStatus;
 use crate::expiry::ca_certs;
 use crate::index::ResourceType;
 
-/// Bound on fetching the status.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest status answer read.
 const MAX_ANSWER: usize = 4 << 20;
 
@@ -101,27 +94,7 @@ pub struct CaStatus {
 pub const MAX_LISTED: usize = 100;
 
 /// Why the status could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// Connecting or the HTTP exchange failed.
-    #[error("control plane admin at {addr}: {reason}")]
-    Http {
-        /// The admin address.
-        addr: SocketAddr,
-        /// What failed.
-        reason: String,
-    },
-    /// The answer is not a CA status.
-    #[error("control plane admin at {addr} answered {status}: {body}")]
-    Answer {
-        /// The admin address.
-        addr: SocketAddr,
-        /// HTTP status.
-        status: u16,
-        /// The start of the body.
-        body: String,
-    },
-}
+pub type FetchError = crate::admin_client::AdminClientError;
 
 /// The status of `active` with `proxies` connected and trust bundle `bundle_version`
 /// served, at `now` (Unix seconds).
@@ -199,43 +172,5 @@ pub(crate) fn status(
 
 /// Fetches `GET /ca` from a control plane's admin address.
 pub async fn fetch(addr: SocketAddr) -> Result<CaStatus, FetchError> {
-    let http = |reason: String| FetchError::Http { addr, reason };
-    let exchange = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        tokio::spawn(conn);
-        let request = http::Request::get("/ca")
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| http(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| http(e.to_string()))?
-            .to_bytes();
-        if status != 200 {
-            return Err(FetchError::Answer {
-                addr,
-                status,
-                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| FetchError::Answer {
-            addr,
-            status,
-            body: format!("not a CA status: {e}"),
-        })
-    };
-    tokio::time::timeout(FETCH_TIMEOUT, exchange)
-        .await
-        .map_err(|_| http(format!("no answer within {FETCH_TIMEOUT:?}")))?
+    crate::admin_client::get_json(addr, "/ca", MAX_ANSWER).await
 }

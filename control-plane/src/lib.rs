@@ -18,6 +18,7 @@
 //! receives, for tools that decide offline as a sidecar would (`palisade authz check`).
 
 mod admin;
+pub mod admin_client;
 pub mod ca_source;
 pub mod ca_status;
 pub mod config;

@@ -175,3 +175,31 @@ mod tests {
         assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }
+
+/// Why a stream to the control plane (discovery, telemetry) ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error(transparent)]
+    Connect(#[from] ControlPlaneError),
+    #[error("control plane: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("request channel closed")]
+    Closed,
+}
+
+/// The workload certificate, once there is one (streams to the control plane are
+/// authenticated by it); `None` on shutdown or when certificates stop coming.
+pub(crate) async fn credentials(
+    creds: &mut tokio::sync::watch::Receiver<Option<Arc<Credentials>>>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Arc<Credentials>> {
+    loop {
+        if let Some(c) = creds.borrow_and_update().clone() {
+            return Some(c);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            changed = creds.changed() => if changed.is_err() { return None },
+        }
+    }
+}

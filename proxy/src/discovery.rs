@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::Authorizer;
-use crate::control::{Backoff, ControlPlaneTarget};
+use crate::control::{Backoff, ControlPlaneTarget, StreamError};
 use crate::egress::EgressRules;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -169,15 +169,8 @@ pub async fn run(
     let mut snapshots = Snapshots::default();
     let mut creds = creds;
     loop {
-        // The stream is authenticated by the workload certificate: wait for one.
-        let current = loop {
-            if let Some(c) = creds.borrow_and_update().clone() {
-                break c;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = creds.changed() => if changed.is_err() { return },
-            }
+        let Some(current) = crate::control::credentials(&mut creds, &shutdown).await else {
+            return;
         };
         let bundle = verify_bundle.borrow().clone();
         let result = tokio::select! {
@@ -201,17 +194,6 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-/// Failure of one stream attempt.
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error(transparent)]
-    Connect(#[from] crate::control::ControlPlaneError),
-    #[error("control plane: {0}")]
-    Status(#[from] tonic::Status),
-    #[error("request channel closed")]
-    Closed,
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{Backoff, ControlPlaneTarget};
+use crate::control::{Backoff, ControlPlaneTarget, StreamError};
 use crate::metrics::Metrics;
 
 /// Time between reports while watched.
@@ -30,14 +30,8 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let current = loop {
-            if let Some(c) = creds.borrow_and_update().clone() {
-                break c;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = creds.changed() => if changed.is_err() { return },
-            }
+        let Some(current) = crate::control::credentials(&mut creds, &shutdown).await else {
+            return;
         };
         let verify_with = bundle.borrow().clone();
         let result = tokio::select! {
@@ -54,17 +48,6 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-/// Failure of one stream.
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error(transparent)]
-    Connect(#[from] crate::control::ControlPlaneError),
-    #[error("control plane: {0}")]
-    Status(#[from] tonic::Status),
-    #[error("report channel closed")]
-    Closed,
 }
 
 async fn stream_once(

@@ -9,21 +9,12 @@ use palisade_example_shop::payments_proto::ChargeRequest;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::clients::{H1Client, payments_client};
-use crate::support::mesh;
+use crate::support::mesh::{self, SEARCH_NO_ADMIN};
 use crate::support::procs::palisade_bin;
 use crate::support::{poll, within};
 
-/// Denials to see: admin paths on search, and the client charging payments.
-const POLICIES: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: search-no-admin, namespace: shop}
-spec:
-  selector: {matchLabels: {app: search}}
-  action: DENY
-  rules:
-  - to: [{operation: {paths: [\"/admin*\"]}}]
----
+/// Denials to see (with [`SEARCH_NO_ADMIN`]): the client charging payments.
+const PAYMENTS_NOT_FROM_CLIENT: &str = "\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: payments-not-from-client, namespace: shop}
@@ -35,13 +26,30 @@ spec:
     to: [{operation: {methods: [POST]}}]
 ";
 
+/// The page's denied edge (with [`SEARCH_NO_ADMIN`]): search may not call payments.
+const PAYMENTS_NOT_FROM_SEARCH: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: payments-not-from-search, namespace: shop}
+spec:
+  selector: {matchLabels: {app: payments}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/search]}}]
+";
+
+/// The shop with search's admin paths and `payments` (a policy document) denied.
+fn shop_denying(test: &'static str, payments: &str) -> crate::support::mesh::MeshBuilder {
+    mesh::shop(test).file(
+        "policies.yaml",
+        &format!("{SEARCH_NO_ADMIN}---\n{payments}"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tap_shows_exactly_the_denied_requests_with_their_policies() {
     const TEST: &str = "tap_shows_exactly_the_denied_requests_with_their_policies";
-    let mesh = mesh::shop(TEST)
-        .file("policies.yaml", POLICIES)
-        .start()
-        .await;
+    let mesh = shop_denying(TEST, PAYMENTS_NOT_FROM_CLIENT).start().await;
     let outbound = mesh.sidecar("client").outbound();
 
     // Decisions made before the tap starts are not part of its stream.
@@ -186,10 +194,7 @@ async fn tap_shows_exactly_the_denied_requests_with_their_policies() {
 async fn top_shows_rates_denials_and_latency_per_edge() {
     use palisade_control_plane::telemetry::EdgeStats;
     const TEST: &str = "top_shows_rates_denials_and_latency_per_edge";
-    let mesh = mesh::shop(TEST)
-        .file("policies.yaml", POLICIES)
-        .start()
-        .await;
+    let mesh = shop_denying(TEST, PAYMENTS_NOT_FROM_CLIENT).start().await;
     let admin = mesh.cp_admin().to_string();
     let top = || {
         let admin = admin.clone();
@@ -251,27 +256,6 @@ async fn top_shows_rates_denials_and_latency_per_edge() {
     mesh.stop().await;
 }
 
-/// Policies for the page: search may not call payments.
-const UI_POLICIES: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: search-no-admin, namespace: shop}
-spec:
-  selector: {matchLabels: {app: search}}
-  action: DENY
-  rules:
-  - to: [{operation: {paths: [\"/admin*\"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: payments-not-from-search, namespace: shop}
-spec:
-  selector: {matchLabels: {app: payments}}
-  action: DENY
-  rules:
-  - from: [{source: {principals: [cluster.local/ns/shop/sa/search]}}]
-";
-
 /// Where the page's screenshots go: `<target dir>/e2e-artifacts/`.
 fn artifacts_dir() -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -303,10 +287,7 @@ async fn the_ui_page_shows_the_graph_and_violations_live_in_a_browser() {
         );
         return;
     }
-    let mesh = mesh::shop(TEST)
-        .file("policies.yaml", UI_POLICIES)
-        .start()
-        .await;
+    let mesh = shop_denying(TEST, PAYMENTS_NOT_FROM_SEARCH).start().await;
     let admin = mesh.cp_admin();
 
     // The page keeps the sidecars reporting; traffic starts once it is watched. Opening

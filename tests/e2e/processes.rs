@@ -11,22 +11,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::clients::{H1Client, try_admin_get};
-use crate::support::mesh::{CLIENT_AND_SEARCH, MESH_CONFIG, shop_id};
+use crate::support::mesh::{CLIENT_AND_SEARCH, MESH_CONFIG, SEARCH_NO_ADMIN, shop_id};
 use crate::support::procs::{ChildGuard, run_palisade};
 use crate::support::tools::output_text;
 use crate::support::{App, Block, apps, metric, poll};
 
 /// A DENY the sidecars must keep enforcing while the control plane is gone.
-const DENY_ADMIN: &str = "\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: search-no-admin, namespace: shop}
-spec:
-  selector: {matchLabels: {app: search}}
-  action: DENY
-  rules:
-  - to: [{operation: {paths: [\"/admin*\"]}}]
-";
+const DENY_ADMIN: &str = SEARCH_NO_ADMIN;
 
 /// Added while the control plane is down.
 const ORDERS: &str = "\
@@ -52,6 +43,17 @@ spec:
 /// backoff is capped at 15 s).
 const PROCESS_READY: Duration = Duration::from_secs(40);
 const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// What [`Layout::start`] runs.
+struct Running {
+    cp: ChildGuard,
+    client_proxy: ChildGuard,
+    search_proxy: ChildGuard,
+    /// Stops the apps (more can be started on it).
+    stop_apps: CancellationToken,
+    /// Stops them when the test ends, however it ends.
+    _stop_apps: tokio_util::sync::DropGuard,
+}
 
 struct Layout {
     block: Block,
@@ -98,6 +100,34 @@ impl Layout {
             ),
         );
         generated
+    }
+
+    /// The control plane, the search app (in this process) and the client and search
+    /// sidecars as processes, all ready and the client's discovery stream open.
+    async fn start(&self, client_token: &str, search_token: &str) -> Running {
+        let block = self.block;
+        let mut cp = self.control_plane("control-plane-1");
+        await_ready(self.cp_admin(), &mut cp).await;
+        let stop_apps = CancellationToken::new();
+        let guard = stop_apps.clone().drop_guard();
+        apps::start(
+            block.addr(2, 8080),
+            App::shop("search", block.addr(2, 15001)),
+            stop_apps.clone(),
+        )
+        .await;
+        let mut client_proxy = self.proxy("client", 1, client_token);
+        let mut search_proxy = self.proxy("search", 2, search_token);
+        await_ready(block.addr(1, 15000), &mut client_proxy).await;
+        await_ready(block.addr(2, 15000), &mut search_proxy).await;
+        await_discovery(block.addr(1, 15000), 1.0, "client").await;
+        Running {
+            cp,
+            client_proxy,
+            search_proxy,
+            stop_apps,
+            _stop_apps: guard,
+        }
     }
 
     fn cp_grpc(&self) -> SocketAddr {
@@ -236,24 +266,14 @@ async fn proxies_keep_serving_while_the_control_plane_is_down() {
         .await;
     let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
 
-    let mut cp = layout.control_plane("control-plane-1");
-    await_ready(layout.cp_admin(), &mut cp).await;
-
-    // Apps in this process; sidecars as processes.
-    let stop_apps = CancellationToken::new();
-    let _stop_apps = stop_apps.clone().drop_guard();
+    let Running {
+        mut cp,
+        mut client_proxy,
+        mut search_proxy,
+        stop_apps,
+        _stop_apps,
+    } = layout.start(&token("client"), &token("search")).await;
     let outbound = |host| block.addr(host, 15001);
-    apps::start(
-        block.addr(2, 8080),
-        App::shop("search", outbound(2)),
-        stop_apps.clone(),
-    )
-    .await;
-    let mut client_proxy = layout.proxy("client", 1, &token("client"));
-    let mut search_proxy = layout.proxy("search", 2, &token("search"));
-    await_ready(block.addr(1, 15000), &mut client_proxy).await;
-    await_ready(block.addr(2, 15000), &mut search_proxy).await;
-    await_discovery(block.addr(1, 15000), 1.0, "client").await;
 
     let mut client = H1Client::new(outbound(1));
     let echo = get_ok(&mut client, "http://search.shop:8080/echo").await;
@@ -426,23 +446,15 @@ async fn a_restarted_control_plane_resumes_a_ca_rotation_at_its_stage() {
     let block = layout.block;
     let generated = layout.prepare(&[]).await;
     let token = |w: &str| generated.get("shop", w).unwrap().to_owned();
-    let mut cp = layout.control_plane("control-plane-1");
-    await_ready(layout.cp_admin(), &mut cp).await;
-    let stop_apps = CancellationToken::new();
-    let _stop_apps = stop_apps.clone().drop_guard();
-    let outbound = |host| block.addr(host, 15001);
-    apps::start(
-        block.addr(2, 8080),
-        App::shop("search", outbound(2)),
-        stop_apps.clone(),
-    )
-    .await;
-    let mut client_proxy = layout.proxy("client", 1, &token("client"));
-    let mut search_proxy = layout.proxy("search", 2, &token("search"));
-    await_ready(block.addr(1, 15000), &mut client_proxy).await;
-    await_ready(block.addr(2, 15000), &mut search_proxy).await;
-    await_discovery(block.addr(1, 15000), 1.0, "client").await;
+    let Running {
+        mut cp,
+        mut client_proxy,
+        mut search_proxy,
+        _stop_apps,
+        ..
+    } = layout.start(&token("client"), &token("search")).await;
     await_discovery(block.addr(2, 15000), 1.0, "search").await;
+    let outbound = |host| block.addr(host, 15001);
 
     // Stages 1 and 2 written into the CA directory, as `palisade ca rotate` writes them.
     let out = run_palisade(&["ca", "init", "--out", &layout.arg("new-ca")]).await;

@@ -31,6 +31,18 @@ pub const APP_ANNOTATION: &str = "palisade.dev/app";
 /// How often the control plane reads a [`MeshBuilder::ca_dir`] CA directory.
 const CA_POLL: Duration = Duration::from_millis(200);
 
+/// A DENY of search's admin paths, which several tests need a denial from.
+pub const SEARCH_NO_ADMIN: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: search-no-admin, namespace: shop}
+spec:
+  selector: {matchLabels: {app: search}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [\"/admin*\"]}}]
+";
+
 /// Host octet of the control plane in every block.
 pub const CONTROL_PLANE_HOST: u8 = 250;
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -92,13 +92,7 @@ impl TapFilter {
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 fn plain(status: StatusCode, text: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(text)).boxed());
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    super::ui::respond(status, "text/plain; charset=utf-8", Bytes::from(text))
 }
 
 /// `GET /tap?...`: decisions from now on, as Server-Sent Events, until the client leaves.
@@ -152,12 +146,7 @@ pub(crate) fn tap(hub: &Arc<Hub>, query: &str) -> Response<Body> {
 pub(crate) fn top(hub: &Arc<Hub>) -> Response<Body> {
     hub.lease();
     let body = serde_json::to_string_pretty(&hub.top()).unwrap_or_else(|_| "[]".into());
-    let mut resp = Response::new(Full::new(Bytes::from(body + "\n")).boxed());
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
+    super::ui::respond(StatusCode::OK, "application/json", Bytes::from(body + "\n"))
 }
 
 #[cfg(test)]

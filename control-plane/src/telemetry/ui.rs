@@ -68,7 +68,13 @@ struct EdgeDetail {
     check_command: String,
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+/// A whole answer with the live view's headers: the content type, a CSP of this server only,
+/// no sniffing, no caching.
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(body).boxed());
     *resp.status_mut() = status;
     let h = resp.headers_mut();

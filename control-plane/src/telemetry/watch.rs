@@ -2,86 +2,19 @@
 //! plane's `/tap` event stream and `/top` table over its admin port.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http_body_util::BodyExt;
 
 use super::http::TapFilter;
 use super::{EdgeStats, Event};
 
-/// Bound on connecting and on each answer's headers.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest event accepted (a decision is well under 4 KiB).
 const MAX_EVENT: usize = 64 * 1024;
 /// Largest `/top` answer read.
 const MAX_TOP: usize = 8 << 20;
 
 /// Why watching failed.
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    /// Connecting or the HTTP exchange failed.
-    #[error("control plane admin at {addr}: {reason}")]
-    Http {
-        /// The admin address.
-        addr: SocketAddr,
-        /// What failed.
-        reason: String,
-    },
-    /// The control plane answered something else.
-    #[error("control plane admin at {addr} answered {status}: {body}")]
-    Answer {
-        /// The admin address.
-        addr: SocketAddr,
-        /// HTTP status.
-        status: u16,
-        /// The start of the body.
-        body: String,
-    },
-}
-
-async fn get(
-    addr: SocketAddr,
-    path: &str,
-) -> Result<http::Response<hyper::body::Incoming>, WatchError> {
-    let http = |reason: String| WatchError::Http { addr, reason };
-    let exchange = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        tokio::spawn(conn);
-        let request = http::Request::get(path)
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| http(e.to_string()))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| http(e.to_string()))
-    };
-    let response = tokio::time::timeout(CONNECT_TIMEOUT, exchange)
-        .await
-        .map_err(|_| http(format!("no answer within {CONNECT_TIMEOUT:?}")))??;
-    if response.status() != http::StatusCode::OK {
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), 4096)
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        return Err(WatchError::Answer {
-            addr,
-            status,
-            body: body.trim().to_owned(),
-        });
-    }
-    Ok(response)
-}
+pub type WatchError = crate::admin_client::AdminClientError;
 
 /// Calls `on_event` for every decision `filter` admits, from now until it returns false or
 /// the stream ends; `on_missed` is told how many the control plane skipped when this
@@ -92,7 +25,7 @@ pub async fn tap(
     mut on_event: impl FnMut(Event) -> bool,
     mut on_missed: impl FnMut(u64),
 ) -> Result<(), WatchError> {
-    let response = get(addr, &format!("/tap?{}", filter.query())).await?;
+    let response = crate::admin_client::get(addr, &format!("/tap?{}", filter.query())).await?;
     let mut body = response.into_body();
     let mut buffer: Vec<u8> = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -150,18 +83,5 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The edges with traffic in the control plane's window, busiest first.
 pub async fn top(addr: SocketAddr) -> Result<Vec<EdgeStats>, WatchError> {
-    let response = get(addr, "/top").await?;
-    let body = Limited::new(response.into_body(), MAX_TOP)
-        .collect()
-        .await
-        .map_err(|e| WatchError::Http {
-            addr,
-            reason: e.to_string(),
-        })?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| WatchError::Answer {
-        addr,
-        status: 200,
-        body: format!("not an edge table: {e}"),
-    })
+    crate::admin_client::get_json(addr, "/top", MAX_TOP).await
 }

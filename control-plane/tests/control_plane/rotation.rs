@@ -12,20 +12,20 @@ use palisade_control_plane::test_util::{TestControlPlane, TestOptions, generate_
 
 use super::support::{ack, connect_as, shop, timed};
 
+/// The shop, with its CA in a directory the control plane polls.
+async fn start_with_ca_dir() -> TestControlPlane {
+    let options = TestOptions {
+        ca_dir: true,
+        ..TestOptions::default()
+    };
+    timed("start", TestControlPlane::start_with(&shop(), options))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_root_stays_while_a_proxy_holds_its_certificate_unless_forced() {
-    let cp = timed(
-        "start",
-        TestControlPlane::start_with(
-            &shop(),
-            TestOptions {
-                ca_dir: true,
-                ..TestOptions::default()
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    let cp = start_with_ca_dir().await;
     let ca_dir = cp.ca_dir.as_ref().unwrap().path().to_owned();
     let admin = cp.control_plane.admin_addr().unwrap();
     let old_issuer = cp.ca.issuer_fingerprint().to_owned();
@@ -139,18 +139,7 @@ async fn a_rotation_kept_in_the_cluster_secret_reaches_a_control_plane_mounting_
         return;
     };
     let k = Kmock::start(python, None).await.unwrap();
-    let cp = timed(
-        "start",
-        TestControlPlane::start_with(
-            &shop(),
-            TestOptions {
-                ca_dir: true,
-                ..TestOptions::default()
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    let cp = start_with_ca_dir().await;
     let ca_dir = cp.ca_dir.as_ref().unwrap().path().to_owned();
     let admin = cp.control_plane.admin_addr().unwrap();
 
