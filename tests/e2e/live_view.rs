@@ -38,6 +38,22 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/shop/sa/search]}}]
 ";
 
+/// Waits until the control plane has told `workloads`' sidecars that someone watches.
+async fn await_watched(mesh: &crate::support::TestMesh, workloads: &[&str]) {
+    poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "the sidecars are told someone watches",
+        || async {
+            workloads
+                .iter()
+                .all(|w| mesh.sidecar(w).proxy.metrics().observer().watched())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// The shop with search's admin paths and `payments` (a policy document) denied.
 fn shop_denying(test: &'static str, payments: &str) -> crate::support::mesh::MeshBuilder {
     mesh::shop(test).file(
@@ -70,18 +86,7 @@ async fn tap_shows_exactly_the_denied_requests_with_their_policies() {
         .spawn()
         .unwrap();
     // The sidecars learn that someone watches.
-    poll(
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        "sidecars report to the tap",
-        || async {
-            ["search", "payments"]
-                .iter()
-                .all(|w| mesh.sidecar(w).proxy.metrics().observer().watched())
-                .then_some(())
-        },
-    )
-    .await;
+    await_watched(&mesh, &["search", "payments"]).await;
 
     // Allowed traffic (HTTP/1.1 and gRPC), then denied traffic, then a last denial that marks
     // the end.
@@ -212,20 +217,7 @@ async fn top_shows_rates_denials_and_latency_per_edge() {
         }
     };
     assert!(top().await.is_empty(), "no traffic yet");
-    poll(
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        "sidecars count traffic for top",
-        || async {
-            mesh.sidecar("search")
-                .proxy
-                .metrics()
-                .observer()
-                .watched()
-                .then_some(())
-        },
-    )
-    .await;
+    await_watched(&mesh, &["search"]).await;
     let mut client = H1Client::new(mesh.sidecar("client").outbound());
     for i in 0..20 {
         let path = if i % 4 == 0 {
@@ -298,18 +290,7 @@ async fn the_ui_page_shows_the_graph_and_violations_live_in_a_browser() {
             .json()
     };
     graph().await;
-    poll(
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        "sidecars report for the page",
-        || async {
-            ["search", "payments"]
-                .iter()
-                .all(|w| mesh.sidecar(w).proxy.metrics().observer().watched())
-                .then_some(())
-        },
-    )
-    .await;
+    await_watched(&mesh, &["search", "payments"]).await;
     let mut client = H1Client::new(mesh.sidecar("client").outbound());
     for i in 0..10 {
         let r = client
