@@ -30,6 +30,18 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const TOP_LEASE: Duration = Duration::from_secs(15);
 /// Decisions queued per watcher before it skips.
 const BROADCAST: usize = 1024;
+/// Longest text kept from a report's field: whatever a proxy sends, the tables the hub keeps
+/// stay bounded in bytes as well as in entries.
+const MAX_FIELD: usize = 512;
+
+/// `s` cut to [`MAX_FIELD`] bytes (on a character boundary).
+fn field(s: String) -> String {
+    if s.len() <= MAX_FIELD {
+        s
+    } else {
+        crate::logsafe::truncated(&s, MAX_FIELD).to_owned()
+    }
+}
 
 /// One decision, as watchers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,25 +258,26 @@ impl Hub {
     pub(crate) fn ingest(&self, reporter: &str, report: TelemetryReport, resolve: &Resolver) {
         let now = Instant::now();
         for d in report.decisions {
-            let source_workload = if d.source.is_empty() {
+            let source = field(d.source);
+            let source_workload = if source.is_empty() {
                 String::new()
             } else {
-                resolve(&d.source).unwrap_or_default()
+                resolve(&source).unwrap_or_default()
             };
             let event = Arc::new(Event {
                 time: fmt_ms(d.time_unix_ms),
                 time_unix_ms: d.time_unix_ms,
                 reporter: reporter.to_owned(),
-                direction: d.direction,
-                source: d.source,
+                direction: field(d.direction),
+                source,
                 source_workload,
-                destination: d.destination,
-                method: d.method,
-                path: d.path,
-                decision: d.decision,
-                policy: d.policy,
+                destination: field(d.destination),
+                method: field(d.method),
+                path: field(d.path),
+                decision: field(d.decision),
+                policy: field(d.policy),
                 rule: d.rule,
-                explain: d.explain,
+                explain: field(d.explain),
             });
             if event.direction == "inbound" && !event.source_workload.is_empty() {
                 let key = (event.source_workload.clone(), event.reporter.clone());
@@ -288,7 +301,8 @@ impl Hub {
         }
         let mut edges = self.edges.lock().unwrap_or_else(PoisonError::into_inner);
         for e in report.edges {
-            let source = resolve(&e.source).unwrap_or(e.source);
+            let reported = field(e.source);
+            let source = resolve(&reported).unwrap_or(reported);
             let key = (source, reporter.to_owned());
             if !edges.contains_key(&key) && edges.len() >= MAX_EDGES {
                 let stalest = edges
@@ -471,6 +485,29 @@ mod tests {
             hub.ingest("shop/search", r, &resolver());
         }
         assert_eq!(hub.top().len(), MAX_EDGES);
+    }
+
+    #[test]
+    fn what_a_proxy_sends_is_kept_to_bounded_sizes() {
+        let hub = Hub::default();
+        let mut huge = deny(&"/x".repeat(100_000));
+        huge.explain = "e".repeat(100_000);
+        huge.source = format!("spiffe://cluster.local/ns/shop/sa/{}", "a".repeat(100_000));
+        let report = TelemetryReport {
+            decisions: vec![huge],
+            edges: vec![EdgeDelta {
+                source: "s".repeat(100_000),
+                requests: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let nobody: Resolver = Arc::new(|_: &str| None);
+        hub.ingest("shop/search", report, &nobody);
+        let kept = &hub.recent_violations()[0];
+        assert!(kept.path.len() <= MAX_FIELD && kept.explain.len() <= MAX_FIELD);
+        assert!(kept.source.len() <= MAX_FIELD);
+        assert!(hub.top()[0].source.len() <= MAX_FIELD);
     }
 
     #[test]
