@@ -432,6 +432,22 @@ fn unfit(err: &CaError, role: CaRole, reason: &UnfitReason) -> bool {
     matches!(err, CaError::UnfitCa { role: r, reason: why, .. } if *r == role && why == reason)
 }
 
+/// Loading the CA in `dir` is refused naming `file`, as `role` expired at `not_after`, with
+/// `subject` in the message.
+fn assert_refused_expired(dir: &TempDir, file: &str, role: CaRole, not_after: i64, subject: &str) {
+    let err = refused_naming(dir, file);
+    assert!(
+        unfit(&err, role, &UnfitReason::Expired { not_after }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(subject), "{msg}");
+    assert!(
+        msg.contains(&format!("expired at {}", fmt_unix(not_after))),
+        "{msg}"
+    );
+}
+
 #[test]
 fn openssl_ca_made_with_exact_dates_is_loaded() {
     // The control for the refusals below: the same builder with sound extensions and dates
@@ -505,16 +521,12 @@ fn openssl_expired_intermediate_is_refused() {
             Made::valid("v3_intermediate").between(-10 * DAY, -DAY),
         ],
     );
-    let err = refused_naming(&dir, "ca-cert.pem");
-    let expired = UnfitReason::Expired {
-        not_after: not_after[1],
-    };
-    assert!(unfit(&err, CaRole::Issuing, &expired), "{err:?}");
-    let msg = err.to_string();
-    assert!(msg.contains("CN=Acme-Issuing-CA"), "{msg}");
-    assert!(
-        msg.contains(&format!("expired at {}", fmt_unix(not_after[1]))),
-        "{msg}"
+    assert_refused_expired(
+        &dir,
+        "ca-cert.pem",
+        CaRole::Issuing,
+        not_after[1],
+        "CN=Acme-Issuing-CA",
     );
 }
 
@@ -541,17 +553,17 @@ fn openssl_expired_root_is_refused() {
         "ca-cert.pem",
     );
     assert!(!ok && out.contains("expired"), "openssl: {out}");
-    let err = refused_naming(&dir, "root-cert.pem");
-    let expired = UnfitReason::Expired {
-        not_after: not_after[0],
-    };
-    assert!(unfit(&err, CaRole::Root(0), &expired), "{err:?}");
-    let msg = err.to_string();
-    assert!(msg.contains("root 0"), "{msg}");
-    assert!(msg.contains("CN=Acme-Root-CA"), "{msg}");
+    assert_refused_expired(
+        &dir,
+        "root-cert.pem",
+        CaRole::Root(0),
+        not_after[0],
+        "CN=Acme-Root-CA",
+    );
     assert!(
-        msg.contains(&format!("expired at {}", fmt_unix(not_after[0]))),
-        "{msg}"
+        refused_naming(&dir, "root-cert.pem")
+            .to_string()
+            .contains("root 0")
     );
 }
 
@@ -570,16 +582,12 @@ fn openssl_expired_middle_intermediate_is_refused_naming_the_chain_file() {
         ],
     );
     // Before, this was refused only by the self-test, as "ca-cert.pem ... does not chain".
-    let err = refused_naming(&dir, "cert-chain.pem");
-    let expired = UnfitReason::Expired {
-        not_after: not_after[1],
-    };
-    assert!(unfit(&err, CaRole::Intermediate, &expired), "{err:?}");
-    let msg = err.to_string();
-    assert!(msg.contains("CN=Acme-Middle-CA-1"), "{msg}");
-    assert!(
-        msg.contains(&format!("expired at {}", fmt_unix(not_after[1]))),
-        "{msg}"
+    assert_refused_expired(
+        &dir,
+        "cert-chain.pem",
+        CaRole::Intermediate,
+        not_after[1],
+        "CN=Acme-Middle-CA-1",
     );
 }
 
