@@ -21,6 +21,7 @@ mod admin;
 pub mod admin_client;
 pub mod ca_source;
 pub mod ca_status;
+pub mod check;
 pub mod config;
 mod discovery;
 mod expiry;

@@ -1,11 +1,5 @@
-//! `palisade authz check`: would this connection or request be allowed? Composes the control
-//! plane's compilers, the proto snapshots a sidecar would receive, and the sidecar's own
-//! evaluators, so the answer is exactly what the running sidecars would decide: NetworkPolicy
-//! at the caller's sidecar (egress) and the destination's (ingress) for the connection, then
-//! AuthorizationPolicy for each request on it (or for the connection, on an opaque TCP port).
-
-mod connection;
-mod request;
+//! `palisade authz check`: flags to a [`check::Query`], and its outcome printed. The decision
+//! itself is `palisade_control_plane::check`, the same one the live view's edge panel runs.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -14,11 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use palisade_certs::SpiffeId;
-use palisade_control_plane::MeshSnapshot;
-use palisade_control_plane::model::{Protocol, Workload};
-
-use connection::ConnectionVerdict;
-use request::{Request, RequestVerdict};
+use palisade_control_plane::check;
 
 /// Exit status of a denied request.
 const EXIT_DENY: u8 = 3;
@@ -85,221 +75,48 @@ pub fn run(command: AuthzCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `NAMESPACE/NAME`, or `NAME` looked up in `namespace` when given, else across the mesh.
-fn find_workload<'a>(
-    snapshot: &'a MeshSnapshot,
-    flag: &str,
-    value: &str,
-    namespace: Option<&str>,
-    config: &std::path::Path,
-) -> anyhow::Result<&'a Workload> {
-    let missing = || format!("{flag} {value}: no such Workload in {}", config.display());
-    if let Some((ns, name)) = value.split_once('/') {
-        return snapshot.workload(ns, name).with_context(missing);
-    }
-    if let Some(ns) = namespace {
-        return snapshot.workload(ns, value).with_context(missing);
-    }
-    let matches: Vec<_> = snapshot.workloads().filter(|w| w.name == value).collect();
-    match matches.as_slice() {
-        [one] => Ok(one),
-        [] => anyhow::bail!(missing()),
-        _ => anyhow::bail!(
-            "{flag} {value}: several namespaces have this Workload; write NAMESPACE/NAME"
-        ),
-    }
-}
-
-/// The overall answer: the first layer that refuses, else the last one consulted.
-struct Verdict {
-    allowed: bool,
-    policy: String,
-    rule: Option<usize>,
-    explanation: String,
-}
-
-fn verdict(connection: &ConnectionVerdict, request: Option<&RequestVerdict>) -> Verdict {
-    if let Some((side, d)) = connection.refusal() {
-        let rule = None;
-        return Verdict {
-            allowed: false,
-            policy: d.policy_label().to_owned(),
-            rule,
-            explanation: format!("NetworkPolicy, {side}: {}", d.explain()),
-        };
-    }
-    match request {
-        Some(RequestVerdict::Refused(label, why)) => Verdict {
-            allowed: false,
-            policy: (*label).to_owned(),
-            rule: None,
-            explanation: why.clone(),
-        },
-        Some(RequestVerdict::Decided(decision)) => {
-            let (policy, rule) = request::policy_and_rule(decision);
-            Verdict {
-                allowed: decision.allowed,
-                policy,
-                rule,
-                explanation: decision.explain(),
-            }
-        }
-        None => {
-            let d = &connection.ingress;
-            let rule = match &d.decided_by {
-                palisade_proxy::netpol::NetDecidedBy::Rule { rule, .. } => Some(*rule),
-                _ => None,
-            };
-            Verdict {
-                allowed: true,
-                policy: d.policy_label().to_owned(),
-                rule,
-                explanation: format!("NetworkPolicy, ingress: {}", d.explain()),
-            }
-        }
-    }
-}
-
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let snapshot = palisade_control_plane::load_dir(&args.config)?;
+    let in_config = || format!("in {}", args.config.display());
     let from_workload = args
         .from_workload
         .as_deref()
-        .map(|w| find_workload(&snapshot, "--from-workload", w, None, &args.config))
-        .transpose()?;
-    let destination = find_workload(
+        .map(|w| check::find_workload(&snapshot, "--from-workload", w, None))
+        .transpose()
+        .with_context(in_config)?;
+    let destination = check::find_workload(
         &snapshot,
         "--to",
         &args.to,
         from_workload.map(|w| w.namespace.as_str()),
-        &args.config,
-    )?;
-    let (namespace, name) = (&destination.namespace, &destination.name);
-    let port = match args.port {
-        Some(p) => p,
-        None => destination.ports.first().map(|p| p.port).with_context(|| {
-            format!("--port is needed: Workload {namespace}/{name} declares no ports")
-        })?,
-    };
-    let protocol = destination.port(port).map(|p| p.protocol);
-    let tcp = protocol == Some(Protocol::Tcp);
-    let grpc = protocol == Some(Protocol::Grpc);
-    let parsed_from = args
+    )
+    .with_context(in_config)?;
+    let from = args
         .from
         .as_deref()
         .map(|s| SpiffeId::parse(s).with_context(|| format!("--from {s:?}")))
         .transpose()?;
-    let source = parsed_from.as_ref().or(from_workload.map(|w| &w.identity));
-    let source_ip = args.source_ip.or(from_workload.map(|w| w.address));
-
-    let connection = connection::decide(
-        &snapshot,
+    let query = check::Query {
         from_workload,
-        source_ip,
-        source,
-        destination,
-        port,
-    )?;
-
-    // A request is decided when one is described; on an opaque TCP port authorization is
-    // per connection, so it is always decided there.
-    let described = args.method.is_some() || args.path.is_some() || !args.headers.is_empty();
-    let method = args
-        .method
-        .clone()
-        .unwrap_or_else(|| if grpc { "POST" } else { "GET" }.to_owned());
-    let path = args.path.clone().unwrap_or_else(|| "/".to_owned());
-    let http = (!tcp).then_some((method.as_str(), path.as_str(), args.headers.as_slice()));
-    let request = if tcp || described {
-        Some(request::decide(
-            &snapshot,
-            destination,
-            &Request {
-                source,
-                source_ip,
-                port,
-                http,
-            },
-        )?)
-    } else {
-        None
+        from: from.as_ref(),
+        source_ip: args.source_ip,
+        port: args.port,
+        method: args.method.as_deref(),
+        path: args.path.as_deref(),
+        headers: &args.headers,
     };
-    let verdict = verdict(&connection, request.as_ref());
-    let exit = if verdict.allowed {
+    let outcome = check::decide(&snapshot, destination, &query).with_context(in_config)?;
+    match args.output {
+        Output::Json => println!("{}", outcome.to_json()),
+        Output::Text => {
+            for line in outcome.to_text() {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(if outcome.allowed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_DENY)
-    };
-
-    let caller = match (from_workload, source) {
-        (Some(w), _) => format!("{}/{} ({})", w.namespace, w.name, w.identity),
-        (None, Some(id)) => id.to_string(),
-        (None, None) => "a caller without a verified identity".to_owned(),
-    };
-    let decision = if verdict.allowed { "ALLOW" } else { "DENY" };
-    if let Output::Json = args.output {
-        let decided = match &request {
-            Some(RequestVerdict::Decided(d)) => Some(d),
-            _ => None,
-        };
-        let mut request_json = serde_json::json!({
-            "from": source.map(|s| s.to_string()),
-            "from_workload": from_workload.map(|w| format!("{}/{}", w.namespace, w.name)),
-            "source_ip": source_ip.map(|ip| ip.to_string()),
-            "to": format!("{namespace}/{name}"),
-            "port": port,
-        });
-        if http.is_some() && request.is_some() {
-            request_json["method"] = method.clone().into();
-            request_json["path"] = path.clone().into();
-        }
-        let value = serde_json::json!({
-            "decision": decision,
-            "policy": verdict.policy,
-            "rule": verdict.rule,
-            "explanation": verdict.explanation,
-            "audits": decided.map(|d| d.audits.matched.iter().map(|a| serde_json::json!({"policy": a.policy, "rule": a.rule})).collect::<Vec<_>>()).unwrap_or_default(),
-            "dry_run": decided.and_then(|d| d.audits.dry_run.as_ref().map(request::dry_run_json)),
-            "network_policy": {
-                "egress": connection.egress.as_ref().map(connection::decision_json),
-                "ingress": connection::decision_json(&connection.ingress),
-            },
-            "request": request_json,
-        });
-        println!("{value}");
-        return Ok(exit);
-    }
-
-    let what = match (&request, http) {
-        (Some(_), Some((method, path, _))) => {
-            format!("{method} {path}{}", if grpc { " [gRPC]" } else { "" })
-        }
-        _ => "connection".to_owned(),
-    };
-    println!(
-        "{}  {what} from {caller}{} to {namespace}/{name}:{port}",
-        if verdict.allowed { "ALLOW" } else { "DENY " },
-        source_ip.map(|ip| format!(" at {ip}")).unwrap_or_default(),
-    );
-    if let Some(egress) = &connection.egress {
-        println!("  NetworkPolicy, egress: {}", egress.explain());
-    }
-    println!("  NetworkPolicy, ingress: {}", connection.ingress.explain());
-    match &request {
-        Some(RequestVerdict::Refused(_, why)) => println!("  {why}"),
-        Some(RequestVerdict::Decided(decision)) => {
-            // The explanation lists AUDIT matches and, on a line of its own, the dry-run outcome.
-            let mut shown = (**decision).clone();
-            let dry_run = shown.audits.dry_run.take();
-            println!("  AuthorizationPolicy: {}", shown.explain());
-            if let Some(d) = dry_run {
-                println!("  {}", d.explain());
-            }
-        }
-        None if !tcp && verdict.allowed => {
-            println!("  requests on it are decided by AuthorizationPolicy: add --method or --path")
-        }
-        None => {}
-    }
-    Ok(exit)
+    })
 }

@@ -1,15 +1,16 @@
-//! The request (L7) half of `authz check`: the path and authority read as the sidecar reads
+//! The request (L7) half of a check: the path and authority read as the sidecar reads
 //! them, then AuthorizationPolicy as the destination's sidecar evaluates it.
 
-use anyhow::Context;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use palisade_certs::SpiffeId;
-use palisade_control_plane::MeshSnapshot;
-use palisade_control_plane::model::{DefaultAuthorization, PathNormalization as CpPath, Workload};
 use palisade_proxy::authz::{
     Authorizer, DecidedBy, Decision, DryRun, HttpAttrs, PathNormalization, PathOptions,
     RequestAttrs, normalize_request,
 };
+
+use super::CheckError;
+use crate::MeshSnapshot;
+use crate::model::{DefaultAuthorization, PathNormalization as CpPath, Workload};
 
 /// The `policy` of a request the sidecar refuses (400) before authorization because its
 /// path cannot be normalised or holds an encoded slash the mesh refuses.
@@ -41,16 +42,16 @@ pub struct Request<'a> {
 }
 
 /// The headers given as `NAME=VALUE`, in order (a repeated name stays repeated).
-fn header_map(headers: &[String]) -> anyhow::Result<HeaderMap> {
+fn header_map(headers: &[String]) -> Result<HeaderMap, CheckError> {
+    let bad = |h: &str, why: &'static str| CheckError::Header(h.to_owned(), why);
     let mut map = HeaderMap::new();
     for h in headers {
         let (k, v) = h
             .split_once('=')
-            .with_context(|| format!("--header {h:?}: expected NAME=VALUE"))?;
+            .ok_or_else(|| bad(h, "expected NAME=VALUE"))?;
         let key = HeaderName::try_from(k.trim().to_ascii_lowercase())
-            .with_context(|| format!("--header {h:?}: invalid header name"))?;
-        let value =
-            HeaderValue::try_from(v).with_context(|| format!("--header {h:?}: invalid value"))?;
+            .map_err(|_| bad(h, "invalid header name"))?;
+        let value = HeaderValue::try_from(v).map_err(|_| bad(h, "invalid value"))?;
         map.append(key, value);
     }
     Ok(map)
@@ -76,17 +77,14 @@ pub fn decide(
     snapshot: &MeshSnapshot,
     destination: &Workload,
     request: &Request<'_>,
-) -> anyhow::Result<RequestVerdict> {
-    let compiled = palisade_control_plane::authorization_for(
-        snapshot,
-        &destination.namespace,
-        &destination.name,
-    )?;
-    let authorizer = Authorizer::try_from(&compiled).with_context(|| {
-        format!(
+) -> Result<RequestVerdict, CheckError> {
+    let compiled = crate::authorization_for(snapshot, &destination.namespace, &destination.name)?;
+    let authorizer = Authorizer::try_from(&compiled).map_err(|e| CheckError::Compiled {
+        what: format!(
             "policies selecting {}/{}",
             destination.namespace, destination.name
-        )
+        ),
+        message: e.to_string(),
     })?;
     let default_allow = snapshot.settings().default_authorization == DefaultAuthorization::Allow;
     let mut attrs = RequestAttrs {
@@ -128,8 +126,8 @@ pub fn decide(
     let mut headers = header_map(headers)?;
     if !headers.contains_key(http::header::HOST) {
         let host = default_authority(snapshot, destination, request.port);
-        let value =
-            HeaderValue::try_from(host.as_str()).with_context(|| format!("authority {host:?}"))?;
+        let value = HeaderValue::try_from(host.as_str())
+            .map_err(|_| CheckError::Header(host.clone(), "not a valid authority"))?;
         headers.insert(http::header::HOST, value);
     }
     let host = match palisade_proxy::authority::of(&Uri::from_static("/"), &headers) {

@@ -1,14 +1,15 @@
-//! The connection (L4) half of `authz check`: NetworkPolicy at the sender's sidecar (egress)
+//! The connection (L4) half of a check: NetworkPolicy at the sender's sidecar (egress)
 //! and at the receiver's (ingress), each compiled by the control plane exactly as it is
 //! pushed, and decided by the sidecar's own evaluator.
 
 use std::net::IpAddr;
 
-use anyhow::Context;
 use palisade_certs::SpiffeId;
-use palisade_control_plane::MeshSnapshot;
-use palisade_control_plane::model::Workload;
 use palisade_proxy::netpol::{NetDecidedBy, NetDecision, NetworkPolicies};
+
+use super::CheckError;
+use crate::MeshSnapshot;
+use crate::model::Workload;
 
 /// NetworkPolicy's answer for one connection.
 #[derive(Debug)]
@@ -39,7 +40,7 @@ pub fn decide(
     source_identity: Option<&SpiffeId>,
     destination: &Workload,
     port: u16,
-) -> anyhow::Result<ConnectionVerdict> {
+) -> Result<ConnectionVerdict, CheckError> {
     let egress = source_workload
         .map(|w| policies_of(snapshot, w).map(|p| p.egress(destination.address, port)))
         .transpose()?;
@@ -50,20 +51,22 @@ pub fn decide(
             // Not isolated: every caller passes, whatever its address.
             ingress_policies.ingress(IpAddr::from([0, 0, 0, 0]), source_identity, port)
         }
-        None => anyhow::bail!(
-            "NetworkPolicy selects {}/{} for ingress, which decides on the caller's address: \
-             give --source-ip or --from-workload",
-            destination.namespace,
-            destination.name
-        ),
+        None => {
+            return Err(CheckError::NeedsSourceAddress(format!(
+                "{}/{}",
+                destination.namespace, destination.name
+            )));
+        }
     };
     Ok(ConnectionVerdict { egress, ingress })
 }
 
-fn policies_of(snapshot: &MeshSnapshot, w: &Workload) -> anyhow::Result<NetworkPolicies> {
-    let compiled = palisade_control_plane::network_policy_for(snapshot, &w.namespace, &w.name)?;
-    NetworkPolicies::try_from(&compiled)
-        .with_context(|| format!("NetworkPolicies selecting {}/{}", w.namespace, w.name))
+fn policies_of(snapshot: &MeshSnapshot, w: &Workload) -> Result<NetworkPolicies, CheckError> {
+    let compiled = crate::network_policy_for(snapshot, &w.namespace, &w.name)?;
+    NetworkPolicies::try_from(&compiled).map_err(|e| CheckError::Compiled {
+        what: format!("NetworkPolicies selecting {}/{}", w.namespace, w.name),
+        message: e.to_string(),
+    })
 }
 
 /// The decision as one JSON object.
