@@ -397,6 +397,20 @@ async fn the_ui_page_shows_the_graph_and_violations_live_in_a_browser() {
             .contains("payments-not-from-search"),
         "{result}"
     );
+    // The server's `authz check` of the edge's last request, and of the request typed in.
+    let server_check = result["server_check"].as_str().unwrap();
+    assert!(
+        server_check.starts_with("DENY POST /payments.Payments/Charge")
+            && server_check.contains("shop/payments-not-from-search rule 0")
+            && server_check.contains("NetworkPolicy, ingress"),
+        "{result}"
+    );
+    let typed = result["typed_check"].as_str().unwrap();
+    assert!(
+        typed.starts_with("DENY POST /typed-in-the-ui")
+            && typed.contains("shop/payments-not-from-search"),
+        "{result}"
+    );
     assert_eq!(result["console_errors"], serde_json::json!([]), "{result}");
     for shot in ["ui-graph.png", "ui-violation.png", "ui-edge.png"] {
         let path = artifacts.join(shot);
@@ -408,5 +422,120 @@ async fn the_ui_page_shows_the_graph_and_violations_live_in_a_browser() {
         );
         println!("screenshot: {}", path.display());
     }
+    mesh.stop().await;
+}
+
+/// The edge panel's check (`/ui/check`) is `palisade authz check` run on the configuration the
+/// control plane serves: for the same requests its lines are the CLI's, word for word. Query
+/// strings an attacker might send (a repeated, unknown or oversized parameter, a method that
+/// is not a token, a path not starting with `/`) are refused with 400 and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_check_answers_exactly_as_authz_check() {
+    const TEST: &str = "the_edge_check_answers_exactly_as_authz_check";
+    let mesh = shop_denying(TEST, PAYMENTS_NOT_FROM_SEARCH).start().await;
+    let admin = mesh.cp_admin();
+    let cases: [(&str, &str, &str, &str, &str); 4] = [
+        (
+            "shop/client",
+            "shop/search",
+            "GET",
+            "/search?q=lamp",
+            "ALLOW",
+        ),
+        (
+            "shop/client",
+            "shop/search",
+            "GET",
+            "/admin/./users",
+            "DENY",
+        ),
+        ("shop/client", "shop/search", "DELETE", "/ADMIN%2fx", "DENY"),
+        (
+            "shop/search",
+            "shop/payments",
+            "POST",
+            "/payments.Payments/Charge",
+            "DENY",
+        ),
+    ];
+    for (source, destination, method, path, decision) in cases {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("source", source)
+            .append_pair("destination", destination)
+            .append_pair("method", method)
+            .append_pair("path", path)
+            .finish();
+        let reply = crate::support::clients::admin_get(admin, &format!("/ui/check?{query}")).await;
+        assert_eq!(reply.status, 200, "{query}: {}", reply.text());
+        let answer = reply.json();
+        assert_eq!(answer["decision"], decision, "{query}: {answer}");
+        let cli = std::process::Command::new(crate::support::procs::palisade_bin())
+            .args(["authz", "check", "--config"])
+            .arg(mesh.dir.path())
+            .args(["--from-workload", source, "--to", destination])
+            .args(["--method", method, "--path", path])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&cli.stdout);
+        let expected: Vec<&str> = stdout.lines().collect();
+        let served: Vec<&str> = answer["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(served, expected, "{query}");
+        assert_eq!(cli.status.success(), decision == "ALLOW", "{query}");
+    }
+
+    let refused = [
+        (
+            "source=shop/client&destination=shop/search&path=/a&path=/b",
+            "given twice",
+        ),
+        (
+            "source=shop/client&destination=shop/search&token=x",
+            "unknown parameter",
+        ),
+        (
+            "source=shop/client&destination=shop/search&method=G%20ET",
+            "not an HTTP method",
+        ),
+        (
+            "source=shop/client&destination=shop/search&path=admin",
+            "must start with /",
+        ),
+        (
+            "source=shop/client&destination=shop/search&port=99999",
+            "not a port",
+        ),
+        (
+            "source=shop/client&destination=shop/search%3Cscript%3E",
+            "not a workload name",
+        ),
+        ("source=shop/client", "source and destination are required"),
+    ];
+    for (query, why) in refused {
+        let reply = crate::support::clients::admin_get(admin, &format!("/ui/check?{query}")).await;
+        assert_eq!(reply.status, 400, "{query}");
+        assert!(reply.text().contains(why), "{query}: {}", reply.text());
+    }
+    let long = format!(
+        "source=shop/client&destination=shop/search&path=/{}",
+        "a".repeat(5000)
+    );
+    let reply = crate::support::clients::admin_get(admin, &format!("/ui/check?{long}")).await;
+    assert_eq!(reply.status, 400);
+    // A name that is not a workload of the mesh: an answer that says so, not an error page.
+    let reply = crate::support::clients::admin_get(
+        admin,
+        "/ui/check?source=shop/nobody&destination=shop/search",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json()["error"],
+        "source shop/nobody: no such Workload"
+    );
     mesh.stop().await;
 }

@@ -9,7 +9,9 @@ Usage: ui_check.py URL ARTIFACT_DIR DENIED_EDGE POLICY
    the row must appear in the violations table within 2 s, without a reload; screenshot
    ui-violation.png.
 3. With the keyboard only (Tab until the edge's button has focus, then Enter), opens the
-   edge and waits for POLICY among the policies that apply; screenshot ui-edge.png.
+   edge and waits for POLICY among the policies that apply; reads the server's authz check
+   of the edge's last request; tabs into the check form, types a path, Enter, and reads the
+   answer; screenshot ui-edge.png.
 Prints one JSON line with what it measured, and exits 0; anything else fails.
 """
 
@@ -23,6 +25,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
+
+
+# The path typed into the edge's check form.
+TYPED_PATH = "/typed-in-the-ui"
 
 
 def main() -> int:
@@ -77,7 +83,24 @@ def main() -> int:
         WebDriverWait(driver, 5).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, f'#detail-policies [data-policy="{policy}"]'))
         result["explain"] = driver.find_element(By.ID, "detail-explain").text
+        result["server_check"] = driver.find_element(By.ID, "detail-check").text
         result["command"] = driver.find_element(By.ID, "detail-command").text
+
+        # Still keyboard only: Tab into the check form's path field, type a path, Enter.
+        for presses in range(1, 40):
+            driver.switch_to.active_element.send_keys(Keys.TAB)
+            if driver.execute_script("return document.activeElement.id") == "check-path":
+                break
+        else:
+            raise AssertionError("the check form's path field never took the focus with Tab")
+        field = driver.switch_to.active_element
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(TYPED_PATH)
+        field.send_keys(Keys.ENTER)
+        WebDriverWait(driver, 5).until(
+            lambda d: TYPED_PATH in " ".join(e.text for e in d.find_elements(By.ID, "check-answer")))
+        result["typed_check"] = driver.find_element(By.ID, "check-answer").text
+        driver.execute_script("document.getElementById('check-answer').scrollIntoView(false)")
         driver.save_screenshot(os.path.join(artifacts, "ui-edge.png"))
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         result["console_errors"] = [e.get("message") for e in errors]

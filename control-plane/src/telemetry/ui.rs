@@ -1,11 +1,14 @@
 //! The `/ui` page on the admin port: the service graph (workloads as nodes, observed edges
 //! coloured by allowed and denied, with rates), a live table of violations with the deciding
-//! policy, and for a chosen edge the policies that apply to it and the sidecar's explanation
-//! of its last decision. Read-only; everything it loads comes from this server (no CDN:
+//! policy, and for a chosen edge the policies that apply to it, the sidecar's explanation of
+//! its last decision, and `authz check`'s answer on the configuration served now (for that
+//! request, or one the operator types). Read-only; everything it loads comes from this server (no CDN:
 //! HTML, CSS and JavaScript are embedded), under a Content-Security-Policy of `'self'`.
 //!
 //! Routes: `/ui` (page), `/ui/app.js`, `/ui/app.css`, `/ui/graph` (JSON), `/ui/violations`
-//! (JSON), `/ui/edge?source=NS/W&destination=NS/W` (JSON); the table's live feed is `/tap`.
+//! (JSON), `/ui/edge?source=NS/W&destination=NS/W` (JSON),
+//! `/ui/check?source=NS/W&destination=NS/W[&port=P][&method=M][&path=P]` (JSON); the table's
+//! live feed is `/tap`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,7 +20,14 @@ use serde::Serialize;
 
 use super::http::Body;
 use super::{EdgeStats, Event, Hub};
+use crate::MeshSnapshot;
+use crate::check;
 use crate::index::Published;
+
+/// Longest path `/ui/check` takes (the sidecar's own limits are larger; this is a page).
+const MAX_CHECK_PATH: usize = 2048;
+/// Longest method `/ui/check` takes.
+const MAX_CHECK_METHOD: usize = 32;
 
 const PAGE: &str = include_str!("ui/index.html");
 const SCRIPT: &str = include_str!("ui/app.js");
@@ -65,7 +75,40 @@ struct EdgeDetail {
     destination: String,
     policies: Vec<AppliedPolicy>,
     last_decision: Option<Event>,
+    /// `authz check` on the configuration served now, for the last decision's request (or
+    /// the connection, when none was recorded).
+    check: CheckAnswer,
     check_command: String,
+}
+
+/// `authz check`'s answer, or why it could not be given.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum CheckAnswer {
+    Decided {
+        /// `ALLOW` or `DENY`.
+        decision: &'static str,
+        policy: String,
+        rule: Option<usize>,
+        explanation: String,
+        /// The request decided, e.g. `GET /items` or `connection`.
+        request: String,
+        /// Every layer, as `authz check` prints it.
+        lines: Vec<String>,
+    },
+    Unavailable {
+        error: String,
+    },
+}
+
+/// A request to check on an edge, read from `/ui/check`'s query.
+#[derive(Debug, Default)]
+struct CheckRequest {
+    source: String,
+    destination: String,
+    port: Option<u16>,
+    method: Option<String>,
+    path: Option<String>,
 }
 
 /// A whole answer with the live view's headers: the content type, a CSP of this server only,
@@ -135,13 +178,13 @@ pub(crate) fn route(
             json(&graph(hub, published))
         }
         "/ui/violations" => json(&hub.recent_violations()),
-        "/ui/edge" => match edge_query(query) {
-            Ok((source, destination)) => json(&edge(hub, published, &source, &destination)),
-            Err(e) => respond(
-                StatusCode::BAD_REQUEST,
-                "text/plain; charset=utf-8",
-                Bytes::from(format!("/ui/edge: {e}\n")),
-            ),
+        "/ui/edge" => match edge_query(query, false) {
+            Ok(q) => json(&edge(hub, published, &q.source, &q.destination)),
+            Err(e) => bad_request(path, &e),
+        },
+        "/ui/check" => match edge_query(query, true) {
+            Ok(q) => json(&check_edge(&published.snapshot, &q)),
+            Err(e) => bad_request(path, &e),
         },
         _ => return None,
     })
@@ -195,30 +238,96 @@ fn graph(hub: &Hub, published: &Published) -> Graph {
     }
 }
 
-fn edge_query(query: &str) -> Result<(String, String), String> {
-    let mut source = None;
-    let mut destination = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        // Browsers encode the `/` of `namespace/name`; nothing else a name holds needs it.
-        let v = v.replace("%2F", "/").replace("%2f", "/");
-        let ok = !v.is_empty()
-            && v.len() <= 253
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-./".contains(&b));
-        if !ok {
-            return Err(format!("{k}: not a workload name: {v:?}"));
+fn bad_request(path: &str, error: &str) -> Response<Body> {
+    respond(
+        StatusCode::BAD_REQUEST,
+        "text/plain; charset=utf-8",
+        Bytes::from(format!("{path}: {error}\n")),
+    )
+}
+
+/// `source` and `destination` (workload names), and with `request` also `port`, `method` and
+/// `path`; anything else, a repeated parameter, or a value out of bounds is refused.
+fn edge_query(query: &str, request: bool) -> Result<CheckRequest, String> {
+    let mut q = CheckRequest::default();
+    let mut seen = BTreeSet::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if !seen.insert(k.clone()) {
+            return Err(format!("{k}: given twice"));
         }
-        match k {
-            "source" => source = Some(v),
-            "destination" => destination = Some(v),
-            other => return Err(format!("unknown parameter {other:?}")),
+        match (&*k, request) {
+            ("source" | "destination", _) => {
+                let ok = !v.is_empty()
+                    && v.len() <= 253
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-./".contains(&b));
+                if !ok {
+                    return Err(format!("{k}: not a workload name: {v:?}"));
+                }
+                if k == "source" {
+                    q.source = v.into_owned();
+                } else {
+                    q.destination = v.into_owned();
+                }
+            }
+            ("port", true) if v.is_empty() => {}
+            ("port", true) => {
+                q.port = Some(v.parse().map_err(|_| format!("port: not a port: {v:?}"))?);
+            }
+            ("method", true) if v.is_empty() => {}
+            ("method", true) => {
+                let ok = v.len() <= MAX_CHECK_METHOD && v.bytes().all(|b| b.is_ascii_alphabetic());
+                if !ok {
+                    return Err(format!("method: not an HTTP method: {v:?}"));
+                }
+                q.method = Some(v.to_ascii_uppercase());
+            }
+            ("path", true) if v.is_empty() => {}
+            ("path", true) => {
+                if v.len() > MAX_CHECK_PATH || !v.starts_with('/') {
+                    return Err(format!(
+                        "path: must start with / and be at most {MAX_CHECK_PATH} bytes"
+                    ));
+                }
+                q.path = Some(v.into_owned());
+            }
+            (other, _) => return Err(format!("unknown parameter {other:?}")),
         }
     }
-    match (source, destination) {
-        (Some(s), Some(d)) => Ok((s, d)),
-        _ => Err("source and destination are required".to_owned()),
+    if q.source.is_empty() || q.destination.is_empty() {
+        return Err("source and destination are required".to_owned());
     }
+    Ok(q)
+}
+
+/// `authz check` for `q` on the configuration served now.
+fn check_edge(snapshot: &MeshSnapshot, q: &CheckRequest) -> CheckAnswer {
+    let answer = || -> Result<CheckAnswer, check::CheckError> {
+        let from = check::find_workload(snapshot, "source", &q.source, None)?;
+        let to = check::find_workload(snapshot, "destination", &q.destination, None)?;
+        let query = check::Query {
+            from_workload: Some(from),
+            port: q.port,
+            method: q.method.as_deref(),
+            path: q.path.as_deref(),
+            ..check::Query::default()
+        };
+        let outcome = check::decide(snapshot, to, &query)?;
+        Ok(CheckAnswer::Decided {
+            decision: outcome.decision(),
+            request: match &outcome.http {
+                Some((method, path)) => format!("{method} {path}"),
+                None => format!("connection to port {}", outcome.port),
+            },
+            policy: outcome.policy.clone(),
+            rule: outcome.rule,
+            explanation: outcome.explanation.clone(),
+            lines: outcome.to_text(),
+        })
+    };
+    answer().unwrap_or_else(|e| CheckAnswer::Unavailable {
+        error: e.to_string(),
+    })
 }
 
 fn edge(hub: &Hub, published: &Published, source: &str, destination: &str) -> EdgeDetail {
@@ -244,6 +353,25 @@ fn edge(hub: &Hub, published: &Published, source: &str, destination: &str) -> Ed
         }
     }
     let last_decision = hub.last_decision(source, destination).map(|e| (*e).clone());
+    let check = check_edge(
+        snapshot,
+        &CheckRequest {
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            port: last_decision.as_ref().and_then(|e| {
+                let (_, port) = e.destination.rsplit_once(':')?;
+                port.parse().ok()
+            }),
+            method: last_decision
+                .as_ref()
+                .filter(|e| !e.method.is_empty())
+                .map(|e| e.method.clone()),
+            path: last_decision
+                .as_ref()
+                .filter(|e| !e.method.is_empty())
+                .map(|e| e.path.clone()),
+        },
+    );
     let check_command = match &last_decision {
         Some(e) if !e.method.is_empty() => format!(
             "palisade authz check --config DIR --from-workload {source} --to {destination} \
@@ -259,6 +387,7 @@ fn edge(hub: &Hub, published: &Published, source: &str, destination: &str) -> Ed
         destination: destination.to_owned(),
         policies,
         last_decision,
+        check,
         check_command,
     }
 }

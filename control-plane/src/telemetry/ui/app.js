@@ -111,13 +111,56 @@ async function choose(e) {
     body.append(el("h3", {}, "Policies that apply"), ul);
     body.append(el("h3", {}, "Last decision recorded, as the sidecar explained it"));
     body.append(el("p", { id: "detail-explain" }, d.last_decision ? d.last_decision.method + " " + d.last_decision.path + ": " + d.last_decision.explain : "None recorded."));
+    body.append(el("h3", {}, "authz check, on the configuration served now"));
+    body.append(checkResult(d.check, "detail-check"));
+    body.append(el("h3", {}, "Check another request on this edge"), checkForm(d));
     const command = el("p");
     command.append(el("code", { id: "detail-command" }, d.check_command));
-    body.append(el("h3", {}, "Check it"), command);
+    body.append(el("h3", {}, "Or from a shell"), command);
   }
   section.hidden = false;
   document.getElementById("detail-title").focus?.();
   refreshGraph();
+}
+
+// authz check's answer: the decision line, then every layer as the CLI prints it.
+function checkResult(c, id) {
+  const box = el("div", { id, class: "check", role: "status", "aria-live": "polite" });
+  if (c.error) {
+    box.append(el("p", { class: "check-error" }, "Cannot check: " + c.error));
+    return box;
+  }
+  box.append(el("p", { class: "check-decision " + c.decision.toLowerCase() }, c.decision + " " + c.request + " (" + c.policy + (c.rule === null ? "" : " rule " + c.rule) + ")"));
+  box.append(el("pre", {}, c.lines.join("\n")));
+  return box;
+}
+
+// Method, path and port for /ui/check; Enter in any field or the button runs it.
+function checkForm(d) {
+  const last = d.last_decision;
+  const form = el("div", { class: "check-form", role: "group", "aria-label": "Check a request on this edge" });
+  const field = (label, id, value, size) => {
+    const input = el("input", { id, name: id, value: value || "", size: String(size), autocomplete: "off", spellcheck: "false" });
+    const l = el("label", { for: id }, label + " ");
+    l.append(input);
+    form.append(l);
+    return input;
+  };
+  const method = field("Method", "check-method", last && last.method, 8);
+  const path = field("Path", "check-path", last && last.path, 32);
+  const port = field("Port", "check-port", last ? last.destination.split(":").pop() : "", 6);
+  const button = el("button", { type: "button", id: "check-run" }, "Check");
+  form.append(button);
+  const out = el("div", { id: "check-out" });
+  form.append(out);
+  const run = async () => {
+    const q = new URLSearchParams({ source: d.source, destination: d.destination, method: method.value.trim(), path: path.value.trim(), port: port.value.trim() });
+    const resp = await fetch("/ui/check?" + q, { cache: "no-store" });
+    out.replaceChildren(resp.ok ? checkResult(await resp.json(), "check-answer") : el("p", { id: "check-answer", class: "check-error", role: "status" }, await resp.text()));
+  };
+  button.addEventListener("click", run);
+  for (const input of [method, path, port]) input.addEventListener("keydown", ev => { if (ev.key === "Enter") run(); });
+  return form;
 }
 
 function addViolation(v, fresh) {
