@@ -435,6 +435,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         max_age: limits.max_connection_age,
+        streams: Arc::default(),
     };
     let discovery_service = DiscoveryService {
         state: state_rx,

@@ -8,6 +8,8 @@
 
 pub mod http;
 pub(crate) mod service;
+
+pub use service::MAX_STREAMS_PER_IDENTITY;
 pub(crate) mod ui;
 pub mod watch;
 

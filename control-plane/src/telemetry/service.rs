@@ -21,6 +21,55 @@ use crate::transport::PeerInfo;
 
 /// Identities remembered per stream before the cache starts over.
 const RESOLVE_CACHE: usize = 1024;
+/// Report streams open at once per client identity. A proxy needs one; a reconnect may
+/// briefly overlap the old stream, and replicas of a workload share an identity.
+pub const MAX_STREAMS_PER_IDENTITY: usize = 16;
+
+/// Report streams open per identity, so one certificate cannot hold the hub's attention
+/// (and memory) many times over.
+#[derive(Debug, Default)]
+pub(crate) struct StreamCounts(std::sync::Mutex<HashMap<String, usize>>);
+
+/// One open stream of an identity; closing it frees its place.
+struct StreamSlot {
+    counts: Arc<StreamCounts>,
+    identity: String,
+}
+
+impl StreamCounts {
+    /// A place for another stream of `identity`, or `None` at the cap.
+    fn take(self: &Arc<Self>, identity: &str) -> Option<StreamSlot> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = map.entry(identity.to_owned()).or_default();
+        if *open >= MAX_STREAMS_PER_IDENTITY {
+            return None;
+        }
+        *open += 1;
+        Some(StreamSlot {
+            counts: Arc::clone(self),
+            identity: identity.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = map.get_mut(&self.identity) {
+            *open -= 1;
+            if *open == 0 {
+                map.remove(&self.identity);
+            }
+        }
+    }
+}
 
 /// The telemetry service.
 pub(crate) struct TelemetryService {
@@ -31,6 +80,8 @@ pub(crate) struct TelemetryService {
     /// Streams end after this long (the proxy reconnects), like discovery streams, so none
     /// outlives the client certificate it was opened with by much.
     pub max_age: std::time::Duration,
+    /// Streams open per identity.
+    pub streams: Arc<StreamCounts>,
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<TelemetryControl, Status>> + Send>>;
@@ -85,6 +136,11 @@ impl Telemetry for TelemetryService {
                 "the telemetry stream requires a client certificate",
             ));
         };
+        let Some(slot) = self.streams.take(identity.as_str()) else {
+            return Err(Status::resource_exhausted(format!(
+                "{identity} already has {MAX_STREAMS_PER_IDENTITY} telemetry streams open"
+            )));
+        };
         let reporter =
             workload_of(&self.state, identity.as_str()).unwrap_or_else(|| identity.to_string());
         let mut inbound = request.into_inner();
@@ -94,6 +150,7 @@ impl Telemetry for TelemetryService {
         let shutdown = self.shutdown.clone();
         let end = tokio::time::sleep(self.max_age);
         self.tracker.spawn(async move {
+            let _slot = slot;
             tokio::pin!(end);
             let mut active = hub.active();
             let mut last = *active.borrow_and_update();

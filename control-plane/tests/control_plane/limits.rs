@@ -450,3 +450,74 @@ async fn handshakes_over_the_cap_wait_for_a_free_place() {
         .unwrap();
     cp.stop().await.unwrap();
 }
+
+/// One workload certificate opening telemetry report streams over and over: past
+/// `MAX_STREAMS_PER_IDENTITY` each new one is refused (RESOURCE_EXHAUSTED, naming the
+/// identity), while another workload still reports; a closed stream frees its place.
+#[tokio::test]
+async fn telemetry_streams_per_identity_are_capped() {
+    use palisade_control_plane::telemetry::MAX_STREAMS_PER_IDENTITY;
+    use palisade_proto::v1::TelemetryReport;
+    use palisade_proto::v1::telemetry_client::TelemetryClient;
+
+    let cp = start(GrpcLimits::default()).await;
+    let open = |workload: &'static str| {
+        let cp = &cp;
+        async move {
+            let token = cp.token("shop", workload).unwrap().to_owned();
+            let (creds, _) = cp
+                .certify_with_token("shop", workload, &token)
+                .await
+                .unwrap();
+            TelemetryClient::new(cp.channel(Some(&creds)).await.unwrap())
+        }
+    };
+    // Each stream keeps its sender: the stream stays open while it lives.
+    let report = |client: &mut TelemetryClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        async move {
+            let (tx, rx) = mpsc::channel::<TelemetryReport>(1);
+            let result = client
+                .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            (tx, result)
+        }
+    };
+    let mut client = open("frontend").await;
+    let mut held = Vec::new();
+    for i in 0..MAX_STREAMS_PER_IDENTITY {
+        let (tx, result) = timed("a report stream", report(&mut client)).await;
+        let mut stream = result
+            .unwrap_or_else(|e| panic!("stream {i}: {e}"))
+            .into_inner();
+        // The first control message says whether anyone watches.
+        timed("the first control message", stream.message())
+            .await
+            .unwrap()
+            .unwrap();
+        held.push((tx, stream));
+    }
+    let (_tx, refused) = timed("one stream too many", report(&mut client)).await;
+    let status = refused.expect_err("a stream past the cap is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("ns/shop/sa/frontend")
+            && status.message().contains("telemetry streams open"),
+        "{status:?}"
+    );
+    // Another identity is not affected.
+    let mut search = open("search").await;
+    let (_search_tx, other) = timed("another workload's stream", report(&mut search)).await;
+    other.expect("another identity still reports");
+    // Closing one stream frees one place.
+    drop(held.pop());
+    eventually("a freed place", || {
+        let mut client = client.clone();
+        async move {
+            let (tx, result) = report(&mut client).await;
+            result.map(|r| (tx, r))
+        }
+    })
+    .await;
+    cp.stop().await.unwrap();
+}
