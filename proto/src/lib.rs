@@ -56,6 +56,10 @@ pub mod v1 {
         5000.0,
         f64::INFINITY,
     ];
+
+    /// Milliseconds between a proxy's reports of [`ObservedRequest`]s while nobody watches
+    /// (while watched they ride on every report).
+    pub const OBSERVE_EVERY_MS: u64 = 5_000;
 }
 
 /// Conventions of the admin endpoints every Palisade component serves.

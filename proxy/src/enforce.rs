@@ -231,6 +231,37 @@ pub fn record<P: AsRef<str>>(
     );
 }
 
+/// Counts an inbound decision in the observation table, when the control plane asks for
+/// observations (`authz suggest`): every one, unsampled; one atomic load otherwise.
+pub fn count_observed<P: AsRef<str>>(
+    metrics: &Metrics,
+    source: Option<&SpiffeId>,
+    port: u16,
+    http: Option<(&str, &str)>,
+    decision: &Decision<P>,
+) {
+    let table = metrics.observer().observed();
+    if !table.on() {
+        return;
+    }
+    let (method, raw) = http.unwrap_or(("", ""));
+    let path = match http {
+        None => std::borrow::Cow::Borrowed(""),
+        Some(_) => normalized(raw).unwrap_or_else(|_| {
+            std::borrow::Cow::Borrowed(raw.split(['?', '#']).next().unwrap_or(raw))
+        }),
+    };
+    table.record(&crate::observed::Request {
+        source: source.map_or("", SpiffeId::as_str),
+        port,
+        method,
+        path: &path,
+        allowed: decision.allowed,
+        policy: decision.policy(),
+        rule: decision.rule(),
+    });
+}
+
 /// Counts and logs a denial decided outside the evaluator (the outbound policy) or a late
 /// one (an open connection closed after a policy change).
 pub fn denial(

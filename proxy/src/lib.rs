@@ -41,6 +41,7 @@ mod netgate;
 pub mod netns;
 pub mod netpol;
 pub mod observe;
+pub mod observed;
 pub mod orig_dst;
 pub mod outbound;
 pub mod pool;

@@ -117,6 +117,20 @@ pub(crate) fn record_denial(
         ),
         NetDirection::Egress => ("outbound", identity.clone()),
     };
+    if conn.direction == NetDirection::Ingress {
+        metrics
+            .observer()
+            .observed()
+            .record(&crate::observed::Request {
+                source: &observed_source,
+                port: conn.port,
+                method: "",
+                path: "",
+                allowed: false,
+                policy: decision.policy_label(),
+                rule: None,
+            });
+    }
     metrics.observer().decision(
         Verdict::Deny,
         &Seen {

@@ -85,6 +85,7 @@ struct Inner {
 /// The decision ring and traffic counts of one proxy.
 #[derive(Debug, Default)]
 pub struct Observer {
+    observed: crate::observed::ObservedTable,
     inner: Mutex<Inner>,
     watched: AtomicBool,
     allowed: AtomicU64,
@@ -106,6 +107,11 @@ fn bucket(seconds: f64) -> usize {
 }
 
 impl Observer {
+    /// The unsampled per-request counts the control plane learns policies from.
+    pub fn observed(&self) -> &crate::observed::ObservedTable {
+        &self.observed
+    }
+
     /// Whether a watcher asked for reports.
     pub fn watched(&self) -> bool {
         self.watched.load(Ordering::Relaxed)
@@ -239,6 +245,7 @@ impl Observer {
             decisions_dropped: dropped,
             edges,
             backlog,
+            ..TelemetryReport::default()
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The live view's feed: a `palisade.v1.Telemetry/Report` stream to the control plane,
 //! opened once the proxy has a certificate and kept open with backoff. The control plane
 //! says when someone watches; only then does the proxy send a report about every half
-//! second (the first with the ring's recent past), and count its traffic.
+//! second (the first with the ring's recent past), and count its traffic. It also says
+//! whether to observe: then every inbound request is counted (bounded) and the counts are
+//! sent every few seconds, watched or not; across a reconnect they wait in the table.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,8 @@ use crate::metrics::Metrics;
 
 /// Time between reports while watched.
 pub const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// Time between reports of observations while nobody watches.
+pub const OBSERVE_EVERY: Duration = Duration::from_millis(palisade_proto::v1::OBSERVE_EVERY_MS);
 
 /// Keeps the telemetry stream open until `shutdown`.
 pub async fn run(
@@ -65,27 +69,46 @@ async fn stream_once(
         .into_inner();
     backoff.reset();
     let observer = metrics.observer();
+    let table = observer.observed();
     let mut watched = false;
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut observe_tick = tokio::time::interval(OBSERVE_EVERY);
+    observe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             control = controls.message() => {
                 let Some(control) = control? else { return Ok(()) };
+                table.set_on(control.observe);
                 if control.active && !watched {
                     // Someone started watching: the recent past first.
                     observer.set_watched(true);
-                    tx.send(observer.report(true)).await.map_err(|_| StreamError::Closed)?;
+                    tx.send(with_observed(observer.report(true), table)).await.map_err(|_| StreamError::Closed)?;
                 }
                 watched = control.active;
                 observer.set_watched(watched);
             }
             _ = tick.tick(), if watched => {
-                let report = observer.report(false);
-                if !report.decisions.is_empty() || !report.edges.is_empty() || report.decisions_dropped > 0 {
+                let report = with_observed(observer.report(false), table);
+                if !report.decisions.is_empty() || !report.edges.is_empty() || report.decisions_dropped > 0 || !report.observed.is_empty() || report.observed_folded > 0 {
+                    tx.send(report).await.map_err(|_| StreamError::Closed)?;
+                }
+            }
+            _ = observe_tick.tick(), if !watched && table.on() => {
+                let report = with_observed(TelemetryReport::default(), table);
+                if !report.observed.is_empty() || report.observed_folded > 0 {
                     tx.send(report).await.map_err(|_| StreamError::Closed)?;
                 }
             }
         }
     }
+}
+
+/// `report` with the observation table's rows since the last report.
+fn with_observed(
+    mut report: TelemetryReport,
+    table: &crate::observed::ObservedTable,
+) -> TelemetryReport {
+    (report.observed, report.observed_folded) = table.drain();
+    report
 }

@@ -83,7 +83,18 @@ impl H1Client {
     /// Sends GET `target` (absolute form `http://host:port/path` as to an explicit proxy, or
     /// origin form `/path`) with `headers`; a `Host` header is added from an absolute target.
     pub async fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> Result<Reply, Error> {
+        self.send_method(http::Method::GET, target, headers).await
+    }
+
+    /// [`Self::get`] with another method (and no body).
+    pub async fn send_method(
+        &mut self,
+        method: http::Method,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, Error> {
         let mut req = request(target, headers);
+        *req.method_mut() = method;
         if let Some(authority) = req.uri().authority().cloned()
             && !req.headers().contains_key(header::HOST)
         {

@@ -1361,6 +1361,11 @@ pub struct TelemetryControl {
     /// Send reports while true; while false the proxy only keeps its bounded ring.
     #[prost(bool, tag = "1")]
     pub active: bool,
+    /// Count every inbound request and connection by caller, port, method and path (unsampled,
+    /// bounded) and send the counts about every OBSERVE_EVERY_MS, watched or not: the
+    /// observations `palisade authz suggest` and `authz diff` read.
+    #[prost(bool, tag = "2")]
+    pub observe: bool,
 }
 /// What happened since the last report.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1377,6 +1382,43 @@ pub struct TelemetryReport {
     /// True for the first report after activation, which carries the ring's recent past.
     #[prost(bool, tag = "4")]
     pub backlog: bool,
+    /// While observing: every distinct inbound request since the last report, counted.
+    #[prost(message, repeated, tag = "5")]
+    pub observed: ::prost::alloc::vec::Vec<ObservedRequest>,
+    /// Requests counted in no row of `observed` because the proxy's table was full.
+    #[prost(uint64, tag = "6")]
+    pub observed_folded: u64,
+}
+/// Inbound requests (or connections) alike in caller, port, method and path, counted.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ObservedRequest {
+    /// The caller's verified SPIFFE ID ("" for plaintext callers).
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    /// The app port.
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// HTTP method, "" for an opaque TCP connection or one refused before any request.
+    #[prost(string, tag = "3")]
+    pub method: ::prost::alloc::string::String,
+    /// Normalised path without the query, at most 256 bytes; "" for a connection.
+    #[prost(string, tag = "4")]
+    pub path: ::prost::alloc::string::String,
+    /// Allowed ones.
+    #[prost(uint64, tag = "5")]
+    pub allowed: u64,
+    /// Denied ones.
+    #[prost(uint64, tag = "6")]
+    pub denied: u64,
+    /// The policy that decided the last of them ("namespace/name" or a built-in reason).
+    #[prost(string, tag = "7")]
+    pub policy: ::prost::alloc::string::String,
+    /// Its rule, -1 when no rule decided.
+    #[prost(int32, tag = "8")]
+    pub rule: i32,
+    /// Whether the last of them was allowed.
+    #[prost(bool, tag = "9")]
+    pub last_allowed: bool,
 }
 /// One authorization decision.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

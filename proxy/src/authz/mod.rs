@@ -274,10 +274,14 @@ fn action_name(action: Action) -> &'static str {
 }
 
 fn label<P: AsRef<str>>(decided_by: &DecidedBy<P>) -> String {
+    label_str(decided_by).to_owned()
+}
+
+fn label_str<P: AsRef<str>>(decided_by: &DecidedBy<P>) -> &str {
     match decided_by {
-        DecidedBy::Deny(m) | DecidedBy::Allow(m) => m.policy.as_ref().to_owned(),
-        DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => "default-deny".into(),
-        DecidedBy::DefaultAllow => "default-allow".into(),
+        DecidedBy::Deny(m) | DecidedBy::Allow(m) => m.policy.as_ref(),
+        DecidedBy::NoAllowMatched | DecidedBy::DefaultDeny => "default-deny",
+        DecidedBy::DefaultAllow => "default-allow",
     }
 }
 
@@ -332,6 +336,11 @@ impl<P: AsRef<str>> Decision<P> {
     /// The deciding policy as `ns/name`, or `default-deny` / `default-allow`.
     pub fn policy_label(&self) -> String {
         label(&self.decided_by)
+    }
+
+    /// [`Self::policy_label`], borrowed (for the per-request observation table).
+    pub fn policy(&self) -> &str {
+        label_str(&self.decided_by)
     }
 
     /// The index of the deciding rule, when a policy decided.

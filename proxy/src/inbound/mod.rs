@@ -478,7 +478,14 @@ impl Inbound {
         http: Option<(&str, &str)>,
         decision: &Decision<&str>,
     ) {
-        // Allowed requests cost nothing here unless logged or watched (the live view).
+        enforce::count_observed(
+            &self.metrics,
+            conn.peer_identity.as_ref(),
+            port,
+            http,
+            decision,
+        );
+        // Allowed requests cost nothing more here unless logged or watched (the live view).
         if decision.allowed
             && decision.audits.is_empty()
             && !self.log_decisions
