@@ -100,3 +100,7 @@ mod rotation;
 /// The live view: `palisade tap` against a running shop.
 #[path = "e2e/live_view.rs"]
 mod live_view;
+
+/// Policies from observed traffic: `authz suggest` and `authz diff`.
+#[path = "e2e/suggest.rs"]
+mod suggest;

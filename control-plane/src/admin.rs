@@ -97,7 +97,13 @@ fn live_view(
     peer: std::net::SocketAddr,
 ) -> Option<Response<crate::telemetry::http::Body>> {
     let path = uri.path();
-    if path != "/tap" && path != "/top" && path != "/ui" && !path.starts_with("/ui/") {
+    if path != "/tap"
+        && path != "/top"
+        && path != "/observed"
+        && path != "/suggest"
+        && path != "/ui"
+        && !path.starts_with("/ui/")
+    {
         return None;
     }
     if method != Method::GET {
@@ -119,6 +125,11 @@ fn live_view(
     Some(match path {
         "/tap" => crate::telemetry::http::tap(&state.hub, query),
         "/top" => crate::telemetry::http::top(&state.hub),
+        "/observed" => crate::telemetry::http::observed(&state.hub, query, None),
+        "/suggest" => {
+            let published = Arc::clone(&state.state.borrow());
+            crate::telemetry::http::observed(&state.hub, query, Some(&published.snapshot))
+        }
         _ => {
             let published = Arc::clone(&state.state.borrow());
             crate::telemetry::ui::route(&state.hub, &published, path, query).unwrap_or_else(|| {

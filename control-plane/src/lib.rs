@@ -32,6 +32,7 @@ mod logsafe;
 mod metrics;
 pub mod model;
 pub mod netpol;
+pub mod observed;
 pub mod policy;
 pub mod rotate;
 mod runtime;
@@ -57,7 +58,7 @@ pub use index::{
 pub use model::MeshSnapshot;
 pub use runtime::{
     ControlPlane, ControlPlaneConfig, DEFAULT_ADMIN_ADDR, DEFAULT_GRPC_ADDR, GrpcLimits,
-    StartError, start,
+    OBSERVED_SAVE_EVERY, Observe, StartError, start,
 };
 pub use tokens::{TokenError, TokenStore};
 pub use transport::PeerInfo;

@@ -71,7 +71,26 @@ pub struct ControlPlaneConfig {
     /// Read the mesh from the cluster instead of `config_dir` (which then only names the
     /// source in messages); already listed once, see [`crate::k8s`].
     pub kubernetes: Option<crate::k8s::RunningSource>,
+    /// Whether proxies count every inbound request for `authz suggest` and `authz diff`,
+    /// and where the counts are kept.
+    pub observe: Observe,
 }
+
+/// What becomes of the sidecars' observations ([`crate::observed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Observe {
+    /// Counted, kept in memory only.
+    #[default]
+    InMemory,
+    /// Counted, saved to this file every [`OBSERVED_SAVE_EVERY`] and at shutdown, and
+    /// read back at start.
+    Saved(PathBuf),
+    /// Not counted: proxies are not asked to observe.
+    Off,
+}
+
+/// How often the observation table is saved (with [`Observe::Saved`]) and pruned.
+pub const OBSERVED_SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Bounds on the gRPC listener, which anyone who can reach it may use before proving an
 /// identity. Every default is printed by `palisade control-plane --help`.
@@ -428,7 +447,19 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
         reviewer: kubernetes.as_ref().map(crate::k8s::RunningSource::reviewer),
     };
-    let hub = Arc::new(crate::telemetry::Hub::default());
+    let observed = match &config.observe {
+        Observe::Off => None,
+        Observe::InMemory => Some(Arc::new(crate::observed::ObservedTable::default())),
+        Observe::Saved(file) => Some(Arc::new(load_observed(file))),
+    };
+    let hub = Arc::new(crate::telemetry::Hub::observing(observed.clone()));
+    if let (Some(table), Observe::Saved(file)) = (&observed, &config.observe) {
+        tracker.spawn(save_observed(
+            Arc::clone(table),
+            file.clone(),
+            shutdown.clone(),
+        ));
+    }
     let telemetry_service = crate::telemetry::service::TelemetryService {
         hub: Arc::clone(&hub),
         state: state_rx.clone(),
@@ -688,4 +719,51 @@ impl ControlPlane {
         self.shutdown.cancelled().await;
         self.tracker.wait().await;
     }
+}
+
+/// The saved observation table, or an empty one when it cannot be read: observations are
+/// worth keeping but never worth an outage. A file that does not parse is moved aside
+/// (`.bad`) and named in the log, so nothing is overwritten unseen.
+fn load_observed(file: &std::path::Path) -> crate::observed::ObservedTable {
+    match crate::observed::ObservedTable::load(file) {
+        Ok(table) => table,
+        Err(e) => {
+            let aside = file.with_extension("bad");
+            let moved = std::fs::rename(file, &aside);
+            tracing::warn!(
+                error = %e,
+                moved_to = %aside.display(),
+                moved = moved.is_ok(),
+                "observation table not loaded; starting with an empty one"
+            );
+            crate::observed::ObservedTable::default()
+        }
+    }
+}
+
+/// Saves (and prunes) the observation table every [`OBSERVED_SAVE_EVERY`] and once more at
+/// shutdown.
+async fn save_observed(
+    table: Arc<crate::observed::ObservedTable>,
+    file: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let save = |table: &crate::observed::ObservedTable| {
+        if let Err(e) = table.save(&file) {
+            tracing::warn!(file = %file.display(), error = %e, "could not save the observation table");
+        }
+    };
+    let mut tick = tokio::time::interval(OBSERVED_SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                table.prune();
+                save(&table);
+            }
+        }
+    }
+    save(&table);
 }

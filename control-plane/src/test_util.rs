@@ -198,6 +198,8 @@ pub struct TestOptions {
     /// Keep the CA in a directory the control plane polls (every 100 ms), so it can be
     /// rotated (`TestControlPlane::ca_dir`).
     pub ca_dir: bool,
+    /// What becomes of the sidecars' observations.
+    pub observe: crate::Observe,
 }
 
 impl Default for TestOptions {
@@ -209,6 +211,7 @@ impl Default for TestOptions {
             limits: crate::GrpcLimits::default(),
             ca: CaOptions::default(),
             ca_dir: false,
+            observe: crate::Observe::default(),
         }
     }
 }
@@ -302,6 +305,7 @@ impl TestControlPlane {
                 watch: options.watch,
                 assigned_addresses: Default::default(),
                 limits: options.limits.clone(),
+                observe: options.observe.clone(),
                 kubernetes,
                 live_view_remote: false,
             },

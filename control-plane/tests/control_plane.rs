@@ -13,6 +13,7 @@ mod control_plane {
     mod kubernetes;
     mod limits;
     mod netpol;
+    mod observed;
     mod policy;
     mod reload;
     mod rotation;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use palisade_control_plane::k8s::KubernetesSource;
-use palisade_control_plane::{CaSource, ControlPlaneConfig, GrpcLimits, TokenStore};
+use palisade_control_plane::{CaSource, ControlPlaneConfig, GrpcLimits, Observe, TokenStore};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `palisade control-plane`.
@@ -54,6 +54,14 @@ pub struct ControlPlaneArgs {
     /// admin port to callers other than loopback ones.
     #[arg(long, env = "PALISADE_LIVE_VIEW_REMOTE")]
     pub live_view_remote: bool,
+    /// Keep the sidecars' observations (`palisade authz suggest`, `authz diff`) in this
+    /// file: read at start, saved every 30 s and at shutdown. Without it they are kept in
+    /// memory only.
+    #[arg(long, env = "PALISADE_OBSERVE_STATE", conflicts_with = "no_observe")]
+    pub observe_state: Option<PathBuf>,
+    /// Do not ask sidecars to count requests for `authz suggest` and `authz diff`.
+    #[arg(long, env = "PALISADE_NO_OBSERVE")]
+    pub no_observe: bool,
     /// Do not watch the config directory for changes.
     #[arg(long)]
     pub no_watch: bool,
@@ -194,6 +202,11 @@ pub fn run(args: ControlPlaneArgs) -> anyhow::Result<ExitCode> {
             watch: !args.no_watch,
             assigned_addresses: Default::default(),
             limits,
+            observe: match (&args.observe_state, args.no_observe) {
+                (_, true) => Observe::Off,
+                (Some(file), false) => Observe::Saved(file.clone()),
+                (None, false) => Observe::InMemory,
+            },
             kubernetes,
             live_view_remote: args.live_view_remote,
         };

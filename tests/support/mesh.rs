@@ -321,6 +321,7 @@ impl MeshBuilder {
                 watch: self.watch,
                 assigned_addresses: Default::default(),
                 limits: Default::default(),
+                observe: Default::default(),
                 kubernetes: None,
                 live_view_remote: false,
             },

@@ -149,6 +149,57 @@ pub(crate) fn top(hub: &Arc<Hub>) -> Response<Body> {
     super::ui::respond(StatusCode::OK, "application/json", Bytes::from(body + "\n"))
 }
 
+/// `GET /observed` (the rows the query asks for, JSON) or, with `suggest`, `GET /suggest`
+/// (least-privilege policies for them, YAML, on the configuration served now); 404 when
+/// observation is off.
+pub(crate) fn observed(
+    hub: &Arc<Hub>,
+    query: &str,
+    suggest: Option<&crate::MeshSnapshot>,
+) -> Response<Body> {
+    let Some(table) = hub.observed() else {
+        return super::ui::respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"observation is off (the control plane runs with --no-observe)\n"),
+        );
+    };
+    match crate::observed::query::ObservedQuery::parse(query) {
+        Ok(q) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let selected = q.select(table, now);
+            match suggest {
+                Some(snapshot) => {
+                    let s = crate::observed::suggest::suggest(snapshot, &selected);
+                    super::ui::respond(
+                        StatusCode::OK,
+                        "application/yaml; charset=utf-8",
+                        Bytes::from(s.yaml),
+                    )
+                }
+                None => {
+                    let body = serde_json::to_vec(&selected).unwrap_or_default();
+                    super::ui::respond(StatusCode::OK, "application/json", Bytes::from(body))
+                }
+            }
+        }
+        Err(e) => super::ui::respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            Bytes::from(format!(
+                "{}: {e}\n",
+                if suggest.is_some() {
+                    "/suggest"
+                } else {
+                    "/observed"
+                }
+            )),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,6 +147,8 @@ pub struct Hub {
     edges: Mutex<HashMap<(String, String), EdgeWindow>>,
     watchers: Mutex<(usize, Option<Instant>)>,
     active: channel::Sender<bool>,
+    /// Where proxies' observations go; `None` when observation is off.
+    observed: Option<Arc<crate::observed::ObservedTable>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -164,7 +166,24 @@ impl Default for Hub {
             edges: Mutex::new(HashMap::new()),
             watchers: Mutex::new((0, None)),
             active: channel::channel(false).0,
+            observed: None,
         }
+    }
+}
+
+impl Hub {
+    /// A hub that also gathers proxies' observations into `observed` (none: proxies are not
+    /// asked to observe).
+    pub fn observing(observed: Option<Arc<crate::observed::ObservedTable>>) -> Self {
+        Self {
+            observed,
+            ..Self::default()
+        }
+    }
+
+    /// The observation table, when observation is on.
+    pub fn observed(&self) -> Option<&Arc<crate::observed::ObservedTable>> {
+        self.observed.as_ref()
     }
 }
 
@@ -257,7 +276,17 @@ impl Hub {
     }
 
     /// Takes a report from `reporter` (`namespace/name`).
-    pub(crate) fn ingest(&self, reporter: &str, report: TelemetryReport, resolve: &Resolver) {
+    pub(crate) fn ingest(&self, reporter: &str, mut report: TelemetryReport, resolve: &Resolver) {
+        let observed = std::mem::take(&mut report.observed);
+        // Only a workload's sidecar observes (it is the destination of what it counts).
+        if let Some(table) = &self.observed
+            && !reporter.starts_with("spiffe://")
+            && (!observed.is_empty() || report.observed_folded > 0)
+        {
+            table.ingest(reporter, observed, report.observed_folded, &|id| {
+                resolve(id)
+            });
+        }
         let now = Instant::now();
         for d in report.decisions {
             let source = field(d.source);

@@ -149,13 +149,15 @@ impl Telemetry for TelemetryService {
         let resolve = resolver(self.state.clone());
         let shutdown = self.shutdown.clone();
         let end = tokio::time::sleep(self.max_age);
+        // Only a workload's sidecar has observations to give: the destination is its own.
+        let observe = self.hub.observed().is_some() && !reporter.starts_with("spiffe://");
         self.tracker.spawn(async move {
             let _slot = slot;
             tokio::pin!(end);
             let mut active = hub.active();
             let mut last = *active.borrow_and_update();
             if tx
-                .send(Ok(TelemetryControl { active: last }))
+                .send(Ok(TelemetryControl { active: last, observe }))
                 .await
                 .is_err()
             {
@@ -170,7 +172,7 @@ impl Telemetry for TelemetryService {
                         let now = *active.borrow_and_update();
                         if now != last {
                             last = now;
-                            if tx.send(Ok(TelemetryControl { active: now })).await.is_err() {
+                            if tx.send(Ok(TelemetryControl { active: now, observe })).await.is_err() {
                                 return;
                             }
                         }

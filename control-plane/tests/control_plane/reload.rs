@@ -87,6 +87,7 @@ async fn start_refuses_a_ca_of_another_trust_domain() {
             watch: false,
             assigned_addresses: Default::default(),
             limits: Default::default(),
+            observe: Default::default(),
             kubernetes: None,
             live_view_remote: false,
         },

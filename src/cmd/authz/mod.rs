@@ -10,6 +10,8 @@ use clap::{Args, Subcommand};
 use palisade_certs::SpiffeId;
 use palisade_control_plane::check;
 
+mod observed;
+
 /// Exit status of a denied request.
 const EXIT_DENY: u8 = 3;
 
@@ -19,6 +21,13 @@ pub enum AuthzCommand {
     /// Decide one connection or request as the sidecars would, and say which policies and
     /// rules decided.
     Check(CheckArgs),
+    /// Print least-privilege AuthorizationPolicy and NetworkPolicy documents that allow
+    /// exactly the traffic the sidecars observed being allowed.
+    Suggest(observed::SuggestArgs),
+    /// Replay the observed traffic against a candidate configuration and list every
+    /// request whose decision would change (exit 3 when something would be newly denied,
+    /// 4 when only newly allowed, 0 when nothing changes).
+    Diff(observed::DiffArgs),
 }
 
 /// Flags of `authz check`.
@@ -72,6 +81,8 @@ pub enum Output {
 pub fn run(command: AuthzCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuthzCommand::Check(args) => check(args),
+        AuthzCommand::Suggest(args) => observed::suggest(args),
+        AuthzCommand::Diff(args) => observed::diff(args),
     }
 }
 

@@ -57,6 +57,7 @@ async fn up(settings: Settings, snapshot: MeshSnapshot) -> anyhow::Result<ExitCo
             watch: true,
             assigned_addresses: Default::default(),
             limits: Default::default(),
+            observe: Default::default(),
             kubernetes: None,
             live_view_remote: false,
         },

@@ -503,6 +503,7 @@ fn start(
         watch: true,
         assigned_addresses: plan.assigned.clone(),
         limits: Default::default(),
+        observe: Default::default(),
         kubernetes: None,
         live_view_remote: false,
     };

@@ -1,0 +1,179 @@
+use super::*;
+
+fn request(source: &str, method: &str, path: &str, allowed: bool) -> ObservedRequest {
+    ObservedRequest {
+        source: source.to_owned(),
+        port: 8080,
+        method: method.to_owned(),
+        path: path.to_owned(),
+        allowed: u64::from(allowed),
+        denied: u64::from(!allowed),
+        policy: "default-allow".to_owned(),
+        rule: -1,
+        last_allowed: allowed,
+    }
+}
+
+fn resolve(id: &str) -> Option<String> {
+    id.rsplit_once("/sa/").map(|(_, sa)| format!("shop/{sa}"))
+}
+
+const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";
+
+#[test]
+fn reports_become_rows_with_templates_callers_and_counts() {
+    let t = ObservedTable::default();
+    t.ingest(
+        "shop/search",
+        vec![
+            request(CLIENT, "GET", "/items/1", true),
+            request(CLIENT, "GET", "/items/2", true),
+            request(CLIENT, "GET", "/search", true),
+            request(CLIENT, "DELETE", "/items/1", false),
+            request("", "", "", false),
+        ],
+        3,
+        &resolve,
+    );
+    let o = t.snapshot(0);
+    let rows: Vec<(String, &str, &str, u64, u64)> = o
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.key.source_workload.clone(),
+                r.key.method.as_str(),
+                r.path.as_str(),
+                r.leaf.allowed,
+                r.leaf.denied,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (String::new(), "", "", 0, 1),
+            ("shop/client".to_owned(), "DELETE", "/items/{*}", 0, 1),
+            ("shop/client".to_owned(), "GET", "/items/{*}", 2, 0),
+            ("shop/client".to_owned(), "GET", "/search", 1, 0),
+        ]
+    );
+    assert_eq!(o.folded, 3);
+    assert!(o.rows.iter().all(|r| r.key.destination == "shop/search"));
+    assert_eq!(o.rows[2].leaf.example, "/items/1");
+}
+
+#[test]
+fn a_path_a_policy_would_read_as_a_wildcard_is_counted_apart() {
+    let t = ObservedTable::default();
+    t.ingest(
+        "shop/search",
+        vec![
+            request(CLIENT, "GET", "/admin*", true),
+            request(CLIENT, "GET", "/x/{**}", true),
+        ],
+        0,
+        &resolve,
+    );
+    let o = t.snapshot(0);
+    assert!(o.rows.is_empty(), "{o:?}");
+    assert_eq!(o.unnameable, 2);
+}
+
+/// Issue 17 item 3: 100,000 distinct paths and 10,000 distinct callers keep the table
+/// within its caps and its stated memory bound, and what did not fit is counted.
+#[test]
+fn a_flood_of_paths_and_callers_stays_within_the_bound() {
+    let t = ObservedTable::default();
+    let mut sent = 0u64;
+    // 100,000 distinct paths from one caller, in reports of 1,000.
+    for batch in 0..100 {
+        let rows = (0..1000)
+            .map(|i| {
+                let n = batch * 1000 + i;
+                request(
+                    CLIENT,
+                    "GET",
+                    &format!("/p{}/q{}/r{n}", n % 97, n % 89),
+                    true,
+                )
+            })
+            .collect();
+        sent += 1000;
+        t.ingest("shop/search", rows, 0, &resolve);
+    }
+    // 10,000 distinct callers, each with its own long path.
+    for batch in 0..10 {
+        let rows = (0..1000)
+            .map(|i| {
+                let n = batch * 1000 + i;
+                let caller = format!(
+                    "spiffe://cluster.local/ns/shop/sa/caller-{n}-{}",
+                    "x".repeat(200)
+                );
+                request(&caller, "GET", &format!("/c/{}/{n}", "y".repeat(200)), true)
+            })
+            .collect();
+        sent += 1000;
+        t.ingest("shop/search", rows, 0, &resolve);
+    }
+    let (groups, nodes) = t.size();
+    let bytes = t.approx_bytes();
+    let o = t.snapshot(0);
+    let kept: u64 = o.rows.iter().map(|r| r.leaf.allowed).sum();
+    println!(
+        "observed flood: {groups} groups, {nodes} nodes, {} rows, ~{:.1} MiB, {kept} requests kept in rows, {} folded",
+        o.rows.len(),
+        bytes as f64 / 1048576.0,
+        o.folded
+    );
+    assert!(
+        groups <= MAX_GROUPS && nodes <= MAX_NODES,
+        "{groups} {nodes}"
+    );
+    assert!(bytes < MEMORY_BOUND_BYTES, "{bytes}");
+    assert_eq!(
+        kept + o.folded + o.unnameable,
+        sent,
+        "every request counted once"
+    );
+    assert!(
+        o.folded > 0,
+        "10,000 callers do not fit in {MAX_GROUPS} groups"
+    );
+    // The paths of one caller collapsed into templates rather than 100,000 rows.
+    let search_rows = o.rows.iter().filter(|r| r.key.source == CLIENT).count();
+    assert!(search_rows < 200, "{search_rows}");
+}
+
+#[test]
+fn the_table_survives_a_save_and_load_and_a_bad_file_is_named() {
+    let t = ObservedTable::default();
+    t.ingest(
+        "shop/search",
+        vec![
+            request(CLIENT, "GET", "/items/1", true),
+            request(CLIENT, "GET", "/search", true),
+        ],
+        2,
+        &resolve,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("observed.json");
+    t.save(&file).unwrap();
+    let again = ObservedTable::load(&file).unwrap();
+    assert_eq!(again.snapshot(0), t.snapshot(0));
+    assert_eq!(again.size(), t.size());
+    assert_eq!(
+        ObservedTable::load(&dir.path().join("missing.json"))
+            .unwrap()
+            .snapshot(0),
+        Observations::default()
+    );
+    std::fs::write(&file, "{not json").unwrap();
+    let err = ObservedTable::load(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("observed.json") && err.contains("not a saved observation table"),
+        "{err}"
+    );
+}
