@@ -411,8 +411,29 @@ async fn the_ui_page_shows_the_graph_and_violations_live_in_a_browser() {
             && typed.contains("shop/payments-not-from-search"),
         "{result}"
     );
+    // The suggestion view: search's callers as observed (client, allowed), and no observed
+    // request the served configuration decides differently.
+    let suggestion = result["suggestion"].as_str().unwrap();
+    assert!(
+        suggestion.contains("name: \"suggested-search\"")
+            && suggestion.contains("principals: [\"cluster.local/ns/shop/sa/client\"]")
+            && suggestion.contains("\"/search\""),
+        "{result}"
+    );
+    assert!(
+        result["diff_summary"]
+            .as_str()
+            .unwrap()
+            .ends_with(" 0 decided differently"),
+        "{result}"
+    );
     assert_eq!(result["console_errors"], serde_json::json!([]), "{result}");
-    for shot in ["ui-graph.png", "ui-violation.png", "ui-edge.png"] {
+    for shot in [
+        "ui-graph.png",
+        "ui-violation.png",
+        "ui-edge.png",
+        "ui-suggest.png",
+    ] {
         let path = artifacts.join(shot);
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         assert!(

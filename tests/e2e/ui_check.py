@@ -12,6 +12,8 @@ Usage: ui_check.py URL ARTIFACT_DIR DENIED_EDGE POLICY
    edge and waits for POLICY among the policies that apply; reads the server's authz check
    of the edge's last request; tabs into the check form, types a path, Enter, and reads the
    answer; screenshot ui-edge.png.
+4. Still by keyboard, picks SUGGEST_WORKLOAD in the suggestion view and runs it; reads the
+   suggested policies and the diff summary; screenshot ui-suggest.png.
 Prints one JSON line with what it measured, and exits 0; anything else fails.
 """
 
@@ -24,11 +26,13 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 
 # The path typed into the edge's check form.
 TYPED_PATH = "/typed-in-the-ui"
+# The workload whose suggested policies the page shows.
+SUGGEST_WORKLOAD = "shop/search"
 
 
 def main() -> int:
@@ -102,6 +106,23 @@ def main() -> int:
         result["typed_check"] = driver.find_element(By.ID, "check-answer").text
         driver.execute_script("document.getElementById('check-answer').scrollIntoView(false)")
         driver.save_screenshot(os.path.join(artifacts, "ui-edge.png"))
+
+        # The suggestion view, by keyboard: Tab to the workload picker, pick, Tab, Enter.
+        for presses in range(1, 80):
+            driver.switch_to.active_element.send_keys(Keys.TAB)
+            if driver.execute_script("return document.activeElement.id") == "suggest-workload":
+                break
+        else:
+            raise AssertionError("the workload picker never took the focus with Tab")
+        Select(driver.switch_to.active_element).select_by_value(SUGGEST_WORKLOAD)
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+        assert driver.execute_script("return document.activeElement.id") == "suggest-run"
+        driver.switch_to.active_element.send_keys(Keys.ENTER)
+        WebDriverWait(driver, 5).until(lambda d: d.find_elements(By.ID, "diff-summary"))
+        result["suggestion"] = driver.find_element(By.ID, "suggestion").text
+        result["diff_summary"] = driver.find_element(By.ID, "diff-summary").text
+        driver.execute_script("document.getElementById('suggestion').scrollIntoView(true)")
+        driver.save_screenshot(os.path.join(artifacts, "ui-suggest.png"))
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         result["console_errors"] = [e.get("message") for e in errors]
     finally:

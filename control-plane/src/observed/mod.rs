@@ -124,7 +124,8 @@ pub enum LoadError {
     },
 }
 
-fn now_seconds() -> i64 {
+/// Now, in Unix seconds.
+pub fn now_seconds() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -79,8 +79,11 @@ pub fn suggest(snapshot: &MeshSnapshot, observed: &Observations) -> Suggestion {
     let mut yaml = String::new();
     let _ = writeln!(
         yaml,
-        "# Suggested by `palisade authz suggest` from {} observed rows of allowed traffic.",
-        by_destination.values().map(Vec::len).sum::<usize>()
+        "# Suggested by `palisade authz suggest` from {} of allowed traffic.",
+        match by_destination.values().map(Vec::len).sum::<usize>() {
+            1 => "1 observed row".to_owned(),
+            n => format!("{n} observed rows"),
+        }
     );
     if observed.folded > 0 {
         let line = format!(

@@ -166,10 +166,7 @@ pub(crate) fn observed(
     };
     match crate::observed::query::ObservedQuery::parse(query) {
         Ok(q) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            let selected = q.select(table, now);
+            let selected = q.select(table, crate::observed::now_seconds());
             match suggest {
                 Some(snapshot) => {
                     let s = crate::observed::suggest::suggest(snapshot, &selected);

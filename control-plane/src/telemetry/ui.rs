@@ -182,6 +182,7 @@ pub(crate) fn route(
             Ok(q) => json(&edge(hub, published, &q.source, &q.destination)),
             Err(e) => bad_request(path, &e),
         },
+        "/ui/diff" => diff(hub, published, query),
         "/ui/check" => match edge_query(query, true) {
             Ok(q) => json(&check_edge(&published.snapshot, &q)),
             Err(e) => bad_request(path, &e),
@@ -236,6 +237,28 @@ fn graph(hub: &Hub, published: &Published) -> Graph {
         nodes,
         edges: edges.into_values().collect(),
     }
+}
+
+/// The observed traffic of a workload replayed on the configuration served now: what it
+/// decides differently from what the sidecars decided when the traffic was seen.
+fn diff(hub: &Hub, published: &Published, query: &str) -> Response<Body> {
+    let Some(table) = hub.observed() else {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"observation is off (the control plane runs with --no-observe)\n"),
+        );
+    };
+    let q = match crate::observed::query::ObservedQuery::parse(query) {
+        Ok(q) if q.workload.is_some() => q,
+        Ok(_) => return bad_request("/ui/diff", "workload is required"),
+        Err(e) => return bad_request("/ui/diff", &e),
+    };
+    let observed = q.select(table, crate::observed::now_seconds());
+    json(&crate::observed::diff::replay(
+        &published.snapshot,
+        &observed,
+    ))
 }
 
 fn bad_request(path: &str, error: &str) -> Response<Body> {

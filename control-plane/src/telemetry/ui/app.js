@@ -79,6 +79,7 @@ function drawGraph(graph) {
     list.append(li);
   }
   if (!graph.edges.length) list.append(el("li", {}, "No traffic observed yet."));
+  fillWorkloads(graph.nodes.map(n => n.id));
   if (focusedEdge) {
     const again = list.querySelector('button[data-edge="' + CSS.escape(focusedEdge) + '"]');
     if (again) again.focus();
@@ -163,6 +164,53 @@ function checkForm(d) {
   return form;
 }
 
+// The workload picker of the suggestion view: refilled when the workloads change, keeping
+// the choice.
+function fillWorkloads(ids) {
+  const select = document.getElementById("suggest-workload");
+  const now = Array.from(select.options).map(o => o.value);
+  if (JSON.stringify(now) === JSON.stringify(ids)) return;
+  const chosen = select.value;
+  select.replaceChildren(...ids.map(id => el("option", { value: id }, id)));
+  if (ids.includes(chosen)) select.value = chosen;
+}
+
+// The suggestion for the chosen workload (YAML, as `palisade authz suggest --workload`
+// prints it) and the observed traffic whose decision the served configuration changes.
+async function suggest() {
+  const workload = document.getElementById("suggest-workload").value;
+  const out = document.getElementById("suggest-out");
+  if (!workload) return;
+  const q = new URLSearchParams({ workload });
+  const [yaml, diff] = await Promise.all([
+    fetch("/suggest?" + q, { cache: "no-store" }),
+    fetch("/ui/diff?" + q, { cache: "no-store" }),
+  ]);
+  const parts = [el("h3", {}, "Suggested policies for " + workload)];
+  parts.push(el("pre", { id: "suggestion", tabindex: "0" }, await yaml.text()));
+  parts.push(el("h3", {}, "Observed traffic the served configuration decides differently now"));
+  if (!diff.ok) {
+    parts.push(el("p", { class: "check-error" }, await diff.text()));
+  } else {
+    const d = await diff.json();
+    parts.push(el("p", { id: "diff-summary" }, d.replayed + " observed rows replayed, " + d.changes.length + " decided differently"));
+    const table = el("table", { id: "diff" });
+    const head = el("tr");
+    for (const h of ["Source", "Request", "Requests", "Before", "Now"]) head.append(el("th", { scope: "col" }, h));
+    table.append(el("thead"), el("tbody"));
+    table.tHead.append(head);
+    for (const c of d.changes) {
+      const tr = el("tr", { class: c.allowed_after ? "" : "fresh" });
+      for (const text of [c.source, c.request + " (port " + c.port + ")", String(c.requests),
+        (c.allowed_before ? "ALLOW" : "DENY") + " by " + c.policy_before,
+        (c.allowed_after ? "ALLOW" : "DENY") + " by " + c.policy_after]) tr.append(el("td", {}, text));
+      table.tBodies[0].append(tr);
+    }
+    parts.push(table);
+  }
+  out.replaceChildren(...parts);
+}
+
 function addViolation(v, fresh) {
   const tbody = document.getElementById("violations");
   const tr = el("tr", { "data-path": v.path, class: fresh ? "fresh" : "" });
@@ -175,6 +223,7 @@ function addViolation(v, fresh) {
 }
 
 async function start() {
+  document.getElementById("suggest-run").addEventListener("click", suggest);
   try {
     const resp = await fetch("/ui/violations", { cache: "no-store" });
     if (resp.ok) for (const v of await resp.json()) addViolation(v, false);
