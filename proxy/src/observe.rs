@@ -7,7 +7,7 @@
 //! one atomic load.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,10 @@ pub const RING: usize = 1024;
 pub const MAX_PER_REPORT: usize = 512;
 /// One allowed request in this many is recorded while someone watches.
 pub const SAMPLE_ALLOWED: u64 = 16;
+/// Allowed requests sampled per report interval at most: a person reads a tap, and at tens
+/// of thousands of requests a second 1 in 16 would still be thousands of lines a second,
+/// each carried to the control plane and the watcher. Denials are not limited by this.
+pub const MAX_ALLOWED_PER_REPORT: i64 = 32;
 /// Callers tracked per report interval; further ones are folded into one row.
 pub const MAX_EDGES: usize = 512;
 /// The caller row that absorbs callers past [`MAX_EDGES`].
@@ -89,6 +93,8 @@ pub struct Observer {
     inner: Mutex<Inner>,
     watched: AtomicBool,
     allowed: AtomicU64,
+    /// Allowed samples left until the next report.
+    allowed_budget: AtomicI64,
 }
 
 fn now_ms() -> i64 {
@@ -120,7 +126,10 @@ impl Observer {
     /// Starts or stops the sampling of allowed requests and the traffic counts.
     pub fn set_watched(&self, watched: bool) {
         self.watched.store(watched, Ordering::Relaxed);
-        if !watched {
+        if watched {
+            self.allowed_budget
+                .store(MAX_ALLOWED_PER_REPORT, Ordering::Relaxed);
+        } else {
             self.lock().edges.clear();
         }
     }
@@ -144,6 +153,7 @@ impl Observer {
                 .allowed
                 .fetch_add(1, Ordering::Relaxed)
                 .is_multiple_of(SAMPLE_ALLOWED)
+                || self.allowed_budget.fetch_sub(1, Ordering::Relaxed) <= 0
             {
                 return;
             }
@@ -216,6 +226,8 @@ impl Observer {
     /// What happened since the last report (with `backlog`, the ring's recent past), at most
     /// [`MAX_PER_REPORT`] decisions, the newest kept.
     pub fn report(&self, backlog: bool) -> TelemetryReport {
+        self.allowed_budget
+            .store(MAX_ALLOWED_PER_REPORT, Ordering::Relaxed);
         let mut inner = self.lock();
         let from = if backlog { 0 } else { inner.sent_seq };
         let fresh: Vec<&(u64, DecisionRecord)> =
@@ -295,6 +307,29 @@ mod tests {
         assert_eq!(r.edges[0].denied, 1);
         assert_eq!(r.edges[0].latency_buckets.iter().sum::<u64>(), 1);
         assert_eq!(r.edges[0].latency_buckets[bucket(0.003)], 1);
+    }
+
+    #[test]
+    fn allowed_samples_per_report_are_capped_and_denials_are_not() {
+        let o = Observer::default();
+        o.set_watched(true);
+        let n = SAMPLE_ALLOWED * (MAX_ALLOWED_PER_REPORT as u64) * 3;
+        for _ in 0..n {
+            o.decision(Verdict::Allow, &seen("inbound", "/a"), String::new);
+        }
+        for _ in 0..100 {
+            o.decision(Verdict::Deny, &seen("inbound", "/b"), String::new);
+        }
+        let r = o.report(false);
+        let allowed = r.decisions.iter().filter(|d| d.decision == "allow").count();
+        assert_eq!(allowed, MAX_ALLOWED_PER_REPORT as usize);
+        assert_eq!(r.decisions.len() - allowed, 100);
+        assert_eq!(r.edges[0].requests, n + 100, "every request still counted");
+        // The next interval samples again.
+        for _ in 0..SAMPLE_ALLOWED {
+            o.decision(Verdict::Allow, &seen("inbound", "/a"), String::new);
+        }
+        assert_eq!(o.report(false).decisions.len(), 1);
     }
 
     #[test]

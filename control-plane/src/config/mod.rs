@@ -14,6 +14,7 @@
 
 mod netpol;
 mod policy;
+pub(crate) use policy::policy_path_error;
 mod resources;
 mod validate;
 

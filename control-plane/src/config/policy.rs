@@ -270,6 +270,12 @@ fn path_template(value: &str) -> Result<StringMatch, String> {
     Ok(StringMatch::Template(value.to_owned()))
 }
 
+/// Why an AuthorizationPolicy could not name `value` in `paths`, if it could not (for tools
+/// that write policies, such as `authz suggest`, so they never write one the loader refuses).
+pub(crate) fn policy_path_error(value: &str) -> Option<String> {
+    path(value).err()
+}
+
 fn path(value: &str) -> Result<StringMatch, String> {
     if value.contains(['{', '}']) {
         return path_template(value);

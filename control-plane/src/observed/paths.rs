@@ -7,8 +7,6 @@
 //! A path AuthorizationPolicy cannot name exactly (a segment holding `*`, `{` or `}`, which
 //! a policy would read as a wildcard) is never put in the trie: it is counted apart.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// Different names at one position before it becomes `{*}`.
@@ -62,24 +60,20 @@ impl Leaf {
             self.example = other.example;
         }
     }
-
-    /// Heap bytes held.
-    fn heap(&self) -> usize {
-        self.policy.capacity() + self.example.capacity()
-    }
 }
 
-/// One position of the trie.
+/// One position of the trie. Kept small (boxed leaves, children in a sorted vector of at
+/// most [`FANOUT`] + 1), since the node cap times a node's size is the table's bound.
 #[derive(Debug, Default)]
 pub struct Node {
     /// The path ends here.
-    end: Option<Leaf>,
-    /// Named next segments.
-    named: BTreeMap<Box<str>, Node>,
+    end: Option<Box<Leaf>>,
+    /// Named next segments, sorted by name.
+    named: Vec<(Box<str>, Node)>,
     /// `{*}`: any one segment.
     any: Option<Box<Node>>,
     /// `{**}`: any rest.
-    rest: Option<Leaf>,
+    rest: Option<Box<Leaf>>,
 }
 
 /// Why a path was not learned.
@@ -118,26 +112,30 @@ pub fn nameable(path: &str) -> bool {
 }
 
 impl Node {
-    /// Nodes in this subtree, itself included.
-    pub fn nodes(&self) -> usize {
-        1 + self.named.values().map(Node::nodes).sum::<usize>()
-            + self.any.as_ref().map_or(0, |n| n.nodes())
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.named.binary_search_by(|(k, _)| (**k).cmp(name))
     }
 
-    /// Heap bytes held by this subtree (its own size is counted by the parent).
-    pub fn heap(&self) -> usize {
-        let leaves =
-            self.end.as_ref().map_or(0, Leaf::heap) + self.rest.as_ref().map_or(0, Leaf::heap);
-        let named: usize = self
-            .named
-            .iter()
-            .map(|(k, n)| k.len() + std::mem::size_of::<(Box<str>, Node)>() + 16 + n.heap())
-            .sum();
-        let any = self
-            .any
-            .as_ref()
-            .map_or(0, |n| std::mem::size_of::<Node>() + n.heap());
-        leaves + named + any
+    fn has(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// The child named `name`, made when missing.
+    fn child(&mut self, name: &str) -> &mut Node {
+        let i = match self.find(name) {
+            Ok(i) => i,
+            Err(i) => {
+                self.named.insert(i, (name.into(), Node::default()));
+                i
+            }
+        };
+        &mut self.named[i].1
+    }
+
+    /// Nodes in this subtree, itself included.
+    pub fn nodes(&self) -> usize {
+        1 + self.named.iter().map(|(_, n)| n.nodes()).sum::<usize>()
+            + self.any.as_ref().map_or(0, |n| n.nodes())
     }
 
     /// Learns `path` with `leaf`'s counts; `budget` is how many nodes it may add, and is
@@ -169,9 +167,9 @@ impl Node {
         let wild = !first.is_empty()
             && (looks_like_id(first)
                 || first.len() > MAX_SEGMENT
-                || self.any.is_some() && !self.named.contains_key(*first));
-        if !wild && !self.named.contains_key(*first) {
-            let names = self.named.keys().filter(|k| !k.is_empty()).count();
+                || self.any.is_some() && !self.has(first));
+        if !wild && !self.has(first) {
+            let names = self.named.iter().filter(|(k, _)| !k.is_empty()).count();
             if !first.is_empty() && names >= FANOUT {
                 self.collapse(budget);
                 return self.insert(segs, leaf, budget, depth);
@@ -180,7 +178,7 @@ impl Node {
                 return Err(NotLearned::Full);
             }
             *budget -= 1;
-            self.named.insert((*first).into(), Node::default());
+            self.child(first);
         }
         let next = if wild {
             if self.any.is_none() {
@@ -190,14 +188,14 @@ impl Node {
                 *budget -= 1;
                 self.any = Some(Box::default());
             }
-            self.any.as_deref_mut()
+            match self.any.as_deref_mut() {
+                Some(node) => node,
+                None => return Err(NotLearned::Full),
+            }
         } else {
-            self.named.get_mut(*first)
+            self.child(first)
         };
-        match next {
-            Some(node) => node.insert(tail, leaf, budget, depth + 1),
-            None => Err(NotLearned::Full),
-        }
+        next.insert(tail, leaf, budget, depth + 1)
     }
 
     /// Every named next segment but the empty one merges into `{*}`.
@@ -207,7 +205,7 @@ impl Node {
         let mut any = self.any.take().map_or_else(Node::default, |b| *b);
         for (name, node) in named {
             if name.is_empty() {
-                self.named.insert(name, node);
+                self.named.push((name, node));
             } else {
                 any.absorb(node);
             }
@@ -220,13 +218,13 @@ impl Node {
     /// Merges `other` (a subtree at the same position) into this one.
     fn absorb(&mut self, other: Node) {
         if let Some(l) = other.end {
-            merge_into(&mut self.end, l);
+            merge_into(&mut self.end, *l);
         }
         if let Some(l) = other.rest {
-            merge_into(&mut self.rest, l);
+            merge_into(&mut self.rest, *l);
         }
         for (name, node) in other.named {
-            self.named.entry(name).or_default().absorb(node);
+            self.child(&name).absorb(node);
         }
         if let Some(node) = other.any {
             self.any.get_or_insert_with(Box::default).absorb(*node);
@@ -293,10 +291,10 @@ impl Node {
                 if !nameable(seg) {
                     return Err(NotLearned::Unnameable);
                 }
-                if !node.named.contains_key(*seg) {
+                if !node.has(seg) {
                     *budget -= 1;
                 }
-                node.named.entry((*seg).into()).or_default()
+                node.child(seg)
             };
         }
         merge_into(&mut node.end, leaf);
@@ -304,10 +302,10 @@ impl Node {
     }
 }
 
-fn merge_into(slot: &mut Option<Leaf>, leaf: Leaf) {
+fn merge_into(slot: &mut Option<Box<Leaf>>, leaf: Leaf) {
     match slot {
         Some(l) => l.merge(leaf),
-        None => *slot = Some(leaf),
+        None => *slot = Some(Box::new(leaf)),
     }
 }
 

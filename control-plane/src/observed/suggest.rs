@@ -71,12 +71,26 @@ pub fn suggest(snapshot: &MeshSnapshot, observed: &Observations) -> Suggestion {
     let mut out = Suggestion::default();
     let mut by_destination: BTreeMap<&str, Vec<&ObservedRow>> = BTreeMap::new();
     for row in observed.rows.iter().filter(|r| r.leaf.allowed > 0) {
+        // A path the loader would refuse (a query or fragment sign, a character a template
+        // cannot hold) is left out: the suggestion must load as written.
+        if !row.key.method.is_empty()
+            && let Some(why) = crate::config::policy_path_error(&row.path)
+        {
+            out.left_out.push(format!(
+                "{}: {} {} from {}: no policy can name this path: {why}",
+                row.key.destination, row.key.method, row.path, row.key.source
+            ));
+            continue;
+        }
         by_destination
             .entry(&row.key.destination)
             .or_default()
             .push(row);
     }
     let mut yaml = String::new();
+    for line in &out.left_out {
+        let _ = writeln!(yaml, "# Left out: {}.", line.replace(['\n', '\r'], " "));
+    }
     let _ = writeln!(
         yaml,
         "# Suggested by `palisade authz suggest` from {} of allowed traffic.",
@@ -123,6 +137,7 @@ fn authorization_policy(
     rows: &[&ObservedRow],
 ) {
     let destination = format!("{}/{}", workload.namespace, workload.name);
+    let already_said = left_out.len();
     // Rules by principal, then operations by (port, method), then path templates.
     let mut by_source: BTreeMap<&str, BTreeMap<(u16, &str), Vec<&ObservedRow>>> = BTreeMap::new();
     for row in rows {
@@ -151,10 +166,7 @@ fn authorization_policy(
         when(first),
         when(last)
     );
-    for line in left_out
-        .iter()
-        .filter(|l| l.starts_with(&format!("{destination}:")))
-    {
+    for line in &left_out[already_said..] {
         let _ = writeln!(yaml, "# Left out: {line}.");
     }
     let _ = writeln!(yaml, "apiVersion: security.istio.io/v1");
