@@ -125,10 +125,10 @@ fn live_view(
     Some(match path {
         "/tap" => crate::telemetry::http::tap(&state.hub, query),
         "/top" => crate::telemetry::http::top(&state.hub),
-        "/observed" => crate::telemetry::http::observed(&state.hub, query, None),
-        "/suggest" => {
+        "/observed" | "/suggest" => {
             let published = Arc::clone(&state.state.borrow());
-            crate::telemetry::http::observed(&state.hub, query, Some(&published.snapshot))
+            let suggest = path == "/suggest";
+            crate::telemetry::http::observed(&state.hub, query, &published.snapshot, suggest)
         }
         _ => {
             let published = Arc::clone(&state.state.borrow());

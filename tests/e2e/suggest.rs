@@ -189,6 +189,14 @@ async fn suggested_policies_allow_exactly_the_observed_mix() {
         mix_rows.iter().cloned().collect(),
         "exactly the mix was observed: {observations}"
     );
+    for r in observations["rows"].as_array().unwrap() {
+        let expected = if r["destination"] == "shop/payments" {
+            "grpc"
+        } else {
+            "http"
+        };
+        assert_eq!(r["protocol"], expected, "{r}");
+    }
 
     // 2. Suggest, and check that the documents load unchanged.
     let suggest = run(&[

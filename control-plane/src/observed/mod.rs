@@ -66,6 +66,10 @@ pub struct ObservedRow {
     pub key: GroupKey,
     /// Path template (`/orders/{*}`), "" for a connection.
     pub path: String,
+    /// What the destination port speaks (`http`, `http2`, `grpc`, `tcp`), from the
+    /// configuration when the rows are served; "" when the port is not declared now.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
     /// Counts, times, last decision and an example path.
     #[serde(flatten)]
     pub leaf: Leaf,
@@ -102,6 +106,23 @@ struct Table {
 #[derive(Debug, Default)]
 pub struct ObservedTable {
     table: Mutex<Table>,
+}
+
+impl Observations {
+    /// Fills each row's `protocol` from the destination port as `snapshot` declares it.
+    pub fn label_protocols(&mut self, snapshot: &crate::MeshSnapshot) {
+        for row in &mut self.rows {
+            let (ns, name) = row
+                .key
+                .destination
+                .split_once('/')
+                .unwrap_or(("", &row.key.destination));
+            row.protocol = snapshot
+                .workload(ns, name)
+                .and_then(|w| w.port(row.key.port))
+                .map_or_else(String::new, |p| p.protocol.as_str().to_owned());
+        }
+    }
 }
 
 /// Why a saved table could not be used.
@@ -251,6 +272,7 @@ impl ObservedTable {
                     continue;
                 }
                 rows.push(ObservedRow {
+                    protocol: String::new(),
                     key: key.clone(),
                     path: if key.method.is_empty() {
                         String::new()

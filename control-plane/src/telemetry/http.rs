@@ -155,7 +155,8 @@ pub(crate) fn top(hub: &Arc<Hub>) -> Response<Body> {
 pub(crate) fn observed(
     hub: &Arc<Hub>,
     query: &str,
-    suggest: Option<&crate::MeshSnapshot>,
+    snapshot: &crate::MeshSnapshot,
+    suggest: bool,
 ) -> Response<Body> {
     let Some(table) = hub.observed() else {
         return super::ui::respond(
@@ -166,9 +167,9 @@ pub(crate) fn observed(
     };
     match crate::observed::query::ObservedQuery::parse(query) {
         Ok(q) => {
-            let selected = q.select(table, crate::observed::now_seconds());
+            let mut selected = q.select(table, crate::observed::now_seconds());
             match suggest {
-                Some(snapshot) => {
+                true => {
                     let s = crate::observed::suggest::suggest(snapshot, &selected);
                     super::ui::respond(
                         StatusCode::OK,
@@ -176,7 +177,8 @@ pub(crate) fn observed(
                         Bytes::from(s.yaml),
                     )
                 }
-                None => {
+                false => {
+                    selected.label_protocols(snapshot);
                     let body = serde_json::to_vec(&selected).unwrap_or_default();
                     super::ui::respond(StatusCode::OK, "application/json", Bytes::from(body))
                 }
@@ -187,11 +189,7 @@ pub(crate) fn observed(
             "text/plain; charset=utf-8",
             Bytes::from(format!(
                 "{}: {e}\n",
-                if suggest.is_some() {
-                    "/suggest"
-                } else {
-                    "/observed"
-                }
+                if suggest { "/suggest" } else { "/observed" }
             )),
         ),
     }
