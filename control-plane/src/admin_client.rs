@@ -78,6 +78,24 @@ pub(crate) async fn get(
     Ok(response)
 }
 
+/// `GET path`'s body as text, reading at most `max` bytes.
+pub(crate) async fn get_text(
+    addr: SocketAddr,
+    path: &str,
+    max: usize,
+) -> Result<String, AdminClientError> {
+    let response = get(addr, path).await?;
+    let body = Limited::new(response.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| AdminClientError::Http {
+            addr,
+            reason: e.to_string(),
+        })?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// `GET path` as JSON of type `T`, reading at most `max` bytes.
 pub(crate) async fn get_json<T: DeserializeOwned>(
     addr: SocketAddr,
@@ -85,16 +103,8 @@ pub(crate) async fn get_json<T: DeserializeOwned>(
     max: usize,
 ) -> Result<T, AdminClientError> {
     let read = async {
-        let response = get(addr, path).await?;
-        let body = Limited::new(response.into_body(), max)
-            .collect()
-            .await
-            .map_err(|e| AdminClientError::Http {
-                addr,
-                reason: e.to_string(),
-            })?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| AdminClientError::Answer {
+        let body = get_text(addr, path, max).await?;
+        serde_json::from_str(&body).map_err(|e| AdminClientError::Answer {
             addr,
             status: 200,
             body: format!("not the expected JSON from {path}: {e}"),

@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 
-use http_body_util::{BodyExt, Limited};
-
 use super::Observations;
 use super::query::ObservedQuery;
-use crate::admin_client::{AdminClientError, get, get_json};
+use crate::admin_client::{AdminClientError, get_json, get_text};
 
 /// Largest table or suggestion read (the table's own bound is far below).
 const MAX_BODY: usize = 256 * 1024 * 1024;
@@ -24,14 +22,5 @@ pub async fn suggestion(
     addr: SocketAddr,
     query: &ObservedQuery,
 ) -> Result<String, AdminClientError> {
-    let response = get(addr, &format!("/suggest?{}", query.to_query())).await?;
-    let body = Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| AdminClientError::Http {
-            addr,
-            reason: e.to_string(),
-        })?
-        .to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    get_text(addr, &format!("/suggest?{}", query.to_query()), MAX_BODY).await
 }

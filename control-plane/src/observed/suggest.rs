@@ -130,6 +130,22 @@ pub fn suggest(snapshot: &MeshSnapshot, observed: &Observations) -> Suggestion {
     out
 }
 
+/// A suggested document's start: its kind, `suggested-<workload>` in the workload's
+/// namespace, and `spec.<selector>` naming the workload by all its labels.
+fn head(yaml: &mut String, api_version: &str, kind: &str, selector: &str, workload: &Workload) {
+    let _ = writeln!(yaml, "apiVersion: {api_version}");
+    let _ = writeln!(yaml, "kind: {kind}");
+    let _ = writeln!(
+        yaml,
+        "metadata: {{name: {}, namespace: {}}}",
+        q(&format!("suggested-{}", workload.name)),
+        q(&workload.namespace)
+    );
+    let _ = writeln!(yaml, "spec:");
+    let _ = writeln!(yaml, "  {selector}:");
+    let _ = writeln!(yaml, "    matchLabels: {}", labels(&workload.labels));
+}
+
 fn authorization_policy(
     yaml: &mut String,
     left_out: &mut Vec<String>,
@@ -169,17 +185,13 @@ fn authorization_policy(
     for line in &left_out[already_said..] {
         let _ = writeln!(yaml, "# Left out: {line}.");
     }
-    let _ = writeln!(yaml, "apiVersion: security.istio.io/v1");
-    let _ = writeln!(yaml, "kind: AuthorizationPolicy");
-    let _ = writeln!(
+    head(
         yaml,
-        "metadata: {{name: {}, namespace: {}}}",
-        q(&format!("suggested-{}", workload.name)),
-        q(&workload.namespace)
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        "selector",
+        workload,
     );
-    let _ = writeln!(yaml, "spec:");
-    let _ = writeln!(yaml, "  selector:");
-    let _ = writeln!(yaml, "    matchLabels: {}", labels(&workload.labels));
     let _ = writeln!(yaml, "  action: ALLOW");
     if by_source.is_empty() {
         // An ALLOW policy without rules allows nothing: exactly what was observed.
@@ -272,17 +284,13 @@ fn network_policy(
         yaml,
         "# {destination}: the callers and ports observed, at layer 4."
     );
-    let _ = writeln!(yaml, "apiVersion: networking.k8s.io/v1");
-    let _ = writeln!(yaml, "kind: NetworkPolicy");
-    let _ = writeln!(
+    head(
         yaml,
-        "metadata: {{name: {}, namespace: {}}}",
-        q(&format!("suggested-{}", workload.name)),
-        q(&workload.namespace)
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "podSelector",
+        workload,
     );
-    let _ = writeln!(yaml, "spec:");
-    let _ = writeln!(yaml, "  podSelector:");
-    let _ = writeln!(yaml, "    matchLabels: {}", labels(&workload.labels));
     let _ = writeln!(yaml, "  policyTypes: [Ingress]");
     let callers: Vec<_> = by_caller
         .into_iter()
