@@ -169,6 +169,36 @@ fn cut_to(mut s: String, max: usize) -> String {
 }
 
 impl Table {
+    fn rows(&self, since: i64) -> Observations {
+        let table = self;
+        let mut rows = Vec::new();
+        let mut oldest = i64::MAX;
+        for (key, group) in &table.groups {
+            for (template, leaf) in group.paths.templates() {
+                oldest = oldest.min(leaf.first_seen);
+                if leaf.last_seen < since {
+                    continue;
+                }
+                rows.push(ObservedRow {
+                    protocol: String::new(),
+                    key: key.clone(),
+                    path: if key.method.is_empty() {
+                        String::new()
+                    } else {
+                        template
+                    },
+                    leaf: leaf.clone(),
+                });
+            }
+        }
+        Observations {
+            rows,
+            folded: table.folded,
+            unnameable: table.unnameable,
+            since: if oldest == i64::MAX { 0 } else { oldest },
+        }
+    }
+
     fn add(&mut self, key: GroupKey, path: &str, leaf: Leaf, relearn: bool) {
         let requests = leaf.allowed + leaf.denied;
         if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
@@ -262,33 +292,7 @@ impl ObservedTable {
 
     /// Rows last seen at or after `since` (Unix seconds), and the counters.
     pub fn snapshot(&self, since: i64) -> Observations {
-        let table = self.lock();
-        let mut rows = Vec::new();
-        let mut oldest = i64::MAX;
-        for (key, group) in &table.groups {
-            for (template, leaf) in group.paths.templates() {
-                oldest = oldest.min(leaf.first_seen);
-                if leaf.last_seen < since {
-                    continue;
-                }
-                rows.push(ObservedRow {
-                    protocol: String::new(),
-                    key: key.clone(),
-                    path: if key.method.is_empty() {
-                        String::new()
-                    } else {
-                        template
-                    },
-                    leaf: leaf.clone(),
-                });
-            }
-        }
-        Observations {
-            rows,
-            folded: table.folded,
-            unnameable: table.unnameable,
-            since: if oldest == i64::MAX { 0 } else { oldest },
-        }
+        self.lock().rows(since)
     }
 
     /// Path nodes and groups held now.
@@ -297,20 +301,28 @@ impl ObservedTable {
         (table.groups.len(), table.nodes)
     }
 
-    /// Forgets rows not seen since `now - RETENTION`.
+    /// Forgets rows not seen since `now - RETENTION` (rebuilding the table, under its lock,
+    /// only when some are that old).
     pub fn prune(&self) {
-        let cutoff = now_seconds() - i64::try_from(RETENTION.as_secs()).unwrap_or(i64::MAX);
-        let kept = self.snapshot(cutoff);
+        self.prune_before(now_seconds() - i64::try_from(RETENTION.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    fn prune_before(&self, cutoff: i64) {
+        let mut table = self.lock();
+        let all = table.rows(i64::MIN);
+        if all.rows.iter().all(|r| r.leaf.last_seen >= cutoff) {
+            return;
+        }
         let mut fresh = Table {
-            folded: kept.folded,
-            unnameable: kept.unnameable,
+            folded: all.folded,
+            unnameable: all.unnameable,
             ..Table::default()
         };
-        for row in kept.rows {
+        for row in all.rows.into_iter().filter(|r| r.leaf.last_seen >= cutoff) {
             let path = row.path.clone();
             fresh.add(row.key, &path, row.leaf, true);
         }
-        *self.lock() = fresh;
+        *table = fresh;
     }
 
     /// Writes the table to `path` (a temporary file renamed over it).

@@ -144,6 +144,29 @@ fn a_flood_of_paths_and_callers_stays_within_the_bound() {
 }
 
 #[test]
+fn rows_not_seen_within_the_retention_are_pruned_and_the_rest_kept() {
+    let t = ObservedTable::default();
+    t.ingest(
+        "shop/search",
+        vec![
+            request(CLIENT, "GET", "/items/1", true),
+            request(CLIENT, "GET", "/search", true),
+        ],
+        0,
+        &resolve,
+    );
+    let now = now_seconds();
+    t.prune_before(now - 60);
+    assert_eq!(t.snapshot(0).rows.len(), 2, "nothing is old yet");
+    t.prune_before(now + 60);
+    assert!(
+        t.snapshot(0).rows.is_empty(),
+        "everything is older than the cutoff"
+    );
+    assert_eq!(t.size(), (0, 0));
+}
+
+#[test]
 fn the_table_survives_a_save_and_load_and_a_bad_file_is_named() {
     let t = ObservedTable::default();
     t.ingest(
