@@ -170,10 +170,9 @@ fn cut_to(mut s: String, max: usize) -> String {
 
 impl Table {
     fn rows(&self, since: i64) -> Observations {
-        let table = self;
         let mut rows = Vec::new();
         let mut oldest = i64::MAX;
-        for (key, group) in &table.groups {
+        for (key, group) in &self.groups {
             for (template, leaf) in group.paths.templates() {
                 oldest = oldest.min(leaf.first_seen);
                 if leaf.last_seen < since {
@@ -193,8 +192,8 @@ impl Table {
         }
         Observations {
             rows,
-            folded: table.folded,
-            unnameable: table.unnameable,
+            folded: self.folded,
+            unnameable: self.unnameable,
             since: if oldest == i64::MAX { 0 } else { oldest },
         }
     }
