@@ -20,6 +20,13 @@ fn resolve(id: &str) -> Option<String> {
 
 const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";
 
+/// A table holding one report of `rows` from search's sidecar.
+fn search_saw(rows: Vec<ObservedRequest>) -> ObservedTable {
+    let t = ObservedTable::default();
+    t.ingest("shop/search", rows, 0, &resolve);
+    t
+}
+
 #[test]
 fn reports_become_rows_with_templates_callers_and_counts() {
     let t = ObservedTable::default();
@@ -65,16 +72,10 @@ fn reports_become_rows_with_templates_callers_and_counts() {
 
 #[test]
 fn a_path_a_policy_would_read_as_a_wildcard_is_counted_apart() {
-    let t = ObservedTable::default();
-    t.ingest(
-        "shop/search",
-        vec![
-            request(CLIENT, "GET", "/admin*", true),
-            request(CLIENT, "GET", "/x/{**}", true),
-        ],
-        0,
-        &resolve,
-    );
+    let t = search_saw(vec![
+        request(CLIENT, "GET", "/admin*", true),
+        request(CLIENT, "GET", "/x/{**}", true),
+    ]);
     let o = t.snapshot(0);
     assert!(o.rows.is_empty(), "{o:?}");
     assert_eq!(o.unnameable, 2);
@@ -145,16 +146,10 @@ fn a_flood_of_paths_and_callers_stays_within_the_bound() {
 
 #[test]
 fn rows_not_seen_within_the_retention_are_pruned_and_the_rest_kept() {
-    let t = ObservedTable::default();
-    t.ingest(
-        "shop/search",
-        vec![
-            request(CLIENT, "GET", "/items/1", true),
-            request(CLIENT, "GET", "/search", true),
-        ],
-        0,
-        &resolve,
-    );
+    let t = search_saw(vec![
+        request(CLIENT, "GET", "/items/1", true),
+        request(CLIENT, "GET", "/search", true),
+    ]);
     let now = now_seconds();
     t.prune_before(now - 60);
     assert_eq!(t.snapshot(0).rows.len(), 2, "nothing is old yet");
