@@ -448,6 +448,17 @@ fn assert_refused_expired(dir: &TempDir, file: &str, role: CaRole, not_after: i6
     );
 }
 
+/// Loading the CA in `dir` is refused naming `file`, as the certificate in `role` lacks
+/// keyCertSign, with each of `said` in the message.
+fn assert_refused_without_key_cert_sign(dir: &TempDir, file: &str, role: CaRole, said: &[&str]) {
+    let err = refused_naming(dir, file);
+    assert!(unfit(&err, role, &UnfitReason::NoKeyCertSign), "{err:?}");
+    let msg = err.to_string();
+    for s in said.iter().chain(&["keyCertSign"]) {
+        assert!(msg.contains(s), "{msg}");
+    }
+}
+
 #[test]
 fn openssl_ca_made_with_exact_dates_is_loaded() {
     // The control for the refusals below: the same builder with sound extensions and dates
@@ -634,14 +645,12 @@ fn openssl_intermediate_without_key_cert_sign_is_refused() {
             Made::valid("v3_intermediate_sign_only"),
         ],
     );
-    let err = refused_naming(&dir, "ca-cert.pem");
-    assert!(
-        unfit(&err, CaRole::Issuing, &UnfitReason::NoKeyCertSign),
-        "{err:?}"
+    assert_refused_without_key_cert_sign(
+        &dir,
+        "ca-cert.pem",
+        CaRole::Issuing,
+        &["CN=Acme-Issuing-CA"],
     );
-    let msg = err.to_string();
-    assert!(msg.contains("CN=Acme-Issuing-CA"), "{msg}");
-    assert!(msg.contains("keyCertSign"), "{msg}");
 
     // The same one level up, in cert-chain.pem: webpki ignores key usage, so only this
     // check keeps such a chain from reaching peers that do not.
@@ -654,14 +663,12 @@ fn openssl_intermediate_without_key_cert_sign_is_refused() {
             Made::valid("v3_intermediate"),
         ],
     );
-    let err = refused_naming(&dir, "cert-chain.pem");
-    assert!(
-        unfit(&err, CaRole::Intermediate, &UnfitReason::NoKeyCertSign),
-        "{err:?}"
+    assert_refused_without_key_cert_sign(
+        &dir,
+        "cert-chain.pem",
+        CaRole::Intermediate,
+        &["CN=Acme-Middle-CA-1"],
     );
-    let msg = err.to_string();
-    assert!(msg.contains("CN=Acme-Middle-CA-1"), "{msg}");
-    assert!(msg.contains("keyCertSign"), "{msg}");
 }
 
 #[test]
@@ -689,15 +696,12 @@ fn openssl_root_without_key_cert_sign_is_refused() {
         !ok && out.contains("key usage does not include certificate signing"),
         "openssl: {out}"
     );
-    let err = refused_naming(&dir, "root-cert.pem");
-    assert!(
-        unfit(&err, CaRole::Root(0), &UnfitReason::NoKeyCertSign),
-        "{err:?}"
+    assert_refused_without_key_cert_sign(
+        &dir,
+        "root-cert.pem",
+        CaRole::Root(0),
+        &["root 0", "CN=Acme-Root-CA"],
     );
-    let msg = err.to_string();
-    assert!(msg.contains("root 0"), "{msg}");
-    assert!(msg.contains("CN=Acme-Root-CA"), "{msg}");
-    assert!(msg.contains("keyCertSign"), "{msg}");
 }
 
 /// `palisade ca rotate --new` takes a CA made by openssl (Istio's file names, cert-chain.pem
