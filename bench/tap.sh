@@ -37,35 +37,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PIDS=()
-WORK=$(mktemp -d /tmp/palisade-bench-tap.XXXXXX)
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  if [ -n "${BENCH_KEEP:-}" ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-start_bg() { # name cmd... ; sets LAST_PID
-  local name=$1; shift
-  "$@" >"$WORK/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-wait_http() { # url pid name
-  for _ in $(seq 300); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || { cat "$WORK/$3.log" >&2; die "$3 exited"; }
-    sleep 0.1
-  done
-  cat "$WORK/$3.log" >&2; die "$3 not ready at $1"
-}
-
-log "building release binaries"
-(cd "$ROOT" && cargo build --release -q --bin palisade && cargo build --release -q --example shop_app)
-TARGET=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-PALISADE=$TARGET/release/palisade
-SHOP=$TARGET/release/examples/shop_app
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_workdir bench-tap
+build_release
 
 # --- control plane, mesh, tokens -------------------------------------------------------------
 "$PALISADE" ca init --out "$WORK/ca" >/dev/null
