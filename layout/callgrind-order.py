@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Prints the functions of BINARY that callgrind saw run, hottest first, one mangled name per
+line: an lld `--symbol-ordering-file` that packs the code a sidecar executes together.
+
+usage: callgrind-order.py BINARY CALLGRIND_OUT...
+
+Self cost (instructions) decides the order; functions that ran but cost little follow, so
+start-up code is packed too. Names not defined in BINARY (libc, the loader) are left out.
+"""
+import re
+import subprocess
+import sys
+from collections import Counter
+
+
+def defined_functions(binary):
+    out = subprocess.run(["nm", "--defined-only", binary], check=True,
+                         capture_output=True, text=True).stdout
+    names = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            names.add(parts[2])
+    return names
+
+
+def self_costs(path, costs):
+    """Adds each function's self cost from one callgrind output file (name compression and
+    the cost line after `calls=`, which is inclusive, handled)."""
+    ids = {}
+    current = None
+    after_call = False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("fn="):
+                m = re.match(r"fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+                if m:
+                    if m.group(2):
+                        ids[m.group(1)] = m.group(2)
+                    current = ids.get(m.group(1))
+                else:
+                    current = line[3:].strip()
+                after_call = False
+            elif line.startswith("cfn="):
+                m = re.match(r"cfn=\((\d+)\) (.*)", line.rstrip("\n"))
+                if m:
+                    ids[m.group(1)] = m.group(2)
+            elif line.startswith("calls="):
+                after_call = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if after_call:
+                    after_call = False
+                    continue
+                fields = line.split()
+                if current and len(fields) >= 2:
+                    costs[current] += int(fields[1])
+    return ids
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    binary, outputs = sys.argv[1], sys.argv[2:]
+    defined = defined_functions(binary)
+    costs = Counter()
+    seen = set()
+    for path in outputs:
+        seen.update(self_costs(path, costs).values())
+    seen.update(costs)
+    # callgrind marks recursion levels as name'2; the symbol is the name.
+    ran = {re.sub(r"'\d+$", "", n) for n in seen}
+    total = Counter()
+    for name, cost in costs.items():
+        total[re.sub(r"'\d+$", "", name)] += cost
+    ordered = sorted((n for n in ran if n in defined), key=lambda n: (-total[n], n))
+    sys.stdout.write("".join(n + "\n" for n in ordered))
+
+
+if __name__ == "__main__":
+    main()
