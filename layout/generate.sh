@@ -97,6 +97,12 @@ python3 "$ROOT/layout/callgrind-order.py" "$PALISADE" "$WORK"/*.callgrind >"$WOR
 {
   echo "# Functions a sidecar runs, hottest first: lld's --symbol-ordering-file for release"
   echo "# builds of the palisade binary (build.rs). Made by layout/generate.sh; do not edit."
+  echo "# made for: $(rustc -V); Cargo.lock fnv1a $(python3 -c '
+import sys
+h = 0xcbf29ce484222325
+for b in open(sys.argv[1], "rb").read():
+    h = ((h ^ b) * 0x100000001b3) % 2**64
+print("%016x" % h)' "$ROOT/Cargo.lock")"
   cat "$WORK/order.txt"
 } >"$ROOT/layout/symbol-order.txt"
 log "layout/symbol-order.txt: $(wc -l <"$WORK/order.txt") functions"
