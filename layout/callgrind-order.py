@@ -57,11 +57,9 @@ def self_costs(path, costs):
     return ids
 
 
-def main():
-    if len(sys.argv) < 3:
-        sys.exit(__doc__)
-    binary, outputs = sys.argv[1], sys.argv[2:]
-    defined = defined_functions(binary)
+def ordered_names(outputs, defined):
+    """The functions in `defined` that ran in any of the callgrind `outputs`, hottest first
+    (ties by name, so equal inputs give equal lists)."""
     costs = Counter()
     seen = set()
     for path in outputs:
@@ -72,7 +70,14 @@ def main():
     total = Counter()
     for name, cost in costs.items():
         total[re.sub(r"'\d+$", "", name)] += cost
-    ordered = sorted((n for n in ran if n in defined), key=lambda n: (-total[n], n))
+    return sorted((n for n in ran if n in defined), key=lambda n: (-total[n], n))
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    binary, outputs = sys.argv[1], sys.argv[2:]
+    ordered = ordered_names(outputs, defined_functions(binary))
     sys.stdout.write("".join(n + "\n" for n in ordered))
 
 

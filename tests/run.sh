@@ -45,3 +45,6 @@ fi
 
 log "cargo test --workspace --all-features"
 cargo test --workspace --all-features
+
+log "python3 -m unittest (layout/: the release code layout generator)"
+python3 -m unittest discover -s layout -p 'test_*.py'
