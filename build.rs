@@ -16,9 +16,13 @@ fn main() {
     println!("cargo::rerun-if-env-changed=PALISADE_NO_LAYOUT");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     // rust-lld is the default linker of this target from Rust 1.90; the options below are
-    // lld's (GNU ld has no symbol ordering file).
+    // lld's (GNU ld has no symbol ordering file), so a build that turns rust-lld off links
+    // without the layout.
     let lld_target = std::env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu");
-    if !release || !lld_target || std::env::var_os("PALISADE_NO_LAYOUT").is_some() {
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let lld_off =
+        flags.contains("linker-features=-lld") || flags.contains("link-self-contained=-linker");
+    if !release || !lld_target || lld_off || std::env::var_os("PALISADE_NO_LAYOUT").is_some() {
         return;
     }
     let Ok(order) = order.canonicalize() else {
