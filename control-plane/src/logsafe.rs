@@ -25,14 +25,7 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
 
 /// `s` cut to at most `max` bytes on a character boundary.
 pub(crate) fn truncated(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 /// Displays a client-supplied string quoted, with control and non-printable characters

@@ -163,14 +163,7 @@ impl Observer {
                 c.denied += 1;
             });
         }
-        let mut path = seen.path.to_owned();
-        if path.len() > MAX_PATH {
-            let mut end = MAX_PATH;
-            while !path.is_char_boundary(end) {
-                end -= 1;
-            }
-            path.truncate(end);
-        }
+        let path = seen.path[..seen.path.floor_char_boundary(MAX_PATH)].to_owned();
         let record = DecisionRecord {
             time_unix_ms: now_ms(),
             direction: seen.direction.to_owned(),

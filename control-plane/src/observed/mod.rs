@@ -158,13 +158,7 @@ fn cut(s: String) -> String {
 }
 
 fn cut_to(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    s.truncate(s.floor_char_boundary(max));
     s
 }
 
