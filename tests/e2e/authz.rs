@@ -10,15 +10,7 @@ use crate::support::mesh::{SHOP_SERVICES, SHOP_WORKLOADS, TestMesh};
 use crate::support::{metric, poll};
 use palisade_example_shop::payments_proto::ChargeRequest;
 
-const DENY_BY_DEFAULT: &str = "\
-apiVersion: palisade.dev/v1alpha1
-kind: MeshConfig
-metadata: {name: mesh, namespace: palisade-system}
-spec:
-  trustDomain: cluster.local
-  defaultAuthorization: deny
-  certificateLifetime: 1h
-";
+use crate::support::mesh::DENY_MESH_CONFIG as DENY_BY_DEFAULT;
 
 /// The shop's rules, with the test shop's `client` in the frontend's role.
 const POLICIES: &str = "\

@@ -25,15 +25,7 @@ spec:
   - {}
 ";
 
-const DEFAULT_DENY: &str = "\
-apiVersion: palisade.dev/v1alpha1
-kind: MeshConfig
-metadata: {name: mesh, namespace: palisade-system}
-spec:
-  trustDomain: cluster.local
-  defaultAuthorization: deny
-  certificateLifetime: 1h
-";
+use crate::support::mesh::DENY_MESH_CONFIG as DEFAULT_DENY;
 
 /// The mix: what each request got the first time, by a label.
 struct Outcomes(Vec<(String, u16)>);

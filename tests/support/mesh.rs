@@ -58,6 +58,17 @@ spec:
   certificateLifetime: 1h
 ";
 
+/// The same MeshConfig with default authorization `deny`, for the policy tests.
+pub const DENY_MESH_CONFIG: &str = "\
+apiVersion: palisade.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh, namespace: palisade-system}
+spec:
+  trustDomain: cluster.local
+  defaultAuthorization: deny
+  certificateLifetime: 1h
+";
+
 /// Builds a [`TestMesh`].
 #[derive(Debug)]
 pub struct MeshBuilder {
