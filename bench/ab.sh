@@ -12,6 +12,7 @@
 # medians per build.
 #
 # Env: BENCH_ROUNDS=8 (pairs of rounds)  BENCH_DURATION=5  BENCH_MODE=wrk|h2  BENCH_KEEP=1
+#      BENCH_PALISADE, BENCH_SHOP (prebuilt binary and shop app for the CA and the app: no build)
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

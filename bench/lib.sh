@@ -35,8 +35,17 @@ wait_http() { # url pid name
   cat "$WORK/$3.log" >&2; die "$3 not ready at $1"
 }
 
-# build_release: builds the binary and the shop app; sets PALISADE and SHOP.
+# build_release: builds the binary and the shop app; sets PALISADE and SHOP. With
+# BENCH_PALISADE and BENCH_SHOP set (prebuilt binaries, e.g. while another build runs), it
+# uses those and builds nothing.
 build_release() {
+  if [ -n "${BENCH_PALISADE:-}" ] && [ -n "${BENCH_SHOP:-}" ]; then
+    [ -x "$BENCH_PALISADE" ] || die "BENCH_PALISADE=$BENCH_PALISADE is not an executable"
+    [ -x "$BENCH_SHOP" ] || die "BENCH_SHOP=$BENCH_SHOP is not an executable"
+    PALISADE=$BENCH_PALISADE SHOP=$BENCH_SHOP
+    log "prebuilt binaries: $PALISADE, $SHOP"
+    return 0
+  fi
   log "building release binaries"
   # Two invocations: the example pulls in dev-dependency features, and building it together
   # with the binary would give the binary a feature set other release builds do not share.
