@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Prints the functions of BINARY that callgrind saw run, hottest first, one mangled name per
-line: an lld `--symbol-ordering-file` that packs the code a sidecar executes together.
+"""Prints the functions of BINARY that callgrind saw run, one mangled name per line: an lld
+`--symbol-ordering-file` that packs the code a sidecar executes together.
 
 usage: callgrind-order.py BINARY CALLGRIND_OUT...
 
-Self cost (instructions) decides the order; functions that ran but cost little follow, so
-start-up code is packed too. Names not defined in BINARY (libc, the loader) are left out.
+Each CALLGRIND_OUT is one process of one kind (a client or a server sidecar, fed by a control
+plane or standalone). Functions are grouped by the set of processes that ran them, and each
+group is packed on its own: a process then touches only the groups it runs, so a server-only
+or standalone sidecar keeps none of the client's or the control-plane client's code resident
+(the kernel maps 64 KiB of a binary around each page touched, so mixing them would make every
+process hold all of it). Groups run by more processes come first; within a group, self cost
+(instructions) decides the order, hottest first, and functions that ran but cost little
+follow, so start-up code is packed too. Names not defined in BINARY (libc, the loader) are
+left out.
 """
 import re
 import subprocess
@@ -58,19 +65,25 @@ def self_costs(path, costs):
 
 
 def ordered_names(outputs, defined):
-    """The functions in `defined` that ran in any of the callgrind `outputs`, hottest first
-    (ties by name, so equal inputs give equal lists)."""
-    costs = Counter()
-    seen = set()
-    for path in outputs:
-        seen.update(self_costs(path, costs).values())
-    seen.update(costs)
-    # callgrind marks recursion levels as name'2; the symbol is the name.
-    ran = {re.sub(r"'\d+$", "", n) for n in seen}
+    """The functions in `defined` that ran in any of the callgrind `outputs`, grouped by the
+    outputs that ran them (groups shared by more outputs first, then the costlier group),
+    hottest first within a group; ties by name, so equal inputs give equal lists."""
     total = Counter()
-    for name, cost in costs.items():
-        total[re.sub(r"'\d+$", "", name)] += cost
-    return sorted((n for n in ran if n in defined), key=lambda n: (-total[n], n))
+    ran_in = {}
+    for index, path in enumerate(outputs):
+        costs = Counter()
+        seen = set(self_costs(path, costs).values()) | set(costs)
+        for name in seen:
+            # callgrind marks recursion levels as name'2; the symbol is the name.
+            bare = re.sub(r"'\d+$", "", name)
+            if bare in defined:
+                ran_in.setdefault(bare, set()).add(index)
+                total[bare] += costs.get(name, 0)
+    groups = {}
+    for name, runs in ran_in.items():
+        groups.setdefault(tuple(sorted(runs)), []).append(name)
+    order = sorted(groups, key=lambda g: (-len(g), -sum(total[n] for n in groups[g]), g))
+    return [n for g in order for n in sorted(groups[g], key=lambda n: (-total[n], n))]
 
 
 def main():

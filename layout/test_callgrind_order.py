@@ -36,14 +36,42 @@ fn=(6) cold
 """
 
 
+# A second process: shares `hot` and `cold` with SAMPLE, and runs `own` (costly) and `tiny`
+# that SAMPLE's process never ran.
+OTHER = """version: 1
+events: Ir
+fl=(1) b.rs
+fn=(1) own
+1 70000
+fn=(2) cold
+2 1
+fn=(3) hot
+3 5
+fn=(4) tiny
+4 3
+"""
+
+
 class OrderedNames(unittest.TestCase):
     def setUp(self):
-        fd, self.path = tempfile.mkstemp(suffix=".callgrind")
-        with os.fdopen(fd, "w") as f:
-            f.write(SAMPLE)
+        self.paths = []
+        for text in (SAMPLE, OTHER):
+            fd, path = tempfile.mkstemp(suffix=".callgrind")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self.paths.append(path)
+        self.path = self.paths[0]
 
     def tearDown(self):
-        os.unlink(self.path)
+        for path in self.paths:
+            os.unlink(path)
+
+    def test_functions_are_grouped_by_the_processes_that_ran_them(self):
+        defined = {"hot", "callee", "rec", "cold", "never", "own", "tiny"}
+        names = callgrind_order.ordered_names(self.paths, defined)
+        # Shared by both first (hot: 500 + 5); then each process's own code packed apart,
+        # the costlier group (`own`, 70000) before the other (callee 9000 + rec 42).
+        self.assertEqual(names, ["hot", "cold", "own", "tiny", "callee", "rec"])
 
     def test_hottest_first_by_self_cost_within_the_binary(self):
         defined = {"hot", "callee", "rec", "cold", "never"}
