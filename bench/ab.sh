@@ -21,8 +21,6 @@ A=$1 B=$2
 ROUNDS=${BENCH_ROUNDS:-8}
 DUR=${BENCH_DURATION:-5}
 MODE=${BENCH_MODE:-wrk}
-CLIENT_IP=127.0.6.1
-SERVER_IP=127.0.6.2
 H1_PORT=18080
 H2_PORT=18081
 
@@ -38,33 +36,16 @@ case $MODE in wrk) command -v wrk >/dev/null || die "wrk is missing (apt-get ins
 bench_workdir bench-ab
 build_release # for the CA and the app; the sidecars are A and B
 
-"$PALISADE" ca init --out "$WORK/ca" >/dev/null
-for sa in client server; do
-  "$PALISADE" ca issue --dir "$WORK/ca" --spiffe-id "spiffe://cluster.local/ns/bench/sa/$sa" \
-    --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" >/dev/null
-done
-mkdir -p "$WORK/mesh"
-sed "s/127\.0\.2\./127.0.6./g" "$ROOT/bench/mesh.yaml" >"$WORK/mesh/mesh.yaml"
-start_bg app-h1 "$SHOP" search --listen "$SERVER_IP:$H1_PORT"
-wait_http "http://$SERVER_IP:$H1_PORT/healthz" "$LAST_PID" app-h1
-start_bg app-h2 "$SHOP" search --listen "$SERVER_IP:$H2_PORT"
-wait_http "http://$SERVER_IP:$H2_PORT/healthz" "$LAST_PID" app-h2
+standalone_setup 6
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 # round LABEL BINARY: one fresh pair, one load run; appends "label req/s cpu-us/req rss-out rss-in".
 round() {
-  local label=$1 bin=$2 pids=() side sa ip
-  for side in server:$SERVER_IP client:$CLIENT_IP; do
-    sa=${side%%:*} ip=${side#*:}
-    start_bg "$label-$sa" "$bin" proxy --workload "$sa" --namespace bench --service-account "$sa" \
-      --static-config "$WORK/mesh" --trust-anchors "$WORK/ca/root-cert.pem" \
-      --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" --inbound "$ip:15006" --outbound "$ip:15001" \
-      --admin "$ip:15000" --app-host "$ip" --worker-threads 1
-    pids+=("$LAST_PID")
-    wait_http "http://$ip:15000/ready" "$LAST_PID" "$label-$sa"
-  done
+  local label=$1 bin=$2 pids
+  start_standalone_pair "$bin" "$label"
+  pids=("${PAIR_PIDS[@]}")
   local url=http://$CLIENT_IP:15001/healthz host=server.bench:$H1_PORT out=$WORK/$label.txt
   timeout -k 5 30 wrk -t1 -c16 -d1s -H "Host: $host" "$url" >/dev/null
   local t0=$(($(ticks "${pids[0]}") + $(ticks "${pids[1]}"))) requests

@@ -55,3 +55,40 @@ build_release() {
   PALISADE=$target/release/palisade
   SHOP=$target/release/examples/shop_app
 }
+
+# standalone_setup NET [PORT...]: a throwaway CA with client and server leaves, the mesh of
+# bench/mesh.yaml moved to 127.0.NET.x, and the shop app on the server's address at each PORT
+# (default 18080 and 18081); sets CLIENT_IP and SERVER_IP. For the standalone pairs of
+# bench/ab.sh, profile.sh and rss.sh.
+standalone_setup() {
+  local net=$1 port ports=("${@:2}")
+  [ ${#ports[@]} -gt 0 ] || ports=(18080 18081)
+  CLIENT_IP=127.0.$net.1 SERVER_IP=127.0.$net.2
+  "$PALISADE" ca init --out "$WORK/ca" >/dev/null
+  for sa in client server; do
+    "$PALISADE" ca issue --dir "$WORK/ca" --spiffe-id "spiffe://cluster.local/ns/bench/sa/$sa" \
+      --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" >/dev/null
+  done
+  mkdir -p "$WORK/mesh"
+  sed "s/127\.0\.2\./127.0.$net./g" "$ROOT/bench/mesh.yaml" >"$WORK/mesh/mesh.yaml"
+  for port in "${ports[@]}"; do
+    start_bg "app-$port" "$SHOP" search --listen "$SERVER_IP:$port"
+    wait_http "http://$SERVER_IP:$port/healthz" "$LAST_PID" "app-$port"
+  done
+}
+
+# start_standalone_pair BINARY [LABEL]: a server and a client sidecar of BINARY on the
+# addresses of standalone_setup (one worker thread each); sets PAIR_PIDS (server, client).
+start_standalone_pair() {
+  local bin=$1 label=${2:-pair} side sa ip
+  PAIR_PIDS=()
+  for side in server:$SERVER_IP client:$CLIENT_IP; do
+    sa=${side%%:*} ip=${side#*:}
+    start_bg "$label-$sa" "$bin" proxy --workload "$sa" --namespace bench --service-account "$sa" \
+      --static-config "$WORK/mesh" --trust-anchors "$WORK/ca/root-cert.pem" \
+      --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" --inbound "$ip:15006" --outbound "$ip:15001" \
+      --admin "$ip:15000" --app-host "$ip" --worker-threads 1
+    PAIR_PIDS+=("$LAST_PID")
+    wait_http "http://$ip:15000/ready" "$LAST_PID" "$label-$sa"
+  done
+}

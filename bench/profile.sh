@@ -20,8 +20,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DUR=${BENCH_DURATION:-10}
 MODE=${BENCH_MODE:-wrk}
 TOP=${PROFILE_TOP:-40}
-CLIENT_IP=127.0.7.1
-SERVER_IP=127.0.7.2
 H1_PORT=18080
 H2_PORT=18081
 
@@ -39,28 +37,10 @@ build_release
 BIN=${1:-$PALISADE}
 [ -x "$BIN" ] || die "$BIN is not an executable"
 
-"$PALISADE" ca init --out "$WORK/ca" >/dev/null
-for sa in client server; do
-  "$PALISADE" ca issue --dir "$WORK/ca" --spiffe-id "spiffe://cluster.local/ns/bench/sa/$sa" \
-    --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" >/dev/null
-done
-mkdir -p "$WORK/mesh"
-sed "s/127\.0\.2\./127.0.7./g" "$ROOT/bench/mesh.yaml" >"$WORK/mesh/mesh.yaml"
-start_bg app-h1 "$SHOP" search --listen "$SERVER_IP:$H1_PORT"
-wait_http "http://$SERVER_IP:$H1_PORT/healthz" "$LAST_PID" app-h1
-start_bg app-h2 "$SHOP" search --listen "$SERVER_IP:$H2_PORT"
-wait_http "http://$SERVER_IP:$H2_PORT/healthz" "$LAST_PID" app-h2
+standalone_setup 7
 
-pids=()
-for side in server:$SERVER_IP client:$CLIENT_IP; do
-  sa=${side%%:*} ip=${side#*:}
-  start_bg "$sa" "$BIN" proxy --workload "$sa" --namespace bench --service-account "$sa" \
-    --static-config "$WORK/mesh" --trust-anchors "$WORK/ca/root-cert.pem" \
-    --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" --inbound "$ip:15006" --outbound "$ip:15001" \
-    --admin "$ip:15000" --app-host "$ip" --worker-threads 1
-  pids+=("$LAST_PID")
-  wait_http "http://$ip:15000/ready" "$LAST_PID" "$sa"
-done
+start_standalone_pair "$BIN"
+pids=("${PAIR_PIDS[@]}")
 
 url=http://$CLIENT_IP:15001/healthz
 timeout -k 5 30 wrk -t1 -c16 -d1s -H "Host: server.bench:$H1_PORT" "$url" >/dev/null

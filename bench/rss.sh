@@ -14,8 +14,6 @@ set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DUR=${BENCH_DURATION:-6}
-CLIENT_IP=127.0.8.1
-SERVER_IP=127.0.8.2
 H1_PORT=18080
 
 log() { printf '[bench-rss %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -31,26 +29,10 @@ build_release
 BIN=${1:-$PALISADE}
 [ -x "$BIN" ] || die "$BIN is not an executable"
 
-"$PALISADE" ca init --out "$WORK/ca" >/dev/null
-for sa in client server; do
-  "$PALISADE" ca issue --dir "$WORK/ca" --spiffe-id "spiffe://cluster.local/ns/bench/sa/$sa" \
-    --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" >/dev/null
-done
-mkdir -p "$WORK/mesh"
-sed "s/127\.0\.2\./127.0.8./g" "$ROOT/bench/mesh.yaml" >"$WORK/mesh/mesh.yaml"
-start_bg app "$SHOP" search --listen "$SERVER_IP:$H1_PORT"
-wait_http "http://$SERVER_IP:$H1_PORT/healthz" "$LAST_PID" app
+standalone_setup 8 18080
 
-pids=()
-for side in server:$SERVER_IP client:$CLIENT_IP; do
-  sa=${side%%:*} ip=${side#*:}
-  start_bg "$sa" "$BIN" proxy --workload "$sa" --namespace bench --service-account "$sa" \
-    --static-config "$WORK/mesh" --trust-anchors "$WORK/ca/root-cert.pem" \
-    --cert "$WORK/$sa.crt" --key "$WORK/$sa.key" --inbound "$ip:15006" --outbound "$ip:15001" \
-    --admin "$ip:15000" --app-host "$ip" --worker-threads 1
-  pids+=("$LAST_PID")
-  wait_http "http://$ip:15000/ready" "$LAST_PID" "$sa"
-done
+start_standalone_pair "$BIN"
+pids=("${PAIR_PIDS[@]}")
 
 url=http://$CLIENT_IP:15001/healthz
 host=server.bench:$H1_PORT
