@@ -2,6 +2,23 @@
 # a work dir removed on exit with every process started in it, start_bg, wait_http, and the
 # release binaries.
 
+# require_tools COMMAND:PACKAGE...: stops with the Debian package to install for each missing
+# command.
+require_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "${tool%%:*}" >/dev/null || die "${tool%%:*} is missing (apt-get install ${tool#*:})"
+  done
+}
+
+# prebuilt_or_release [BINARY]: build_release, then BIN is BINARY if given (a sidecar build to
+# measure), else the release build.
+prebuilt_or_release() {
+  build_release
+  BIN=${1:-$PALISADE}
+  [ -x "$BIN" ] || die "$BIN is not an executable"
+}
+
 # bench_workdir NAME: makes $WORK and stops every start_bg process (then removes $WORK,
 # unless BENCH_KEEP is set) on exit.
 bench_workdir() {

@@ -26,16 +26,12 @@ H2_PORT=18081
 log() { printf '[bench-profile %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 case $MODE in wrk | h2 | h2-to-h1) ;; *) die "BENCH_MODE must be wrk, h2 or h2-to-h1, not $MODE" ;; esac
-for tool in perf:linux-perf wrk:wrk h2load:nghttp2-client; do
-  command -v "${tool%%:*}" >/dev/null || die "${tool%%:*} is missing (apt-get install ${tool#*:})"
-done
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+require_tools perf:linux-perf wrk:wrk h2load:nghttp2-client
 bench_workdir bench-profile
-build_release
-BIN=${1:-$PALISADE}
-[ -x "$BIN" ] || die "$BIN is not an executable"
+prebuilt_or_release "$@"
 
 standalone_setup 7
 

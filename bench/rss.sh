@@ -18,16 +18,12 @@ H1_PORT=18080
 
 log() { printf '[bench-rss %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-for tool in wrk:wrk h2load:nghttp2-client hey:hey; do
-  command -v "${tool%%:*}" >/dev/null || die "${tool%%:*} is missing (apt-get install ${tool#*:})"
-done
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+require_tools wrk:wrk h2load:nghttp2-client hey:hey
 bench_workdir bench-rss
-build_release
-BIN=${1:-$PALISADE}
-[ -x "$BIN" ] || die "$BIN is not an executable"
+prebuilt_or_release "$@"
 
 standalone_setup 8 18080
 
