@@ -30,6 +30,7 @@
 # Env: BENCH_DURATION=8 (s per load run)  BENCH_CONNECTIONS=16  BENCH_ROUNDS=3
 #      BENCH_BANNER_COUNT=200  BENCH_DETECT_MS=1000 (sidecars' --detect-timeout-ms)
 #      BENCH_KEEP=1 (keep the work dir with every log)
+#      BENCH_PALISADE, BENCH_SHOP (prebuilt binary and shop app: no build; see bench/lib.sh)
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -54,6 +55,10 @@ SERVER=$NS_PREFIX-2
 
 log() { printf '[capture %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# For build_release only; sourced first, so that this script's own start_bg (in a network
+# namespace) and cleanup take precedence.
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 for var in BENCH_DURATION:$DUR BENCH_CONNECTIONS:$CONNS BENCH_ROUNDS:$ROUNDS \
   BENCH_BANNER_COUNT:$BANNER_COUNT BENCH_DETECT_MS:$DETECT_MS; do
@@ -218,17 +223,10 @@ metric_sum() { # NS PATTERN : sum of the sidecar's metric lines matching PATTERN
 }
 
 # --- build ------------------------------------------------------------------------------------
-log "building release binaries (palisade, examples/shop_app)"
-# Two invocations, as in bench/run.sh: built together the example's dev-dependency features
-# would change the binary's feature set.
-(cd "$ROOT" && timeout 3600 cargo build --release -q --bin palisade &&
-  timeout 3600 cargo build --release -q --example shop_app) || die "cargo build failed"
-TARGET=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+build_release
 # UID 1337 runs the sidecar from a copy in the work dir, whatever the target dir's modes.
-cp "$TARGET/release/palisade" "$WORK/palisade"
+cp "$PALISADE" "$WORK/palisade"
 PALISADE=$WORK/palisade
-SHOP=$TARGET/release/examples/shop_app
 cp "$ROOT/bench/capture-banner.py" "$WORK/banner.py"
 printf 'function delay()\n  return 10\nend\n' >"$WORK/pace.lua"
 
