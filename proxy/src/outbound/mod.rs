@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::authority::{self, AuthorityError};
+use crate::detect::Prefixed;
 use crate::enforce::{self, Subject};
 use crate::h2;
 use crate::http::{
@@ -118,19 +119,21 @@ impl Outbound {
             self.serve_captured(stream, original, watcher).await;
             return;
         }
+        // An empty prefix: the explicit path then runs the same instance of `serve_http` as the
+        // captured one, so the release layout (recorded without capture) covers both.
+        let stream = Prefixed::new(BytesMut::new(), stream);
         self.serve_http(stream, None, watcher).await;
     }
 
     /// Serves HTTP/1.1 or h2c from the app on one connection: explicit-proxy requests, or
-    /// (with `captured`) requests whose destination the capture decided.
-    async fn serve_http<S>(
+    /// (with `captured`) requests whose destination the capture decided. One concrete stream
+    /// type, so both paths share one compiled instance.
+    async fn serve_http(
         self: Arc<Self>,
-        stream: S,
+        stream: Prefixed<TcpStream>,
         captured: Option<CapturedTarget>,
         watcher: Watcher,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) {
         let captured = captured.map(Arc::new);
         let this = self.clone();
         let service = hyper::service::service_fn(move |req| {
