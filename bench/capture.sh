@@ -178,12 +178,25 @@ to_us() { # wrk latency text (e.g. 312.00us, 1.23ms, 2.01s) -> microseconds
 # for round $ROUND.
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
+# cpu_ticks PID: utime + stime of a process, in clock ticks (0 once it is gone).
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# cpu_stat: "steal total" jiffies of the machine, from the cpu line of /proc/stat.
+cpu_stat() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t}' /proc/stat; }
+CLK_TCK=$(getconf CLK_TCK)
+declare -A SIDECAR=() # workload -> sidecar PID, once started
 run_wrk() {
   local label=$1 kind=$2 url=$3 host=${4:-} out="$WORK/wrk-$1-$2-r$ROUND.txt" args=() rc=0
   [ -n "$host" ] && args+=(-H "Host: $host")
   if [ "$kind" = paced ]; then args+=(-c10 -s "$WORK/pace.lua"); else args+=(-c"$CONNS"); fi
+  # Sidecar CPU per request and the hypervisor's steal: a captured/explicit difference in
+  # req/s with the same CPU per request is the machine, not the path.
+  local w ticks_before=() ticks_after=() stat_before stat_after
+  for w in client server; do ticks_before+=("$(cpu_ticks "${SIDECAR[$w]:-0}")"); done
+  stat_before=$(cpu_stat)
   timeout --foreground -k 5 $((DUR + 30)) \
     ip netns exec "$CLIENT" wrk -t1 -d"${DUR}s" --latency "${args[@]}" "$url" >"$out" 2>&1 || rc=$?
+  stat_after=$(cpu_stat)
+  for w in client server; do ticks_after+=("$(cpu_ticks "${SIDECAR[$w]:-0}")"); done
   [ "$rc" -eq 0 ] || { cat "$out" >&2; fail_with_logs "wrk $label $kind exited $rc"; }
   local rps p50 p99 errors requests
   rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
@@ -192,12 +205,18 @@ run_wrk() {
   requests=$(awk '/requests in/ {print $1; exit}' "$out")
   errors=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
   [ -n "$rps" ] && [ "${requests:-0}" -gt 0 ] || { cat "$out" >&2; fail_with_logs "wrk $label $kind made no requests"; }
-  printf '%s %s %s %s %s %s\n' "$label" "$kind" "$rps" "$p50" "$p99" "$errors" >>"$RESULTS"
-  log "round $ROUND $label $kind: $rps req/s, p50 ${p50}us, p99 ${p99}us, $errors errors ($requests requests)"
+  local us_client us_server steal
+  us_client=$(awk -v a="${ticks_before[0]}" -v b="${ticks_after[0]}" -v n="$requests" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) * 1e6 / hz / n }')
+  us_server=$(awk -v a="${ticks_before[1]}" -v b="${ticks_after[1]}" -v n="$requests" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (b - a) * 1e6 / hz / n }')
+  steal=$(awk -v a="$stat_before" -v b="$stat_after" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; printf "%.1f", (t > 0 ? 100 * (y[1] - x[1]) / t : 0) }')
+  printf '%s %s %s %s %s %s %s %s %s\n' "$label" "$kind" "$rps" "$p50" "$p99" "$errors" "$us_client" "$us_server" "$steal" >>"$RESULTS"
+  local cpu_text=""
+  [ "$label" = direct ] || cpu_text="; sidecar CPU per request ${us_client} / ${us_server} us (client / server)"
+  log "round $ROUND $label $kind: $rps req/s, p50 ${p50}us, p99 ${p99}us, $errors errors ($requests requests)$cpu_text; steal ${steal}%"
   [ "$errors" -eq 0 ] || log "WARNING: $label $kind had $errors failed requests; see $out"
 }
-result() { # LABEL KIND FIELD(3 rps, 4 p50, 5 p99, 6 errors) -> median over rounds (errors: sum)
-  awk -v l="$1" -v k="$2" -v f="$3" '$1==l && $2==k {print $f}' "$RESULTS" | sort -n |
+result() { # LABEL KIND FIELD(3 rps, 4 p50, 5 p99, 6 errors, 7/8 client/server sidecar CPU us per request, 9 steal %) -> median over rounds (errors: sum)
+  awk -v l="$1" -v k="$2" -v f="$3" '$1==l && $2==k {print $f}' "$RESULTS" | sort -g |
     awk -v f="$3" '{a[NR] = $1; s += $1} END { if (f == 6) print s + 0; else print a[int((NR + 1) / 2)] }'
 }
 
@@ -296,7 +315,6 @@ start_bg control-plane "$NODE" "$PALISADE" control-plane --config "$WORK/config"
 CP=$LAST_PID
 wait_ready "$NODE" "http://$GATEWAY:15014/ready" "$CP" control-plane
 
-declare -A SIDECAR
 for w in client server; do
   ns=$CLIENT addr=$CLIENT_IP
   [ "$w" = server ] && ns=$SERVER addr=$SERVER_IP
@@ -390,18 +408,23 @@ echo "client pod $CLIENT_IP -> node bridge -> server pod $SERVER_IP (veth); side
 echo "full L7 authorization (default deny + ALLOW principal/port/method/path + DENY /admin*)"
 echo "load: wrk -t1 -c$CONNS -d${DUR}s (HTTP/1.1 keep-alive) GET /healthz; paced: wrk -t1 -c10, 10 ms think time"
 echo "medians of $ROUNDS rounds (direct first, then captured and explicit interleaved); latencies in µs;"
-echo "paced+p50/+p99: paced latency added over direct; errors: failed requests over all rounds"
+echo "paced+p50/+p99: paced latency added over direct; errors: failed requests over all rounds;"
+echo "cpu out/in: µs of CPU (user + system) per request of the client/server sidecar under load;"
+echo "steal%: the hypervisor's steal over the whole machine during the load run"
 echo
-printf '%-9s %8s %7s %7s %8s %8s %9s %9s %9s %7s\n' \
-  path req/s p50 p99 "paced50" "paced99" "paced+p50" "paced+p99" "vs direct" errors
+printf '%-9s %8s %7s %7s %8s %8s %9s %9s %9s %7s %9s %9s %7s\n' \
+  path req/s p50 p99 "paced50" "paced99" "paced+p50" "paced+p99" "vs direct" errors "cpu out" "cpu in" "steal%"
 for l in direct captured explicit; do
   rps=$(result "$l" load 3)
   pp50=$(result "$l" paced 4); pp99=$(result "$l" paced 5)
   if [ "$l" = direct ]; then a50=0; a99=0; vs=1.00; else
     a50=$(added "$pp50" "$D_PP50"); a99=$(added "$pp99" "$D_PP99"); vs=x$(ratio "$rps" "$D_RPS"); fi
   errs=$(( $(result "$l" load 6) + $(result "$l" paced 6) ))
-  printf '%-9s %8s %7s %7s %8s %8s %9s %9s %9s %7s\n' \
-    "$l" "$rps" "$(result "$l" load 4)" "$(result "$l" load 5)" "$pp50" "$pp99" "$a50" "$a99" "$vs" "$errs"
+  cpu_out=-; cpu_in=-
+  [ "$l" = direct ] || { cpu_out=$(result "$l" load 7); cpu_in=$(result "$l" load 8); }
+  printf '%-9s %8s %7s %7s %8s %8s %9s %9s %9s %7s %9s %9s %7s\n' \
+    "$l" "$rps" "$(result "$l" load 4)" "$(result "$l" load 5)" "$pp50" "$pp99" "$a50" "$a99" "$vs" "$errs" \
+    "$cpu_out" "$cpu_in" "$(result "$l" load 9)"
 done
 echo
 echo "captured/explicit req/s = $(ratio "$C_RPS" "$E_RPS") (target: at least 0.90)"
