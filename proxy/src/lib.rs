@@ -496,6 +496,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> Result<P
         )
         .instrument(span.clone()),
     );
+    tasks.spawn(serve::timer_floor(shutdown.clone()));
     tasks.close();
 
     let _entered = span.enter();
