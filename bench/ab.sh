@@ -7,12 +7,13 @@
 # Each round starts a fresh pair of the build (standalone, one worker thread each, the mesh
 # and throwaway CA of bench/run.sh, on 127.0.6.x), warms it for 1 s, then runs wrk (HTTP/1.1,
 # 16 connections) or h2load (4 connections x 10 streams; BENCH_MODE=h2 to the h2c app port,
-# h2-to-h1 to the HTTP/1.1 app port, as peers.sh's h2load row) for BENCH_DURATION
+# h2-to-h1 to the HTTP/1.1 app port, as peers.sh's h2load row) or hey at 1,000 req/s
+# (BENCH_MODE=hey: 10 workers x 100 req/s, the run of peers.sh's vCPU column) for BENCH_DURATION
 # seconds. CPU is utime+stime of both sidecars from /proc (10 ms ticks) over the requests
 # answered: microseconds of CPU per request through the pair. Prints every round, then the
 # medians per build.
 #
-# Env: BENCH_ROUNDS=8 (pairs of rounds)  BENCH_DURATION=5  BENCH_MODE=wrk|h2|h2-to-h1  BENCH_KEEP=1
+# Env: BENCH_ROUNDS=8 (pairs of rounds)  BENCH_DURATION=5  BENCH_MODE=wrk|h2|h2-to-h1|hey  BENCH_KEEP=1
 #      BENCH_PALISADE, BENCH_SHOP (prebuilt binary and shop app for the CA and the app: no build)
 set -Eeuo pipefail
 
@@ -30,7 +31,8 @@ die() { log "ERROR: $*"; exit 1; }
 for bin in "$A" "$B"; do [ -x "$bin" ] || die "$bin is not an executable"; done
 case $MODE in wrk) command -v wrk >/dev/null || die "wrk is missing (apt-get install wrk)" ;;
   h2 | h2-to-h1) command -v h2load >/dev/null || die "h2load is missing (apt-get install nghttp2-client)" ;;
-  *) die "BENCH_MODE must be wrk, h2 or h2-to-h1, not $MODE" ;; esac
+  hey) command -v hey >/dev/null || die "hey is missing (apt-get install hey)" ;;
+  *) die "BENCH_MODE must be wrk, h2, h2-to-h1 or hey, not $MODE" ;; esac
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
@@ -50,7 +52,11 @@ round() {
   local url=http://$CLIENT_IP:15001/healthz host=server.bench:$H1_PORT out=$WORK/$label.txt
   timeout -k 5 30 wrk -t1 -c16 -d1s -H "Host: $host" "$url" >/dev/null
   local t0=$(($(ticks "${pids[0]}") + $(ticks "${pids[1]}"))) requests
-  if [ "$MODE" != wrk ]; then
+  if [ "$MODE" = hey ]; then
+    timeout -k 5 $((DUR + 30)) hey -z "${DUR}s" -c 10 -q 100 -host "$host" "$url" >"$out"
+    requests=$(awk '/Status code distribution:/ {s = 1; next} s && /\[200\]/ {print $2}' "$out")
+    grep -q 'Error distribution' "$out" && die "hey saw errors: $(cat "$out")"
+  elif [ "$MODE" != wrk ]; then
     local authority=server-h2.bench:$H2_PORT
     [ "$MODE" = h2 ] || authority=$host
     timeout -k 5 $((DUR + 30)) h2load -c4 -m10 -D "$DUR" -H ":authority: $authority" "$url" >"$out"
