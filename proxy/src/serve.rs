@@ -1,6 +1,7 @@
 //! The accept loop every listener shares: stop accepting on shutdown, then let open
 //! connections finish (HTTP/1 completes the request in flight, HTTP/2 sends GOAWAY) within
-//! the drain deadline.
+//! the drain deadline. Also the data runtime's timer tick ([`timer_floor`]), which serves
+//! every listener alike.
 
 use std::future::Future;
 use std::net::SocketAddr;
