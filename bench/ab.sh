@@ -41,8 +41,6 @@ build_release # for the CA and the app; the sidecars are A and B
 
 standalone_setup 6
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 # round LABEL BINARY: one fresh pair, one load run; appends "label req/s cpu-us/req rss-out rss-in".
 round() {
@@ -51,7 +49,7 @@ round() {
   pids=("${PAIR_PIDS[@]}")
   local url=http://$CLIENT_IP:15001/healthz host=server.bench:$H1_PORT out=$WORK/$label.txt
   timeout -k 5 30 wrk -t1 -c16 -d1s -H "Host: $host" "$url" >/dev/null
-  local t0=$(($(ticks "${pids[0]}") + $(ticks "${pids[1]}"))) requests
+  local t0=$(($(cpu_ticks "${pids[0]}") + $(cpu_ticks "${pids[1]}"))) requests
   if [ "$MODE" = hey ]; then
     timeout -k 5 $((DUR + 30)) hey -z "${DUR}s" -c 10 -q 100 -host "$host" "$url" >"$out"
     requests=$(awk '/Status code distribution:/ {s = 1; next} s && /\[200\]/ {print $2}' "$out")
@@ -66,11 +64,11 @@ round() {
     grep -qE 'Non-2xx|Socket errors' "$out" && die "wrk saw errors: $(cat "$out")"
     requests=$(awk '/requests in/ {print $1}' "$out")
   fi
-  local t1=$(($(ticks "${pids[0]}") + $(ticks "${pids[1]}")))
+  local t1=$(($(cpu_ticks "${pids[0]}") + $(cpu_ticks "${pids[1]}")))
   [ "${requests:-0}" -gt 0 ] || die "no requests answered in round $label: $(cat "$out")"
   printf '%s %d %.2f %s %s\n' "${label%%.*}" $((requests / DUR)) \
     "$(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN {print t / hz * 1e6 / n}')" \
-    "$(hwm "${pids[1]}")" "$(hwm "${pids[0]}")" | tee -a "$WORK/rounds.txt"
+    "$(peak_rss_mib "${pids[1]}")" "$(peak_rss_mib "${pids[0]}")" | tee -a "$WORK/rounds.txt"
   kill "${pids[@]}"
   wait "${pids[@]}" 2>/dev/null || true
 }

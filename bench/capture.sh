@@ -178,8 +178,6 @@ to_us() { # wrk latency text (e.g. 312.00us, 1.23ms, 2.01s) -> microseconds
 # for round $ROUND.
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
-# cpu_ticks PID: utime + stime of a process, in clock ticks (0 once it is gone).
-cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # cpu_stat: "steal total" jiffies of the machine, from the cpu line of /proc/stat.
 cpu_stat() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t}' /proc/stat; }
 CLK_TCK=$(getconf CLK_TCK)
@@ -234,7 +232,6 @@ banner_field() { # LABEL KEY -> value or "-"
   tr ' ' '\n' <"$WORK/banner-$1.txt" | awk -F= -v k="$2" '$1==k {v=$2} END {print (v == "" ? "-" : v)}'
 }
 
-rss_mib() { awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 
 metric_sum() { # NS PATTERN : sum of the sidecar's metric lines matching PATTERN
   in_ns "$1" curl -fsS --max-time 5 http://127.0.0.1:15000/metrics 2>/dev/null |
@@ -393,8 +390,8 @@ for entry in "${PIDS[@]}"; do
 done
 SERVER_CAPTURED=$(metric_sum "$SERVER" 'captured_connections_total.*inbound')
 SERVER_ACCEPTED=$(metric_sum "$SERVER" '^palisade_proxy_connections_total.*inbound')
-RSS_CLIENT=$(rss_mib "${SIDECAR[client]}")
-RSS_SERVER=$(rss_mib "${SIDECAR[server]}")
+RSS_CLIENT="$(peak_rss_mib "${SIDECAR[client]}") MiB"
+RSS_SERVER="$(peak_rss_mib "${SIDECAR[server]}") MiB"
 
 # --- report -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }

@@ -19,6 +19,16 @@ prebuilt_or_release() {
   [ -x "$BIN" ] || die "$BIN is not an executable"
 }
 
+# cpu_ticks PID: utime + stime of a process in clock ticks (getconf CLK_TCK a second); 0 once
+# it is gone.
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# peak_rss_mib PID [DECIMALS]: the process's peak resident set (VmHWM) in MiB, default one
+# decimal; "?" once it is gone.
+peak_rss_mib() {
+  awk -v d="${2:-1}" '/^VmHWM:/ {printf "%.*f", d, $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"
+}
+
 # bench_workdir NAME: makes $WORK and stops every start_bg process (then removes $WORK,
 # unless BENCH_KEEP is set) on exit.
 bench_workdir() {

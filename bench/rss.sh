@@ -32,8 +32,7 @@ pids=("${PAIR_PIDS[@]}")
 
 url=http://$CLIENT_IP:15001/healthz
 host=server.bench:$H1_PORT
-hwm() { awk '/VmHWM/ {printf "%.2f", $2 / 1024}' "/proc/$1/status"; }
-peaks() { log "after $1: peak RSS server $(hwm "${pids[0]}") MiB, client $(hwm "${pids[1]}") MiB"; }
+peaks() { log "after $1: peak RSS server $(peak_rss_mib "${pids[0]}" 2) MiB, client $(peak_rss_mib "${pids[1]}" 2) MiB"; }
 timeout -k 5 $((DUR + 30)) wrk -t1 -c16 -d"${DUR}s" -H "Host: $host" "$url" >"$WORK/wrk.txt"
 peaks wrk
 timeout -k 5 $((DUR + 30)) h2load -c4 -m10 -D "$DUR" -H ":authority: $host" "$url" >"$WORK/h2load.txt"
@@ -41,7 +40,7 @@ peaks h2load
 timeout -k 5 $((DUR + 30)) hey -z "${DUR}s" -c 10 -q 100 -host "$host" "$url" >"$WORK/hey.txt"
 peaks hey
 
-echo "peak RSS MiB: server $(hwm "${pids[0]}"), client $(hwm "${pids[1]}")"
+echo "peak RSS MiB: server $(peak_rss_mib "${pids[0]}" 2), client $(peak_rss_mib "${pids[1]}" 2)"
 for i in 0 1; do
   printf '%s: ' "$([ "$i" = 0 ] && echo server || echo client)"
   grep -E '^(VmRSS|RssAnon|RssFile)' "/proc/${pids[$i]}/status" | tr -s ' \t\n' ' '

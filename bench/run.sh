@@ -118,7 +118,6 @@ for round in $(seq "$ROUNDS"); do
   run_h2load "mesh-http2"   "http://$CLIENT_IP:15001/healthz" "server-h2.bench:$H2_PORT"
 done
 
-rss() { awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status"; }
 rss_now_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # --- soak -----------------------------------------------------------------------------------
@@ -150,7 +149,7 @@ while IFS=$'\t' read -r label rps p50 p99 errors; do
   printf '%-14s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
 done <"$RESULTS"
 echo
-echo "peak RSS: client sidecar $(rss "$CLIENT_PROXY"), server sidecar $(rss "$SERVER_PROXY")"
+echo "peak RSS: client sidecar $(peak_rss_mib "$CLIENT_PROXY") MiB, server sidecar $(peak_rss_mib "$SERVER_PROXY") MiB"
 if [ "$SOAK" -gt 0 ]; then
   echo
   echo "soak: ${SOAK}s at 1,000 req/s (hey -c 10 -q 100), VmRSS in MiB"
