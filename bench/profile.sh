@@ -8,9 +8,10 @@
 # The pair is the one of bench/ab.sh (standalone, one worker thread each, bench/mesh.yaml on
 # 127.0.7.x). Modes: wrk (HTTP/1.1, 16 connections, HTTP/1.1 app port), h2 (h2load, 4
 # connections x 10 streams, to the h2c app port), h2-to-h1 (h2load to the HTTP/1.1 app port,
-# as peers.sh's h2load row). perf is linux-perf from Debian; in a VM it samples cpu-clock.
+# as peers.sh's h2load row), hey (1,000 req/s in bursts of 10, as peers.sh's vCPU column:
+# where the CPU of a mostly idle sidecar goes). perf is linux-perf from Debian; in a VM it samples cpu-clock.
 #
-# Env: BENCH_MODE=wrk|h2|h2-to-h1  BENCH_DURATION=10  PROFILE_TOP=40  BENCH_KEEP=1 (keeps
+# Env: BENCH_MODE=wrk|h2|h2-to-h1|hey  BENCH_DURATION=10  PROFILE_TOP=40  BENCH_KEEP=1 (keeps
 #      perf.data)  BENCH_PALISADE, BENCH_SHOP (see bench/lib.sh)
 #      PROFILE_CALLERS='symbol;symbol' also prints who calls those symbols (stacks unwound
 #      from DWARF, since release builds keep no frame pointers: fewer samples, 500 Hz)
@@ -25,11 +26,11 @@ H2_PORT=18081
 
 log() { printf '[bench-profile %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-case $MODE in wrk | h2 | h2-to-h1) ;; *) die "BENCH_MODE must be wrk, h2 or h2-to-h1, not $MODE" ;; esac
+case $MODE in wrk | h2 | h2-to-h1 | hey) ;; *) die "BENCH_MODE must be wrk, h2, h2-to-h1 or hey, not $MODE" ;; esac
 
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-require_tools perf:linux-perf wrk:wrk h2load:nghttp2-client
+require_tools perf:linux-perf wrk:wrk h2load:nghttp2-client hey:hey
 bench_workdir bench-profile
 prebuilt_or_release "$@"
 
@@ -53,6 +54,8 @@ case $MODE in
     grep -E '^(finished|requests:)' ;;
   h2-to-h1) timeout -k 5 $((DUR + 30)) h2load -c4 -m10 -D "$DUR" -H ":authority: server.bench:$H1_PORT" "$url" |
     grep -E '^(finished|requests:)' ;;
+  hey) timeout -k 5 $((DUR + 30)) hey -z "${DUR}s" -c 10 -q 100 -host "server.bench:$H1_PORT" "$url" |
+    grep -E 'Requests/sec|\[200\]' ;;
 esac
 wait "$perf_pid" || die "perf record failed: $(cat "$WORK/perf-record.log")"
 
