@@ -1,5 +1,5 @@
-# A PEERS_EXTRA file for ../shared/bench/peers.sh: during every wrk run (saturated, the run
-# behind the throughput column) and hey run (1,000 req/s, the run behind the "vCPU per 1k
+# A PEERS_EXTRA file for ../shared/bench/peers.sh: during every wrk and h2load run (saturated,
+# the runs behind the throughput columns) and hey run (1,000 req/s, the run behind the "vCPU per 1k
 # req/s" column), it splits each process's CPU per answered request into user and system time,
 # adds the whole machine's CPU per request (user, system, softirq: the client and everything
 # else included), and counts the machine's TCP segments per request (nstat). Together they say
@@ -28,25 +28,32 @@ KERNEL_HZ=$(getconf CLK_TCK)
 # peers.sh's own load runs, kept under other names and called in between.
 eval "$(declare -f run_hey | sed '1s/^run_hey/kernel_run_hey/')"
 eval "$(declare -f run_wrk | sed '1s/^run_wrk/kernel_run_wrk/')"
+eval "$(declare -f run_h2 | sed '1s/^run_h2/kernel_run_h2/')"
 run_hey() { kernel_measured hey "$@"; }
 run_wrk() { kernel_measured wrk "$@"; }
+run_h2() { kernel_measured h2 "$@"; }
 
-user_sys_ticks() { # pid -> "user system" clock ticks, descendants included
-  local p line user=0 sys=0
-  local -a f
+proc_counters() { # pid -> "user system" clock ticks, "runqueue-wait-ns slices" of all threads
+  local p line user=0 sys=0 wait=0 slices=0 t
+  local -a f q
   for p in $(descendants "$1"); do
     line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
     read -r -a f <<<"${line##*) }"
     user=$((user + f[11])) sys=$((sys + f[12]))
+    for t in /proc/"$p"/task/*/schedstat; do
+      read -r -a q <"$t" 2>/dev/null || continue
+      wait=$((wait + q[1])) slices=$((slices + q[2]))
+    done
   done
-  echo "$user $sys"
+  echo "$user $sys $wait $slices"
 }
-machine_ticks() { # -> "user system softirq" clock ticks of the whole machine (/proc/stat)
-  awk '$1 == "cpu" { print $2 + $3, $4, $8; exit }' /proc/stat
+machine_ticks() { # -> "user system softirq idle" clock ticks of the whole machine (/proc/stat)
+  awk '$1 == "cpu" { print $2 + $3, $4, $8, $5 + $6; exit }' /proc/stat
 }
 answered_by() { # load round cfg -> requests answered in that run
   case $1 in
     wrk) awk '/requests in/{print $1; exit}' "$WORK/raw/r$2.$3.wrk.txt" ;;
+    h2) awk '/^requests:/{gsub(/,/,""); print $8; exit}' "$WORK/raw/r$2.$3.h2.txt" ;;
     hey) awk '/Status code distribution:/{s=1;next} /Error distribution:/{s=0} s==1 && /\[[0-9]+\]/{n+=$2} END{print n+0}' "$WORK/raw/r$2.$3.hey.txt" ;;
   esac
 }
@@ -56,13 +63,19 @@ per_request() { # label ticks [label ticks ...] -> "label µs" lines, over $answ
     shift 2
   done
 }
+per_request_ns() { # label ns -> "label µs" over $answered requests
+  awk -v l="$1" -v t="$2" -v n="$answered" 'BEGIN { printf "%s %.1f\n", l, t / 1e3 / n }'
+}
+per_request_count() { # label count -> "label count" over $answered requests
+  awk -v l="$1" -v t="$2" -v n="$answered" 'BEGIN { printf "%s %.3f\n", l, t / n }'
+}
 
 kernel_measured() { # load round cfg
-  local load=$1 r=$2 c=$3 role i answered u0 s0 x0 u1 s1 x1 m0 m1
+  local load=$1 r=$2 c=$3 role i answered u0 s0 x0 i0 w0 n0 u1 s1 x1 i1 w1 n1 m0 m1
   local -a roles=() pids=() before=()
   for role in $(roles_of "$c"); do
     roles+=("$role") pids+=("$(pid_for "$c" "$role")")
-    before+=("$(user_sys_ticks "${pids[-1]}")")
+    before+=("$(proc_counters "${pids[-1]}")")
   done
   nstat -n >/dev/null
   m0=$(machine_ticks)
@@ -73,13 +86,18 @@ kernel_measured() { # load round cfg
   {
     nstat -z 2>/dev/null | awk -v p="$r $c $load tcp" -v n="$answered" '
       $1 ~ /^(TcpOutSegs|TcpExtTCPPureAcks|TcpExtDelayedACKs|TcpRetransSegs)$/ { printf "%s %s %.3f\n", p, $1, $2 / n }'
-    read -r u0 s0 x0 <<<"$m0"
-    read -r u1 s1 x1 <<<"$m1"
-    per_request user_us $((u1 - u0)) sys_us $((s1 - s0)) softirq_us $((x1 - x0)) | sed "s/^/$r $c $load machine /"
+    read -r u0 s0 x0 i0 <<<"$m0"
+    read -r u1 s1 x1 i1 <<<"$m1"
+    per_request user_us $((u1 - u0)) sys_us $((s1 - s0)) softirq_us $((x1 - x0)) idle_us $((i1 - i0)) |
+      sed "s/^/$r $c $load machine /"
     for i in "${!roles[@]}"; do
-      read -r u0 s0 <<<"${before[$i]}"
-      read -r u1 s1 <<<"$(user_sys_ticks "${pids[$i]}")"
-      per_request user_us $((u1 - u0)) sys_us $((s1 - s0)) | sed "s/^/$r $c $load ${roles[$i]} /"
+      read -r u0 s0 w0 n0 <<<"${before[$i]}"
+      read -r u1 s1 w1 n1 <<<"$(proc_counters "${pids[$i]}")"
+      {
+        per_request user_us $((u1 - u0)) sys_us $((s1 - s0))
+        per_request_ns runq_wait_us $((w1 - w0))
+        per_request_count slices $((n1 - n0))
+      } | sed "s/^/$r $c $load ${roles[$i]} /"
     done
   } >>"$KERNEL_OUT"
   log "round $r $c $load, per request: $(awk -v p="$r $c $load" '
