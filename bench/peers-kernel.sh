@@ -5,16 +5,19 @@
 # else included), and counts the machine's TCP segments per request (nstat). Together they say
 # whether a pair's extra CPU is its own code (user) or work it makes the kernel do (more
 # segments, pure ACKs, system time), and how much of a saturated run's CPU a proxy's own code
-# could ever win back. It reads counters before and after each run only, so its figures and
+# could ever win back. The machine's idle time and each process's run-queue wait say whether a
+# saturated pair is short of CPU or leaves CPU unused (bench/sched.sh). It reads counters before and after each run only, so its figures and
 # the table's come from the same runs.
 #
 #   PEERS_EXTRA="bench/peers-palisade.sh bench/peers-kernel.sh" \
 #     PEERS_CONFIGS="direct nginx_pair haproxy_pair palisade_pair" bash ../shared/bench/peers.sh
 #
 # Env: PEERS_KERNEL_OUT=/tmp/peers-kernel.txt, one line per round, config, load, role and
-#      figure: "round config load role figure value". Role "machine" is the /proc/stat total
-#      (user includes nice), role "tcp" the machine's segment counts. CPU figures are µs per
-#      answered request, from 10 ms clock ticks.
+#      figure: "round config load role figure value", all per answered request. Role "machine"
+#      is the /proc/stat total (user includes nice; idle_us is time no CPU had work), role
+#      "tcp" the machine's segment counts. user_us/sys_us/softirq_us come from 10 ms clock
+#      ticks; runq_wait_us (runnable but not running) and slices (times scheduled in) from
+#      each thread's schedstat.
 # nstat is in iproute2.
 
 command -v nstat >/dev/null || die "peers-kernel.sh needs nstat (apt-get install iproute2)"
@@ -57,21 +60,12 @@ answered_by() { # load round cfg -> requests answered in that run
     hey) awk '/Status code distribution:/{s=1;next} /Error distribution:/{s=0} s==1 && /\[[0-9]+\]/{n+=$2} END{print n+0}' "$WORK/raw/r$2.$3.hey.txt" ;;
   esac
 }
-per_request() { # label ticks [label ticks ...] -> "label µs" lines, over $answered requests
-  while (($# >= 2)); do
-    awk -v l="$1" -v t="$2" -v n="$answered" -v hz="$KERNEL_HZ" 'BEGIN { printf "%s %.1f\n", l, t * 1e6 / hz / n }'
-    shift 2
-  done
-}
-per_request_ns() { # label ns -> "label µs" over $answered requests
-  awk -v l="$1" -v t="$2" -v n="$answered" 'BEGIN { printf "%s %.1f\n", l, t / 1e3 / n }'
-}
-per_request_count() { # label count -> "label count" over $answered requests
-  awk -v l="$1" -v t="$2" -v n="$answered" 'BEGIN { printf "%s %.3f\n", l, t / n }'
+per_request() { # label value scale [printf-format] -> "label value*scale/answered"
+  awk -v l="$1" -v v="$2" -v k="$3" -v f="${4:-%.1f}" -v n="$answered" 'BEGIN { printf "%s " f "\n", l, v * k / n }'
 }
 
 kernel_measured() { # load round cfg
-  local load=$1 r=$2 c=$3 role i answered u0 s0 x0 i0 w0 n0 u1 s1 x1 i1 w1 n1 m0 m1
+  local load=$1 r=$2 c=$3 role i answered tick_us u0 s0 x0 i0 w0 n0 u1 s1 x1 i1 w1 n1 m0 m1
   local -a roles=() pids=() before=()
   for role in $(roles_of "$c"); do
     roles+=("$role") pids+=("$(pid_for "$c" "$role")")
@@ -88,15 +82,21 @@ kernel_measured() { # load round cfg
       $1 ~ /^(TcpOutSegs|TcpExtTCPPureAcks|TcpExtDelayedACKs|TcpRetransSegs)$/ { printf "%s %s %.3f\n", p, $1, $2 / n }'
     read -r u0 s0 x0 i0 <<<"$m0"
     read -r u1 s1 x1 i1 <<<"$m1"
-    per_request user_us $((u1 - u0)) sys_us $((s1 - s0)) softirq_us $((x1 - x0)) idle_us $((i1 - i0)) |
-      sed "s/^/$r $c $load machine /"
+    tick_us=$(awk -v hz="$KERNEL_HZ" 'BEGIN { print 1e6 / hz }')
+    {
+      per_request user_us $((u1 - u0)) "$tick_us"
+      per_request sys_us $((s1 - s0)) "$tick_us"
+      per_request softirq_us $((x1 - x0)) "$tick_us"
+      per_request idle_us $((i1 - i0)) "$tick_us"
+    } | sed "s/^/$r $c $load machine /"
     for i in "${!roles[@]}"; do
       read -r u0 s0 w0 n0 <<<"${before[$i]}"
       read -r u1 s1 w1 n1 <<<"$(proc_counters "${pids[$i]}")"
       {
-        per_request user_us $((u1 - u0)) sys_us $((s1 - s0))
-        per_request_ns runq_wait_us $((w1 - w0))
-        per_request_count slices $((n1 - n0))
+        per_request user_us $((u1 - u0)) "$tick_us"
+        per_request sys_us $((s1 - s0)) "$tick_us"
+        per_request runq_wait_us $((w1 - w0)) 0.001
+        per_request slices $((n1 - n0)) 1 %.3f
       } | sed "s/^/$r $c $load ${roles[$i]} /"
     done
   } >>"$KERNEL_OUT"
