@@ -75,6 +75,8 @@ kernel_measured() { # load round cfg
   m0=$(machine_ticks)
   "kernel_run_$load" "$r" "$c"
   m1=$(machine_ticks)
+  # A pair without an h2c port (floor_pair) has no h2load run to count.
+  [[ -f $WORK/raw/r$r.$c.$load.txt ]] || return 0
   answered=$(answered_by "$load" "$r" "$c")
   ((${answered:-0} > 0)) || { log "peers-kernel: no answered requests in $load on $c"; return 0; }
   {

@@ -1,0 +1,178 @@
+//! The least work an mTLS sidecar pair can do: a bench floor, not a product.
+//!
+//! `out` accepts plain TCP and opens one mTLS connection to `in` per accepted connection;
+//! `in` terminates mTLS (client certificate required) and opens one plain connection to the
+//! upstream. Bytes are copied both ways; nothing is parsed, authorized, pooled or counted.
+//! Both sides use Palisade's own TLS set-up (`palisade_certs::tls`: TLS 1.3, SPIFFE
+//! verification both ways) on a current-thread runtime, as one `palisade proxy` worker.
+//!
+//! Whatever this pair reaches under `bench/peers-floor.sh` bounds what any HTTP-aware pair
+//! doing the same mTLS hop can reach on the same machine: the TCP segments, the TLS records
+//! and the processes woken are the same, and only the HTTP and policy work is missing.
+//!
+//!   mtls_floor out LISTEN PEER TRUST_DOMAIN CA_PEM CERT_PEM KEY_PEM EXPECTED_SPIFFE_ID
+//!   mtls_floor in LISTEN UPSTREAM TRUST_DOMAIN CA_PEM CERT_PEM KEY_PEM
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use palisade_certs::bundle::TrustBundle;
+use palisade_certs::spiffe::{SpiffeId, TrustDomain};
+use palisade_certs::tls::{self, ClientAuth, Credentials};
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// How one side of the pair was asked to run.
+enum Side {
+    /// Plain TCP in, mTLS out to `peer`, which must present `expected`.
+    Out {
+        peer: SocketAddr,
+        connector: TlsConnector,
+    },
+    /// mTLS in, plain TCP out to `upstream`.
+    In {
+        upstream: SocketAddr,
+        acceptor: TlsAcceptor,
+    },
+}
+
+fn usage() -> String {
+    "usage: mtls_floor out LISTEN PEER TRUST_DOMAIN CA_PEM CERT_PEM KEY_PEM EXPECTED_SPIFFE_ID\n       \
+     mtls_floor in LISTEN UPSTREAM TRUST_DOMAIN CA_PEM CERT_PEM KEY_PEM"
+        .to_owned()
+}
+
+fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(Path::new(path)).map_err(|e| format!("{path}: {e}"))
+}
+
+fn addr(what: &str, text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("{what} {text:?} is not an address: {e}"))
+}
+
+/// Parses the command line into the listen address and the side to run.
+fn parse(args: &[String]) -> Result<(SocketAddr, Side), String> {
+    let (mode, rest) = args.split_first().ok_or_else(usage)?;
+    let want = match mode.as_str() {
+        "out" => 7,
+        "in" => 6,
+        other => return Err(format!("unknown side {other:?}\n{}", usage())),
+    };
+    if rest.len() != want {
+        return Err(usage());
+    }
+    let listen = addr("LISTEN", &rest[0])?;
+    let next = addr(if mode == "out" { "PEER" } else { "UPSTREAM" }, &rest[1])?;
+    let domain: TrustDomain = rest[2]
+        .parse()
+        .map_err(|e| format!("TRUST_DOMAIN {:?}: {e}", rest[2]))?;
+    let bundle =
+        TrustBundle::from_pem(domain, &read(&rest[3])?).map_err(|e| format!("{}: {e}", rest[3]))?;
+    let creds = Credentials::from_pem(&read(&rest[4])?, &read(&rest[5])?)
+        .map_err(|e| format!("{} / {}: {e}", rest[4], rest[5]))?;
+    let side = if mode == "out" {
+        let expected: SpiffeId = rest[6]
+            .parse()
+            .map_err(|e| format!("EXPECTED_SPIFFE_ID {:?}: {e}", rest[6]))?;
+        let config = tls::client_config(Some(&creds), &bundle, expected, &[])
+            .map_err(|e| format!("client TLS: {e}"))?;
+        Side::Out {
+            peer: next,
+            connector: TlsConnector::from(Arc::new(config)),
+        }
+    } else {
+        let config = tls::server_config(&creds, &bundle, ClientAuth::Required, &[])
+            .map_err(|e| format!("server TLS: {e}"))?;
+        Side::In {
+            upstream: next,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        }
+    };
+    Ok((listen, side))
+}
+
+/// Copies both ways until either side closes; errors only end the connection.
+async fn splice<A, B>(mut a: A, mut b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = copy_bidirectional(&mut a, &mut b).await;
+}
+
+async fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(to).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn serve(listener: TcpListener, side: Arc<Side>) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            // Typically EMFILE: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let side = side.clone();
+        tokio::spawn(async move {
+            match &*side {
+                Side::Out { peer, connector } => {
+                    let Ok(tcp) = connect(*peer).await else {
+                        return;
+                    };
+                    let name = tls::placeholder_server_name();
+                    if let Ok(tls) = connector.connect(name, tcp).await {
+                        splice(client, tls).await;
+                    }
+                }
+                Side::In { upstream, acceptor } => {
+                    let Ok(tls) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    if let Ok(up) = connect(*upstream).await {
+                        splice(tls, up).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (listen, side) = match parse(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("mtls_floor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mtls_floor: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("mtls_floor: listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            _ = serve(listener, Arc::new(side)) => ExitCode::SUCCESS,
+            _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+        }
+    })
+}
