@@ -39,6 +39,39 @@ enum Side {
     },
 }
 
+impl Side {
+    /// The outbound side: presents `creds` and accepts only a peer that chains to `bundle`
+    /// and presents `expected`.
+    fn outbound(
+        peer: SocketAddr,
+        creds: &Credentials,
+        bundle: &TrustBundle,
+        expected: SpiffeId,
+    ) -> Result<Self, String> {
+        let config = tls::client_config(Some(creds), bundle, expected, &[])
+            .map_err(|e| format!("client TLS: {e}"))?;
+        Ok(Side::Out {
+            peer,
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// The inbound side: presents `creds` and requires a client certificate that chains to
+    /// `bundle`.
+    fn inbound(
+        upstream: SocketAddr,
+        creds: &Credentials,
+        bundle: &TrustBundle,
+    ) -> Result<Self, String> {
+        let config = tls::server_config(creds, bundle, ClientAuth::Required, &[])
+            .map_err(|e| format!("server TLS: {e}"))?;
+        Ok(Side::In {
+            upstream,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
 fn usage() -> String {
     "usage: mtls_floor out LISTEN PEER TRUST_DOMAIN CA_PEM CERT_PEM KEY_PEM EXPECTED_SPIFFE_ID\n       \
      mtls_floor in LISTEN UPSTREAM TRUST_DOMAIN CA_PEM CERT_PEM KEY_PEM"
@@ -78,19 +111,9 @@ fn parse(args: &[String]) -> Result<(SocketAddr, Side), String> {
         let expected: SpiffeId = rest[6]
             .parse()
             .map_err(|e| format!("EXPECTED_SPIFFE_ID {:?}: {e}", rest[6]))?;
-        let config = tls::client_config(Some(&creds), &bundle, expected, &[])
-            .map_err(|e| format!("client TLS: {e}"))?;
-        Side::Out {
-            peer: next,
-            connector: TlsConnector::from(Arc::new(config)),
-        }
+        Side::outbound(next, &creds, &bundle, expected)?
     } else {
-        let config = tls::server_config(&creds, &bundle, ClientAuth::Required, &[])
-            .map_err(|e| format!("server TLS: {e}"))?;
-        Side::In {
-            upstream: next,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-        }
+        Side::inbound(next, &creds, &bundle)?
     };
     Ok((listen, side))
 }
@@ -175,4 +198,144 @@ fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
         }
     })
+}
+
+/// The floor is a bench reference only if it does the hop's real work: these check that it
+/// carries bytes, and that it verifies both ends as a Palisade hop does.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use palisade_certs::ca::{CaOptions, CertificateAuthority};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct Pki {
+        ca: CertificateAuthority,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let domain: TrustDomain = "cluster.local".parse().unwrap();
+            let (ca, _) = CertificateAuthority::generate(domain, &CaOptions::default()).unwrap();
+            Self { ca }
+        }
+
+        fn creds(&self, service_account: &str) -> Credentials {
+            let (leaf, key) = self
+                .ca
+                .issue(&id(service_account), Duration::from_secs(3600))
+                .unwrap();
+            Credentials::new(&leaf, &key).unwrap()
+        }
+    }
+
+    fn id(service_account: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/shop/sa/{service_account}")
+            .parse()
+            .unwrap()
+    }
+
+    async fn start(side: Side) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(side)));
+        at
+    }
+
+    /// An upstream that echoes what it reads; the receiver counts connections it accepted.
+    async fn echo_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let (accepted, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let _ = accepted.send(());
+                tokio::spawn(async move {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        (at, rx)
+    }
+
+    /// Sends `ping` to `to` and returns what comes back before the connection closes.
+    async fn exchange(to: SocketAddr) -> Vec<u8> {
+        let mut conn = TcpStream::connect(to).await.unwrap();
+        conn.write_all(b"ping").await.unwrap();
+        let mut got = vec![0; 4];
+        match tokio::time::timeout(WAIT, conn.read_exact(&mut got)).await {
+            Ok(Ok(_)) => got,
+            Ok(Err(_)) => Vec::new(),
+            Err(_) => panic!("no answer and no close within {WAIT:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn carries_bytes_both_ways_over_mtls() {
+        let pki = Pki::new();
+        let bundle = pki.ca.bundle().clone();
+        let (upstream, mut accepted) = echo_upstream().await;
+        let inbound = start(Side::inbound(upstream, &pki.creds("server"), &bundle).unwrap()).await;
+        let outbound =
+            start(Side::outbound(inbound, &pki.creds("client"), &bundle, id("server")).unwrap())
+                .await;
+        assert_eq!(exchange(outbound).await, b"ping");
+        assert!(
+            accepted.try_recv().is_ok(),
+            "the upstream saw no connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn outbound_refuses_a_peer_presenting_another_identity() {
+        let pki = Pki::new();
+        let bundle = pki.ca.bundle().clone();
+        let (upstream, mut accepted) = echo_upstream().await;
+        let impostor = start(Side::inbound(upstream, &pki.creds("other"), &bundle).unwrap()).await;
+        let outbound =
+            start(Side::outbound(impostor, &pki.creds("client"), &bundle, id("server")).unwrap())
+                .await;
+        assert!(
+            exchange(outbound).await.is_empty(),
+            "bytes crossed to the wrong peer"
+        );
+        assert!(
+            accepted.try_recv().is_err(),
+            "the impostor reached its upstream"
+        );
+    }
+
+    #[tokio::test]
+    async fn inbound_refuses_a_client_without_a_certificate() {
+        let pki = Pki::new();
+        let bundle = pki.ca.bundle().clone();
+        let (upstream, mut accepted) = echo_upstream().await;
+        let inbound = start(Side::inbound(upstream, &pki.creds("server"), &bundle).unwrap()).await;
+        let anonymous = tls::client_config(None, &bundle, id("server"), &[]).unwrap();
+        let tcp = TcpStream::connect(inbound).await.unwrap();
+        let name = tls::placeholder_server_name();
+        // TLS 1.3: the client's side of the handshake can finish before the server has
+        // judged the (missing) certificate, so the refusal shows on the first read.
+        if let Ok(mut conn) = TlsConnector::from(Arc::new(anonymous))
+            .connect(name, tcp)
+            .await
+        {
+            let _ = conn.write_all(b"ping").await;
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(WAIT, conn.read_to_end(&mut got)).await;
+            assert!(read.is_ok(), "no answer and no close within {WAIT:?}");
+            assert!(got.is_empty(), "an anonymous client got bytes back");
+        }
+        assert!(
+            accepted.try_recv().is_err(),
+            "an anonymous client reached the upstream"
+        );
+    }
 }
