@@ -277,15 +277,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn carries_bytes_both_ways_over_mtls() {
+    /// An outbound expecting `server`, in front of an inbound presenting `presented`, in
+    /// front of an echo upstream: the outbound's address, and the upstream's accept count.
+    async fn pair(presented: &str) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
         let pki = Pki::new();
         let bundle = pki.ca.bundle().clone();
-        let (upstream, mut accepted) = echo_upstream().await;
-        let inbound = start(Side::inbound(upstream, &pki.creds("server"), &bundle).unwrap()).await;
-        let outbound =
-            start(Side::outbound(inbound, &pki.creds("client"), &bundle, id("server")).unwrap())
-                .await;
+        let (upstream, accepted) = echo_upstream().await;
+        let inbound = Side::inbound(upstream, &pki.creds(presented), &bundle).unwrap();
+        let inbound = start(inbound).await;
+        let outbound = Side::outbound(inbound, &pki.creds("client"), &bundle, id("server"));
+        (start(outbound.unwrap()).await, accepted)
+    }
+
+    #[tokio::test]
+    async fn carries_bytes_both_ways_over_mtls() {
+        let (outbound, mut accepted) = pair("server").await;
         assert_eq!(exchange(outbound).await, b"ping");
         assert!(
             accepted.try_recv().is_ok(),
@@ -295,13 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn outbound_refuses_a_peer_presenting_another_identity() {
-        let pki = Pki::new();
-        let bundle = pki.ca.bundle().clone();
-        let (upstream, mut accepted) = echo_upstream().await;
-        let impostor = start(Side::inbound(upstream, &pki.creds("other"), &bundle).unwrap()).await;
-        let outbound =
-            start(Side::outbound(impostor, &pki.creds("client"), &bundle, id("server")).unwrap())
-                .await;
+        let (outbound, mut accepted) = pair("other").await;
         assert!(
             exchange(outbound).await.is_empty(),
             "bytes crossed to the wrong peer"
