@@ -5,6 +5,8 @@
 //! upstream. Bytes are copied both ways; nothing is parsed, authorized, pooled or counted.
 //! Both sides use Palisade's own TLS set-up (`palisade_certs::tls`: TLS 1.3, SPIFFE
 //! verification both ways) on a current-thread runtime, as one `palisade proxy` worker.
+//! Like a sidecar it bounds what a caller can hold: connections at once, and the time a
+//! connection may spend before its handshake is done.
 //!
 //! Whatever this pair reaches under `bench/peers-floor.sh` bounds what any HTTP-aware pair
 //! doing the same mTLS hop can reach on the same machine: the TCP segments, the TLS records
@@ -17,12 +19,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use palisade_certs::bundle::TrustBundle;
 use palisade_certs::spiffe::{SpiffeId, TrustDomain};
 use palisade_certs::tls::{self, ClientAuth, Credentials};
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// How one side of the pair was asked to run.
@@ -133,35 +137,53 @@ async fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Connections served at once; further clients wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long the connect and mTLS handshake of one connection may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects onward and completes the mTLS handshake for one client, then copies.
+async fn relay(side: &Side, client: TcpStream) {
+    match side {
+        Side::Out { peer, connector } => {
+            let handshake = async {
+                let tcp = connect(*peer).await.ok()?;
+                let name = tls::placeholder_server_name();
+                connector.connect(name, tcp).await.ok()
+            };
+            if let Ok(Some(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                splice(client, tls).await;
+            }
+        }
+        Side::In { upstream, acceptor } => {
+            let handshake = async {
+                let tls = acceptor.accept(client).await.ok()?;
+                let up = connect(*upstream).await.ok()?;
+                Some((tls, up))
+            };
+            if let Ok(Some((tls, up))) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                splice(tls, up).await;
+            }
+        }
+    }
+}
+
 async fn serve(listener: TcpListener, side: Arc<Side>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((client, _)) = listener.accept().await else {
             // Typically EMFILE: back off instead of spinning.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let _ = client.set_nodelay(true);
         let side = side.clone();
         tokio::spawn(async move {
-            match &*side {
-                Side::Out { peer, connector } => {
-                    let Ok(tcp) = connect(*peer).await else {
-                        return;
-                    };
-                    let name = tls::placeholder_server_name();
-                    if let Ok(tls) = connector.connect(name, tcp).await {
-                        splice(client, tls).await;
-                    }
-                }
-                Side::In { upstream, acceptor } => {
-                    let Ok(tls) = acceptor.accept(client).await else {
-                        return;
-                    };
-                    if let Ok(up) = connect(*upstream).await {
-                        splice(tls, up).await;
-                    }
-                }
-            }
+            relay(&side, client).await;
+            drop(slot);
         });
     }
 }
@@ -205,8 +227,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use std::time::Duration;
 
     use palisade_certs::ca::{CaOptions, CertificateAuthority};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -336,6 +356,25 @@ mod tests {
         assert!(
             accepted.try_recv().is_err(),
             "an anonymous client reached the upstream"
+        );
+    }
+
+    #[tokio::test]
+    async fn inbound_drops_a_client_that_never_handshakes() {
+        let pki = Pki::new();
+        let bundle = pki.ca.bundle().clone();
+        let (upstream, mut accepted) = echo_upstream().await;
+        let inbound = start(Side::inbound(upstream, &pki.creds("server"), &bundle).unwrap()).await;
+        let mut silent = TcpStream::connect(inbound).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, silent.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "a silent client was held past {HANDSHAKE_TIMEOUT:?}"
+        );
+        assert!(
+            accepted.try_recv().is_err(),
+            "a silent client reached the upstream"
         );
     }
 }
