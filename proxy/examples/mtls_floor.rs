@@ -297,15 +297,22 @@ mod tests {
         }
     }
 
-    /// An outbound expecting `server`, in front of an inbound presenting `presented`, in
-    /// front of an echo upstream: the outbound's address, and the upstream's accept count.
+    /// An inbound of `pki` presenting `presented`, in front of an echo upstream: its address,
+    /// and the upstream's accept count.
+    async fn inbound_of(
+        pki: &Pki,
+        presented: &str,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let (upstream, accepted) = echo_upstream().await;
+        let inbound = Side::inbound(upstream, &pki.creds(presented), pki.ca.bundle()).unwrap();
+        (start(inbound).await, accepted)
+    }
+
+    /// An outbound expecting `server`, in front of [`inbound_of`] presenting `presented`.
     async fn pair(presented: &str) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
         let pki = Pki::new();
-        let bundle = pki.ca.bundle().clone();
-        let (upstream, accepted) = echo_upstream().await;
-        let inbound = Side::inbound(upstream, &pki.creds(presented), &bundle).unwrap();
-        let inbound = start(inbound).await;
-        let outbound = Side::outbound(inbound, &pki.creds("client"), &bundle, id("server"));
+        let (inbound, accepted) = inbound_of(&pki, presented).await;
+        let outbound = Side::outbound(inbound, &pki.creds("client"), pki.ca.bundle(), id("server"));
         (start(outbound.unwrap()).await, accepted)
     }
 
@@ -335,10 +342,8 @@ mod tests {
     #[tokio::test]
     async fn inbound_refuses_a_client_without_a_certificate() {
         let pki = Pki::new();
-        let bundle = pki.ca.bundle().clone();
-        let (upstream, mut accepted) = echo_upstream().await;
-        let inbound = start(Side::inbound(upstream, &pki.creds("server"), &bundle).unwrap()).await;
-        let anonymous = tls::client_config(None, &bundle, id("server"), &[]).unwrap();
+        let (inbound, mut accepted) = inbound_of(&pki, "server").await;
+        let anonymous = tls::client_config(None, pki.ca.bundle(), id("server"), &[]).unwrap();
         let tcp = TcpStream::connect(inbound).await.unwrap();
         let name = tls::placeholder_server_name();
         // TLS 1.3: the client's side of the handshake can finish before the server has
@@ -361,10 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn inbound_drops_a_client_that_never_handshakes() {
-        let pki = Pki::new();
-        let bundle = pki.ca.bundle().clone();
-        let (upstream, mut accepted) = echo_upstream().await;
-        let inbound = start(Side::inbound(upstream, &pki.creds("server"), &bundle).unwrap()).await;
+        let (inbound, mut accepted) = inbound_of(&Pki::new(), "server").await;
         let mut silent = TcpStream::connect(inbound).await.unwrap();
         let mut got = Vec::new();
         let read = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, silent.read_to_end(&mut got)).await;
